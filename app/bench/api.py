@@ -1,0 +1,163 @@
+"""``lenslab bench api``: latency of queue/next and label submit under concurrent clients on loopback.
+
+A real uvicorn subprocess serves a fresh SQLite (or PostgreSQL) database; each client thread holds
+its own keep-alive connection and its own expert token, and loops like an expert: pull one item,
+label it with the lease, think. Think times are drawn uniformly from [0.5, 1.5] × ``think_ms`` so the
+clients do not march in lockstep; ``think_ms=0`` is a closed loop at saturation, where latency is
+just clients ÷ throughput (Little's law) and measures capacity rather than responsiveness.
+Reports p50/p90/p99/max per operation and the error count; writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "api.json"
+TARGET_P99_MS = 50.0
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> tuple[int, list[str]]:
+    from app.config import Settings
+    from app.db.migrate import upgrade
+    from app.db.session import Database
+    from app.services import imports, projects, tokens, users
+
+    settings = Settings(_env_file=None, database_url=database_url, data_dir=data_dir)
+    upgrade(database_url)
+    db = Database(settings)
+    try:
+        with db.session() as s:
+            admin = users.create(session=s, username="bench-admin", password="bench password", role="admin")
+            p = projects.create(
+                session=s, name=f"bench-{int(time.time())}", attributes=[
+                    {"name": "shape", "kind": "categorical", "levels": ["square", "ellipse", "heart"]},
+                    {"name": "size", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5", "6"]}],
+                representation={"source": "vae"}, strategy="bald", settings={}, created_by_id=admin.id,
+                loaded=imports.load_spec({"source": "shapes", "n": n_items, "size": 16}, settings),
+            )
+            toks = []
+            for k in range(clients):
+                u = users.create(session=s, username=f"bench-expert-{k}", password="bench password", role="expert")
+                toks.append(tokens.create(session=s, user=u, name="bench")[1])
+            return p.id, toks
+    finally:
+        db.dispose()
+
+
+def run_api_bench(*, clients: int = 32, rounds: int = 40, warmup: int = 3, think_ms: float = 1000.0,
+                  database_url: str | None = None, out: Path | None = DEFAULT_OUT,
+                  quiet: bool = False) -> dict[str, Any]:
+    """Run the API benchmark; returns (and writes to ``out``) the results as a dict."""
+    from app.bench.server import uvicorn_server
+
+    with tempfile.TemporaryDirectory(prefix="lenslab-bench-") as tmp:
+        tmpdir = Path(tmp)
+        url = database_url or f"sqlite:///{tmpdir / 'bench.db'}"
+        n_items = clients * (rounds + warmup) * 2 + 100
+        pid, toks = _arrange(url, tmpdir / "data", clients, n_items)
+        env = {"LENSLAB_DATABASE_URL": url, "LENSLAB_DATA_DIR": str(tmpdir / "data"),
+               "LENSLAB_SECRET_KEY": "bench-secret-key-0123456789abcdef", "LENSLAB_ENV": "development",
+               "LENSLAB_RETRAIN_EVERY": "50", "LENSLAB_EVAL_FRACTION": "0.1"}
+        lat: dict[str, list[float]] = {"queue_next": [], "label_submit": []}
+        errors: list[str] = []
+        lock = threading.Lock()
+        with uvicorn_server(env, log_path=tmpdir / "server.log") as base:
+            barrier = threading.Barrier(clients)
+
+            def worker(k: int) -> None:
+                mine: dict[str, list[float]] = {"queue_next": [], "label_submit": []}
+                errs: list[str] = []
+                rng = random.Random(k)
+                with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {toks[k]}"}, timeout=30) as c:
+                    barrier.wait()
+                    for rnd in range(warmup + rounds):
+                        keep = rnd >= warmup
+                        try:
+                            t0 = time.perf_counter()
+                            r = c.post(f"/api/v1/projects/{pid}/queue/next", params={"n": 1})
+                            t1 = time.perf_counter()
+                            if r.status_code != 200 or not r.json()["items"]:
+                                errs.append(f"queue/next {r.status_code}: {r.text[:200]}")
+                                continue
+                            it = r.json()["items"][0]
+                            body = {"values": {"shape": "square", "size": "3"}, "lease_id": it["lease_id"],
+                                    "idempotency_key": f"{k}-{rnd}"}
+                            t2 = time.perf_counter()
+                            r = c.post(f"/api/v1/items/{it['item_id']}/labels", json=body)
+                            t3 = time.perf_counter()
+                            if r.status_code != 201:
+                                errs.append(f"labels {r.status_code}: {r.text[:200]}")
+                            if keep:
+                                mine["queue_next"].append((t1 - t0) * 1000)
+                                mine["label_submit"].append((t3 - t2) * 1000)
+                        except httpx.HTTPError as exc:
+                            errs.append(f"{type(exc).__name__}: {exc}")
+                        if think_ms:
+                            time.sleep(rng.uniform(0.5, 1.5) * think_ms / 1000)
+                with lock:
+                    for key in lat:
+                        lat[key].extend(mine[key])
+                    errors.extend(errs)
+
+            started = time.perf_counter()
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - started
+
+    ops = {}
+    for key, xs in lat.items():
+        ops[key] = {"n": len(xs), "p50_ms": _percentile(xs, 50), "p90_ms": _percentile(xs, 90),
+                    "p99_ms": _percentile(xs, 99), "max_ms": max(xs) if xs else float("nan"),
+                    "mean_ms": statistics.fmean(xs) if xs else float("nan")}
+    result = {
+        "benchmark": "api", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "database": url.split(":", 1)[0], "clients": clients, "rounds": rounds, "warmup_rounds": warmup,
+        "think_ms": think_ms, "think_jitter": [0.5, 1.5], "server": "uvicorn, 1 process, loopback", "wall_s": round(wall, 2),
+        "requests_per_s": round(2 * clients * (rounds + warmup) / wall, 1), "errors": len(errors),
+        "error_samples": errors[:5], "operations": ops, "target_p99_ms": TARGET_P99_MS,
+        "meets_target": len(errors) == 0 and all(o["p99_ms"] < TARGET_P99_MS for o in ops.values()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
+    if not quiet:
+        print(format_table(result))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        if not quiet:
+            print(f"wrote {out}")
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The results as a fixed-width table."""
+    lines = [f"api bench: {result['clients']} clients × {result['rounds']} rounds, {result['database']}, "
+             f"think {result['think_ms']:g} ms, {result['requests_per_s']} req/s, errors {result['errors']}",
+             f"{'operation':<14}{'n':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"]
+    for name, o in result["operations"].items():
+        lines.append(f"{name:<14}{o['n']:>6}{o['p50_ms']:>9.1f}{o['p90_ms']:>9.1f}{o['p99_ms']:>9.1f}{o['max_ms']:>9.1f}")
+    lines.append(f"target p99 < {result['target_p99_ms']:g} ms and 0 errors: "
+                 f"{'met' if result['meets_target'] else 'NOT met'}")
+    return "\n".join(lines)

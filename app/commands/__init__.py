@@ -1,0 +1,1 @@
+"""Command groups of the ``lenslab`` CLI; each module exposes ``register(subparsers)``."""

@@ -1,0 +1,47 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __doc__ as app_doc
+from app import security
+from app.api import errors
+from app.api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from app.config import Settings, get_settings
+from app.db.session import Database
+from app.routes import ROUTERS
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A lenslab app bound to ``settings`` (default: the environment's); the schema must already exist."""
+    settings = settings or get_settings()
+    db = Database(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        title="lenslab", version="1", description=(app_doc or "").strip(), lifespan=lifespan,
+        docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.signer = security.CookieSigner(settings.secret_key)
+    app.state.throttle = security.LoginThrottle(settings.login_max_failures, settings.login_window_seconds)
+    errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
+    for router in ROUTERS:
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["meta"], include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

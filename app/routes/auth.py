@@ -1,0 +1,70 @@
+"""Login, logout and who-am-I: browser sessions in a signed HttpOnly cookie plus a CSRF token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import BaseModel, Field
+
+from app import security
+from app.api.deps import CurrentUser, PrincipalDep, SessionDep, SettingsDep
+from app.db.models import User
+from app.services import sessions as session_service
+from app.services import users as user_service
+
+router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+
+
+class LoginIn(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+def user_out(user: User) -> dict[str, Any]:
+    """The public fields of a user."""
+    return {"id": user.id, "username": user.username, "role": user.role, "active": user.active,
+            "created_at": user.created_at}
+
+
+@router.post("/login")
+def login(body: LoginIn, request: Request, response: Response, session: SessionDep,
+          settings: SettingsDep) -> dict[str, Any]:
+    """Check a username and password; set the session cookie and return the user and CSRF token."""
+    throttle: security.LoginThrottle = request.app.state.throttle
+    client = request.client.host if request.client else "?"
+    wait = throttle.retry_after(body.username, client)
+    if wait is not None:
+        raise HTTPException(429, detail=f"too many failed logins; retry in {wait:.0f} s",
+                            headers={"Retry-After": str(int(wait) + 1)})
+    user = user_service.authenticate(session=session, username=body.username, password=body.password)
+    if user is None:
+        throttle.failed(body.username, client)
+        raise HTTPException(401, detail="wrong username or password")
+    throttle.succeeded(body.username, client)
+    old = request.cookies.get(security.SESSION_COOKIE)
+    old_sid = request.app.state.signer.loads(old) if old else None
+    row, sid = session_service.create(session=session, user=user, days=settings.session_days, replaces=old_sid)
+    response.set_cookie(
+        security.SESSION_COOKIE, request.app.state.signer.dumps(sid), max_age=int(settings.session_days * 86400),
+        httponly=True, samesite="lax", secure=settings.cookie_secure, path="/",
+    )
+    return {"user": user_out(user), "csrf_token": row.csrf_token}
+
+
+@router.post("/logout")
+def logout(principal: PrincipalDep, request: Request, response: Response, session: SessionDep) -> dict[str, Any]:
+    """End the browser session (Bearer tokens are revoked through /api/v1/tokens instead)."""
+    cookie = request.cookies.get(security.SESSION_COOKIE)
+    sid = request.app.state.signer.loads(cookie) if cookie else None
+    if principal.via == "session" and sid:
+        session_service.delete(session=session, session_id=sid)
+    response.delete_cookie(security.SESSION_COOKIE, path="/")
+    return {"ok": True}
+
+
+@router.get("/me")
+def me(user: CurrentUser, principal: PrincipalDep) -> dict[str, Any]:
+    """The caller, and the CSRF token of a cookie session (for pages that post with fetch)."""
+    ws = principal.web_session
+    return {"user": user_out(user), "via": principal.via, "csrf_token": ws.csrf_token if ws else None}

@@ -1,0 +1,118 @@
+"""Request bodies of the REST API (pydantic); responses are plain dicts built by the services' ``*_out``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Strategy = Literal["bald", "max_entropy", "random"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AttributeIn(Strict):
+    name: str = Field(min_length=1, max_length=64)
+    kind: Literal["categorical", "ordinal", "continuous"] = "categorical"
+    levels: list[str] | None = Field(None, max_length=1000)
+    low: float | None = None
+    high: float | None = None
+
+
+class DigitsSpec(Strict):
+    source: Literal["digits"]
+
+
+class ShapesSpec(Strict):
+    source: Literal["shapes"]
+    n: int = Field(5000, ge=1, le=200_000)
+    seed: int = 0
+    size: int = Field(32, ge=16, le=512)
+
+
+class MnistSpec(Strict):
+    source: Literal["mnist"]
+    path: str = Field(min_length=1)
+    split: Literal["train", "test"] = "train"
+    limit: int | None = Field(None, ge=1)
+
+
+class ImagesSpec(Strict):
+    source: Literal["images"]
+    path: str = Field(min_length=1)
+    size: int | None = Field(None, ge=1, le=4096)
+    mode: Literal["L", "RGB"] = "L"
+
+
+class EmbeddingsSpec(Strict):
+    source: Literal["embeddings"]
+    path: str = Field(min_length=1)
+    images: str | None = None
+    size: int | None = Field(None, ge=1, le=4096)
+    mode: Literal["L", "RGB"] = "L"
+
+
+DatasetSpec = Annotated[DigitsSpec | ShapesSpec | MnistSpec | ImagesSpec | EmbeddingsSpec,
+                        Field(discriminator="source")]
+
+
+class RepresentationIn(BaseModel):
+    """The base representation: its source plus free configuration (e.g. latent_dim) for the worker."""
+
+    model_config = ConfigDict(extra="allow")
+    source: Literal["vae", "classifier", "torchscript", "embeddings"] = "vae"
+
+
+class ProjectSettingsIn(BaseModel):
+    """Per-project overrides of the global settings; other keys are kept for the worker."""
+
+    model_config = ConfigDict(extra="allow")
+    retrain_every: int | None = Field(None, ge=1)
+    lease_seconds: int | None = Field(None, ge=5, le=7 * 24 * 3600)
+    eval_fraction: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class ProjectIn(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    dataset: DatasetSpec | None = None
+    attributes: list[AttributeIn] = Field(min_length=1, max_length=100)
+    representation: RepresentationIn = Field(default_factory=RepresentationIn)
+    strategy: Strategy = "bald"
+    settings: ProjectSettingsIn = Field(default_factory=ProjectSettingsIn)
+
+
+class ProjectPatch(Strict):
+    name: str | None = Field(None, min_length=1, max_length=100)
+    attributes: list[AttributeIn] | None = Field(None, min_length=1, max_length=100)
+    representation: RepresentationIn | None = None
+    strategy: Strategy | None = None
+    settings: ProjectSettingsIn | None = None
+
+
+class ImportIn(Strict):
+    dataset: DatasetSpec
+
+
+class LabelIn(Strict):
+    values: dict[str, Any]
+    idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+    lease_id: str | None = Field(None, min_length=1, max_length=64)
+    project_id: int | None = None
+
+
+class LabelImportRow(Strict):
+    item_id: int | None = None
+    source_index: int | None = None
+    values: dict[str, Any]
+    eval: bool = False
+
+
+class LabelImportIn(Strict):
+    labels: list[LabelImportRow] = Field(min_length=1, max_length=200_000)
+
+
+class JobIn(Strict):
+    kind: Literal["pretrain", "retrain", "score", "evaluate", "experiment"]
+    params: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,266 @@
+"""Model versions and what is read from them: activation, scores, metric points, z / z* / predictions, traversals.
+
+Fitted objects are loaded from the database (checkpoint bytes) and cached per row id, so every web
+process follows the active version without a restart.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app.db.models import Item, MetricPoint, ModelVersion, Project, Representation, Score
+from app.services.errors import Conflict, Invalid, NotFound
+
+
+class _LRU:
+    """A small thread-safe LRU of loaded models keyed by (kind, row id); rows are immutable once written."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._d: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int], load: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+        value = load()
+        with self._lock:
+            self._d[key] = value
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+        return value
+
+
+# One cache per connection pool (one per app/database), so two apps in one process (tests, or a
+# PostgreSQL and a SQLite app) never see each other's rows under equal ids.
+_caches: weakref.WeakKeyDictionary[Any, _LRU] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def _cache_for(session: Session) -> _LRU:
+    pool = session.get_bind().pool
+    with _caches_lock:
+        cache = _caches.get(pool)
+        if cache is None:
+            cache = _caches[pool] = _LRU()
+        return cache
+
+
+def list_versions(*, session: Session, project_id: int) -> list[ModelVersion]:
+    """The project's model versions, newest first."""
+    return list(session.scalars(sa.select(ModelVersion).where(ModelVersion.project_id == project_id)
+                                .order_by(ModelVersion.version.desc())))
+
+
+def get_or_raise(*, session: Session, model_id: int) -> ModelVersion:
+    """The model version with this id; NotFound otherwise."""
+    mv = session.get(ModelVersion, model_id)
+    if mv is None:
+        raise NotFound(f"no model version {model_id}")
+    return mv
+
+
+def active(*, session: Session, project_id: int) -> ModelVersion | None:
+    """The project's active model version, or None."""
+    return session.scalar(sa.select(ModelVersion).where(ModelVersion.project_id == project_id,
+                                                        ModelVersion.active))
+
+
+def active_or_raise(*, session: Session, project_id: int) -> ModelVersion:
+    """The active model version; Conflict (409) when the project has none yet."""
+    mv = active(session=session, project_id=project_id)
+    if mv is None:
+        raise Conflict(f"project {project_id} has no active model yet: label items and wait for a retrain")
+    return mv
+
+
+def activate(*, session: Session, model: ModelVersion) -> ModelVersion:
+    """Make ``model`` the project's active version (one transaction: the others are deactivated first)."""
+    session.execute(sa.update(ModelVersion).where(ModelVersion.project_id == model.project_id,
+                                                  ModelVersion.id != model.id, ModelVersion.active)
+                    .values(active=False).execution_options(synchronize_session=False))
+    session.flush()
+    model.active = True
+    session.commit()
+    return model
+
+
+def version_out(mv: ModelVersion) -> dict[str, Any]:
+    """The public fields of a model version (never its checkpoint)."""
+    return {"id": mv.id, "project_id": mv.project_id, "version": mv.version, "active": mv.active,
+            "metrics": mv.metrics, "stats": mv.stats, "config": mv.config, "n_labels": mv.n_labels,
+            "content_hash": mv.content_hash, "job_id": mv.job_id, "representation_id": mv.representation_id,
+            "created_at": mv.created_at}
+
+
+def scores(*, session: Session, project: Project, strategy: str | None, order: str, limit: int,
+           unlabelled_only: bool = False) -> dict[str, Any]:
+    """The active model's acquisition score per item, sorted."""
+    mv = active_or_raise(session=session, project_id=project.id)
+    strategy = strategy or (project.strategy if project.strategy != "random" else "bald")
+    col = Score.score.desc() if order == "desc" else Score.score.asc()
+    q = (sa.select(Score.item_id, Score.score).where(Score.model_version_id == mv.id, Score.strategy == strategy)
+         .order_by(col, Score.item_id).limit(limit))
+    if unlabelled_only:
+        q = q.join(Item, Item.id == Score.item_id).where(Item.labelled.is_(False))
+    rows = session.execute(q).all()
+    return {"model_version": mv.version, "model_id": mv.id, "strategy": strategy,
+            "items": [{"item_id": int(i), "score": float(s)} for i, s in rows]}
+
+
+def metric_points(*, session: Session, project_id: int) -> list[dict[str, Any]]:
+    """The project's metric curve: one point per evaluation, in order of labels then time."""
+    rows = session.execute(
+        sa.select(MetricPoint, ModelVersion.version).outerjoin(ModelVersion, ModelVersion.id == MetricPoint.model_version_id)
+        .where(MetricPoint.project_id == project_id).order_by(MetricPoint.n_labels, MetricPoint.id)
+    ).all()
+    return [{"id": p.id, "n_labels": p.n_labels, "model_version": version, "model_id": p.model_version_id,
+             "overall": p.overall, "attributes": p.attributes, "test_ll": p.test_ll, **(p.extra or {}),
+             "created_at": p.created_at} for p, version in rows]
+
+
+def _npy(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def active_representation(*, session: Session, project_id: int) -> Representation:
+    """The project's active base representation; Conflict (409) until the pretrain job has produced one."""
+    rep = session.scalar(sa.select(Representation).where(Representation.project_id == project_id,
+                                                         Representation.active))
+    if rep is None:
+        raise Conflict(f"project {project_id} has no representation yet: the pretrain job has not finished")
+    return rep
+
+
+def _z_table(session: Session, rep: Representation) -> tuple[np.ndarray, np.ndarray]:
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        row = session.execute(sa.select(Representation.z, Representation.item_ids)
+                              .where(Representation.id == rep.id)).one()
+        if row.z is None or row.item_ids is None:
+            raise Conflict(f"representation {rep.id} holds no z")
+        return _npy(row.item_ids).astype(np.int64), _npy(row.z).astype(np.float32)
+    return _cache_for(session).get(("z", rep.id), load)
+
+
+def z_of(*, session: Session, rep: Representation, item_ids: list[int]) -> np.ndarray:
+    """Rows of z (in ``item_ids`` order) from the representation; Conflict for an item it does not cover."""
+    ids, Z = _z_table(session, rep)
+    order = np.argsort(ids)
+    pos = np.searchsorted(ids, item_ids, sorter=order)
+    pos = np.clip(pos, 0, len(ids) - 1)
+    rows = order[pos]
+    missing = [i for i, r in zip(item_ids, rows, strict=True) if ids[r] != i]
+    if missing:
+        raise Conflict(f"items {missing[:5]} have no z in representation {rep.id} (imported after the pretrain?)")
+    return Z[rows]
+
+
+def load_lens(*, session: Session, mv: ModelVersion) -> Any:
+    """The fitted ``ml.lens.InterpretableLens`` of a model version (cached)."""
+    def load() -> Any:
+        from ml.lens import InterpretableLens
+
+        blob = session.scalar(sa.select(ModelVersion.checkpoint).where(ModelVersion.id == mv.id))
+        if not blob:
+            raise Conflict(f"model version {mv.version} has no checkpoint")
+        return InterpretableLens.from_bytes(blob)
+    return _cache_for(session).get(("lens", mv.id), load)
+
+
+def load_decoder(*, session: Session, rep: Representation) -> Any:
+    """The base model that decodes z to images (a ``ml.vae.VAE``); Conflict when the source has none."""
+    if rep.source != "vae":
+        raise Conflict(f"the {rep.source} representation has no decoder: traversals need source 'vae'")
+
+    def load() -> Any:
+        from ml.vae import VAE
+
+        blob = session.scalar(sa.select(Representation.checkpoint).where(Representation.id == rep.id))
+        if not blob:
+            raise Conflict(f"representation {rep.id} has no checkpoint")
+        return VAE.from_bytes(blob)
+    return _cache_for(session).get(("vae", rep.id), load)
+
+
+def _jsonable_predictions(pred: dict[str, Any], row: int, attrs: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    by_name = {a.name: a for a in attrs}
+    for name, value in pred.items():
+        a = by_name.get(name)
+        if isinstance(value, tuple):
+            mean, var = value
+            out[name] = {"mean": float(np.asarray(mean)[row]), "var": float(np.asarray(var)[row])}
+        else:
+            probs = np.asarray(value)[row].astype(float).tolist()
+            levels = list(a.levels) if a is not None and a.levels else [str(i) for i in range(len(probs))]
+            out[name] = {"probs": dict(zip(levels, probs, strict=False)), "level": levels[int(np.argmax(probs))]}
+    return out
+
+
+def representation_of(*, session: Session, item: Item, project: Project) -> dict[str, Any]:
+    """z of an item, and with an active model z* and per-attribute predictions."""
+    rep = active_representation(session=session, project_id=project.id)
+    z = z_of(session=session, rep=rep, item_ids=[item.id])
+    out: dict[str, Any] = {"item_id": item.id, "representation_id": rep.id, "source": rep.source,
+                           "z": z[0].astype(float).tolist(), "z_star": None, "predictions": None,
+                           "model_version": None, "attribute_dims": None}
+    mv = active(session=session, project_id=project.id)
+    if mv is not None:
+        lens = load_lens(session=session, mv=mv)
+        z_star = np.asarray(lens.transform(z))
+        pred = lens.predict_proba(z)
+        out.update(z_star=z_star[0].astype(float).tolist(), model_version=mv.version,
+                   predictions=_jsonable_predictions(pred, 0, project.attributes),
+                   attribute_dims={k: np.asarray(v).astype(int).ravel().tolist()
+                                   for k, v in dict(getattr(lens, "attribute_dims_", {})).items()})
+    return out
+
+
+MAX_TRAVERSAL_ITEMS = 16
+MAX_TRAVERSAL_STEPS = 15
+
+
+def traversal_png(*, session: Session, project: Project, attribute: str, item_ids: list[int] | None,
+                  steps: int, scale: int) -> bytes:
+    """A PNG grid: each row one item, each column the attribute's z* dimension moved over its range."""
+    from ml import traversal
+
+    if attribute not in {a.name for a in project.attributes}:
+        raise NotFound(f"project {project.id} has no attribute {attribute!r}")
+    if not 2 <= steps <= MAX_TRAVERSAL_STEPS:
+        raise Invalid(f"steps: between 2 and {MAX_TRAVERSAL_STEPS}, got {steps}")
+    mv = active_or_raise(session=session, project_id=project.id)
+    rep = active_representation(session=session, project_id=project.id)
+    if item_ids:
+        if len(item_ids) > MAX_TRAVERSAL_ITEMS:
+            raise Invalid(f"items: at most {MAX_TRAVERSAL_ITEMS}, got {len(item_ids)}")
+        found = set(session.scalars(sa.select(Item.id).where(Item.id.in_(item_ids), Item.project_id == project.id)))
+        missing = [i for i in item_ids if i not in found]
+        if missing:
+            raise Invalid(f"items: {missing} are not items of project {project.id}")
+    else:
+        item_ids = list(session.scalars(sa.select(Item.id).where(Item.project_id == project.id)
+                                        .order_by(Item.id).limit(4)))
+    decoder = load_decoder(session=session, rep=rep)
+    lens = load_lens(session=session, mv=mv)
+    Z = z_of(session=session, rep=rep, item_ids=item_ids)
+    Zs = np.asarray(lens.transform(Z))
+    dims = np.asarray(lens.attribute_dims_[attribute]).ravel()
+    dim = int(dims[0])
+    # The range to sweep comes from the z* of (up to 2,000 of) the project's items: its training quantiles.
+    _, Z_all = _z_table(session, rep)
+    ref = Z_all[:: max(1, len(Z_all) // 2000)]
+    values = traversal.attribute_values(np.asarray(lens.transform(ref)), dim, steps)
+    images = traversal.attribute_traversal(decoder.decode, Zs, dim, values, inverse=lens.inverse_transform)
+    return traversal.grid_png(images, scale=scale)

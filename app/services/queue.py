@@ -1,0 +1,168 @@
+"""The labelling queue: hand out items by acquisition score under a lease, race-free on SQLite and PostgreSQL.
+
+Claiming is a conditional UPDATE (free and unlabelled → leased to me); its row count says who won, so
+two requests can never lease one item however their transactions interleave. On PostgreSQL the
+candidate scan also takes ``FOR UPDATE SKIP LOCKED`` so concurrent callers look at different rows.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import Item, Lease, ModelVersion, Project, Score, User
+from app.services.errors import Conflict, Forbidden, NotFound
+from app.services.users import has_role
+
+MAX_BATCH = 100
+# Candidates fetched beyond the number needed, in case concurrent callers win some of them first.
+SLACK = 8
+
+
+def _free(project_id: int, now: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(Item.project_id == project_id, Item.labelled.is_(False),
+                   sa.or_(Item.lease_expires_at.is_(None), Item.lease_expires_at < now))
+
+
+def _lock(q: sa.Select, session: Session) -> sa.Select:
+    if session.get_bind().dialect.name == "postgresql":
+        return q.with_for_update(skip_locked=True, of=Item)
+    return q
+
+
+def _random_candidates(session: Session, cond: sa.ColumnElement[bool], m: int) -> list[tuple[int, None]]:
+    # Items carry a uniform random key fixed at import; starting at a fresh random point gives each
+    # call a uniformly random free item first, using the index instead of ORDER BY random().
+    u = random.random()
+    out: list[tuple[int, None]] = []
+    for part in (Item.random_key >= u, Item.random_key < u):
+        if len(out) >= m:
+            break
+        q = sa.select(Item.id).where(cond, part).order_by(Item.random_key).limit(m - len(out))
+        out.extend((i, None) for i in session.scalars(_lock(q, session)))
+    return out
+
+
+def _scored_candidates(session: Session, cond: sa.ColumnElement[bool], model_version_id: int, strategy: str,
+                       m: int) -> list[tuple[int, float]]:
+    q = (sa.select(Item.id, Score.score).join(Score, Score.item_id == Item.id)
+         .where(Score.model_version_id == model_version_id, Score.strategy == strategy, cond)
+         .order_by(Score.score.desc(), Item.id).limit(m))
+    return [(int(i), float(s)) for i, s in session.execute(_lock(q, session))]
+
+
+def _claim(session: Session, item_id: int, lease_id: str, expires: datetime, now: datetime, *,
+           project_id: int, to_eval: bool) -> bool:
+    values: dict[str, Any] = {"lease_id": lease_id, "lease_expires_at": expires}
+    if to_eval:
+        values["split"] = "eval"
+    res = session.execute(sa.update(Item).where(Item.id == item_id, _free(project_id, now)).values(**values)
+                          .execution_options(synchronize_session=False))
+    return res.rowcount == 1
+
+
+def active_model(session: Session, project_id: int) -> ModelVersion | None:
+    """The project's active model version, or None before the first retrain."""
+    return session.scalar(sa.select(ModelVersion).where(ModelVersion.project_id == project_id,
+                                                        ModelVersion.active))
+
+
+def lease_out(lease: Lease, *, resumed: bool = False) -> dict[str, Any]:
+    """A queue entry as the API returns it."""
+    return {"item_id": lease.item_id, "lease_id": lease.id, "expires_at": lease.expires_at, "eval": lease.eval,
+            "score": lease.score, "image_url": f"/api/v1/items/{lease.item_id}/image.png", "resumed": resumed}
+
+
+def next_items(*, session: Session, project: Project, user: User, n: int, lease_seconds: float,
+               eval_fraction: float, now: datetime | None = None, rng: random.Random | None = None
+               ) -> list[dict[str, Any]]:
+    """Up to ``n`` items leased to ``user``: their own live leases first, then new ones; committed.
+
+    New slots are eval hand-outs with probability ``eval_fraction`` (uniformly random items that join
+    the held-out split), otherwise the highest acquisition scores of the active model (random order
+    before a model exists or when the strategy is "random").
+    """
+    n = max(1, min(int(n), MAX_BATCH))
+    now = now or utcnow()
+    rng = rng or random.Random()
+    expires = now + timedelta(seconds=lease_seconds)
+    mine = list(session.scalars(
+        sa.select(Lease).where(Lease.project_id == project.id, Lease.user_id == user.id, Lease.ended_at.is_(None),
+                               Lease.expires_at > now).order_by(Lease.created_at).limit(n)))
+    out = [lease_out(lease, resumed=True) for lease in mine]
+    need = n - len(out)
+    if need <= 0:
+        session.commit()
+        return out
+    n_eval = sum(rng.random() < eval_fraction for _ in range(need))
+    new_leases: list[Lease] = []
+
+    def take(candidates: list[tuple[int, float | None]], k: int, to_eval: bool) -> int:
+        won = 0
+        for item_id, score in candidates:
+            if won >= k:
+                break
+            lid = uuid.uuid4().hex
+            if _claim(session, item_id, lid, expires, now, project_id=project.id, to_eval=to_eval):
+                # Stamped after the claim won, so a lease never appears to start before the previous
+                # holder's release committed (the claim could only succeed after it).
+                new_leases.append(Lease(id=lid, project_id=project.id, item_id=item_id, user_id=user.id,
+                                        eval=to_eval, score=score, created_at=utcnow(), expires_at=expires))
+                won += 1
+        return won
+
+    free = _free(project.id, now)
+    got_eval = 0
+    if n_eval:
+        # Unfinished eval items (released, expired or retracted) first, so the held-out set fills up.
+        got_eval = take(_random_candidates(session, sa.and_(free, Item.split == "eval"), n_eval + SLACK),
+                        n_eval, True)
+        if got_eval < n_eval:
+            got_eval += take(_random_candidates(session, sa.and_(free, Item.split == "pool"),
+                                                n_eval - got_eval + SLACK), n_eval - got_eval, True)
+    k = need - got_eval
+    if k > 0:
+        pool = sa.and_(free, Item.split == "pool")
+        model = active_model(session, project.id) if project.strategy != "random" else None
+        won = 0
+        if model is not None:
+            won = take(_scored_candidates(session, pool, model.id, project.strategy, k + SLACK), k, False)
+        if won < k:
+            # Items without a score (imported after the model) or no model yet: random order.
+            take(_random_candidates(session, pool, k - won + SLACK), k - won, False)
+    if new_leases:
+        session.add_all(new_leases)
+        # Leases that lapsed on the items just claimed are closed as expired, for an honest history.
+        session.execute(
+            sa.update(Lease).where(Lease.item_id.in_([lease.item_id for lease in new_leases]),
+                                   Lease.ended_at.is_(None), Lease.id.not_in([lease.id for lease in new_leases]))
+            .values(ended_at=Lease.expires_at, end_reason="expired").execution_options(synchronize_session=False))
+    session.commit()
+    return out + [lease_out(lease) for lease in new_leases]
+
+
+def release(*, session: Session, lease_id: str, user: User) -> Lease:
+    """Give a leased item back to the pool (skip); the holder or an admin may. Committed."""
+    lease = session.get(Lease, lease_id)
+    if lease is None:
+        raise NotFound(f"no lease {lease_id!r}")
+    if lease.user_id != user.id and not has_role(user, "admin"):
+        raise Forbidden(f"lease {lease_id!r} belongs to another user")
+    if lease.ended_at is not None:
+        raise Conflict(f"lease {lease_id!r} already ended ({lease.end_reason})")
+    now = utcnow()
+    if lease.expires_at <= now:
+        lease.ended_at, lease.end_reason = lease.expires_at, "expired"
+        session.commit()
+        raise Conflict(f"lease {lease_id!r} expired at {lease.expires_at.isoformat()}")
+    lease.ended_at, lease.end_reason = now, "released"
+    session.execute(sa.update(Item).where(Item.id == lease.item_id, Item.lease_id == lease.id)
+                    .values(lease_id=None, lease_expires_at=None).execution_options(synchronize_session=False))
+    session.commit()
+    return lease

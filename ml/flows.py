@@ -1,0 +1,181 @@
+"""Invertible maps from z to z* (paper section 2, eq. 2–5): planar flows with an exact inverse.
+
+Every bijection here follows one interface: ``forward(z) -> (y, log_det)`` and
+``inverse(y) -> (z, log_det)``, where ``log_det`` is log|det ∂out/∂in| per row, so the
+log-determinants of a round trip cancel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Newton steps of the scalar inverse; each halves the bracket at worst, so 60 always suffice for
+# float64 even on the widest bracket (|w·û| ≤ ‖w‖‖û‖), and Newton ends far sooner in practice.
+_MAX_ROOT_ITERS = 60
+
+
+class Flow(nn.Module):
+    """An invertible map with a tractable log-determinant of its Jacobian."""
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, d) -> (B, d), (B,)
+        raise NotImplementedError
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, d) -> (B, d), (B,)
+        raise NotImplementedError
+
+
+# Floor of wᵀû above −1: −1 + softplus(x) rounds to exactly −1 for x < −37 (float64), where the
+# flow would stop being strictly monotone along w.
+_MIN_SLOPE = 1e-6
+
+
+def _m(x: torch.Tensor) -> torch.Tensor:
+    """m(x) = −1 + softplus(x): maps any real to (−1, ∞), Rezende & Mohamed (2015) App. A.1.
+
+    ``F.softplus`` switches to the identity for large x and uses log1p(exp(x)) otherwise, so it
+    never overflows (a naive log(1 + eˣ) is inf for x > 88 in float32).
+    """
+    return (F.softplus(x) - 1.0).clamp_min(_MIN_SLOPE - 1.0)
+
+
+class PlanarFlow(Flow):
+    """f(z) = z + û·tanh(wᵀz + b), eq. (4), with û constrained so that f is invertible.
+
+    The constraint (Rezende & Mohamed, App. A.1) is û = u + (m(wᵀu) − wᵀu)·w/‖w‖², which makes
+    wᵀû = m(wᵀu) > −1; then α ↦ α + (wᵀû)·tanh(α + b) is strictly increasing and f is a bijection.
+    """
+
+    def __init__(self, dim: int, init_scale: float = 0.01) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be ≥ 1, got {dim}")
+        self.dim = dim
+        # A small u makes a fresh flow close to the identity (a fresh lens has z* ≈ z), while a
+        # unit-scale w and spread b put tanh's bend inside the data: with a small w too the flow
+        # would stay nearly linear and its gradient towards curvature would vanish.
+        w = torch.randn(dim) / math.sqrt(dim)
+        # m(wᵀu) = 0 at wᵀu = log(e − 1), where the constraint leaves û = u minus that w-part:
+        # adding it makes û the small random part, so a fresh flow is close to the identity.
+        u = torch.randn(dim) * init_scale
+        u = u - (u @ w) * w / (w @ w) + math.log(math.e - 1.0) * w / (w @ w)
+        self.u = nn.Parameter(u)
+        self.w = nn.Parameter(w)
+        self.b = nn.Parameter(torch.randn(()) * 0.5)
+
+    def u_hat(self) -> torch.Tensor:
+        """The constrained û with wᵀû = m(wᵀu) > −1."""
+        w, u = self.w, self.u
+        wu = w @ u
+        w_sq = (w @ w).clamp_min(1e-12)  # w = 0 makes f the identity whatever û is
+        return u + (_m(wu) - wu) * w / w_sq
+
+    def _terms(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        u_hat = self.u_hat().to(dtype)
+        w = self.w.to(dtype)
+        # wᵀû equals m(wᵀu) analytically; taking it from m directly keeps it > −1 after rounding.
+        c = _m(self.w @ self.u).to(dtype) if (self.w @ self.w) > 1e-12 else (w @ u_hat)
+        return u_hat, w, self.b.to(dtype), c
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u_hat, w, b, c = self._terms(z.dtype)
+        h = torch.tanh(z @ w + b)  # (B,)
+        y = z + h[:, None] * u_hat[None, :]  # (B, d)
+        # det(I + û ψᵀ) = 1 + ψᵀû with ψ = (1 − h²) w, so the log-det is log1p((1 − h²)·wᵀû) (eq. 3).
+        log_det = torch.log1p((1.0 - h * h) * c)
+        return y, log_det
+
+    @torch.no_grad()
+    def _solve_alpha(self, target: torch.Tensor, c: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Solve α + c·tanh(α + b) = target for α, elementwise (vectorised safeguarded Newton).
+
+        g(α) = α + c·tanh(α + b) − target is strictly increasing (c > −1) and |c·tanh| ≤ |c|, so
+        the root lies in [target − |c|, target + |c|]; Newton steps leaving the bracket fall back
+        to bisection, which guarantees convergence even where g' ≈ 0 (c near −1).
+        """
+        # Padded: where tanh saturates the root sits on the bracket's edge, and rounding of
+        # target = wᵀy can put it a few ulps outside.
+        pad = 1e-6 * (1.0 + target.abs() + c.abs())
+        lo = target - c.abs() - pad
+        hi = target + c.abs() + pad
+        alpha = target - c * torch.tanh(target + b)  # one fixed-point step: exact when c·tanh' is small
+        alpha = alpha.clamp(lo, hi)
+        prev_step = hi - lo
+        tol = 8 * torch.finfo(target.dtype).eps
+        for _ in range(_MAX_ROOT_ITERS):
+            t = torch.tanh(alpha + b)
+            g = alpha + c * t - target
+            lo = torch.where(g < 0, alpha, lo)
+            hi = torch.where(g > 0, alpha, hi)
+            gp = 1.0 + c * (1.0 - t * t)
+            newton = alpha - g / gp
+            # Newton on tanh-shaped g can oscillate between the flanks; as in Numerical Recipes'
+            # rtsafe, take it only while it stays in the bracket and at least halves the step.
+            ok = (newton >= lo) & (newton <= hi) & torch.isfinite(newton) & ((newton - alpha).abs() <= 0.5 * prev_step)
+            new = torch.where(ok, newton, 0.5 * (lo + hi))
+            prev_step = (new - alpha).abs()
+            alpha = new
+            scale = tol * (1.0 + alpha.abs())
+            if bool(((prev_step <= scale) | ((hi - lo) <= scale)).all()):
+                break
+        return alpha
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact inverse: solve for α = wᵀz in one scalar equation, then z = y − û·tanh(α + b).
+
+        Projecting f(z) = y on w gives wᵀy = α + (wᵀû)·tanh(α + b) (Rezende & Mohamed, App. A.1).
+        Computed in float64 internally: the scalar equation is ill-conditioned where wᵀû ≈ −1.
+        """
+        out_dtype = y.dtype
+        y64 = y.to(torch.float64)
+        u_hat, w, b, c = self._terms(torch.float64)
+        target = y64 @ w
+        alpha = self._solve_alpha(target, c, b)
+        # One Newton step taken with autograd on: its value is the root again (g(α) ≈ 0), and its
+        # gradient is the implicit-function one, ∂α/∂y = w / g'(α), so the inverse is differentiable.
+        t = torch.tanh(alpha + b)
+        alpha = alpha - (alpha + c * t - target) / (1.0 + c * (1.0 - t * t))
+        h = torch.tanh(alpha + b)
+        z = y64 - h[:, None] * u_hat[None, :]
+        log_det = -torch.log1p((1.0 - h * h) * c)
+        return z.to(out_dtype), log_det.to(out_dtype)
+
+
+class FlowStack(Flow):
+    """A composition f_T ∘ … ∘ f_1 (eq. 5); log-dets add up (eq. 3)."""
+
+    def __init__(self, flows: list[Flow]) -> None:
+        super().__init__()
+        self.flows = nn.ModuleList(flows)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        for f in self.flows:
+            z, ld = f(z)
+            log_det = log_det + ld
+        return z, log_det
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_det = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
+        for f in reversed(self.flows):
+            y, ld = f.inverse(y)
+            log_det = log_det + ld
+        return y, log_det
+
+
+class PlanarFlowStack(FlowStack):
+    """T planar flows z → z* (the paper's choice, section 2)."""
+
+    def __init__(self, dim: int, n_flows: int, init_scale: float = 0.01) -> None:
+        if n_flows < 0:
+            raise ValueError(f"n_flows must be ≥ 0, got {n_flows}")
+        super().__init__([PlanarFlow(dim, init_scale) for _ in range(n_flows)])
+        self.dim = dim
+
+
+def log_normal_std(x: torch.Tensor) -> torch.Tensor:
+    """log N(x; 0, I) summed over the last dimension (the prior p(z*) of eq. 7)."""
+    return -0.5 * (x * x).sum(-1) - 0.5 * x.shape[-1] * math.log(2 * math.pi)

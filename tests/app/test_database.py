@@ -1,0 +1,84 @@
+"""The schema comes only from the migrations, and database trouble answers 503, never 500."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from app.db.base import metadata
+from app.db.migrate import alembic_config, current
+
+
+def test_migrations_build_exactly_the_models_schema(db_url):
+    # db_url is a database the migrations built; nothing in the models may differ from it.
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert diff == []
+    assert current(db_url) is not None
+
+
+def test_migrations_downgrade_to_empty_and_upgrade_again(tmp_path):
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "head")
+    command.downgrade(cfg, "base")
+    engine = sa.create_engine(url)
+    assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
+    command.upgrade(cfg, "head")
+    assert "labels" in sa.inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_sqlite_connections_use_wal_and_foreign_keys(app):
+    with app.state.db.engine.connect() as conn:
+        if conn.dialect.name != "sqlite":
+            return
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_a_database_that_is_away_answers_503_with_retry_after(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.config import Settings
+    from app.main import create_app
+
+    app = create_app(Settings(_env_file=None, database_url="postgresql://nobody@127.0.0.1:1/none",
+                              data_dir=tmp_path))
+    with TestClient(app) as client:
+        r = client.get("/api/v1/projects", headers={"Authorization": "Bearer ll_whatever"})
+    assert r.status_code == 503 and r.headers["retry-after"] and "retry" in r.json()["detail"]
+
+
+def test_a_sqlite_write_lock_held_too_long_answers_503_not_500(settings, accounts, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    if not settings.is_sqlite:
+        return
+    impatient = settings.model_copy(update={"sqlite_busy_timeout_ms": 200})
+    app = create_app(impatient)
+    path = sa.make_url(settings.database_url).database
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    try:
+        with TestClient(app) as client:
+            r = client.post("/api/v1/tokens", json={"name": "x"}, headers=accounts.headers("viewer"))
+        assert r.status_code == 503 and r.headers["retry-after"]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        app.state.db.dispose()
+
+
+def test_openapi_documents_the_api(client):
+    spec = client.get("/openapi.json").json()
+    assert "/api/v1/projects/{pid}/queue/next" in spec["paths"]
+    assert client.get("/docs").status_code == 200

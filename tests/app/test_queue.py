@@ -1,0 +1,170 @@
+"""The labelling queue: leases, eval hand-outs, acquisition order, release and expiry."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from app.db.base import utcnow
+from tests.conftest import count, create_project
+
+
+def _next(client, headers, pid, n=1):
+    r = client.post(f"/api/v1/projects/{pid}/queue/next", params={"n": n}, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+def test_next_returns_n_distinct_items_each_under_a_lease(client, expert, project, db):
+    items = _next(client, expert, project["id"], 5)
+    assert len({i["item_id"] for i in items}) == 5
+    assert all(i["lease_id"] and i["expires_at"] and i["image_url"].endswith("/image.png") for i in items)
+    assert count(db, "leases", "ended_at IS NULL") == 5
+    assert count(db, "items", "lease_id IS NOT NULL") == 5
+
+
+def test_next_item_never_hands_out_a_leased_item(client, accounts, expert, project):
+    other = accounts.add("expert2", "expert")
+    mine = {i["item_id"] for i in _next(client, expert, project["id"], 50)}
+    theirs = {i["item_id"] for i in _next(client, other, project["id"], 50)}
+    assert len(mine) == 50 and len(theirs) == 50 and not mine & theirs
+
+
+def test_your_own_live_leases_come_back_first(client, expert, project):
+    first = _next(client, expert, project["id"], 2)
+    again = _next(client, expert, project["id"], 3)
+    assert [i["lease_id"] for i in again[:2]] == [i["lease_id"] for i in first]
+    assert again[0]["resumed"] is True and again[2]["resumed"] is False
+
+
+def test_next_item_never_hands_out_a_labelled_item(client, admin, expert, db):
+    p = create_project(client, admin, name="tiny", dataset={"source": "shapes", "n": 6})
+    ids = [i["id"] for i in client.get(f"/api/v1/projects/{p['id']}/items", headers=admin).json()["items"]]
+    r = client.post(f"/api/v1/projects/{p['id']}/labels:import", headers=admin,
+                    json={"labels": [{"item_id": i, "values": {"digit": "1"}} for i in ids[:4]]})
+    assert r.status_code == 201
+    got = {i["item_id"] for i in _next(client, expert, p["id"], 10)}
+    assert got == set(ids[4:])
+
+
+def test_submitting_a_label_ends_the_lease(client, expert, project, db):
+    item = _next(client, expert, project["id"])[0]
+    r = client.post(f"/api/v1/items/{item['item_id']}/labels", headers=expert,
+                    json={"values": {"digit": "3"}, "lease_id": item["lease_id"]})
+    assert r.status_code == 201
+    db.rollback()
+    row = db.execute(sa.text("SELECT end_reason FROM leases WHERE id = :i"), {"i": item["lease_id"]}).scalar()
+    assert row == "labelled"
+    assert count(db, "items", "lease_id IS NOT NULL") == 0
+
+
+def test_release_returns_the_item_to_the_pool(client, admin, expert, db):
+    p = create_project(client, admin, name="tiny", dataset={"source": "shapes", "n": 1})
+    item = _next(client, expert, p["id"])[0]
+    assert client.post(f"/api/v1/projects/{p['id']}/queue/next", headers=expert).json()["items"][0]["resumed"]
+    r = client.post(f"/api/v1/leases/{item['lease_id']}/release", headers=expert)
+    assert r.status_code == 200 and r.json()["end_reason"] == "released"
+    again = _next(client, expert, p["id"])
+    assert again[0]["item_id"] == item["item_id"] and again[0]["lease_id"] != item["lease_id"]
+    assert client.post(f"/api/v1/leases/{item['lease_id']}/release", headers=expert).status_code == 409
+
+
+def _expire(db, lease_id):
+    past = utcnow() - timedelta(seconds=1)
+    db.rollback()
+    db.execute(sa.text("UPDATE leases SET expires_at = :t WHERE id = :i"), {"t": past.replace(tzinfo=None) if
+               db.get_bind().dialect.name == "sqlite" else past, "i": lease_id})
+    db.execute(sa.text("UPDATE items SET lease_expires_at = :t WHERE lease_id = :i"), {"t": past.replace(tzinfo=None)
+               if db.get_bind().dialect.name == "sqlite" else past, "i": lease_id})
+    db.commit()
+
+
+def test_an_expired_lease_returns_its_item_to_the_pool(client, accounts, admin, expert, db):
+    p = create_project(client, admin, name="tiny", dataset={"source": "shapes", "n": 1})
+    other = accounts.add("expert2", "expert")
+    item = _next(client, expert, p["id"])[0]
+    assert _next(client, other, p["id"]) == []
+    _expire(db, item["lease_id"])
+    got = _next(client, other, p["id"])
+    assert [i["item_id"] for i in got] == [item["item_id"]]
+    db.rollback()
+    assert db.execute(sa.text("SELECT end_reason FROM leases WHERE id = :i"), {"i": item["lease_id"]}).scalar() == "expired"
+
+
+def test_a_label_with_an_expired_lease_is_409_and_writes_nothing(client, expert, project, db):
+    item = _next(client, expert, project["id"])[0]
+    _expire(db, item["lease_id"])
+    r = client.post(f"/api/v1/items/{item['item_id']}/labels", headers=expert,
+                    json={"values": {"digit": "3"}, "lease_id": item["lease_id"]})
+    assert r.status_code == 409 and "expired" in r.json()["detail"]
+    assert count(db, "labels") == 0
+
+
+def test_a_label_with_another_users_lease_is_403_and_writes_nothing(client, accounts, expert, project, db):
+    other = accounts.add("expert2", "expert")
+    item = _next(client, other, project["id"])[0]
+    r = client.post(f"/api/v1/items/{item['item_id']}/labels", headers=expert,
+                    json={"values": {"digit": "3"}, "lease_id": item["lease_id"]})
+    assert r.status_code == 403 and "another user" in r.json()["detail"]
+    assert client.post(f"/api/v1/leases/{item['lease_id']}/release", headers=expert).status_code == 403
+    assert count(db, "labels") == 0
+
+
+def test_a_lease_for_a_different_item_is_422(client, expert, project, db):
+    a, b = _next(client, expert, project["id"], 2)
+    r = client.post(f"/api/v1/items/{b['item_id']}/labels", headers=expert,
+                    json={"values": {"digit": "3"}, "lease_id": a["lease_id"]})
+    assert r.status_code == 422 and count(db, "labels") == 0
+    r = client.post(f"/api/v1/items/{b['item_id']}/labels", headers=expert,
+                    json={"values": {"digit": "3"}, "lease_id": "nope"})
+    assert r.status_code == 422
+
+
+def test_eval_hand_outs_join_the_eval_split_and_their_labels_are_flagged(client, admin, expert, db):
+    p = create_project(client, admin, name="evalonly", settings={"eval_fraction": 1.0})
+    items = _next(client, expert, p["id"], 4)
+    assert all(i["eval"] for i in items)
+    assert count(db, "items", "split = 'eval'") == 4
+    r = client.post(f"/api/v1/items/{items[0]['item_id']}/labels", headers=expert,
+                    json={"values": {"digit": "3"}, "lease_id": items[0]["lease_id"]})
+    assert r.json()["eval"] is True
+
+
+def test_the_eval_fraction_of_hand_outs_is_respected(client, accounts, admin, expert, db):
+    p = create_project(client, admin, name="some-eval", settings={"eval_fraction": 0.25})
+    other = accounts.add("expert2", "expert")
+    items = _next(client, expert, p["id"], 100) + _next(client, other, p["id"], 100)
+    n_eval = sum(i["eval"] for i in items)
+    assert 26 <= n_eval <= 74  # 200 Bernoulli(0.25) draws: mean 50, sd 6.1 (±4 sd)
+    assert count(db, "items", "split = 'eval'") == n_eval
+
+
+def test_queue_follows_the_active_models_scores_and_skips_eval_items(client, admin, expert, db, app):
+    from app.db.models import Item, ModelVersion, Score
+
+    p = create_project(client, admin, name="scored", dataset={"source": "shapes", "n": 30})
+    with app.state.db.session() as s:
+        ids = list(s.scalars(sa.select(Item.id).where(Item.project_id == p["id"]).order_by(Item.id)))
+        mv = ModelVersion(project_id=p["id"], version=1, active=True)
+        s.add(mv)
+        s.flush()
+        s.add_all(Score(model_version_id=mv.id, strategy="bald", item_id=i, score=float(k)) for k, i in enumerate(ids))
+        s.execute(sa.update(Item).where(Item.id == ids[-1]).values(split="eval"))
+        s.commit()
+    got = _next(client, expert, p["id"], 3)
+    # The highest score is an eval item, so the queue starts at the second highest.
+    assert [i["item_id"] for i in got] == [ids[-2], ids[-3], ids[-4]]
+    assert [i["score"] for i in got] == [28.0, 27.0, 26.0]
+    scores = client.get(f"/api/v1/projects/{p['id']}/scores", params={"limit": 2}, headers=expert).json()
+    assert [s["item_id"] for s in scores["items"]] == [ids[-1], ids[-2]] and scores["model_version"] == 1
+
+
+def test_random_order_before_any_model_covers_the_pool(client, admin, expert):
+    p = create_project(client, admin, name="rand", dataset={"source": "shapes", "n": 20})
+    got = {i["item_id"] for i in _next(client, expert, p["id"], 25)}
+    assert len(got) == 20
+
+
+def test_viewers_cannot_pull_the_queue(client, viewer, project):
+    assert client.post(f"/api/v1/projects/{project['id']}/queue/next", headers=viewer).status_code == 403

@@ -1,0 +1,319 @@
+"""The conv VAE (appendix Table 1), its device and progress/stop plumbing, on sklearn's 8×8 digits."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+
+import ml.vae
+from ml.control import Stopped, Throttle, check_stop
+from ml.device import resolve_device
+from ml.vae import VAE, ConvVAE, VAEConfig
+
+SMALL = {"hidden": 64, "channels": (16, 32)}  # where Table 1's widths are not the point
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small models on a shared CI box: one thread avoids OpenMP oversubscription (4× slower when loaded)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return (load_digits().images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits: np.ndarray) -> VAE:
+    """Table 1's MNIST architecture (64/128 convs, FC 1024) on the digits, 10 epochs."""
+    return VAE(image_shape=(1, 8, 8), epochs=10).fit(digits)
+
+
+# ----------------------------------------------------------------------------- training and bounds
+
+
+def test_training_lowers_the_negative_elbo_by_at_least_a_fifth(digits: np.ndarray, fitted: VAE) -> None:
+    untrained = VAE(image_shape=(1, 8, 8)).fit(digits, epochs=0)
+    before, after = -untrained.elbo(digits), -fitted.elbo(digits)
+    assert after <= 0.8 * before, (before, after)
+    assert fitted.loss_history_[-1] < fitted.loss_history_[0]
+    assert len(fitted.loss_history_) == fitted.n_epochs_ == 10
+
+
+def test_iwae_bound_equals_the_elbo_at_k1_and_tightens_with_k(digits: np.ndarray, fitted: VAE) -> None:
+    X = digits[:600]  # measured over seeds: |ll1 − elbo| ≤ 0.13, ll50 − ll5 ≈ 0.05–0.08, ll5 − ll1 ≈ 0.3
+    elbo = fitted.elbo(X)  # analytic KL, one sample
+    ll1 = fitted.test_log_likelihood(X, k=1)  # Monte-Carlo KL, one sample: same quantity
+    ll5 = fitted.test_log_likelihood(X, k=5)
+    ll50 = fitted.test_log_likelihood(X, k=50)
+    assert abs(ll1 - elbo) < 0.3, (ll1, elbo)  # a wrong log q(z|x) or log p(z) would break this
+    assert ll1 < ll5 < ll50, (ll1, ll5, ll50)
+    assert ll50 - elbo < 5.0  # a bound on the same model, not a different quantity
+
+
+def test_binarised_log_likelihood_is_a_log_probability(digits: np.ndarray, fitted: VAE) -> None:
+    ll = fitted.test_log_likelihood(digits[:200], k=10, binarize=True)
+    assert -64 * math.log(2) * 2 < ll < 0.0  # discrete data: log p(x) ≤ 0; far better than a broken model
+
+
+def test_test_log_likelihood_is_repeatable_and_chunking_free(digits: np.ndarray, fitted: VAE) -> None:
+    a = fitted.test_log_likelihood(digits[:100], k=8)
+    b = fitted.test_log_likelihood(digits[:100], k=8)
+    c = fitted.test_log_likelihood(digits[:100], k=8, batch_size=8)  # one image per chunk
+    assert a == b
+    assert abs(a - c) < 1.0  # other noise draws, same bound
+
+
+def test_log_px_matches_torch_distributions() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 8, 8)
+    out = torch.randn(3, 1, 8, 8)
+    bern = ConvVAE(VAEConfig(image_shape=(1, 8, 8), **SMALL))
+    expected = -torch.nn.functional.binary_cross_entropy_with_logits(out, x, reduction="none").sum((1, 2, 3))
+    torch.testing.assert_close(bern.log_px(x, out), expected)
+    gauss = ConvVAE(VAEConfig(image_shape=(1, 8, 8), likelihood="gaussian", gaussian_log_sigma=-1.5, **SMALL))
+    expected = torch.distributions.Normal(out, math.exp(-1.5)).log_prob(x).sum((1, 2, 3))
+    torch.testing.assert_close(gauss.log_px(x, out), expected)
+
+
+# ----------------------------------------------------------------------------- encode / decode
+
+
+def test_encode_is_deterministic_and_batch_independent(digits: np.ndarray, fitted: VAE) -> None:
+    z1 = fitted.encode(digits)
+    assert z1.shape == (len(digits), 10) and z1.dtype == np.float32
+    np.testing.assert_array_equal(z1, fitted.encode(digits))
+    np.testing.assert_allclose(z1, fitted.encode(digits, batch_size=7), atol=1e-5)
+    mu, logvar = fitted.encode_stats(digits[:5])
+    np.testing.assert_allclose(mu, z1[:5], atol=1e-5)
+    assert logvar.shape == (5, 10) and np.all(np.exp(logvar) < 2.0)
+    assert fitted.encode(digits[:0]).shape == (0, 10)
+
+
+def test_fit_leaves_the_global_torch_rng_alone(digits: np.ndarray) -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    VAE(image_shape=(1, 8, 8), epochs=1, **SMALL).fit(digits[:50])
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_same_seed_gives_the_same_model_and_another_seed_does_not(digits: np.ndarray) -> None:
+    def fit(seed: int) -> np.ndarray:
+        return VAE(image_shape=(1, 8, 8), epochs=1, seed=seed, **SMALL).fit(digits[:300]).encode(digits[:50])
+
+    a, b, c = fit(0), fit(0), fit(1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_decode_gives_images_in_the_unit_interval(fitted: VAE) -> None:
+    Z = np.random.default_rng(0).normal(scale=3.0, size=(20, 10))
+    X = fitted.decode(Z)
+    assert X.shape == (20, 1, 8, 8) and X.dtype == np.float32
+    assert X.min() >= 0.0 and X.max() <= 1.0 and X.std() > 0.01
+
+
+def test_z_carries_the_digit_and_reconstructions_resemble_their_input(digits: np.ndarray, fitted: VAE) -> None:
+    # Bernoulli on grey values leaves few nats worth encoding on 8×8 digits (KL ≈ 1–3 nats), but
+    # the digit's identity must survive: 5-NN on z far above chance (0.1); measured ≈ 0.74.
+    target = load_digits().target
+    Z = fitted.encode(digits)
+    acc = cross_val_score(KNeighborsClassifier(5), Z, target, cv=3).mean()
+    assert acc > 0.6, acc
+    recon = fitted.decode(Z[:300])
+    own = np.abs(recon - digits[:300]).mean()
+    other = np.abs(recon - digits[300:600]).mean()
+    assert own < 0.9 * other, (own, other)
+
+
+def test_gaussian_likelihood_trains_and_decodes_clipped_means(digits: np.ndarray) -> None:
+    vae = VAE(image_shape=(1, 8, 8), likelihood="gaussian", epochs=2, **SMALL).fit(digits[:400])
+    ls = vae.model_.log_sigma()
+    assert ls.requires_grad and ls.shape == (1, 8, 8)  # learnt per pixel
+    ls = ls.detach()
+    assert float(ls.min()) >= math.log(0.01) - 1e-6 and float(ls.max()) <= 0.0
+    X = vae.decode(np.zeros((3, 10), np.float32))
+    assert X.min() >= 0.0 and X.max() <= 1.0
+    assert math.isfinite(vae.test_log_likelihood(digits[:50], k=4))
+    fixed = VAE(image_shape=(1, 8, 8), likelihood="gaussian", gaussian_log_sigma=-2.0, epochs=0, **SMALL)
+    model = fixed.fit(digits[:10]).model_
+    assert not model.log_sigma().requires_grad and float(model.log_sigma().mean()) == -2.0
+
+
+@pytest.mark.parametrize("channels_in", [1, 3])
+@pytest.mark.parametrize("size", [8, 28, 32, 64])
+def test_every_input_size_builds_and_round_trips_shapes(size: int, channels_in: int) -> None:
+    X = np.random.default_rng(0).random((4, channels_in, size, size), dtype=np.float32)
+    vae = VAE(image_shape=(channels_in, size, size), latent_dim=3, epochs=1, batch_size=2, **SMALL).fit(X)
+    assert vae.model_.feat_shape == (32, size // 4, size // 4)  # two stride-2 convs halve twice
+    Z = vae.encode(X)
+    assert Z.shape == (4, 3)
+    assert vae.decode(Z).shape == X.shape
+    assert math.isfinite(vae.elbo(X))
+
+
+def test_table1_mnist_and_svhn_shapes() -> None:
+    mnist = ConvVAE(VAEConfig(image_shape=(1, 28, 28)))
+    assert mnist.feat_shape == (128, 7, 7)
+    assert [m.out_channels for m in mnist.encoder if isinstance(m, torch.nn.Conv2d)] == [64, 128]
+    assert mnist.encoder[-1].out_features == 20 and mnist.encoder[-3].out_features == 1024
+    svhn = ConvVAE(VAEConfig(image_shape=(3, 64, 64), channels=(64, 128, 256), hidden=64))
+    assert svhn.feat_shape == (256, 8, 8)
+    out, mu, logvar = svhn(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 3, 64, 64) and mu.shape == logvar.shape == (2, 10)
+
+
+def test_image_shape_none_is_taken_from_the_data(digits: np.ndarray) -> None:
+    vae = VAE(image_shape=None, epochs=0, **SMALL).fit(digits[:10])
+    assert vae.image_shape_ == (1, 8, 8)
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+def test_save_load_and_bytes_round_trips_give_identical_outputs(tmp_path, digits: np.ndarray, fitted: VAE) -> None:
+    path = tmp_path / "vae.pt"
+    fitted.save(path)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) >= {"config", "state"} and raw["config"]["latent_dim"] == 10
+    for loaded in (VAE.load(path, device="cpu"), VAE.from_bytes(fitted.to_bytes(), device="cpu")):
+        np.testing.assert_array_equal(loaded.encode(digits), fitted.encode(digits))
+        Z = fitted.encode(digits[:10])
+        np.testing.assert_array_equal(loaded.decode(Z), fitted.decode(Z))
+        assert loaded.get_params() | {"device": "auto"} == fitted.get_params()
+        assert loaded.loss_history_ == fitted.loss_history_
+
+
+def test_loading_garbage_or_an_unfitted_model_fails_clearly(tmp_path) -> None:
+    with pytest.raises(ValueError, match="checkpoint"):
+        VAE.from_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not fitted"):
+        VAE().encode(np.zeros((1, 1, 28, 28), np.float32))
+    with pytest.raises(ValueError, match="not fitted"):
+        VAE().save(tmp_path / "x.pt")
+
+
+# ----------------------------------------------------------------------------- progress and stopping
+
+
+def test_should_stop_stops_within_one_batch_and_keeps_the_old_state(digits: np.ndarray) -> None:
+    vae = VAE(image_shape=(1, 8, 8), epochs=0, **SMALL).fit(digits[:10])
+    before = vae.model_
+    polls = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return len(polls) == 3
+
+    with pytest.raises(Stopped):
+        vae.fit(digits, should_stop=should_stop, epochs=50)
+    assert len(polls) == 3  # polled before every batch, raised at once
+    assert vae.model_ is before and vae.n_epochs_ == 0
+
+
+def test_progress_fractions_increase_to_one(monkeypatch, digits: np.ndarray) -> None:
+    monkeypatch.setattr(ml.vae, "PROGRESS_INTERVAL_S", 0.0)
+    calls: list[tuple[float, dict]] = []
+    VAE(image_shape=(1, 8, 8), epochs=2, batch_size=256, **SMALL).fit(digits, progress=lambda f, i: calls.append((f, i)))
+    fractions = [f for f, _ in calls]
+    assert len(calls) == 2 * 8 + 1  # every batch, then the final report
+    assert all(a <= b for a, b in itertools.pairwise(fractions)) and fractions[-1] == 1.0
+    assert fractions[0] == pytest.approx(1 / 16)
+    assert {i["epoch"] for _, i in calls} == {1, 2}
+    assert all(math.isfinite(i["loss"]) for _, i in calls)
+
+
+def test_default_progress_is_throttled_but_always_ends_at_one(digits: np.ndarray) -> None:
+    calls: list[float] = []
+    VAE(image_shape=(1, 8, 8), epochs=2, **SMALL).fit(digits[:300], progress=lambda f, i: calls.append(f))
+    assert 1 <= len(calls) <= 4 and calls[-1] == 1.0
+
+
+def test_throttle_rate_limits_and_never_goes_backwards() -> None:
+    now = [0.0]
+    seen: list[float] = []
+    t = Throttle(lambda f, i: seen.append(f), interval=1.0, clock=lambda: now[0])
+    assert t(0.1)  # the first report goes through
+    now[0] = 0.5
+    assert not t(0.2) and not t.due()
+    now[0] = 1.6
+    assert t.due() and t(0.05)  # due; clamped to the last fraction
+    assert t(1.0, final=True)  # final always goes through
+    assert seen == [0.1, 0.1, 1.0]
+    assert not Throttle(None)(0.5)
+    with pytest.raises(ValueError, match="interval"):
+        Throttle(print, interval=-1)
+
+
+def test_check_stop() -> None:
+    check_stop(None)
+    check_stop(lambda: False)
+    with pytest.raises(Stopped):
+        check_stop(lambda: True)
+
+
+# ----------------------------------------------------------------------------- validation and device
+
+
+@pytest.mark.parametrize(
+    ("X", "match"),
+    [
+        (np.zeros((5, 8, 8), np.float32), r"\[N, C, H, W\]"),
+        (np.zeros((5, 1, 8, 9), np.float32), "image shape"),
+        (np.zeros((5, 1, 8, 8), np.uint8), "dtype"),
+        (np.full((5, 1, 8, 8), np.nan, np.float32), "NaN"),
+        (np.full((5, 1, 8, 8), 16.0, np.float32), r"\[0, 1\]"),
+        (np.full((5, 1, 8, 8), -0.1, np.float32), r"\[0, 1\]"),
+        (np.zeros((0, 1, 8, 8), np.float32), "no images"),
+    ],
+)
+def test_bad_images_are_refused_with_the_problem_named(X: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        VAE(image_shape=(1, 8, 8), epochs=0, **SMALL).fit(X)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"image_shape": (1, 10, 10)}, "divisible by 4"),
+        ({"likelihood": "poisson"}, "likelihood"),
+        ({"latent_dim": 0}, "latent_dim"),
+        ({"device": "tpu"}, "device"),
+        ({"lr": -1.0}, "lr"),
+        ({"gaussian_log_sigma": float("nan")}, "gaussian_log_sigma"),
+    ],
+)
+def test_bad_hyper_parameters_are_refused(params: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        VAE(**{"image_shape": (1, 8, 8), **params}).fit(np.zeros((2, 1, 8, 8), np.float32), epochs=0)
+
+
+def test_decode_refuses_codes_of_the_wrong_width(fitted: VAE) -> None:
+    with pytest.raises(ValueError, match=r"\[N, 10\]"):
+        fitted.decode(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.decode(np.full((2, 10), np.nan))
+
+
+def test_resolve_device(monkeypatch) -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device() == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device='cuda'.*not available"):
+        resolve_device("cuda")
+    for bad in ("tpu", "", "cuda:x"):
+        with pytest.raises(ValueError, match="device"):
+            resolve_device(bad)
