@@ -13,6 +13,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "app.commands.demo",
     "app.commands.serve",
+    "app.commands.worker",
     "app.commands.db",
     "app.commands.users",
     "app.commands.tokens",

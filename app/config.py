@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     # SQLite waits this long for a write lock before answering 503 (never a 500).
     sqlite_busy_timeout_ms: int = Field(10_000, ge=0)
     db_pool_size: int = Field(10, ge=1)
+    # Background jobs. A running job whose heartbeat is older than heartbeat_timeout_s is requeued (at most
+    # job_max_attempts runs in all, then failed); idle workers look for work every worker_poll_s.
+    heartbeat_timeout_s: float = Field(30.0, gt=0)
+    worker_poll_s: float = Field(1.0, gt=0)
+    job_max_attempts: int = Field(3, ge=1, le=100)
+    # torch threads of a standalone `lenslab worker` (None: every core); the in-process worker of
+    # `lenslab serve` always uses 1 so that the web stays responsive.
+    worker_threads: int | None = Field(None, ge=1)
+    # Set by `lenslab serve` (on SQLite unless --no-worker): run a worker thread inside the web process.
+    serve_worker: bool = False
 
     @field_validator("database_url")
     @classmethod
@@ -66,6 +76,11 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """How often a running job's heartbeat is written: a sixth of the timeout, at most every 5 s."""
+        return max(0.05, min(5.0, self.heartbeat_timeout_s / 6))
 
     @property
     def max_upload_bytes(self) -> int:

@@ -13,7 +13,7 @@ from app.api import errors
 from app.api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from app.config import Settings, get_settings
 from app.db.session import Database
-from app.routes import ROUTERS
+from app.routes import ROUTERS, pages
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -23,7 +23,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        worker = None
+        if settings.serve_worker:
+            from app.worker.runner import WorkerThread
+
+            worker = WorkerThread(db, settings).start()
+        _app.state.worker = worker
         yield
+        if worker is not None:
+            worker.stop()
         db.dispose()
 
     app = FastAPI(
@@ -39,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     for router in ROUTERS:
         app.include_router(router)
+    pages.install(app)  # browser UI: /static, pages, htmx partials
 
     @app.get("/healthz", tags=["meta"], include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -521,7 +521,7 @@ def _sprite_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return r2 * r2 * r2 - hu * hu * hv * hv * hv <= 0.0
 
 
-def make_shapes(n: int = 5000, seed: int = 0, size: int = 32) -> Dataset:
+def make_shapes(n: int = 5000, seed: int = 0, size: int = 32, position_range: float = 1.0) -> Dataset:
     """Draw dSprites-like white sprites on black with known generative factors, for controlled experiments.
 
     Factors (drawn independently and uniformly): ``shape`` (0 square, 1 ellipse with axes 2:1,
@@ -535,6 +535,8 @@ def make_shapes(n: int = 5000, seed: int = 0, size: int = 32) -> Dataset:
         raise ValueError(f"n must be at least 1, got {n}")
     if not 16 <= size <= 512:
         raise ValueError(f"size must be between 16 and 512 pixels, got {size}")
+    if not 0.0 <= position_range <= 1.0:
+        raise ValueError(f"position_range must be within [0, 1], got {position_range}")
     # One row of uniforms per sprite, so the first k sprites are the same whatever n is.
     draws = np.random.default_rng(seed).random((n, 5))
     shape = np.minimum((draws[:, 0] * len(SHAPE_NAMES)).astype(np.int64), len(SHAPE_NAMES) - 1)
@@ -544,8 +546,10 @@ def make_shapes(n: int = 5000, seed: int = 0, size: int = 32) -> Dataset:
 
     side = 0.36 * size  # square side at full scale; every shape then has area side²
     reach = 0.8 * side + 1.0  # ellipse semi-major (the largest circumradius) plus a pixel of margin
-    cx = reach + x * (size - 2 * reach)
-    cy = reach + y * (size - 2 * reach)
+    # position_range < 1 keeps sprites nearer the centre (0: all centred; the factors x, y still
+    # record the draw), for experiments that want fewer nuisance pixels than dSprites' full range.
+    cx = size / 2 + (x - 0.5) * position_range * (size - 2 * reach)
+    cy = size / 2 + (y - 0.5) * position_range * (size - 2 * reach)
     s = side * (0.5 + 0.1 * scale_level)
     theta = np.deg2rad(rotation)
 

@@ -88,6 +88,12 @@ class PlanarFlow(Flow):
         log_det = torch.log1p((1.0 - h * h) * c)
         return y, log_det
 
+    def transform(self, z: torch.Tensor) -> torch.Tensor:
+        """f(z) without the log-determinant: the fast path of Monte-Carlo scoring. (B, d) -> (B, d)"""
+        u_hat, w, b, _ = self._terms(z.dtype)
+        h = torch.tanh(torch.addmv(b.expand(z.shape[0]), z, w))
+        return torch.addr(z, h, u_hat)
+
     @torch.no_grad()
     def _solve_alpha(self, target: torch.Tensor, c: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Solve α + c·tanh(α + b) = target for α, elementwise (vectorised safeguarded Newton).
@@ -158,6 +164,12 @@ class FlowStack(Flow):
             log_det = log_det + ld
         return z, log_det
 
+    def transform(self, z: torch.Tensor) -> torch.Tensor:
+        """The composed map without log-determinants (each flow's own fast path)."""
+        for f in self.flows:
+            z = f.transform(z) if hasattr(f, "transform") else f(z)[0]
+        return z
+
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_det = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
         for f in reversed(self.flows):
@@ -174,6 +186,33 @@ class PlanarFlowStack(FlowStack):
             raise ValueError(f"n_flows must be ≥ 0, got {n_flows}")
         super().__init__([PlanarFlow(dim, init_scale) for _ in range(n_flows)])
         self.dim = dim
+
+    @torch.no_grad()
+    def project_columns(self, z_cols: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
+        """Rows ``dims`` of z* for many points stored as columns: (d, M) -> (len(dims), M).
+
+        The fast path of Monte-Carlo scoring. Each planar flow moves z only along its û_t, so
+        z* = z + Σ_t û_t h_t with h_t = tanh(w_tᵀ z_{t−1} + b_t), and
+        w_tᵀ z_{t−1} = w_tᵀ z + Σ_{s<t} (w_tᵀ û_s) h_s. The T scalars h_t per point therefore follow
+        from one (T×d)·(d×M) product and a T×T recursion, and only the rows of z* that the heads
+        read are ever formed: about a fifth of the memory traffic of applying the flows one by one.
+        """
+        flows = [f for f in self.flows if isinstance(f, PlanarFlow)]
+        if len(flows) != len(self.flows):
+            raise TypeError("project_columns needs a stack of planar flows only")
+        if not flows:
+            return z_cols.index_select(0, dims)
+        dtype = z_cols.dtype
+        U = torch.stack([f.u_hat() for f in flows]).to(dtype)  # (T, d)
+        W = torch.stack([f.w for f in flows]).to(dtype)  # (T, d)
+        b = torch.stack([f.b for f in flows]).to(dtype)  # (T,)
+        A = torch.addmm(b[:, None], W, z_cols)  # (T, M): w_tᵀ z + b_t
+        G = W @ U.T  # (T, T): G[t, s] = w_tᵀ û_s
+        H = torch.empty_like(A)
+        for t in range(len(flows)):
+            a = A[t] if t == 0 else torch.addmv(A[t], H[:t].T, G[t, :t])
+            torch.tanh(a, out=H[t])
+        return torch.addmm(z_cols.index_select(0, dims), U.index_select(1, dims).T, H)
 
 
 def log_normal_std(x: torch.Tensor) -> torch.Tensor:

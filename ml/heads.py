@@ -43,6 +43,16 @@ class CategoricalHead(AttributeHead):
     def log_probs(self, zs: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.logits(zs), dim=-1)
 
+    def probs(self, zs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(zs), dim=-1)
+
+    def probs_columns(self, zd: torch.Tensor) -> torch.Tensor:
+        """Probabilities for points as columns of their designated dims: (k, M) -> (C, M).
+
+        Softmax down columns runs several times faster than over rows of only C entries.
+        """
+        return torch.softmax(torch.addmm(self.linear.bias[:, None], self.linear.weight, zd), dim=0)
+
 
 class OrdinalHead(AttributeHead):
     """Ordered logit: one direction ψ and increasing cut points θ_1 < … < θ_{C−1}."""
@@ -59,13 +69,22 @@ class OrdinalHead(AttributeHead):
         gaps = F.softplus(self.raw_gaps)
         return torch.cat([self.first_cut.view(1), self.first_cut + torch.cumsum(gaps, 0)])
 
-    def log_probs(self, zs: torch.Tensor) -> torch.Tensor:  # (..., C)
+    def probs(self, zs: torch.Tensor) -> torch.Tensor:  # (..., C)
         eta = self.linear(self.select(zs))  # (..., 1)
         cdf = torch.sigmoid(self.cuts() - eta)  # P(s ≤ l), (..., C-1)
         ones = torch.ones_like(cdf[..., :1])
         upper = torch.cat([cdf, ones], -1)
         lower = torch.cat([torch.zeros_like(ones), cdf], -1)
-        return torch.log((upper - lower).clamp_min(1e-12))
+        return (upper - lower).clamp_min(1e-12)
+
+    def log_probs(self, zs: torch.Tensor) -> torch.Tensor:  # (..., C)
+        return torch.log(self.probs(zs))
+
+    def probs_columns(self, zd: torch.Tensor) -> torch.Tensor:  # (k, M) -> (C, M)
+        eta = self.linear.weight @ zd  # (1, M)
+        cdf = torch.sigmoid(self.cuts()[:, None] - eta)  # (C-1, M)
+        ones = torch.ones_like(cdf[:1])
+        return (torch.cat([cdf, ones], 0) - torch.cat([torch.zeros_like(ones), cdf], 0)).clamp_min(1e-12)
 
 
 class ContinuousHead(AttributeHead):
@@ -93,6 +112,10 @@ class ContinuousHead(AttributeHead):
         m = self.linear(self.select(zs)).squeeze(-1)
         v = self.log_var.clamp(-9.0, 5.0).exp().expand_as(m)
         return m, v
+
+    def mean_var_columns(self, zd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (k, M) -> (M,), (M,)
+        m = torch.addmv(self.linear.bias.expand(zd.shape[1]), zd.T, self.linear.weight[0])
+        return m, self.log_var.clamp(-9.0, 5.0).exp().expand_as(m)
 
     def log_prob(self, zs: torch.Tensor, s_scaled: torch.Tensor) -> torch.Tensor:
         m, v = self.mean_var(zs)

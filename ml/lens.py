@@ -50,7 +50,7 @@ class LensConfig:
     dims_per_attribute: int = 1
     hidden: int = 256
     alpha: float | None = None  # None → chosen from the labelled fraction (see ``default_alpha``)
-    lr: float = 1e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     batch_size: int = 256
     labelled_batch_size: int = 128
@@ -188,8 +188,7 @@ class LensModule(nn.Module):
         s_enc = self.encode_s({}, n, z.device)
         std = torch.exp(0.5 * self.q0_log_var(z, s_enc))  # (B, d)
         z0 = z[:, None, :] + torch.randn(n, n_samples, d, device=z.device, dtype=z.dtype) * std[:, None, :]
-        zs, _ = self.flows(z0.reshape(n * n_samples, d))
-        return zs.reshape(n, n_samples, d)
+        return self.flows.transform(z0.reshape(n * n_samples, d)).reshape(n, n_samples, d)
 
 
 class InterpretableLens:
@@ -208,7 +207,7 @@ class InterpretableLens:
         hidden: int = 256,
         epochs: int | None = None,
         alpha: float | None = None,
-        lr: float = 1e-3,
+        lr: float = 5e-3,
         weight_decay: float = 0.0,
         batch_size: int = 256,
         labelled_batch_size: int = 128,
@@ -409,7 +408,7 @@ class InterpretableLens:
         for a in self.attributes:
             head: AttributeHead = self.module_.heads[a.name]  # type: ignore[assignment]
             if a.is_discrete:
-                out[a.name] = head.log_probs(zs).exp()  # type: ignore[attr-defined]
+                out[a.name] = head.probs(zs)  # type: ignore[attr-defined]
             else:
                 assert isinstance(head, ContinuousHead)
                 m, v = head.mean_var(zs)
@@ -429,8 +428,34 @@ class InterpretableLens:
         return {a.name: (p.argmax(1) if a.is_discrete else p[0]) for a, p in zip(self.attributes, self.predict_proba(Z).values(), strict=True)}
 
     def _samples(self, z_std: torch.Tensor, n_samples: int) -> dict[str, Any]:
-        zs = self.module_.sample_zstar(z_std, n_samples)  # (B, S, d)
-        return self._heads_on(zs)
+        """Heads at z*_t ~ q(z*|z): {attr: probs (B, S, C)} or {attr: (means, variances) (B, S)}.
+
+        Points are laid out as columns (d, B·S) and only the designated dims of z* are formed
+        (``PlanarFlowStack.project_columns``), the layout in which the small per-point operations
+        vectorise; the returned arrays are views in the usual (B, S, …) order.
+        """
+        mod = self.module_
+        n, d = z_std.shape
+        with torch.no_grad():
+            std = torch.exp(0.5 * mod.q0_log_var(z_std, mod.encode_s({}, n, z_std.device)))  # (B, d)
+            eps = torch.randn(d, n, n_samples, device=z_std.device, dtype=z_std.dtype)
+            z0 = torch.addcmul(z_std.T[:, :, None], std.T[:, :, None], eps).reshape(d, n * n_samples)
+            heads = [mod.heads[a.name] for a in self.attributes]
+            # One pass of the flows for every attribute's designated rows of z*.
+            rows = mod.flows.project_columns(z0, torch.cat([h.dims for h in heads]))  # (Σk, B·S)
+            out: dict[str, Any] = {}
+            start = 0
+            for a, head in zip(self.attributes, heads, strict=True):
+                k = len(head.dims)
+                zd, start = rows[start : start + k], start + k
+                if a.is_discrete:
+                    p = head.probs_columns(zd)  # (C, B·S)
+                    out[a.name] = p.reshape(-1, n, n_samples).permute(1, 2, 0)
+                else:
+                    assert isinstance(head, ContinuousHead)
+                    m, v = head.mean_var_columns(zd)
+                    out[a.name] = (head.unscale_mean(m).reshape(n, n_samples), head.unscale_var(v).reshape(n, n_samples))
+        return out
 
     def sample_probs(self, Z: Any, n_samples: int = 32, seed: int | None = None) -> dict[str, Any]:
         """p_ψ(s | z*_t) for z*_t ~ q(z*|z): {attr: [N, S, C]} or {attr: (means [N, S], variances [N, S])}."""

@@ -39,3 +39,10 @@ def current(url: str) -> str | None:
         return None
     finally:
         engine.dispose()
+
+
+def head() -> str | None:
+    """The newest revision in ``migrations/`` (what ``upgrade`` brings a database to)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

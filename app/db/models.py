@@ -19,6 +19,9 @@ LABEL_KINDS = ("label", "retraction")
 LEASE_END_REASONS = ("labelled", "released", "expired")
 JOB_KINDS = ("pretrain", "retrain", "score", "evaluate", "experiment")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+# How one claimed run of a job ended: finished (succeeded/failed/cancelled), its worker's heartbeat stopped
+# (lost), its worker shut down and handed it back (interrupted), or a newer queued twin took over (superseded).
+RUN_OUTCOMES = ("succeeded", "failed", "cancelled", "lost", "interrupted", "superseded")
 REPRESENTATION_SOURCES = ("vae", "classifier", "torchscript", "embeddings")
 STRATEGIES = ("bald", "max_entropy", "random")
 
@@ -229,6 +232,25 @@ class Job(Base):
     created_by: Mapped[int | None] = mapped_column(_fk("users.id", "SET NULL"))
 
 
+class JobRun(Base):
+    """One claim of a job by a worker: written at claim time, so "ran exactly once" is a count of rows."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (
+        sa.UniqueConstraint("job_id", "attempt"),
+        sa.CheckConstraint(_in("outcome", RUN_OUTCOMES), name="outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(_fk("jobs.id"))
+    attempt: Mapped[int]
+    worker_id: Mapped[str] = mapped_column(sa.String(128))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(sa.String(16))
+    message: Mapped[str | None] = mapped_column(sa.Text)
+
+
 class Representation(Base):
     """A base representation z of every item (``z``: npy bytes [N, d] float32 in ``item_ids`` order)."""
 
@@ -236,6 +258,8 @@ class Representation(Base):
     __table_args__ = (
         sa.CheckConstraint(_in("source", REPRESENTATION_SOURCES), name="source"),
         sa.Index("ix_representations_project_id", "project_id"),
+        # One representation per pretrain job, however often the job's final commit is retried.
+        sa.Index("uq_representations_job_id", "job_id", unique=True),
         sa.Index(
             "uq_representations_one_active", "project_id", unique=True,
             sqlite_where=sa.text("active"), postgresql_where=sa.text("active"),
@@ -260,6 +284,8 @@ class ModelVersion(Base):
     __tablename__ = "model_versions"
     __table_args__ = (
         sa.UniqueConstraint("project_id", "version"),
+        # Idempotent activation: a retrain job stores at most one version, whichever attempt commits.
+        sa.Index("uq_model_versions_job_id", "job_id", unique=True),
         sa.Index(
             "uq_model_versions_one_active", "project_id", unique=True,
             sqlite_where=sa.text("active"), postgresql_where=sa.text("active"),

@@ -9,10 +9,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import JOB_KINDS, Job, Label
+from app.db.models import JOB_KINDS, Job, JobRun, Label
 from app.services.errors import Conflict, Invalid, NotFound
 
 ACTIVE_STATUSES = ("queued", "running")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+# Kinds a worker runs today; "experiment" is reserved for the experiments feature.
+RUNNABLE_KINDS = ("pretrain", "retrain", "score", "evaluate")
 
 
 def get_or_raise(*, session: Session, job_id: int) -> Job:
@@ -41,7 +44,9 @@ def enqueue(*, session: Session, project_id: int, kind: str, params: dict[str, A
             created_by: int | None = None, commit: bool = True) -> Job:
     """Queue a job, or return the already-queued job of the same kind for this project."""
     if kind not in JOB_KINDS:
-        raise Invalid(f"kind: must be one of {list(JOB_KINDS)}, got {kind!r}")
+        raise Invalid(f"kind: must be one of {list(RUNNABLE_KINDS)}, got {kind!r}")
+    if kind not in RUNNABLE_KINDS:
+        raise Invalid(f"kind: {kind!r} jobs are not available yet; runnable kinds: {list(RUNNABLE_KINDS)}")
     existing = _queued(session, project_id, kind)
     if existing is not None:
         return existing
@@ -68,20 +73,43 @@ def job_out(job: Job) -> dict[str, Any]:
             "message": job.message, "eta_seconds": job.eta_seconds, "loss": job.loss, "attempts": job.attempts,
             "max_attempts": job.max_attempts, "cancel_requested": job.cancel_requested,
             "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
-            "heartbeat_at": job.heartbeat_at, "created_by": job.created_by}
+            "heartbeat_at": job.heartbeat_at, "worker_id": job.worker_id, "created_by": job.created_by}
+
+
+def runs(*, session: Session, job_id: int) -> list[dict[str, Any]]:
+    """Every claim of the job by a worker, in order: attempt, worker, start, end, outcome, message."""
+    rows = session.scalars(sa.select(JobRun).where(JobRun.job_id == job_id).order_by(JobRun.attempt))
+    return [{"attempt": r.attempt, "worker_id": r.worker_id, "started_at": r.started_at,
+             "finished_at": r.finished_at, "outcome": r.outcome, "message": r.message} for r in rows]
+
+
+def event_snapshot(*, session: Session, job_id: int) -> dict[str, Any] | None:
+    """The fields a progress event carries, read fresh (None when the job is gone)."""
+    row = session.execute(sa.select(Job.id, Job.kind, Job.status, Job.progress, Job.stage, Job.message,
+                                    Job.eta_seconds, Job.loss, Job.attempts, Job.result)
+                          .where(Job.id == job_id)).one_or_none()
+    if row is None:
+        return None
+    return {"id": row.id, "kind": row.kind, "status": row.status, "progress": row.progress, "stage": row.stage,
+            "message": row.message, "eta_seconds": row.eta_seconds, "loss": row.loss, "attempts": row.attempts,
+            "result": row.result if row.status in TERMINAL_STATUSES else None}
 
 
 def cancel(*, session: Session, job: Job) -> Job:
     """Cancel a queued job at once, or ask a running one to stop (the worker honours cancel_requested)."""
-    if job.status == "queued":
-        job.status = "cancelled"
-        job.finished_at = utcnow()
-        job.cancel_requested = True
-    elif job.status == "running":
-        job.cancel_requested = True
-    else:
-        raise Conflict(f"job {job.id} is already {job.status}")
+    # Conditional updates: a worker may finish (or claim) the job between our read and our write.
+    now = utcnow()
+    res = session.execute(sa.update(Job).where(Job.id == job.id, Job.status == "queued")
+                          .values(status="cancelled", finished_at=now, cancel_requested=True,
+                                  message="cancelled before it started")
+                          .execution_options(synchronize_session=False))
+    if res.rowcount == 0:
+        res = session.execute(sa.update(Job).where(Job.id == job.id, Job.status == "running")
+                              .values(cancel_requested=True).execution_options(synchronize_session=False))
     session.commit()
+    session.refresh(job)
+    if res.rowcount == 0:
+        raise Conflict(f"job {job.id} is already {job.status}")
     return job
 
 

@@ -171,7 +171,8 @@ def retract(*, session: Session, label: Label, user: User) -> Label:
     return row
 
 
-def _live_labels(project_id: int | None = None, item_ids: Iterable[int] | None = None) -> sa.Select:
+def _live_labels(project_id: int | None = None, item_ids: Iterable[int] | None = None,
+                 eval: bool | None = None) -> sa.Select:
     undo = aliased(Label)
     q = (sa.select(Label).outerjoin(undo, undo.retracts_id == Label.id)
          .where(Label.kind == "label", undo.id.is_(None)))
@@ -179,14 +180,16 @@ def _live_labels(project_id: int | None = None, item_ids: Iterable[int] | None =
         q = q.where(Label.project_id == project_id)
     if item_ids is not None:
         q = q.where(Label.item_id.in_(list(item_ids)))
+    if eval is not None:
+        q = q.where(Label.eval.is_(eval))
     return q.order_by(Label.id)
 
 
 def current_values(*, session: Session, item_ids: Iterable[int] | None = None,
-                   project_id: int | None = None) -> dict[int, dict[str, Any]]:
-    """item id → {attribute: current value}, from the latest non-retracted rows."""
+                   project_id: int | None = None, eval: bool | None = None) -> dict[int, dict[str, Any]]:
+    """item id → {attribute: current value}, from the latest non-retracted rows (``eval``: only that side)."""
     out: dict[int, dict[str, Any]] = {}
-    for label in session.scalars(_live_labels(project_id, item_ids)):
+    for label in session.scalars(_live_labels(project_id, item_ids, eval)):
         out.setdefault(label.item_id, {}).update(label.values)
     return out
 

@@ -85,13 +85,41 @@ def active_or_raise(*, session: Session, project_id: int) -> ModelVersion:
     return mv
 
 
+def scoring_strategy(project: Project) -> str:
+    """The strategy whose scores order the queue (BALD for "random" projects, for the REST scores)."""
+    return project.strategy if project.strategy in ("bald", "max_entropy") else "bald"
+
+
 def activate(*, session: Session, model: ModelVersion) -> ModelVersion:
-    """Make ``model`` the project's active version (one transaction: the others are deactivated first)."""
+    """Make ``model`` the project's active version, and its representation the active one; one transaction.
+
+    The queue reads the active version's scores, so activation (a rollback included) is what switches
+    the queue's order. A version without scores for the project's strategy gets a ``score`` job queued
+    (the queue hands out in random order until it finishes).
+    """
     session.execute(sa.update(ModelVersion).where(ModelVersion.project_id == model.project_id,
                                                   ModelVersion.id != model.id, ModelVersion.active)
                     .values(active=False).execution_options(synchronize_session=False))
+    if model.representation_id is not None:
+        session.execute(sa.update(Representation).where(Representation.project_id == model.project_id,
+                                                        Representation.id != model.representation_id,
+                                                        Representation.active)
+                        .values(active=False).execution_options(synchronize_session=False))
+        session.flush()
+        session.execute(sa.update(Representation).where(Representation.id == model.representation_id)
+                        .values(active=True).execution_options(synchronize_session=False))
     session.flush()
     model.active = True
+    session.flush()
+    project = session.get(Project, model.project_id)
+    assert project is not None
+    has_scores = session.scalar(sa.select(Score.item_id).where(Score.model_version_id == model.id,
+                                                               Score.strategy == scoring_strategy(project)).limit(1))
+    if has_scores is None:
+        from app.services import jobs
+
+        jobs.enqueue(session=session, project_id=model.project_id, kind="score",
+                     params={"model_id": model.id, "reason": f"activated version {model.version}"}, commit=False)
     session.commit()
     return model
 

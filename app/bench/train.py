@@ -1,0 +1,124 @@
+"""``lenslab bench train``: wall time of the worker's pretrain (digits VAE) and of a warm-started retrain.
+
+Runs the real jobs through ``app.worker`` on a fresh SQLite database, CPU only: create the demo's
+digits project, run its pretrain, import ground-truth labels (150 training + 100 eval), run a cold
+retrain, import 50 more training labels (200 in all) and run the warm-started retrain that is timed.
+Each time is the job's own wall time (claim to commit: reading items, fitting, scoring the pool,
+evaluating, storing). Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TARGETS_S = {"pretrain": 60.0, "retrain_warm": 15.0}
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "train.json"
+
+
+def _labels(indices: range, digit: Any, thick: Any, *, eval_: bool) -> list[dict[str, Any]]:
+    return [{"source_index": i, "values": {"digit": str(int(digit[i])), "thickness": str(int(thick[i]) + 1)},
+             "eval": eval_} for i in indices]
+
+
+def _run_job(worker: Any, db: Any, job_id: int) -> dict[str, Any]:
+    """Run the queued job ``job_id`` with ``worker`` and return its row's outcome and wall time."""
+    from app.db.models import Job
+    from app.worker.runner import claim
+
+    claimed = claim(db, worker.worker_id, max_attempts=1)
+    if claimed is None or claimed.job_id != job_id:
+        raise RuntimeError(f"expected to claim job {job_id}, got {claimed}")
+    t0 = time.perf_counter()
+    status = worker.execute(claimed)
+    seconds = time.perf_counter() - t0
+    with db.session(write=False) as s:
+        job = s.get(Job, job_id)
+        if status != "succeeded":
+            raise RuntimeError(f"job {job_id} ({job.kind}) {status}: {job.message}")
+        return {"seconds": round(seconds, 2), "result": job.result, "message": job.message}
+
+
+def run_train_bench(*, out: Path = DEFAULT_OUT, threads: int | None = None,
+                    representation: dict[str, Any] | None = None, lens: dict[str, Any] | None = None,
+                    quiet: bool = False) -> dict[str, Any]:
+    """Time pretrain and a warm retrain on digits; ``representation``/``lens`` override the product defaults."""
+    import os
+
+    import torch
+
+    from app.config import Settings
+    from app.db.migrate import upgrade
+    from app.db.session import Database
+    from app.services import imports, jobs, labels, projects, users
+    from app.worker.runner import Worker
+    from ml.bench.common import machine, table
+    from ml.data import load_digits, stroke_thickness, thickness_levels
+
+    rep = {"source": "vae", "latent_dim": 10, **(representation or {})}
+    with tempfile.TemporaryDirectory(prefix="lenslab-bench-train-") as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        upgrade(url)
+        settings = Settings(_env_file=None, database_url=url, data_dir=Path(tmp) / "data", device="cpu",
+                            worker_threads=threads, eval_fraction=0.0)
+        db = Database(settings)
+        worker = Worker(db, settings, worker_id="bench")
+        worker.configure_torch()
+        try:
+            ds = load_digits()
+            digit = ds.factors["digit"]
+            thick, _ = thickness_levels(stroke_thickness(ds.images), n_levels=5)
+            with db.session() as s:
+                admin = users.create(session=s, username="bench", password="bench-password-123", role="admin")
+                project = projects.create(
+                    session=s, name="digits", representation=rep, strategy="bald",
+                    attributes=[{"name": "digit", "kind": "categorical", "levels": [str(i) for i in range(10)]},
+                                {"name": "thickness", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5"]}],
+                    settings={"retrain_every": 10_000, **({"lens": lens} if lens else {})},
+                    loaded=imports.load_spec({"source": "digits"}, settings), created_by_id=admin.id)
+                pid, admin_id = project.id, admin.id
+                pretrain_id = jobs.list_for_project(session=s, project_id=pid)[0].id
+            pretrain = _run_job(worker, db, pretrain_id)
+
+            def add_labels(rows: list[dict[str, Any]]) -> None:
+                with db.session() as s:
+                    p = projects.get_or_raise(session=s, project_id=pid)
+                    user = users.get_or_raise(session=s, username="bench")
+                    assert user.id == admin_id
+                    labels.import_bulk(session=s, project=p, attrs=projects.schema(p), rows=rows, user=user,
+                                       retrain_every=10_000)
+
+            def retrain() -> dict[str, Any]:
+                with db.session() as s:
+                    job = jobs.enqueue(session=s, project_id=pid, kind="retrain", params={})
+                    jid = job.id
+                return _run_job(worker, db, jid)
+
+            add_labels(_labels(range(0, 150), digit, thick, eval_=False)
+                       + _labels(range(1600, 1700), digit, thick, eval_=True))
+            cold = retrain()
+            add_labels(_labels(range(150, 200), digit, thick, eval_=False))
+            warm = retrain()
+        finally:
+            db.dispose()
+
+    rows = [
+        {"job": "pretrain (VAE on 1,797 digits)", "seconds": pretrain["seconds"], "target_s": TARGETS_S["pretrain"],
+         "ok": pretrain["seconds"] < TARGETS_S["pretrain"], "detail": pretrain["message"]},
+        {"job": "retrain, cold (150 labels)", "seconds": cold["seconds"], "target_s": None, "ok": None,
+         "detail": cold["message"]},
+        {"job": "retrain, warm (200 labels)", "seconds": warm["seconds"], "target_s": TARGETS_S["retrain_warm"],
+         "ok": warm["seconds"] < TARGETS_S["retrain_warm"], "detail": warm["message"]},
+    ]
+    payload = {"benchmark": "train", "machine": machine(), "torch_threads": torch.get_num_threads(),
+               "cpu_count": os.cpu_count(), "representation": rep, "lens": lens or "product defaults",
+               "rows": rows, "pretrain": pretrain, "retrain_cold": cold, "retrain_warm": warm}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    if not quiet:
+        print(table(rows, ["job", "seconds", "target_s", "ok", "detail"]))
+        print(f"\nwrote {out}")
+    return payload

@@ -1,0 +1,68 @@
+"""``lenslab bench …``: benchmarks that print a table and write JSON under ``benchmarks/results/``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark (printed table + JSON under benchmarks/results/)")
+    bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+
+    s = bsub.add_parser("scoring", help="BALD pool scoring throughput (items/s, 1 thread and all) and peak RSS")
+    s.add_argument("--n", type=int, default=100_000, help="pool size for the throughput runs")
+    s.add_argument("--rss-n", type=int, default=1_000_000, help="pool size for the peak-RSS run")
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--out-dir", default="benchmarks/results")
+    s.set_defaults(func=_scoring)
+
+    a = bsub.add_parser("api", help="p50/p99 latency of queue/next and label submit under concurrent clients")
+    a.add_argument("--clients", type=int, default=32)
+    a.add_argument("--rounds", type=int, default=40)
+    a.add_argument("--think-ms", type=float, default=1000.0,
+                   help="mean pause between an expert's labels (0 = closed loop at saturation)")
+    a.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    a.add_argument("--out", default="benchmarks/results/api.json")
+    a.set_defaults(func=_api)
+
+    t = bsub.add_parser("train", help="wall time of pretrain (digits VAE, CPU) and of a warm-started retrain")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    t.add_argument("--out", default="benchmarks/results/train.json")
+    t.set_defaults(func=_train)
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"--{name} must be ≥ 1, got {value}")
+
+
+def _scoring(args: argparse.Namespace) -> int:
+    from ml.bench.scoring import run
+
+    _positive("n", args.n)
+    _positive("rss-n", args.rss_n)
+    _positive("repeats", args.repeats)
+    run(n=args.n, rss_n=args.rss_n, repeats=args.repeats, out_dir=args.out_dir)
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    from app.bench.api import run_api_bench
+
+    _positive("clients", args.clients)
+    _positive("rounds", args.rounds)
+    if args.think_ms < 0:
+        raise ValueError(f"--think-ms must be ≥ 0, got {args.think_ms}")
+    run_api_bench(clients=args.clients, rounds=args.rounds, think_ms=args.think_ms,
+                  database_url=args.database_url, out=Path(args.out))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from app.bench.train import run_train_bench
+
+    if args.threads is not None:
+        _positive("threads", args.threads)
+    run_train_bench(out=Path(args.out), threads=args.threads)
+    return 0

@@ -1,0 +1,508 @@
+"""One function per job kind: read what the job needs, call ``ml.pipeline``, write the outcome in one transaction.
+
+Every task reads in short sessions, computes without holding a transaction, and ends with a single
+write transaction that stores its rows *and* marks the job succeeded, fenced to this run
+(``JobContext.fenced``). So a cancelled, failed, lost or killed run writes nothing: the active model,
+its scores and the metric curve change only when a run commits, and at most once per job.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.models import Item, Job, JobRun, Label, MetricPoint, ModelVersion, Project, Representation, Score
+from app.services import jobs as job_service
+from app.services import labels as label_service
+from app.services.projects import schema
+from app.worker.progress import JobContext
+from ml import pipeline
+from ml.attributes import MISSING_LEVEL, Attribute
+from ml.control import Stopped
+
+log = logging.getLogger("lenslab.worker")
+
+SCORE_CHUNK = 8192
+SCORE_INSERT_CHUNK = 5000
+N_SAMPLES = 32
+
+
+class TaskError(Exception):
+    """A job cannot run as asked (missing representation, too few labels, ...): failed with this message."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _npy(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def _to_npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _project(s: Session, project_id: int) -> Project:
+    project = s.get(Project, project_id)
+    if project is None:
+        raise TaskError(f"project {project_id} no longer exists")
+    return project
+
+
+def _items(s: Session, project_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids, splits) of the project in id order."""
+    rows = s.execute(sa.select(Item.id, Item.split).where(Item.project_id == project_id).order_by(Item.id)).all()
+    return np.asarray([r.id for r in rows], np.int64), np.asarray([r.split for r in rows])
+
+
+def _images(db: Any, item_ids: np.ndarray, ctx: JobContext, chunk: int = 2000) -> np.ndarray:
+    """The items' PNGs decoded to (N, C, H, W) float32 in [0, 1], in ``item_ids`` order."""
+    from PIL import Image
+
+    out: list[np.ndarray] = []
+    shape = None
+    for i in range(0, len(item_ids), chunk):
+        if ctx.should_stop():
+            raise Stopped("stopped on request")
+        ids = [int(x) for x in item_ids[i : i + chunk]]
+        with db.session(write=False) as s:
+            blobs = {r.id: r.image_png for r in s.execute(sa.select(Item.id, Item.image_png).where(Item.id.in_(ids)))}
+        for iid in ids:
+            png = blobs.get(iid)
+            if png is None:
+                raise TaskError(f"item {iid} has no image; an image representation needs every item's image")
+            arr = np.asarray(Image.open(io.BytesIO(png)), dtype=np.float32) / 255.0
+            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+            if shape is None:
+                shape = arr.shape
+            elif arr.shape != shape:
+                raise TaskError(f"items differ in image size ({shape} vs {arr.shape} for item {iid}); "
+                                "import images of one size (e.g. with dataset.size)")
+            out.append(arr)
+    return np.stack(out)
+
+
+def _label_arrays(values: dict[int, dict[str, Any]], item_ids: np.ndarray, attrs: list[Attribute]
+                  ) -> dict[str, np.ndarray]:
+    """Label arrays for ``ml`` (level index / −1, value / NaN) in ``item_ids`` order."""
+    S: dict[str, np.ndarray] = {}
+    for a in attrs:
+        arr = np.full(len(item_ids), MISSING_LEVEL, np.int64) if a.is_discrete else np.full(len(item_ids), np.nan)
+        for k, iid in enumerate(item_ids):
+            v = values.get(int(iid), {}).get(a.name)
+            if v is None:
+                continue
+            arr[k] = a.level_index(v) if a.is_discrete else float(v)
+        S[a.name] = arr
+    return S
+
+
+def _n_labelled(S: dict[str, np.ndarray], attrs: list[Attribute]) -> int:
+    from ml.attributes import observed_mask
+
+    mask = np.zeros(len(next(iter(S.values()))), bool)
+    for a in attrs:
+        mask |= observed_mask(S[a.name], a)
+    return int(mask.sum())
+
+
+def _active_rep(s: Session, project_id: int) -> Representation | None:
+    return s.scalar(sa.select(Representation).where(Representation.project_id == project_id, Representation.active))
+
+
+def _z_table(db: Any, rep_id: int) -> tuple[np.ndarray, np.ndarray]:
+    with db.session(write=False) as s:
+        row = s.execute(sa.select(Representation.z, Representation.item_ids).where(Representation.id == rep_id)).one()
+    if row.z is None or row.item_ids is None:
+        raise TaskError(f"representation {rep_id} holds no z: run pretrain")
+    return _npy(row.item_ids).astype(np.int64), _npy(row.z).astype(np.float32)
+
+
+def _rows_of(table_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in the z table, the wanted ids that have one); items imported after the pretrain have none."""
+    order = np.argsort(table_ids)
+    pos = np.clip(np.searchsorted(table_ids, wanted, sorter=order), 0, max(0, len(table_ids) - 1))
+    rows = order[pos] if len(table_ids) else np.zeros(0, np.int64)
+    ok = table_ids[rows] == wanted if len(table_ids) else np.zeros(len(wanted), bool)
+    return rows[ok], wanted[ok]
+
+
+def _scoring_strategy(project: Project, params: dict[str, Any]) -> str:
+    # "random" hands out in random order without scores; BALD scores are still kept for the REST API.
+    strategy = params.get("strategy") or project.strategy
+    return strategy if strategy in ("bald", "max_entropy") else "bald"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _succeed(s: Session, ctx: JobContext, result: dict[str, Any], message: str,
+             params: dict[str, Any] | None = None) -> None:
+    """Mark the job succeeded inside the caller's transaction; Stopped (and nothing written) if it is not ours."""
+    values: dict[str, Any] = {"status": "succeeded", "progress": 1.0, "stage": "done", "eta_seconds": 0.0,
+                              "message": message, "result": result, "finished_at": utcnow(), "heartbeat_at": None}
+    if params is not None:
+        values["params"] = params
+    res = s.execute(sa.update(Job).where(ctx.fenced(), Job.cancel_requested.is_(False)).values(**values)
+                    .execution_options(synchronize_session=False))
+    if res.rowcount != 1:
+        s.rollback()
+        cancelled = s.scalar(sa.select(Job.cancel_requested).where(Job.id == ctx.job_id))
+        ctx.stop_reason = ctx.stop_reason or ("cancel" if cancelled else "lost")
+        raise Stopped("the job was cancelled or taken over before its results were stored")
+    s.execute(sa.update(JobRun).where(JobRun.job_id == ctx.job_id, JobRun.attempt == ctx.attempt)
+              .values(outcome="succeeded", finished_at=utcnow(), message=message)
+              .execution_options(synchronize_session=False))
+
+
+def _insert_scores(s: Session, mv_id: int, strategy: str, item_ids: np.ndarray, scores: np.ndarray) -> None:
+    rows = [{"model_version_id": mv_id, "strategy": strategy, "item_id": int(i), "score": float(v)}
+            for i, v in zip(item_ids, scores, strict=True)]
+    for i in range(0, len(rows), SCORE_INSERT_CHUNK):
+        s.execute(sa.insert(Score), rows[i : i + SCORE_INSERT_CHUNK])
+
+
+def _check(ctx: JobContext) -> None:
+    if ctx.should_stop():
+        raise Stopped("stopped on request")
+
+
+# --------------------------------------------------------------------------- pretrain
+
+
+def _fit_representation(ctx: JobContext, settings: Settings, lo: float, hi: float
+                        ) -> tuple[pipeline.RepresentationResult, np.ndarray, Representation | None]:
+    """Fit (or import) z for every item; returns (result, item ids in Z's row order, the row to reuse)."""
+    db = ctx.db
+    with db.session(write=False) as s:
+        project = _project(s, ctx.project_id)
+        rep_cfg = dict(project.representation or {})
+        source = rep_cfg.get("source", "vae")
+        attrs = schema(project)
+        item_ids, _ = _items(s, project.id)
+        active = _active_rep(s, project.id)
+        active_id = active.id if active is not None else None
+        uploaded = None
+        if source == "torchscript":
+            uploaded = s.scalar(sa.select(Representation).where(
+                Representation.project_id == project.id, Representation.source == "torchscript",
+                Representation.checkpoint.is_not(None)).order_by(Representation.id.desc()).limit(1))
+    if len(item_ids) == 0:
+        raise TaskError("the project has no items: import a dataset first")
+    ctx.stage(f"pretrain ({source})", lo, hi)
+    if source == "embeddings":
+        if active_id is None:
+            raise TaskError("an embeddings project needs its imported embeddings (none are stored)")
+        table_ids, Z = _z_table(db, active_id)
+        missing = np.setdiff1d(item_ids, table_ids)
+        if missing.size:
+            raise TaskError(f"{missing.size} item(s) have no embedding row (e.g. item {int(missing[0])})")
+        res = pipeline.fit_representation("embeddings", None, {}, embeddings=Z)
+        return res, table_ids, None
+    images = _images(db, item_ids, ctx)
+    labels = n_classes = None
+    if source == "classifier":
+        name = rep_cfg.get("attribute")
+        cats = [a for a in attrs if a.kind == "categorical" and (name is None or a.name == name)]
+        if not cats:
+            raise TaskError("representation 'classifier' needs a categorical attribute"
+                            + (f" named {name!r}" if name else ""))
+        target = cats[0]
+        with db.session(write=False) as s:
+            values = label_service.current_values(session=s, project_id=ctx.project_id, eval=False)
+        labels = _label_arrays(values, item_ids, [target])[target.name]
+        n_classes = target.n_levels
+        rep_cfg["attribute"] = target.name
+    encoder = None
+    if source == "torchscript":
+        if uploaded is None:
+            raise TaskError("representation 'torchscript' needs an uploaded encoder: "
+                            "POST it to /api/v1/projects/{pid}/representation/encoder, then run pretrain")
+        with db.session(write=False) as s:
+            encoder = s.scalar(sa.select(Representation.checkpoint).where(Representation.id == uploaded.id))
+    cfg = {k: v for k, v in rep_cfg.items() if k != "source"}
+    try:
+        res = pipeline.fit_representation(source, images, cfg, labels=labels, n_classes=n_classes,
+                                          encoder_bytes=encoder, progress=ctx.progress, should_stop=ctx.should_stop,
+                                          device=ctx.device)
+    except ValueError as exc:
+        raise TaskError(f"pretrain ({source}): {exc}") from None
+    return res, item_ids, uploaded
+
+
+def _store_representation(s: Session, ctx: JobContext, project: Project, res: pipeline.RepresentationResult,
+                          item_ids: np.ndarray, reuse: Representation | None) -> Representation:
+    """Insert (or, for an uploaded encoder, fill) the representation row and make it the active one."""
+    config = {**(project.representation or {}), "info": res.info, "test_ll": res.test_ll}
+    s.execute(sa.update(Representation).where(Representation.project_id == project.id, Representation.active)
+              .values(active=False).execution_options(synchronize_session=False))
+    # A lens fitted on the old z means nothing on the new one: no model is active until the next retrain.
+    s.execute(sa.update(ModelVersion).where(ModelVersion.project_id == project.id, ModelVersion.active)
+              .values(active=False).execution_options(synchronize_session=False))
+    s.flush()
+    if reuse is not None and reuse.job_id is None:
+        rep = s.get(Representation, reuse.id)
+        assert rep is not None
+        rep.z, rep.item_ids, rep.config, rep.job_id = _to_npy(res.Z), _to_npy(item_ids), config, ctx.job_id
+    else:
+        rep = Representation(project_id=project.id, source=project.representation.get("source", "vae"),
+                             config=config, checkpoint=res.model_bytes, z=_to_npy(res.Z),
+                             item_ids=_to_npy(item_ids), job_id=ctx.job_id)
+        s.add(rep)
+    s.flush()
+    rep.active = True
+    s.flush()
+    return rep
+
+
+def run_pretrain(ctx: JobContext, settings: Settings) -> None:
+    """Fit or import the base representation z of every item and make it the project's active one."""
+    res, item_ids, reuse = _fit_representation(ctx, settings, 0.0, 0.95)
+    _check(ctx)
+    ctx.stage("store", 0.95, 1.0)
+    with ctx.db.session() as s:
+        project = _project(s, ctx.project_id)
+        if project.representation.get("source") == "embeddings":
+            result = {"dim": int(res.Z.shape[1]), "n_items": len(item_ids), "imported": True}
+            _succeed(s, ctx, result, f"embeddings checked: {len(item_ids)} items, d={res.Z.shape[1]}")
+            s.commit()
+            return
+        had_model = s.scalar(sa.select(ModelVersion.id).where(ModelVersion.project_id == project.id,
+                                                              ModelVersion.active)) is not None
+        rep = _store_representation(s, ctx, project, res, item_ids, reuse)
+        if had_model:
+            job_service.enqueue(session=s, project_id=project.id, kind="retrain",
+                                params={"reason": f"new representation {rep.id}"}, commit=False)
+        result = {"representation_id": rep.id, "dim": int(res.Z.shape[1]), "n_items": len(item_ids),
+                  "test_ll": res.test_ll, "seconds": res.info.get("seconds")}
+        ll = f", test LL {res.test_ll:.2f} nats" if res.test_ll is not None else ""
+        _succeed(s, ctx, result, f"representation {rep.id}: z of {len(item_ids)} items, d={res.Z.shape[1]}{ll}")
+        s.commit()
+
+
+# --------------------------------------------------------------------------- retrain
+
+
+def _training_data(ctx: JobContext, attrs: list[Attribute], rep_id: int
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray,
+                              dict[str, np.ndarray], int]:
+    """Z and labels of the pool (training) and eval items, and the newest label id read."""
+    db = ctx.db
+    table_ids, Z_all = _z_table(db, rep_id)
+    with db.session(write=False) as s:
+        top = s.scalar(sa.select(sa.func.max(Label.id)).where(Label.project_id == ctx.project_id)) or 0
+        item_ids, splits = _items(s, ctx.project_id)
+        train_vals = label_service.current_values(session=s, project_id=ctx.project_id, eval=False)
+        eval_vals = label_service.current_values(session=s, project_id=ctx.project_id, eval=True)
+    pool_rows, pool_ids = _rows_of(table_ids, item_ids[splits == "pool"])
+    eval_rows, eval_ids = _rows_of(table_ids, item_ids[splits == "eval"])
+    # Eval items never enter the fit (not even unlabelled): the metric must not see what trained the lens.
+    S_pool = _label_arrays(train_vals, pool_ids, attrs)
+    S_eval = _label_arrays(eval_vals, eval_ids, attrs)
+    return pool_ids, Z_all[pool_rows], S_pool, eval_ids, Z_all[eval_rows], S_eval, int(top)
+
+
+def _next_version(s: Session, project_id: int) -> int:
+    return int(s.scalar(sa.select(sa.func.max(ModelVersion.version)).where(ModelVersion.project_id == project_id))
+               or 0) + 1
+
+
+def run_retrain(ctx: JobContext, settings: Settings) -> None:
+    """Fit the lens (warm-started) on the training labels, score the pool, evaluate, store and activate."""
+    db = ctx.db
+    ctx.stage("load", 0.0, 0.02)
+    with db.session(write=False) as s:
+        project = _project(s, ctx.project_id)
+        attrs = schema(project)
+        # Per-job overrides (params.lens) on top of the project's settings.lens.
+        lens_cfg = {**dict((project.settings or {}).get("lens") or {}), **dict(ctx.params.get("lens") or {})}
+        strategy = _scoring_strategy(project, ctx.params)
+        rep = _active_rep(s, project.id)
+        rep_id = rep.id if rep is not None else None
+        test_ll = (rep.config or {}).get("test_ll") if rep is not None else None
+        prev = s.scalar(sa.select(ModelVersion).where(ModelVersion.project_id == project.id, ModelVersion.active))
+        prev_id = prev.id if prev is not None and prev.representation_id == rep_id else None
+    if rep_id is None:
+        # No representation yet (its pretrain failed or never ran): fit it first, as part of this job.
+        res, item_ids, reuse = _fit_representation(ctx, settings, 0.0, 0.4)
+        _check(ctx)
+        with db.session() as s:
+            project = _project(s, ctx.project_id)
+            stored = _store_representation(s, ctx, project, res, item_ids, reuse)
+            # Stored under this run's fence: a lost or cancelled run must not leave it behind.
+            if s.execute(sa.select(Job.id).where(ctx.fenced(), Job.cancel_requested.is_(False))).first() is None:
+                s.rollback()
+                raise Stopped("the job was cancelled or taken over")
+            rep_id, test_ll = stored.id, res.test_ll
+            s.commit()
+        fit_lo = 0.4
+    else:
+        fit_lo = 0.02
+    pool_ids, Z_pool, S_pool, _eval_ids, Z_eval, S_eval, top = _training_data(ctx, attrs, rep_id)
+    n_lab = _n_labelled(S_pool, attrs)
+    if n_lab == 0:
+        raise TaskError("no training labels yet: label some items (eval labels never train the lens)")
+    warm = None
+    if prev_id is not None:
+        with db.session(write=False) as s:
+            warm = s.scalar(sa.select(ModelVersion.checkpoint).where(ModelVersion.id == prev_id))
+    fit_hi = fit_lo + (0.85 - fit_lo) * 0.9
+    ctx.stage("fit", fit_lo, fit_hi)
+    try:
+        blob, stats = pipeline.fit_lens(Z_pool, S_pool, attrs, warm_start_bytes=warm, params=lens_cfg,
+                                        progress=ctx.progress, should_stop=ctx.should_stop, device=ctx.device)
+    except ValueError as exc:
+        raise TaskError(f"retrain: {exc}") from None
+    ctx.stage("score", fit_hi, 0.9)
+    from ml.lens import InterpretableLens
+
+    lens = InterpretableLens.from_bytes(blob, device=ctx.device)
+    scores = pipeline.score_pool(lens, Z_pool, strategy, N_SAMPLES, chunk=SCORE_CHUNK, progress=ctx.progress,
+                                 should_stop=ctx.should_stop, device=ctx.device)
+    ctx.stage("evaluate", 0.9, 0.97)
+    metrics = pipeline.evaluate(lens, Z_eval, S_eval, attrs, should_stop=ctx.should_stop, device=ctx.device)
+    metrics["test_ll"] = test_ll
+    _check(ctx)
+    ctx.stage("activate", 0.97, 1.0)
+    config = {"lens": lens_cfg, "strategy": strategy, "attributes": [a.to_dict() for a in attrs],
+              "representation_id": rep_id, "warm_start_from": prev_id, "device": stats.get("device")}
+    digest = pipeline.content_hash(blob)
+    for _ in range(3):
+        with db.session() as s:
+            version = _next_version(s, ctx.project_id)
+            mv = ModelVersion(project_id=ctx.project_id, version=version, representation_id=rep_id, checkpoint=blob,
+                              content_hash=digest, config=config, stats=stats, metrics=metrics, n_labels=n_lab,
+                              active=False, job_id=ctx.job_id)
+            try:
+                s.add(mv)
+                s.flush()
+            except sa_exc.IntegrityError:
+                s.rollback()  # a concurrent retrain took this version number: take the next one
+                continue
+            _insert_scores(s, mv.id, strategy, pool_ids, scores)
+            s.add(MetricPoint(project_id=ctx.project_id, model_version_id=mv.id, n_labels=n_lab,
+                              overall=metrics["overall"], attributes=metrics["attributes"], test_ll=test_ll,
+                              extra={k: metrics[k] for k in ("baseline_overall", "overall_accuracy", "k_dims", "mig",
+                                                             "sap", "mig_z", "sap_z", "skipped", "n_eval")}))
+            s.execute(sa.update(ModelVersion).where(ModelVersion.project_id == ctx.project_id,
+                                                    ModelVersion.id != mv.id, ModelVersion.active)
+                      .values(active=False).execution_options(synchronize_session=False))
+            s.flush()
+            mv.active = True
+            s.flush()
+            result = {"model_id": mv.id, "version": version, "content_hash": digest, "n_labels": n_lab,
+                      "overall": metrics["overall"], "warm_start": stats["warm_start"],
+                      "fit_seconds": stats["seconds"], "n_scored": len(pool_ids)}
+            params = {**ctx.params, "since_label_id": max(int(ctx.params.get("since_label_id", 0)), top)}
+            overall = f"{metrics['overall']:.1f}" if metrics["overall"] is not None else "n/a"
+            _succeed(s, ctx, result, f"version {version} active: {n_lab} labelled items, metric {overall}",
+                     params=params)
+            s.commit()
+            return
+    raise TaskError("could not take a new version number after 3 tries (concurrent retrains)")
+
+
+# --------------------------------------------------------------------------- score, evaluate
+
+
+def _model_for(s: Session, ctx: JobContext) -> ModelVersion:
+    mid = ctx.params.get("model_id")
+    if mid is not None:
+        mv = s.get(ModelVersion, int(mid))
+        if mv is None or mv.project_id != ctx.project_id:
+            raise TaskError(f"params.model_id: no model version {mid} in project {ctx.project_id}")
+        return mv
+    mv = s.scalar(sa.select(ModelVersion).where(ModelVersion.project_id == ctx.project_id, ModelVersion.active))
+    if mv is None:
+        raise TaskError("the project has no active model yet: run a retrain first")
+    return mv
+
+
+def run_score(ctx: JobContext, settings: Settings) -> None:
+    """(Re)compute the acquisition scores of the pool under a model version (default: the active one)."""
+    from ml.lens import InterpretableLens
+
+    ctx.stage("load", 0.0, 0.05)
+    with ctx.db.session(write=False) as s:
+        project = _project(s, ctx.project_id)
+        strategy = _scoring_strategy(project, ctx.params)
+        mv = _model_for(s, ctx)
+        mv_id, rep_id = mv.id, mv.representation_id
+        blob = s.scalar(sa.select(ModelVersion.checkpoint).where(ModelVersion.id == mv.id))
+        item_ids, splits = _items(s, project.id)
+    if rep_id is None or not blob:
+        raise TaskError(f"model version {mv_id} has no checkpoint or representation to score with")
+    table_ids, Z_all = _z_table(ctx.db, rep_id)
+    rows, pool_ids = _rows_of(table_ids, item_ids[splits == "pool"])
+    ctx.stage("score", 0.05, 0.95)
+    lens = InterpretableLens.from_bytes(blob, device=ctx.device)
+    scores = pipeline.score_pool(lens, Z_all[rows], strategy, N_SAMPLES, chunk=SCORE_CHUNK, progress=ctx.progress,
+                                 should_stop=ctx.should_stop, device=ctx.device)
+    _check(ctx)
+    ctx.stage("store", 0.95, 1.0)
+    with ctx.db.session() as s:
+        # Replaced in one transaction: the queue sees the old scores or the new ones, never a mix.
+        s.execute(sa.delete(Score).where(Score.model_version_id == mv_id, Score.strategy == strategy))
+        _insert_scores(s, mv_id, strategy, pool_ids, scores)
+        _succeed(s, ctx, {"model_id": mv_id, "strategy": strategy, "n_scored": len(pool_ids)},
+                 f"{len(pool_ids)} pool items scored ({strategy}) under model {mv_id}")
+        s.commit()
+
+
+def run_evaluate(ctx: JobContext, settings: Settings) -> None:
+    """Measure a model version (default: the active one) on the current eval labels: a new metric point."""
+    from ml.lens import InterpretableLens
+
+    ctx.stage("load", 0.0, 0.1)
+    with ctx.db.session(write=False) as s:
+        project = _project(s, ctx.project_id)
+        attrs = schema(project)
+        mv = _model_for(s, ctx)
+        mv_id, rep_id, n_lab = mv.id, mv.representation_id, mv.n_labels
+        blob = s.scalar(sa.select(ModelVersion.checkpoint).where(ModelVersion.id == mv.id))
+        rep = s.get(Representation, rep_id) if rep_id is not None else None
+        test_ll = (rep.config or {}).get("test_ll") if rep is not None else None
+    if rep_id is None or not blob:
+        raise TaskError(f"model version {mv_id} has no checkpoint or representation to evaluate")
+    _, _, _, _, Z_eval, S_eval, _ = _training_data(ctx, attrs, rep_id)
+    ctx.stage("evaluate", 0.1, 0.95)
+    metrics = pipeline.evaluate(InterpretableLens.from_bytes(blob, device=ctx.device), Z_eval, S_eval, attrs,
+                                should_stop=ctx.should_stop, device=ctx.device)
+    _check(ctx)
+    with ctx.db.session() as s:
+        point = MetricPoint(project_id=ctx.project_id, model_version_id=mv_id, n_labels=n_lab,
+                            overall=metrics["overall"], attributes=metrics["attributes"], test_ll=test_ll,
+                            extra={k: metrics[k] for k in ("baseline_overall", "overall_accuracy", "k_dims", "mig",
+                                                           "sap", "mig_z", "sap_z", "skipped", "n_eval")})
+        s.add(point)
+        s.flush()
+        _succeed(s, ctx, {"model_id": mv_id, "metric_point_id": point.id, "overall": metrics["overall"]},
+                 f"evaluated model {mv_id} on {metrics['n_eval']} eval items")
+        s.commit()
+
+
+def run_experiment(ctx: JobContext, settings: Settings) -> None:
+    """Experiments are not available yet: fail with a message saying so."""
+    raise TaskError("experiment jobs are not available yet")
+
+
+TASKS = {"pretrain": run_pretrain, "retrain": run_retrain, "score": run_score, "evaluate": run_evaluate,
+         "experiment": run_experiment}
+
+
+def run(ctx: JobContext, settings: Settings) -> None:
+    """Run the task of ``ctx.kind``."""
+    task = TASKS.get(ctx.kind)
+    if task is None:
+        raise TaskError(f"unknown job kind {ctx.kind!r}")
+    task(ctx, settings)

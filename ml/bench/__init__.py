@@ -1,0 +1,1 @@
+"""Benchmarks of the science code (run through ``lenslab bench …``): printed table + JSON results."""

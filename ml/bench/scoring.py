@@ -1,0 +1,106 @@
+"""Benchmark: BALD pool scoring from z to scores (the acquisition step of every retrain).
+
+Measures items/s for N items (d, T flows, S Monte-Carlo samples, C classes) with 1 thread and with
+all threads, each in a fresh process, plus the peak RSS of scoring a pool of ``--rss-n`` items, which
+must not grow with the pool because scoring streams in chunks.
+
+Run: ``lenslab bench scoring`` (or ``python -m ml.bench.scoring --worker …`` for one measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from ml.bench.common import machine, peak_rss_mb, run_isolated, table, write_results
+
+
+def _measure(n: int, d: int, n_flows: int, n_samples: int, n_classes: int, threads: int, repeats: int) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from ml.attributes import Attribute
+    from ml.lens import InterpretableLens
+
+    rng = np.random.default_rng(0)
+    attr = Attribute("a", "categorical", tuple(str(i) for i in range(n_classes)))
+    fit_z = rng.normal(size=(512, d)).astype(np.float32)
+    labels = rng.integers(0, n_classes, 512)
+    labels[256:] = -1
+    # Scoring cost depends on the architecture, not on how well it is trained: one epoch will do.
+    lens = InterpretableLens([attr], n_flows=n_flows, epochs=1, device="cpu", seed=0).fit(fit_z, {"a": labels})
+    Z = rng.normal(size=(n, d)).astype(np.float32)
+    lens.acquisition_scores(Z[:4096], "bald", n_samples=n_samples)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        scores = lens.acquisition_scores(Z, "bald", n_samples=n_samples)
+        times.append(time.perf_counter() - t0)
+    assert scores.shape == (n,) and np.isfinite(scores).all()
+    best = min(times)
+    return {"n": n, "threads": threads, "seconds": best, "items_per_s": n / best, "peak_rss_mb": peak_rss_mb()}
+
+
+def run(
+    n: int = 100_000,
+    rss_n: int = 1_000_000,
+    d: int = 10,
+    n_flows: int = 8,
+    n_samples: int = 32,
+    n_classes: int = 10,
+    repeats: int = 3,
+    out_dir: str = "benchmarks/results",
+) -> dict[str, Any]:
+    """Run every measurement in its own process; print a table; write ``scoring.json``."""
+    common = ["--d", str(d), "--flows", str(n_flows), "--samples", str(n_samples), "--classes", str(n_classes)]
+    all_threads = os.cpu_count() or 1
+    rows = []
+    for threads in sorted({1, all_threads}):
+        rows.append(run_isolated("ml.bench.scoring", ["--worker", "--n", str(n), "--threads", str(threads), "--repeats", str(repeats), *common]))
+    rows.append(run_isolated("ml.bench.scoring", ["--worker", "--n", str(rss_n), "--threads", "1", "--repeats", "1", *common]))
+    target = {"items_per_s_1_thread": 100_000, "peak_rss_mb_at_1M": 1536}
+    one = next(r for r in rows if r["threads"] == 1 and r["n"] == n)
+    big = rows[-1]
+    payload = {
+        "benchmark": "scoring",
+        "params": {"d": d, "n_flows": n_flows, "n_samples": n_samples, "n_classes": n_classes, "strategy": "bald"},
+        "results": rows,
+        "targets": target,
+        "met": {
+            "items_per_s_1_thread": one["items_per_s"] >= target["items_per_s_1_thread"],
+            "peak_rss_mb_at_1M": big["peak_rss_mb"] < target["peak_rss_mb_at_1M"],
+        },
+        "machine": machine(),
+    }
+    print(f"BALD pool scoring: d={d}, T={n_flows} planar flows, S={n_samples} samples, C={n_classes} classes (CPU)")
+    print(table(rows, ["n", "threads", "seconds", "items_per_s", "peak_rss_mb"]))
+    print(f"targets: ≥ {target['items_per_s_1_thread']:,} items/s on 1 thread -> {'met' if payload['met']['items_per_s_1_thread'] else 'NOT met'}; "
+          f"peak RSS at N={rss_n:,} < {target['peak_rss_mb_at_1M']} MB -> {'met' if payload['met']['peak_rss_mb_at_1M'] else 'NOT met'}")
+    path = write_results("scoring", payload, out_dir)
+    print(f"results: {path}")
+    return payload
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--worker", action="store_true", help="one measurement in this process; prints JSON")
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--d", type=int, default=10)
+    p.add_argument("--flows", type=int, default=8)
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--classes", type=int, default=10)
+    a = p.parse_args(argv)
+    if a.worker:
+        print(json.dumps(_measure(a.n, a.d, a.flows, a.samples, a.classes, a.threads, a.repeats)))
+    else:
+        run(n=a.n, d=a.d, n_flows=a.flows, n_samples=a.samples, n_classes=a.classes, repeats=a.repeats)
+
+
+if __name__ == "__main__":
+    main()

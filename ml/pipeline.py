@@ -1,0 +1,415 @@
+"""The narrow surface a background worker calls: fit a base representation, fit the lens, score, evaluate.
+
+Everything here is plain arrays and bytes in, plain arrays, bytes and JSON-able dicts out, so the
+caller (``app.worker``) never touches a model's internals and a notebook can run the same steps.
+Long calls take ``progress(fraction, info)`` and ``should_stop()`` (see ``ml.control``) and raise
+``ml.control.Stopped`` when asked to stop, having produced nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ml.attributes import Attribute, coerce_attributes, observed_mask, validate_labels
+from ml.control import ProgressFn, StopFn, check_stop
+
+REPRESENTATION_SOURCES = ("vae", "classifier", "torchscript", "embeddings")
+
+# VAE settings a project's representation config may give (anything else is refused, naming the key).
+VAE_KEYS = ("latent_dim", "hidden", "channels", "epochs", "lr", "batch_size", "likelihood", "seed",
+            "heldout_fraction", "test_ll_k", "test_ll_max_items")
+CLASSIFIER_KEYS = ("hidden_dim", "epochs", "lr", "batch_size", "seed", "attribute")
+LENS_KEYS = ("n_flows", "dims_per_attribute", "hidden", "epochs", "warm_epochs", "alpha", "lr", "weight_decay",
+             "batch_size", "labelled_batch_size", "seed")
+# Images of at most this many pixels (8×8 digits, 16×16 sprites) get a smaller VAE by default: Table 1's
+# 1024-wide layers and (64, 128) channels cost ~15× more per step there for the same ELBO (measured on digits:
+# 27.6 vs 27.7 nats after 3 epochs), and the pretrain must finish in well under a minute on two cores.
+SMALL_IMAGE_PIXELS = 16 * 16
+SMALL_VAE = {"hidden": 256, "channels": (32, 64)}
+MIN_EVAL_LABELS = 10
+
+
+@dataclass
+class RepresentationResult:
+    """What fitting (or importing) a base representation yields."""
+
+    model_bytes: bytes | None  # the base model's checkpoint (VAE / classifier / the TorchScript encoder)
+    Z: np.ndarray  # (N, d) float32, z of every given item in input order
+    test_ll: float | None  # IWAE test log-likelihood on held-out images (VAE only), nats per image
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-able: config actually used, losses, timings
+
+
+def content_hash(blob: bytes) -> str:
+    """SHA-256 of a checkpoint: the content address a stored model version is known by."""
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _unknown_keys(config: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    unknown = sorted(set(config) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _stage(progress: ProgressFn | None, lo: float, hi: float) -> ProgressFn | None:
+    """A progress callback mapping a sub-step's [0, 1] onto [lo, hi] of the caller's."""
+    if progress is None:
+        return None
+    return lambda f, info: progress(lo + (hi - lo) * float(f), info)
+
+
+# --------------------------------------------------------------------------- base representation
+
+
+def fit_representation(
+    source: str,
+    images: np.ndarray | None,
+    config: Mapping[str, Any] | None = None,
+    *,
+    labels: np.ndarray | None = None,
+    n_classes: int | None = None,
+    encoder_bytes: bytes | None = None,
+    embeddings: np.ndarray | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    device: str = "auto",
+) -> RepresentationResult:
+    """Fit or import the base representation z of every item (paper 2.1), in the order of ``images``.
+
+    - ``vae``: the conv VAE (``ml.vae.VAE``) trained on the images less a held-out fraction
+      (``heldout_fraction``, default 0.1, seeded) on which the IWAE test log-likelihood is measured;
+      z = posterior means of every image.
+    - ``classifier``: ``ml.classifier.HiddenLayerClassifier`` trained on ``labels`` (class indices,
+      −1 = unlabelled; ``n_classes`` levels); z = its hidden layer.
+    - ``torchscript``: an uploaded TorchScript encoder (``encoder_bytes``), loaded on the CPU and run on
+      the images in batches; its output, flattened per image, is z.
+    - ``embeddings``: ``embeddings`` given as they are (checked to be finite [N, d]).
+    """
+    cfg = dict(config or {})
+    cfg.pop("source", None)
+    if source not in REPRESENTATION_SOURCES:
+        raise ValueError(f"representation.source must be one of {REPRESENTATION_SOURCES}, got {source!r}")
+    t0 = time.perf_counter()
+    if source == "embeddings":
+        if embeddings is None:
+            raise ValueError("representation 'embeddings' needs the imported embeddings")
+        Z = np.asarray(embeddings, dtype=np.float32)
+        if Z.ndim != 2 or not np.isfinite(Z).all():
+            raise ValueError(f"embeddings must be a finite 2-d array [N, d], got shape {Z.shape}")
+        return RepresentationResult(None, Z, None, {"dim": int(Z.shape[1]), "seconds": 0.0})
+    if images is None or len(images) == 0:
+        raise ValueError(f"representation {source!r} needs the items' images, and this project has none")
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if source == "vae":
+        result = _fit_vae(images, cfg, progress, should_stop, device)
+    elif source == "classifier":
+        result = _fit_classifier(images, cfg, labels, n_classes, progress, should_stop, device)
+    else:
+        result = _run_torchscript(images, encoder_bytes, progress, should_stop)
+    result.info["seconds"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _fit_vae(images: np.ndarray, cfg: dict[str, Any], progress: ProgressFn | None, should_stop: StopFn | None,
+             device: str) -> RepresentationResult:
+    from ml.vae import VAE
+
+    _unknown_keys(cfg, VAE_KEYS, "representation (vae)")
+    n, _c, h, w = images.shape
+    heldout = float(cfg.pop("heldout_fraction", 0.1))
+    if not 0.0 <= heldout < 0.5:
+        raise ValueError(f"representation.heldout_fraction must lie in [0, 0.5), got {heldout}")
+    k = int(cfg.pop("test_ll_k", 100))
+    max_ll_items = int(cfg.pop("test_ll_max_items", 1000))
+    params: dict[str, Any] = dict(SMALL_VAE) if h * w <= SMALL_IMAGE_PIXELS else {}
+    params.update(cfg)
+    if "channels" in params:
+        params["channels"] = tuple(params["channels"])
+    seed = int(params.get("seed", 0))
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_test = round(heldout * n) if n >= 20 else 0
+    test_idx, train_idx = perm[:n_test], perm[n_test:]
+    vae = VAE(image_shape=None, device=device, **params)
+    vae.fit(images[np.sort(train_idx)], progress=_stage(progress, 0.0, 0.9), should_stop=should_stop)
+    check_stop(should_stop)
+    Z = vae.encode(images)
+    test_ll = None
+    if n_test:
+        check_stop(should_stop)
+        test_ll = float(vae.test_log_likelihood(images[np.sort(test_idx)[:max_ll_items]], k=k))
+    if progress is not None:
+        progress(1.0, {"loss": vae.loss_history_[-1] if vae.loss_history_ else None})
+    cfg_used = {key: (list(v) if isinstance(v, tuple) else v) for key, v in vae.get_params().items()}
+    info = {"config": cfg_used, "dim": int(Z.shape[1]), "n_train": len(train_idx),
+            "n_heldout": int(n_test), "test_ll_k": k, "loss_history": [float(x) for x in vae.loss_history_]}
+    return RepresentationResult(vae.to_bytes(), Z.astype(np.float32), test_ll, info)
+
+
+def _fit_classifier(images: np.ndarray, cfg: dict[str, Any], labels: np.ndarray | None, n_classes: int | None,
+                    progress: ProgressFn | None, should_stop: StopFn | None, device: str) -> RepresentationResult:
+    from ml.classifier import HiddenLayerClassifier
+
+    _unknown_keys(cfg, CLASSIFIER_KEYS, "representation (classifier)")
+    cfg.pop("attribute", None)
+    if labels is None or n_classes is None:
+        raise ValueError("representation 'classifier' needs labels of a categorical attribute")
+    y = np.asarray(labels, dtype=np.int64)
+    n_labelled = int((y >= 0).sum())
+    if n_labelled < 2 or len(np.unique(y[y >= 0])) < 2:
+        raise ValueError(f"representation 'classifier' needs training labels of at least 2 classes; "
+                         f"{n_labelled} item(s) are labelled: label more items, then run pretrain again")
+    clf = HiddenLayerClassifier(n_classes=n_classes, image_shape=tuple(images.shape[1:]), device=device, **cfg)
+    clf.fit(images, y, progress=_stage(progress, 0.0, 0.95), should_stop=should_stop)
+    check_stop(should_stop)
+    Z = clf.transform(images)
+    info = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in clf.get_params().items()},
+            "dim": int(Z.shape[1]), "n_labelled": n_labelled,
+            "loss_history": [float(x) for x in clf.loss_history_]}
+    return RepresentationResult(clf.to_bytes(), Z.astype(np.float32), None, info)
+
+
+def _run_torchscript(images: np.ndarray, encoder_bytes: bytes | None, progress: ProgressFn | None,
+                     should_stop: StopFn | None, batch_size: int = 512) -> RepresentationResult:
+    import torch
+
+    if not encoder_bytes:
+        raise ValueError("representation 'torchscript' needs an uploaded encoder: upload one, then run pretrain")
+    try:
+        # CPU on purpose: an uploaded module may hard-code devices; z is computed once per pretrain.
+        encoder = torch.jit.load(io.BytesIO(encoder_bytes), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError and friends on a malformed archive
+        raise ValueError(f"the uploaded encoder is not a loadable TorchScript module: {exc}") from None
+    encoder.eval()
+    parts = []
+    n = len(images)
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            check_stop(should_stop)
+            try:
+                out = encoder(torch.from_numpy(images[i : i + batch_size]))
+            except Exception as exc:
+                raise ValueError(f"the uploaded encoder failed on images of shape {images.shape[1:]}: {exc}") from None
+            if not isinstance(out, torch.Tensor):
+                raise ValueError(f"the uploaded encoder must return one tensor, got {type(out).__name__}")
+            parts.append(out.reshape(out.shape[0], -1).float().cpu().numpy())
+            if progress is not None:
+                progress(min(1.0, (i + batch_size) / n), {})
+    Z = np.concatenate(parts).astype(np.float32)
+    if Z.shape[0] != n or not np.isfinite(Z).all():
+        raise ValueError(f"the uploaded encoder gave {Z.shape[0]} rows (want {n}) or non-finite values")
+    return RepresentationResult(bytes(encoder_bytes), Z, None, {"dim": int(Z.shape[1])})
+
+
+# --------------------------------------------------------------------------- the lens
+
+
+def lens_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Lens hyper-parameters from a project's ``settings.lens``, checked (ValueError names the key)."""
+    p = dict(params or {})
+    _unknown_keys(p, LENS_KEYS, "settings.lens")
+    return p
+
+
+def warm_epochs(n_items: int, batch_size: int, requested: int | None = None) -> int:
+    """Epochs of a warm-started retrain: a quarter of a cold fit's (at least 10) unless given.
+
+    A warm start begins from a lens already fitted to the same z; measured on digits (200 labels),
+    50 more epochs cost ~4 s where a cold fit's 200 cost ~25 s.
+    """
+    if requested is not None:
+        return int(requested)
+    steps = max(1, math.ceil(n_items / batch_size))
+    cold = int(min(200, max(10, math.ceil(1500 / steps))))
+    return max(10, cold // 4)
+
+
+def fit_lens(
+    Z: np.ndarray,
+    S: Mapping[str, Any],
+    attributes: Sequence[Attribute | Mapping[str, Any]],
+    *,
+    warm_start_bytes: bytes | None = None,
+    params: Mapping[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    device: str = "auto",
+) -> tuple[bytes, dict[str, Any]]:
+    """Fit the interpretable lens on z with the labels S; returns (checkpoint bytes, training statistics).
+
+    ``warm_start_bytes``: a previous checkpoint of a lens on the same z and attributes; training
+    continues from it for ``warm_epochs`` (default: a quarter of a cold fit). A checkpoint whose
+    attributes or dimension differ is ignored (a cold fit, said so in the statistics).
+    """
+    from ml.lens import InterpretableLens
+
+    attrs = coerce_attributes(attributes)
+    p = lens_params(params)
+    warm_req = p.pop("warm_epochs", None)
+    Z = np.asarray(Z, dtype=np.float32)
+    t0 = time.perf_counter()
+    lens = None
+    warm_note = None
+    if warm_start_bytes:
+        prev = InterpretableLens.from_bytes(warm_start_bytes, device=device)
+        if [a.to_dict() for a in prev.attributes] != [a.to_dict() for a in attrs]:
+            warm_note = "attributes changed since the previous version: cold fit"
+        elif prev.config_.dim != Z.shape[1]:
+            warm_note = "z dimension changed since the previous version: cold fit"
+        else:
+            lens = prev
+            lens.epochs = warm_epochs(len(Z), lens.batch_size, warm_req)
+            for key in ("alpha", "lr", "weight_decay", "labelled_batch_size", "seed"):
+                if key in p:
+                    setattr(lens, key, p[key])
+    warm = lens is not None
+    if lens is None:
+        lens = InterpretableLens(attrs, device=device, **p)
+    lens.fit(Z, S, warm_start=warm, progress=progress, should_stop=should_stop)
+    blob = lens.to_bytes()
+    stats = {"warm_start": warm, "epochs": len(lens.history_), "final_loss": float(lens.history_[-1]),
+             "loss_history": [float(x) for x in lens.history_], "alpha": lens.alpha_,
+             "n_items": len(Z), "n_labelled": int(lens.n_labelled_), "dim": int(Z.shape[1]),
+             "attribute_dims": lens.attribute_dims_, "seconds": round(time.perf_counter() - t0, 3),
+             "device": str(lens.device_)}
+    if warm_note:
+        stats["note"] = warm_note
+    return blob, stats
+
+
+def _lens(lens: Any, device: str) -> Any:
+    from ml.lens import InterpretableLens
+
+    if isinstance(lens, bytes | bytearray | memoryview):
+        return InterpretableLens.from_bytes(bytes(lens), device=device)
+    return lens
+
+
+def score_pool(
+    lens: Any,
+    Z: np.ndarray,
+    strategy: str = "bald",
+    n_samples: int = 32,
+    *,
+    chunk: int = 8192,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    device: str = "auto",
+) -> np.ndarray:
+    """Acquisition score (section 3; ``bald`` is eq. 10) of every row of Z, float64 [N], in chunks.
+
+    ``lens``: a fitted ``InterpretableLens`` or its checkpoint bytes. Each chunk is seeded from
+    ``seed`` and its position, so a pool scores the same however it is cut.
+    """
+    model = _lens(lens, device)
+    Z = np.asarray(Z, dtype=np.float32)
+    out = np.empty(len(Z), dtype=np.float64)
+    for i in range(0, len(Z), chunk):
+        check_stop(should_stop)
+        out[i : i + chunk] = model.acquisition_scores(Z[i : i + chunk], strategy=strategy, n_samples=n_samples,
+                                                      seed=seed + i // chunk)
+        if progress is not None:
+            progress(min(1.0, (i + chunk) / max(1, len(Z))), {})
+    return out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    lens: Any,
+    Z_eval: np.ndarray,
+    S_eval: Mapping[str, Any],
+    attributes: Sequence[Attribute | Mapping[str, Any]],
+    *,
+    min_labels: int = MIN_EVAL_LABELS,
+    folds: int = 2,
+    seed: int = 0,
+    should_stop: StopFn | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """The interpretability metric (section 4) of the lens on held-out labelled items, plus comparisons.
+
+    ``Z_eval``/``S_eval`` must be items whose labels did not train the lens (the app's eval split).
+    Returns a JSON-able dict: ``attributes`` (per attribute on z*, one dimension: score, accuracy,
+    dim, chance_score, n_test, and ``z_score`` — the same metric on raw z), ``overall``,
+    ``baseline_overall`` (raw z), ``k_dims`` ({"2": overall, "all": overall} on z*), ``mig`` and
+    ``sap`` on z* and z, ``skipped`` (attribute → reason: fewer than ``min_labels`` eval labels, a
+    single class, ...) and ``n_eval``. Never raises for too few labels: it skips.
+    """
+    from ml.metrics import interpretability_score_cv, mig, sap
+
+    attrs = coerce_attributes(attributes)
+    Z = np.asarray(Z_eval, dtype=np.float64)
+    labels = validate_labels(S_eval, attrs, len(Z))
+    skipped: dict[str, str] = {}
+    scorable: list[Attribute] = []
+    for a in attrs:
+        y = labels[a.name][observed_mask(labels[a.name], a)]
+        if y.size < min_labels:
+            skipped[a.name] = f"{y.size} eval label(s), need at least {min_labels}"
+        elif a.is_discrete and len(np.unique(y)) < 2:
+            skipped[a.name] = "eval labels cover a single level"
+        else:
+            scorable.append(a)
+    out: dict[str, Any] = {"attributes": {}, "overall": None, "overall_accuracy": None, "baseline_overall": None,
+                           "k_dims": {}, "mig": None, "sap": None, "mig_z": None, "sap_z": None,
+                           "skipped": skipped, "n_eval": len(Z)}
+    if not scorable or len(Z) == 0:
+        return out
+    model = _lens(lens, device)
+    Zs = np.asarray(model.transform(Z))
+    S_use = {a.name: labels[a.name] for a in scorable}
+
+    def cv(X: np.ndarray, **kw: Any) -> dict[str, Any]:
+        check_stop(should_stop)
+        return interpretability_score_cv(X, S_use, scorable, folds=folds, seed=seed, skip_unscorable=True, **kw)
+
+    main = cv(Zs)
+    raw = cv(Z)
+    for name, r in main["attributes"].items():
+        entry = {k: r[k] for k in ("score", "accuracy", "dim", "chance_score", "n_test", "mi") if k in r}
+        if name in raw["attributes"]:
+            entry["z_score"] = raw["attributes"][name]["score"]
+            entry["z_dim"] = raw["attributes"][name]["dim"]
+        out["attributes"][name] = _jsonable(entry)
+    skipped.update(main.get("skipped", {}))
+    out["overall"] = _float(main.get("overall"))
+    out["overall_accuracy"] = _float(main.get("overall_accuracy"))
+    out["baseline_overall"] = _float(raw.get("overall"))
+    for k in (2, "all"):
+        if k == 2 and Z.shape[1] < 2:
+            continue
+        out["k_dims"][str(k)] = _float(cv(Zs, dims=k).get("overall"))
+    check_stop(should_stop)
+    out["mig"], out["mig_z"] = _float(mig(Zs, S_use, scorable)), _float(mig(Z, S_use, scorable))
+    check_stop(should_stop)
+    out["sap"], out["sap_z"] = _float(sap(Zs, S_use, scorable, seed=seed)), _float(sap(Z, S_use, scorable, seed=seed))
+    return out
+
+
+def _float(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating | float):
+        return _float(v)
+    return v

@@ -1,0 +1,160 @@
+"""Worker behaviour on each backend: cancel, progress events (SSE), stale-heartbeat recovery, rollback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from tests.app.worker_support import embeddings_project, wait_job
+from tests.conftest import count
+
+
+@contextmanager
+def worker_thread(app: Any, **overrides: Any) -> Iterator[Any]:
+    """A Worker polling the test's database from a thread (torch threads left as they are)."""
+    from app.worker.runner import Worker
+
+    settings = app.state.settings.model_copy(update={"worker_poll_s": 0.05, "device": "cpu", **overrides})
+    worker = Worker(app.state.db, settings, worker_id="test-worker")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.shutdown.set()
+        thread.join(30)
+
+
+def _retrain(client: Any, headers: dict[str, str], pid: int, **params: Any) -> int:
+    r = client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "retrain", "params": params}, headers=headers)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def _ready(client: Any, admin: dict[str, str], pid: int) -> None:
+    jobs = client.get(f"/api/v1/projects/{pid}/jobs", headers=admin).json()["jobs"]
+    wait_job(client, admin, next(j["id"] for j in jobs if j["kind"] == "pretrain"))
+
+
+def test_cancel_stops_a_running_retrain_within_two_seconds_and_keeps_the_active_model(client, admin, app, db,
+                                                                                      tmp_path):
+    p = embeddings_project(client, admin, tmp_path / "imports", "cancel")
+    with worker_thread(app):
+        _ready(client, admin, p["id"])
+        first = wait_job(client, admin, _retrain(client, admin, p["id"]))
+        n_scores = count(db, "scores")
+        jid = _retrain(client, admin, p["id"], lens={"epochs": 100_000})
+        wait_job(client, admin, jid, ("running",), where=lambda j: j["stage"] == "fit" and j["progress"] > 0.05)
+        t0 = time.monotonic()
+        r = client.post(f"/api/v1/jobs/{jid}/cancel", headers=admin)
+        assert r.status_code == 200 and r.json()["cancel_requested"] is True
+        job = wait_job(client, admin, jid, ("cancelled",), timeout=10)
+        elapsed = time.monotonic() - t0
+    assert elapsed < 2.0, f"cancel took {elapsed:.2f} s"
+    assert job["message"] == "cancelled on request" and job["runs"][-1]["outcome"] == "cancelled"
+    models = client.get(f"/api/v1/projects/{p['id']}/models", headers=admin).json()["models"]
+    assert [(m["id"], m["active"]) for m in models] == [(first["result"]["model_id"], True)]
+    assert count(db, "scores") == n_scores and count(db, "metric_points") == 1
+
+
+def test_job_events_stream_each_change_then_the_terminal_status_and_close(client, admin, viewer, app, tmp_path):
+    p = embeddings_project(client, admin, tmp_path / "imports", "events", lens={"epochs": 150, "n_flows": 4,
+                                                                               "hidden": 32})
+    assert client.get("/api/v1/jobs/999999/events", headers=viewer).status_code == 404
+    assert client.get("/api/v1/jobs/1/events").status_code == 401
+    with worker_thread(app):
+        _ready(client, admin, p["id"])
+        jid = _retrain(client, admin, p["id"])
+        with client.stream("GET", f"/api/v1/jobs/{jid}/events", headers=viewer) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            events = [json.loads(line[len("data: "):]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1]["status"] == "succeeded" and events[-1]["result"]["version"] == 1
+    assert all(e["status"] in ("queued", "running") for e in events[:-1])
+    assert any(e["stage"] == "fit" and e["status"] == "running" for e in events)
+    progress = [e["progress"] for e in events if e["status"] == "running"]
+    assert progress == sorted(progress)
+    assert all(a != b for a, b in zip(events, events[1:], strict=False))  # one event per change
+
+
+def test_a_job_whose_heartbeat_stops_is_requeued_then_failed_after_max_attempts(app, project):
+    from app.db.base import utcnow
+    from app.db.models import Job
+    from app.worker.runner import claim, requeue_stale
+
+    db = app.state.db
+
+    def go_silent(jid: int) -> None:
+        with db.session() as s:
+            s.execute(sa.update(Job).where(Job.id == jid).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+            s.commit()
+
+    first = claim(db, "w-a", max_attempts=2)
+    assert first is not None and first.attempt == 1 and first.kind == "pretrain"
+    assert requeue_stale(db, timeout_s=30) == []  # a fresh heartbeat is left alone
+    go_silent(first.job_id)
+    assert requeue_stale(db, timeout_s=30) == [(first.job_id, "queued")]
+    second = claim(db, "w-b", max_attempts=2)
+    assert second is not None and (second.job_id, second.attempt) == (first.job_id, 2)
+    go_silent(second.job_id)
+    assert requeue_stale(db, timeout_s=30) == [(first.job_id, "failed")]
+    with db.session(write=False) as s:
+        job = s.get(Job, first.job_id)
+        assert job.status == "failed" and "gave up after 2 attempts" in job.message and "w-b" in job.message
+    from app.services import jobs
+
+    with db.session(write=False) as s:
+        runs = jobs.runs(session=s, job_id=first.job_id)
+    assert [(r["attempt"], r["worker_id"], r["outcome"]) for r in runs] == [(1, "w-a", "lost"), (2, "w-b", "lost")]
+    assert claim(db, "w-c", max_attempts=2) is None
+
+
+def test_experiment_jobs_are_refused_as_not_available_yet(client, admin, project):
+    r = client.post(f"/api/v1/projects/{project['id']}/jobs", json={"kind": "experiment"}, headers=admin)
+    assert r.status_code == 422 and "not available yet" in r.json()["detail"]
+
+
+def test_activating_an_older_version_makes_its_scores_the_queue_order(client, admin, expert, app, tmp_path):
+    p = embeddings_project(client, admin, tmp_path / "imports", "rollback")
+    with worker_thread(app):
+        _ready(client, admin, p["id"])
+        v1 = wait_job(client, admin, _retrain(client, admin, p["id"]))["result"]
+        v2 = wait_job(client, admin, _retrain(client, admin, p["id"], lens={"epochs": 8}))["result"]
+    assert (v1["version"], v2["version"]) == (1, 2) and v2["warm_start"] is True
+    r = client.post(f"/api/v1/models/{v1['model_id']}/activate", headers=admin)
+    assert r.status_code == 200 and r.json()["active"] is True
+    top = client.get(f"/api/v1/projects/{p['id']}/scores?unlabelled=true&limit=4", headers=admin).json()
+    assert top["model_version"] == 1
+    handed = client.post(f"/api/v1/projects/{p['id']}/queue/next?n=4", headers=expert).json()["items"]
+    assert [h["item_id"] for h in handed] == [t["item_id"] for t in top["items"]]
+    # Re-activating a scored version queues no scoring job.
+    kinds = [j["kind"] for j in client.get(f"/api/v1/projects/{p['id']}/jobs", headers=admin).json()["jobs"]]
+    assert "score" not in kinds
+
+
+def test_progress_is_written_at_most_once_a_second(app, project):
+    from app.worker.progress import JobContext
+    from app.worker.runner import claim
+
+    db = app.state.db
+    job = claim(db, "w-p", max_attempts=3)
+    ctx = JobContext(db, job_id=job.job_id, attempt=job.attempt, worker_id="w-p", project_id=job.project_id,
+                     kind=job.kind, params={}, heartbeat_interval=10.0, device="cpu").start()
+    ctx.stage("fit", 0.0, 1.0)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.5:
+        ctx.progress((time.monotonic() - t0) / 2.5, {"loss": 1.0})
+        time.sleep(0.001)
+    ctx.close()
+    assert 2 <= ctx.writes <= 3  # ~2,000 reports in 2.5 s → one write a second
+    from app.db.models import Job
+
+    with db.session(write=False) as s:
+        row = s.get(Job, job.job_id)
+        assert row.stage == "fit" and 0.3 < row.progress < 1.0 and row.loss == 1.0 and row.eta_seconds > 0

@@ -1,0 +1,228 @@
+"""The interpretable lens (ILVM): interpretability gained, exact inverse, persistence, acquisition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ml.acquisition import bald, max_entropy
+from ml.attributes import Attribute
+from ml.control import Stopped
+from ml.lens import InterpretableLens, default_alpha
+from ml.metrics import interpretability_score
+
+CLS = Attribute("cls", "categorical", ("a", "b", "c"))
+LEV = Attribute("lev", "ordinal", ("1", "2", "3", "4", "5"))
+VAL = Attribute("val", "continuous", low=-3.0, high=3.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small matrices: thread hand-offs cost more than they save, and CI may share its cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def entangled_problem(n: int = 3000, d: int = 6, seed: int = 0):
+    """z = a rotation (plus a mild nonlinearity) of a code whose first two coordinates are a
+    3-class attribute and a 5-level ordinal one: no single raw dimension carries either."""
+    rng = np.random.default_rng(seed)
+    cls = rng.integers(0, 3, n)
+    lev = rng.integers(0, 5, n)
+    code = rng.normal(size=(n, d))
+    code[:, 0] = np.array([-2.0, 0.0, 2.0])[cls] + 0.3 * rng.normal(size=n)
+    code[:, 1] = (lev - 2) * 0.8 + 0.2 * rng.normal(size=n)
+    q1, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    q2, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    z = code @ q1.T
+    z = z + 0.3 * np.tanh(z @ q2)
+    return z, cls, lev, code
+
+
+def split(n: int, n_labelled: int, seed: int = 0):
+    perm = np.random.default_rng(seed).permutation(n)
+    lab, rest = perm[:n_labelled], perm[n_labelled:]
+    return lab, rest[: len(rest) // 2], rest[len(rest) // 2 :]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.set_num_threads(1)
+    z, cls, lev, _ = entangled_problem()
+    lab, mtr, mte = split(len(z), 150)
+    s = {"cls": np.full(len(z), -1), "lev": np.full(len(z), -1)}
+    s["cls"][lab], s["lev"][lab] = cls[lab], lev[lab]
+    lens = InterpretableLens([CLS, LEV], n_flows=8, epochs=40, device="cpu", seed=0).fit(z, s)
+    return lens, z, cls, lev, s, (lab, mtr, mte)
+
+
+def test_lens_makes_each_attribute_readable_from_its_designated_dimension(fitted) -> None:
+    lens, z, cls, lev, _, (_, mtr, mte) = fitted
+    zs = lens.transform(z)
+
+    def metric(r):
+        return interpretability_score(r[mtr], {"cls": cls[mtr], "lev": lev[mtr]}, r[mte], {"cls": cls[mte], "lev": lev[mte]}, [CLS, LEV])
+
+    raw, lensed = metric(z), metric(zs)
+    for name in ("cls", "lev"):
+        # 150 labels (5%): the metric is fitted and scored on items the lens never trained on.
+        assert lensed["attributes"][name]["score"] >= raw["attributes"][name]["score"] + 15, (name, raw, lensed)
+        assert lensed["attributes"][name]["dim"] == lens.attribute_dims_[name][0]
+    assert lensed["attributes"]["cls"]["accuracy"] >= 0.9
+
+
+def test_inverse_transform_recovers_z_exactly(fitted) -> None:
+    lens, z, *_ = fitted
+    zs = lens.transform(z)
+    assert np.abs(lens.inverse_transform(zs) - z).max() < 1e-8
+    assert zs.dtype == np.float64 and zs.shape == z.shape
+
+
+def test_transform_of_an_item_does_not_depend_on_labels_or_batch(fitted) -> None:
+    """z* is f(z) alone: an item's own labels cannot leak into the metric through it."""
+    lens, z, *_ = fitted
+    full = lens.transform(z)
+    assert np.array_equal(lens.transform(z[7:8]), full[7:8])
+    assert np.allclose(lens.transform(z[::-1]), full[::-1], atol=1e-12)
+
+
+def test_save_load_and_bytes_round_trip_give_identical_outputs(fitted, tmp_path) -> None:
+    lens, z, *_ = fitted
+    path = tmp_path / "lens.pt"
+    lens.save(path)
+    for other in (InterpretableLens.load(path, device="cpu"), InterpretableLens.from_bytes(lens.to_bytes(), device="cpu")):
+        assert np.array_equal(other.transform(z[:50]), lens.transform(z[:50]))
+        p1, p2 = other.predict_proba(z[:50]), lens.predict_proba(z[:50])
+        assert all(np.allclose(p1[k], p2[k]) for k in p1)
+        assert other.attribute_dims_ == lens.attribute_dims_
+    with pytest.raises(ValueError, match="checkpoint"):
+        InterpretableLens.from_bytes(b"not a checkpoint", device="cpu")
+
+
+def test_predict_proba_and_sample_probs_are_distributions(fitted) -> None:
+    lens, z, *_ = fitted
+    p = lens.predict_proba(z[:20])
+    assert p["cls"].shape == (20, 3) and p["lev"].shape == (20, 5)
+    assert np.allclose(p["cls"].sum(1), 1, atol=1e-5) and np.allclose(p["lev"].sum(1), 1, atol=1e-5)
+    sp = lens.sample_probs(z[:20], n_samples=16, seed=3)
+    assert sp["cls"].shape == (20, 16, 3) and np.allclose(sp["cls"].sum(-1), 1, atol=1e-5)
+    assert lens.predict(z[:20])["cls"].shape == (20,)
+
+
+def test_acquisition_scores_equal_bald_of_the_sampled_probabilities(fitted) -> None:
+    lens, z, *_ = fitted
+    scores = lens.acquisition_scores(z[:300], "bald", n_samples=32, seed=11)
+    probs = lens.sample_probs(z[:300], n_samples=32, seed=11)
+    expected = bald(probs["cls"]) + bald(probs["lev"])
+    assert np.allclose(scores, expected, atol=1e-5)
+    assert (scores >= 0).all() and scores.std() > 0
+    me = lens.acquisition_scores(z[:300], "max_entropy", n_samples=32, seed=11)
+    assert np.allclose(me, max_entropy(probs["cls"]) + max_entropy(probs["lev"]), atol=1e-5)
+    one = lens.acquisition_scores(z[:300], "bald", n_samples=32, seed=11, attribute="cls")
+    assert np.allclose(one, bald(probs["cls"]), atol=1e-5)
+    rnd = lens.acquisition_scores(z[:300], "random", seed=1)
+    assert rnd.shape == (300,) and 0 <= rnd.min() and rnd.max() <= 1
+
+
+def test_bald_is_highest_between_classes(fitted) -> None:
+    """Items whose code sits between two class centres are the ones the model is unsure of."""
+    lens, z, cls, _, _, _ = fitted
+    _, _, _, code = entangled_problem()
+    scores = lens.acquisition_scores(z, "bald", attribute="cls", seed=0)
+    between = np.abs(np.abs(code[:, 0]) - 1.0) < 0.3  # half-way between centres −2, 0, 2
+    central = np.abs(code[:, 0] - np.array([-2.0, 0.0, 2.0])[cls]) < 0.1
+    assert scores[between].mean() > 1.4 * scores[central].mean()
+
+
+def test_scoring_streams_in_chunks_of_any_size(fitted) -> None:
+    lens, z, *_ = fitted
+    a = lens.acquisition_scores(z[:500], "bald", chunk=64, seed=0, n_samples=256)
+    b = lens.acquisition_scores(z[:500], "bald", chunk=10_000, seed=0, n_samples=256)
+    # Different noise draws per chunking, the same estimator: equal up to Monte-Carlo error.
+    assert abs(a.mean() - b.mean()) < 0.05 * b.mean()
+    assert np.corrcoef(a, b)[0, 1] > 0.9
+
+
+def test_warm_start_continues_from_the_fitted_state(fitted) -> None:
+    lens, z, _, _, s, _ = fitted
+    clone = InterpretableLens.from_bytes(lens.to_bytes(), device="cpu")
+    clone.epochs = 1
+    mean_before = clone.z_mean_.copy()
+    clone.fit(z, s, warm_start=True)
+    fresh = InterpretableLens([CLS, LEV], n_flows=8, epochs=1, device="cpu", seed=0).fit(z, s)
+    assert clone.history_[0] < 0.8 * fresh.history_[0]
+    assert np.array_equal(clone.z_mean_, mean_before)  # the meaning of z* is kept
+
+
+def test_continuous_attribute_gets_a_gaussian_head() -> None:
+    z, _, _, code = entangled_problem(n=1500, seed=2)
+    val = np.clip(code[:, 0], -3, 3)
+    lab, mtr, mte = split(len(z), 200, seed=2)
+    s = np.full(len(z), np.nan)
+    s[lab] = val[lab]
+    lens = InterpretableLens([VAL], n_flows=4, epochs=40, device="cpu").fit(z, {"val": s})
+    mean, var = lens.predict_proba(z[mte])["val"]
+    assert mean.shape == var.shape == (len(mte),) and (var > 0).all()
+    assert np.corrcoef(mean, val[mte])[0, 1] > 0.9
+    zs = lens.transform(z)
+    assert abs(np.corrcoef(zs[mte, 0], val[mte])[0, 1]) > abs(np.corrcoef(z[mte], val[mte], rowvar=False)[-1, :-1]).max()
+    sc = lens.acquisition_scores(z[:100], "bald")
+    assert np.isfinite(sc).all() and (sc >= 0).all()
+
+
+def test_progress_is_reported_and_should_stop_interrupts() -> None:
+    z, cls, _, _ = entangled_problem(n=400)
+    s = {"cls": np.where(np.arange(400) < 60, cls, -1)}
+    seen: list[float] = []
+    InterpretableLens([CLS], n_flows=2, epochs=3, device="cpu").fit(z, s, progress=lambda f, info: seen.append(f))
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(Stopped):
+        InterpretableLens([CLS], n_flows=2, epochs=50, device="cpu").fit(z, s, should_stop=stop)
+    assert calls["n"] == 4
+
+
+def test_default_alpha_grows_as_labels_get_scarce() -> None:
+    assert default_alpha(60_000, 1_000) == 600
+    assert default_alpha(1000, 900) == 100
+    assert default_alpha(10**6, 10) == 1000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"Z": np.zeros(10)}, "2-d"),
+        ({"Z": np.full((10, 3), np.nan)}, "NaN"),
+        ({"S": {"colour": np.zeros(10, int)}}, "unknown attribute"),
+        ({"S": {"cls": np.full(10, 7)}}, "out of range"),
+        ({"S": {"cls": np.r_[np.zeros(5, int), -np.ones(5, int)]}}, "at least 2 labelled levels"),
+        ({"S": {"cls": np.zeros(9, int)}}, "length 10"),
+        ({"Z": np.zeros((10, 1))}, "need 2 z\\* dimensions"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_problem(kwargs, match) -> None:
+    rng = np.random.default_rng(0)
+    args = {"Z": rng.normal(size=(10, 3)), "S": {"cls": rng.integers(0, 3, 10), "lev": rng.integers(0, 5, 10)}}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        InterpretableLens([CLS, LEV], epochs=1, device="cpu").fit(args["Z"], args["S"])
+
+
+def test_use_before_fit_and_wrong_width_are_refused(fitted) -> None:
+    with pytest.raises(ValueError, match="not fitted"):
+        InterpretableLens([CLS]).transform(np.zeros((2, 3)))
+    lens, *_ = fitted
+    with pytest.raises(ValueError, match="d=6"):
+        lens.transform(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="strategy"):
+        lens.acquisition_scores(np.zeros((2, 6)), "greedy")
+    with pytest.raises(ValueError, match="n_flows"):
+        InterpretableLens([CLS], n_flows=-1)
