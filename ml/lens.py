@@ -181,6 +181,29 @@ class LensModule(nn.Module):
             total = total + torch.where(known, obs, torch.zeros_like(obs))
         return total
 
+    def pseudo_label_terms(self, z: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Σ_j 1[max p(s_j|f(z)) ≥ τ]·log p_ψ(ŝ_j | z*), ŝ_j = argmax p(s_j|f(z)), z* ~ q(z*|z). (B,)
+
+        Confidence-thresholded pseudo-labels (FixMatch, Sohn et al. 2020) for discrete attributes of
+        unlabelled items: the deterministic lens map proposes, a noisy sample must agree. It pulls
+        decision boundaries into the low-density gaps of the pool (the cluster assumption).
+        """
+        n = z.shape[0]
+        with torch.no_grad():
+            zdet = self.flows.transform(z)
+        log_var = self.q0_log_var(z, self.encode_s({}, n, z.device))
+        zs, _ = self.flows(z + torch.randn_like(z) * torch.exp(0.5 * log_var))
+        total = torch.zeros(n, device=z.device)
+        for a in self.attributes:
+            if not a.is_discrete:
+                continue
+            head = self.heads[a.name]
+            with torch.no_grad():
+                conf, guess = head.probs(zdet).max(1)
+            logp = head.log_probs(zs).gather(1, guess[:, None]).squeeze(1)
+            total = total + torch.where(conf >= threshold, logp, torch.zeros_like(logp))
+        return total
+
     # -- predictive ------------------------------------------------------------------------------
     def sample_zstar(self, z: torch.Tensor, n_samples: int) -> torch.Tensor:  # (B, d) -> (B, S, d)
         """z*_t ~ q(z*|z): q0 without side information (the item's labels are unknown), then flows."""
@@ -213,6 +236,8 @@ class InterpretableLens:
         labelled_batch_size: int = 128,
         device: str = "auto",
         seed: int = 0,
+        pseudo_label_threshold: float | None = None,
+        pseudo_label_weight: float = 10.0,
     ) -> None:
         self.attributes = coerce_attributes(attributes)
         for name, value, lo in (("n_flows", n_flows, 0), ("dims_per_attribute", dims_per_attribute, 1), ("hidden", hidden, 1),
@@ -234,6 +259,10 @@ class InterpretableLens:
         self.labelled_batch_size = labelled_batch_size
         self.device = device
         self.seed = seed
+        if pseudo_label_threshold is not None and not 0.0 < pseudo_label_threshold < 1.0:
+            raise ValueError(f"pseudo_label_threshold must be in (0, 1) or None, got {pseudo_label_threshold!r}")
+        self.pseudo_label_threshold = pseudo_label_threshold
+        self.pseudo_label_weight = pseudo_label_weight
 
     # -- configuration ------------------------------------------------------------------------
     def _config(self, dim: int) -> LensConfig:
@@ -335,6 +364,8 @@ class InterpretableLens:
                                                     replace=len(lab_idx) < self.labelled_batch_size), device=self.device_)
                     sup = mod.supervised_terms(zt[li], {k: v[li] for k, v in st.items()})
                     loss = loss - alpha * sup.mean()
+                if self.pseudo_label_threshold is not None and self.pseudo_label_weight > 0:
+                    loss = loss - self.pseudo_label_weight * mod.pseudo_label_terms(zt[idx], self.pseudo_label_threshold).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(mod.parameters(), 100.0)

@@ -60,6 +60,9 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from app.worker.runner import prefer_passive_omp
+
+    prefer_passive_omp()  # as `lenslab worker` does, before torch loads
     from app.bench.train import run_train_bench
 
     if args.threads is not None:

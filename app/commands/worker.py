@@ -22,7 +22,9 @@ def run(args: argparse.Namespace) -> int:
     from app.cli import CommandError
     from app.config import get_settings
     from app.db.migrate import current, head
-    from app.worker.runner import run_forever
+    from app.worker.runner import prefer_passive_omp, run_forever
+
+    prefer_passive_omp()
 
     if args.threads is not None and args.threads < 1:
         raise CommandError(f"--threads must be ≥ 1, got {args.threads}")

@@ -52,6 +52,17 @@ class Claimed:
     attempt: int
 
 
+def prefer_passive_omp() -> None:
+    """Make OpenMP threads sleep, not spin, while waiting; call before torch is imported.
+
+    Measured on this 2-core machine with other processes busy: a lens fit with 2 torch threads took
+    50–75 s instead of 2 s under OpenMP's default spin-waiting (threads spin on a core another process
+    needs, then are descheduled mid-barrier); with OMP_WAIT_POLICY=PASSIVE it took 2.3 s. A worker
+    shares its machine (with the web, a database, other workers), so passive waiting is the default.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def default_worker_id() -> str:
     """host:pid:random, unique per worker process (two threads of one process get different suffixes)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

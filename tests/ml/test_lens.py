@@ -124,7 +124,7 @@ def test_acquisition_scores_equal_bald_of_the_sampled_probabilities(fitted) -> N
     one = lens.acquisition_scores(z[:300], "bald", n_samples=32, seed=11, attribute="cls")
     assert np.allclose(one, bald(probs["cls"]), atol=1e-5)
     rnd = lens.acquisition_scores(z[:300], "random", seed=1)
-    assert rnd.shape == (300,) and 0 <= rnd.min() and rnd.max() <= 1
+    assert rnd.shape == (300,) and rnd.min() >= 0 and rnd.max() <= 1
 
 
 def test_bald_is_highest_between_classes(fitted) -> None:
@@ -160,7 +160,7 @@ def test_warm_start_continues_from_the_fitted_state(fitted) -> None:
 def test_continuous_attribute_gets_a_gaussian_head() -> None:
     z, _, _, code = entangled_problem(n=1500, seed=2)
     val = np.clip(code[:, 0], -3, 3)
-    lab, mtr, mte = split(len(z), 200, seed=2)
+    lab, _, mte = split(len(z), 200, seed=2)
     s = np.full(len(z), np.nan)
     s[lab] = val[lab]
     lens = InterpretableLens([VAL], n_flows=4, epochs=40, device="cpu").fit(z, {"val": s})

@@ -1,0 +1,54 @@
+"""The lens on a VAE's z of dSprites-like sprites: each attribute readable from one dimension.
+
+Sprites are centred (``position_range=0``): with free positions a 10-d VAE trained for seconds on
+a CPU spends its code on x and y and keeps too little of the shape for any lens to find (k-NN on
+its z reaches about 65% shape accuracy; centred, about 95%). An invertible lens adds no information.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ml.attributes import Attribute
+from ml.data import make_shapes
+from ml.lens import InterpretableLens
+from ml.metrics import interpretability_score
+from ml.vae import VAE
+
+SHAPE = Attribute("shape", "categorical", ("square", "ellipse", "heart"))
+SCALE = Attribute("scale", "ordinal", tuple(str(i) for i in range(6)))
+
+
+@pytest.mark.slow
+def test_lens_beats_raw_vae_z_by_15_points_per_attribute_from_5_percent_labels() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ds = make_shapes(2000, seed=0, size=32, position_range=0.0)
+        vae = VAE(image_shape=(1, 32, 32), latent_dim=10, channels=(32, 64), hidden=256, batch_size=64, lr=2e-3,
+                  epochs=20, seed=0, device="cpu").fit(ds.images)
+        z = vae.encode(ds.images)
+        n = len(z)
+        perm = np.random.default_rng(0).permutation(n)
+        lab, rest = perm[: n // 20], perm[n // 20 :]  # 5% labelled
+        m_train, m_test = rest[: len(rest) // 2], rest[len(rest) // 2 :]  # the metric never sees `lab`
+        truth = {"shape": ds.factors["shape"], "scale": ds.factors["scale"]}
+        labels = {k: np.where(np.isin(np.arange(n), lab), v, -1) for k, v in truth.items()}
+        lens = InterpretableLens([SHAPE, SCALE], n_flows=32, hidden=128, pseudo_label_threshold=0.9,
+                                 device="cpu", seed=0).fit(z, labels)
+        z_star = lens.transform(z)
+
+        def metric(r: np.ndarray) -> dict:
+            return interpretability_score(r[m_train], {k: v[m_train] for k, v in truth.items()},
+                                          r[m_test], {k: v[m_test] for k, v in truth.items()}, [SHAPE, SCALE])
+
+        raw, lensed = metric(z), metric(z_star)
+        report = {k: (raw["attributes"][k]["score"], lensed["attributes"][k]["score"]) for k in truth}
+        for name in truth:
+            assert lensed["attributes"][name]["score"] >= raw["attributes"][name]["score"] + 15, report
+        assert lensed["attributes"]["shape"]["accuracy"] >= 0.9, lensed["attributes"]["shape"]
+        assert np.abs(lens.inverse_transform(z_star) - z).max() < 1e-4
+    finally:
+        torch.set_num_threads(threads)
