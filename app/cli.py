@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "app.commands.users",
     "app.commands.tokens",
     "app.commands.bench",
+    "app.commands.experiment",
 )
 
 

@@ -1,0 +1,45 @@
+"""``lenslab experiment NAME``: reproduce the paper's tables and figures (JSON + CSV + PNG, printed table)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAMES = ("al-curve", "table1", "table2", "lens-on-classifier", "report")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="reproduce a paper experiment (al-curve, table1, table2, "
+                                          "lens-on-classifier) or regenerate EXPERIMENTS.md (report)")
+    p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(NAMES)}")
+    p.add_argument("--profile", default="quick", help="quick (CI, minutes), cpu (2-core CPU subset) or full (paper scale)")
+    p.add_argument("--out", default="benchmarks/experiments", help="directory for results and the model cache")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
+    p.add_argument("--data-dir", default="../shared/data", help="folder holding mnist/ (IDX files)")
+    p.add_argument("--datasets", default=None, help="comma-separated subset of digits,mnist,shapes")
+    p.add_argument("--markdown", default="EXPERIMENTS.md", help="report only: where to write the markdown")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.name not in NAMES:
+        raise ValueError(f"unknown experiment {args.name!r}; choose one of {', '.join(NAMES)}")
+    if args.name == "report":
+        from ml.experiment.report import write_report
+
+        path = write_report(args.out, args.markdown)
+        print(f"wrote {path}")
+        return 0
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be ≥ 1, got {args.seeds}")
+    from ml.experiment import run_experiment
+    from ml.experiment.common import check_data_dir
+
+    datasets = tuple(d.strip() for d in args.datasets.split(",") if d.strip()) if args.datasets else None
+    if datasets is None or "mnist" in datasets:
+        from ml.experiment import EXPERIMENTS
+
+        if datasets is not None or "mnist" in EXPERIMENTS[args.name][1]:
+            check_data_dir(args.data_dir)
+    run_experiment(args.name, profile=args.profile, out=args.out, seeds=args.seeds, data_dir=args.data_dir,
+                   datasets=datasets)
+    return 0

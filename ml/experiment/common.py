@@ -1,0 +1,422 @@
+"""Shared pieces of the paper-reproduction experiments: profiles, data sets, cached base VAEs, metric, stats, output.
+
+Every experiment works on a ``Prepared`` data set: a *pool* (the images the models train on and
+whose labels an oracle may reveal) and two disjoint held-out labelled sets, ``fit`` and ``test``,
+on which the interpretability metric is fitted and scored (DESIGN.md: the metric never sees the
+items whose labels trained a model). Ground truth of the pool is known to the experiment (a
+simulated oracle) but only the labels an experiment reveals are passed to a model.
+
+Profiles size everything: ``quick`` (tiny, for CI: every experiment in well under a minute),
+``cpu`` (what fits a 2-core CPU in tens of minutes: MNIST on a subset) and ``full`` (the paper's
+scale, for a machine with a GPU or hours of CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml.attributes import Attribute
+from ml.bench.common import machine
+
+PROFILES = ("quick", "cpu", "full")
+DATASETS = ("digits", "mnist", "shapes")
+DEFAULT_DATA_DIR = "../shared/data"
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class DataSize:
+    """How much of a data set a profile uses, and how long its base VAE trains."""
+
+    pool: int  # images the models train on (and the oracle labels from)
+    eval_fit: int  # held-out labelled items the metric is fitted on
+    eval_test: int  # held-out labelled items the metric is scored on
+    vae_epochs: int
+    n_labels: int  # labels revealed for table 1 (ILVM, JLVM)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every size and training length of one profile."""
+
+    name: str
+    sizes: Mapping[str, DataSize]
+    lens_epochs_first: int  # lens epochs on the first fit of an AL run / table 1
+    lens_epochs_warm: int  # lens epochs per warm-started AL round
+    n_flows: int
+    lens_hidden: int
+    al_rounds: int
+    lens_alpha: float | None = None  # None: ml.lens.default_alpha from the labelled fraction
+    al_pool: int | None = None  # AL pool: the first al_pool pool items (None: the whole pool)
+    al_epochs_first: int | None = None  # lens epochs of an AL run's first fit (None: lens_epochs_first)
+    al_init: int = 20
+    al_batch: int = 50
+    n_samples: int = 32  # Monte-Carlo samples of z* for BALD (eq. 10)
+    jlvm_betas: tuple[float, ...] = (1.0,)
+    beta_vae_beta: float = 4.0
+    iwae_k: int = 100
+    clf_epochs: int = 5
+    clf_pool: int = 2000
+    clf_labels: int = 500
+
+
+PROFILE_SPECS: dict[str, Profile] = {
+    "quick": Profile(
+        "quick",
+        sizes={
+            "digits": DataSize(pool=1000, eval_fit=350, eval_test=400, vae_epochs=8, n_labels=200),
+            "mnist": DataSize(pool=600, eval_fit=200, eval_test=200, vae_epochs=2, n_labels=200),
+            "shapes": DataSize(pool=500, eval_fit=200, eval_test=200, vae_epochs=2, n_labels=200),
+        },
+        lens_epochs_first=30, lens_epochs_warm=10, n_flows=4, lens_hidden=64, al_rounds=2,
+        jlvm_betas=(1.0,), iwae_k=10, clf_epochs=3, clf_pool=600, clf_labels=200, n_samples=16,
+    ),
+    "cpu": Profile(
+        "cpu",
+        sizes={
+            "digits": DataSize(pool=1000, eval_fit=350, eval_test=400, vae_epochs=30, n_labels=300),
+            "mnist": DataSize(pool=5000, eval_fit=1000, eval_test=1000, vae_epochs=8, n_labels=1000),
+            "shapes": DataSize(pool=3000, eval_fit=1000, eval_test=1000, vae_epochs=8, n_labels=1000),
+        },
+        lens_epochs_first=40, lens_epochs_warm=12, n_flows=32, lens_hidden=128, al_rounds=6, lens_alpha=1000.0,
+        al_pool=2000, al_epochs_first=40,
+        jlvm_betas=(1.0, 10.0), iwae_k=100, clf_epochs=4, clf_pool=5000, clf_labels=1000,
+    ),
+    "full": Profile(
+        "full",
+        sizes={
+            "digits": DataSize(pool=1000, eval_fit=350, eval_test=400, vae_epochs=100, n_labels=300),
+            "mnist": DataSize(pool=60000, eval_fit=2000, eval_test=8000, vae_epochs=30, n_labels=1000),
+            "shapes": DataSize(pool=20000, eval_fit=2000, eval_test=4000, vae_epochs=30, n_labels=1000),
+        },
+        lens_epochs_first=20, lens_epochs_warm=5, n_flows=32, lens_hidden=128, al_rounds=20, lens_alpha=1000.0,
+        jlvm_betas=(0.1, 1.0, 10.0), iwae_k=1000, clf_epochs=10, clf_pool=60000, clf_labels=1000,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name``; ValueError naming the choices otherwise."""
+    if name not in PROFILE_SPECS:
+        raise ValueError(f"unknown profile {name!r}; choose one of {PROFILES}")
+    return PROFILE_SPECS[name]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Prepared:
+    """A data set split for an experiment: pool + metric fit/test sets, with every attribute's truth."""
+
+    name: str
+    attributes: list[Attribute]
+    X_pool: np.ndarray
+    S_pool: dict[str, np.ndarray]
+    X_fit: np.ndarray
+    S_fit: dict[str, np.ndarray]
+    X_test: np.ndarray
+    S_test: dict[str, np.ndarray]
+    vae_kwargs: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.X_pool.shape[1:])  # type: ignore[return-value]
+
+
+def check_data_dir(data_dir: str | os.PathLike[str]) -> Path:
+    """The MNIST directory under ``data_dir``; ValueError naming the path when it is missing."""
+    root = Path(data_dir)
+    mnist = root / "mnist"
+    if not root.is_dir():
+        raise ValueError(f"data directory {str(root)!r} does not exist (pass --data-dir pointing at the folder holding mnist/)")
+    if not mnist.is_dir():
+        raise ValueError(f"data directory {str(root)!r} has no mnist/ folder (expected {str(mnist)!r})")
+    return mnist
+
+
+def _levels(name: str, n: int) -> tuple[str, ...]:
+    return tuple(f"{name}{i}" for i in range(n))
+
+
+def prepare(name: str, profile: Profile, data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR) -> Prepared:
+    """Load and split data set ``name`` at ``profile``'s sizes (deterministic: seed-independent splits)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    size = profile.sizes[name]
+    if name == "digits":
+        from ml.data import load_digits
+
+        ds = load_digits()
+        order = np.random.default_rng(1234).permutation(len(ds))
+        need = size.pool + size.eval_fit + size.eval_test
+        if need > len(ds):
+            raise ValueError(f"digits has {len(ds)} images, the profile needs {need}")
+        parts = np.split(order[:need], [size.pool, size.pool + size.eval_fit])
+        attrs = [Attribute("digit", "categorical", _levels("", 10))]
+        truth = {"digit": ds.factors["digit"]}
+        X = ds.images
+        return Prepared(
+            name, attrs, X[parts[0]], {k: v[parts[0]] for k, v in truth.items()},
+            X[parts[1]], {k: v[parts[1]] for k, v in truth.items()}, X[parts[2]], {k: v[parts[2]] for k, v in truth.items()},
+            vae_kwargs={"image_shape": (1, 8, 8), "channels": (64, 128), "hidden": 256, "latent_dim": 10},
+            notes="scikit-learn digits (8×8), one shuffled split",
+        )
+    if name == "mnist":
+        from ml.data import load_mnist, stroke_thickness, thickness_levels
+
+        mnist_dir = check_data_dir(data_dir)
+        train, test = load_mnist(mnist_dir, "train"), load_mnist(mnist_dir, "test")
+        rng = np.random.default_rng(1234)
+        pool_idx = np.sort(rng.permutation(len(train))[: size.pool])
+        te = rng.permutation(len(test))[: size.eval_fit + size.eval_test]
+        fit_idx, test_idx = te[: size.eval_fit], te[size.eval_fit :]
+        X_pool, X_fit, X_test = train.images[pool_idx], test.images[fit_idx], test.images[test_idx]
+        # Thickness (Morpho-MNIST) → 5 quantile levels, edges from the training pool (DESIGN.md).
+        thick_pool = stroke_thickness(X_pool)
+        lev_pool, edges = thickness_levels(thick_pool, 5)
+        lev_fit, _ = thickness_levels(stroke_thickness(X_fit), edges=edges)
+        lev_test, _ = thickness_levels(stroke_thickness(X_test), edges=edges)
+        attrs = [Attribute("digit", "categorical", _levels("", 10)),
+                 Attribute("thickness", "ordinal", _levels("t", 5))]
+        return Prepared(
+            name, attrs, X_pool, {"digit": train.factors["label"][pool_idx], "thickness": lev_pool},
+            X_fit, {"digit": test.factors["label"][fit_idx], "thickness": lev_fit},
+            X_test, {"digit": test.factors["label"][test_idx], "thickness": lev_test},
+            vae_kwargs={"image_shape": (1, 28, 28), "channels": (64, 128), "hidden": 1024, "latent_dim": 10},
+            notes=f"MNIST: pool = {size.pool} of the 60,000 training images; metric sets from the test split; "
+                  f"thickness edges {np.round(edges, 2).tolist()} px",
+        )
+    from ml.data import make_shapes
+
+    n = size.pool + size.eval_fit + size.eval_test
+    ds = make_shapes(n, seed=1234, size=32, position_range=0.5)
+    parts = np.split(np.arange(n), [size.pool, size.pool + size.eval_fit])
+    truth = {"shape": ds.factors["shape"], "scale": ds.factors["scale"]}
+    attrs = [Attribute("shape", "categorical", ("square", "ellipse", "heart")),
+             Attribute("scale", "ordinal", _levels("s", 6))]
+    return Prepared(
+        name, attrs, ds.images[parts[0]], {k: v[parts[0]] for k, v in truth.items()},
+        ds.images[parts[1]], {k: v[parts[1]] for k, v in truth.items()},
+        ds.images[parts[2]], {k: v[parts[2]] for k, v in truth.items()},
+        vae_kwargs={"image_shape": (1, 32, 32), "channels": (64, 128), "hidden": 1024, "latent_dim": 10},
+        notes="dSprites-like shapes (32×32, position_range 0.5, rotation and position as nuisances)",
+    )
+
+
+def reveal(S: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Labels of the items ``idx`` only (the oracle's answers); every other item missing (−1)."""
+    out = {}
+    for k, v in S.items():
+        m = np.full(len(v), -1, dtype=np.int64)
+        m[idx] = v[idx]
+        out[k] = m
+    return out
+
+
+def random_labelled(S: Mapping[str, np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random pool indices whose labels cover ≥ 2 levels of every attribute (the lens needs that)."""
+    size = len(next(iter(S.values())))
+    for _ in range(100):
+        idx = rng.choice(size, size=min(n, size), replace=False)
+        if all(len(np.unique(v[idx])) >= 2 for v in S.values()):
+            return np.sort(idx)
+    raise ValueError(f"could not draw {n} labelled items covering two levels of every attribute")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def base_vae(data: Prepared, profile: Profile, seed: int, cache_dir: Path, progress: Progress | None = None) -> Any:
+    """The base VAE of (dataset, seed, profile), trained once and cached under ``cache_dir``."""
+    from ml.vae import VAE
+
+    path = cache_dir / f"vae-{data.name}-{profile.name}-seed{seed}.pt"
+    if path.exists():
+        return VAE.load(path, device="cpu")
+    vae = VAE(**data.vae_kwargs, epochs=profile.sizes[data.name].vae_epochs, seed=seed, device="cpu")
+    vae.fit(data.X_pool, progress=progress.sub(f"VAE {data.name} seed {seed}") if progress else None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vae.save(path)
+    return vae
+
+
+def make_lens(data: Prepared, profile: Profile, seed: int, epochs: int) -> Any:
+    """The lens with the lead's measured settings (hidden 128, n_flows 16–32, pseudo-labels at 0.9).
+
+    α is the profile's (1000 at the cpu/full profiles: on MNIST, 1,000 labels among 5,000, α = 1000
+    gave digit 21.2 vs 19.6 for the default α = 100, seed 0; DESIGN.md found 100–1000 to work).
+    """
+    from ml.lens import InterpretableLens
+
+    return InterpretableLens(
+        data.attributes, n_flows=profile.n_flows, hidden=profile.lens_hidden, epochs=epochs,
+        alpha=profile.lens_alpha, pseudo_label_threshold=0.9, device="cpu", seed=seed,
+    )
+
+
+def metric(Z_fit: np.ndarray, Z_test: np.ndarray, data: Prepared, seed: int = 0) -> dict[str, Any]:
+    """Interpretability metric (section 4): fitted on the held-out ``fit`` set, scored on ``test``."""
+    from ml.metrics import interpretability_score
+
+    r = interpretability_score(Z_fit, data.S_fit, Z_test, data.S_test, data.attributes, seed=seed)
+    out = {"overall": r["overall"]}
+    out.update({a: v["score"] for a, v in r["attributes"].items()})
+    out.update({f"{a}_accuracy": v["accuracy"] for a, v in r["attributes"].items()})
+    out.update({f"{a}_chance": v["chance_score"] for a, v in r["attributes"].items()})
+    return out
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Paired comparison of a vs b over seeds: mean difference, t-test and Wilcoxon p-values (two-sided)."""
+    from scipy import stats
+
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    out: dict[str, Any] = {"n": int(x.size), "mean_diff": float(np.mean(x - y)) if x.size else float("nan"),
+                           "t": None, "p_ttest": None, "p_wilcoxon": None}
+    if x.size >= 2 and np.any(x != y):
+        t = stats.ttest_rel(x, y)
+        out["t"], out["p_ttest"] = float(t.statistic), float(t.pvalue)
+        out["p_wilcoxon"] = float(stats.wilcoxon(x, y).pvalue)
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+
+
+class Progress:
+    """A plain stderr progress bar over ``total`` steps; ``sub(label)`` gives a fit's progress callback."""
+
+    def __init__(self, total: int, label: str, stream: Any = None, width: int = 30) -> None:
+        self.total, self.done, self.label = max(int(total), 1), 0, label
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.start = time.perf_counter()
+        self.detail = ""
+
+    def _draw(self, frac: float) -> None:
+        filled = int(self.width * min(frac, 1.0))
+        elapsed = time.perf_counter() - self.start
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
+                          f"{self.done}/{self.total} {elapsed:6.0f}s {self.detail[:50]:<50}")
+        self.stream.flush()
+
+    def step(self, detail: str = "") -> None:
+        """One unit of work finished."""
+        self.done += 1
+        self.detail = detail
+        self._draw(self.done / self.total)
+
+    def sub(self, detail: str) -> Callable[[float, dict[str, Any]], None]:
+        """A ``progress(fraction, info)`` callback for one fit inside the current step."""
+        def cb(fraction: float, info: dict[str, Any]) -> None:
+            self.detail = f"{detail} {100 * fraction:3.0f}%"
+            self._draw((self.done + fraction) / self.total)
+        return cb
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Rows (dicts) as CSV, columns in first-seen order."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> Path:
+    """JSON with NaN written as null."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(payload), indent=2) + "\n")
+    return path
+
+
+def save_outputs(out: Path, stem: str, payload: dict[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Write ``stem``.json and ``stem``.csv, merging with an earlier run of the same profile.
+
+    Results of data sets not in this run are kept (so ``--datasets mnist`` then ``--datasets digits``
+    accumulate); a data set run again replaces its old results and rows. Returns the merged payload.
+    """
+    jpath, cpath = out / f"{stem}.json", out / f"{stem}.csv"
+    merged, all_rows = dict(payload), list(rows)
+    if jpath.exists() and cpath.exists():
+        old = json.loads(jpath.read_text())
+        if old.get("profile") == payload["profile"] and old.get("seeds") == payload["seeds"]:
+            kept = {k: v for k, v in old.get("results", {}).items() if k not in payload["results"]}
+            merged["results"] = {**kept, **payload["results"]}
+            merged["datasets"] = list(merged["results"])
+            merged["wall_s"] = round(float(old.get("wall_s", 0.0)) + float(payload["wall_s"]), 1)
+            with open(cpath, newline="") as f:
+                all_rows = [r for r in csv.DictReader(f) if r.get("dataset") in kept] + all_rows
+    write_csv(cpath, all_rows)
+    write_json(jpath, merged)
+    return merged
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def header(experiment: str, profile: Profile, seeds: int, datasets: Sequence[str], started: float) -> dict[str, Any]:
+    """The common part of every result JSON: what ran, where, how long."""
+    return {
+        "experiment": experiment, "profile": profile.name, "seeds": seeds, "datasets": list(datasets),
+        "wall_s": round(time.perf_counter() - started, 1), "machine": machine(),
+        "sizes": {d: vars(profile.sizes[d]) for d in datasets},
+    }
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fmt_ms(m: float | None, s: float | None, digits: int = 1) -> str:
+    """'m ± s' for tables ('–' when missing)."""
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "–"
+    return f"{m:.{digits}f} ± {s or 0.0:.{digits}f}"

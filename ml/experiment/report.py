@@ -1,0 +1,234 @@
+"""Write EXPERIMENTS.md from the experiments' JSON results (``lenslab experiment report --out DIR``).
+
+Every number in the report is read from ``al-curve.json``, ``table1.json``, ``table2.json`` and
+``lens-on-classifier.json`` under the results directory; a missing file is reported as not run.
+The must-show checks of issue #6 are evaluated here from the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ml.experiment.common import fmt_ms
+
+# The paper's numbers (ICML 2018, Table 1 and appendix Table 2, MNIST rows).
+PAPER_TABLE1_MNIST = {"ILVM": 95.2, "JLVM": 89.8, "InfoGAN": 83.3}
+PAPER_TABLE2_MNIST = {"ILVM": -110.4, "JLVM": -111.1}
+
+
+def _load(out: Path, name: str) -> dict[str, Any] | None:
+    path = out / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _p(test: dict[str, Any] | None, key: str = "p_ttest") -> str:
+    if not test or test.get(key) is None:
+        return "–"
+    return f"{test[key]:.3g}"
+
+
+def _img(out: Path, md_dir: Path, name: str) -> str:
+    path = out / name
+    if not path.exists():
+        return ""
+    return f"![{name}]({os.path.relpath(path, md_dir)})\n"
+
+
+def _run_line(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    return (f"Profile `{res['profile']}`, {res['seeds']} seeds, data sets {', '.join(res['datasets'])}; "
+            f"{res['wall_s'] / 60:.1f} min wall on {m['cpu_count']} CPU(s) ({m['platform']}, torch {m['torch']}), "
+            f"measured {m['measured_at']}.")
+
+
+def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: list[str]) -> str:
+    if res is None:
+        return "## Figure 8 — active learning\n\nNot run yet (`lenslab experiment al-curve`).\n"
+    s = res["settings"]
+    lines = ["## Figure 8 — active learning (simulated oracle)\n", _run_line(res) + "\n",
+             f"{s['al_init']} random labels to start, {s['al_batch']} acquired per round, {s['rounds']} rounds; lens: "
+             f"{s['n_flows']} planar flows, hidden {s['lens_hidden']}, {s['lens_epochs_first']} epochs on the first fit "
+             f"then {s['lens_epochs_warm']} per warm-started round, pseudo-label threshold {s['pseudo_label_threshold']}, "
+             f"{s['n_samples']} z* samples for BALD. The metric is fitted on the held-out `fit` set and scored on `test` "
+             "after every fit. AUC = mean score over the label range (trapezoids); 'labels → random final' = the first "
+             "label count at which the strategy's mean curve reaches random acquisition's final mean score; p = paired "
+             "t-test (Wilcoxon beside it) of the per-seed AUCs against random's.\n"]
+    for name, r in res["results"].items():
+        lines.append(f"### {name}\n\n{r['notes']}.\n")
+        lines.append("| metric | strategy | AUC | final score | labels → random final | p (t) | p (Wilcoxon) |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for key, summ in r["summary"].items():
+            for st, e in summ["strategies"].items():
+                vs = e.get("vs_random_auc")
+                lines.append(f"| {key} | {st} | {fmt_ms(*e['auc_mean_std'])} | {fmt_ms(*e['final_mean_std'])} | "
+                             f"{e['labels_to_random_final'] if e['labels_to_random_final'] is not None else 'not reached'} "
+                             f"| {_p(vs)} | {_p(vs, 'p_wilcoxon')} |")
+        lines.append("")
+        lines.append(_img(out, md_dir, f"al-curve-{name}.png"))
+        if name == "mnist":
+            for key in ("digit", "thickness", "overall"):
+                if key not in r["summary"]:
+                    continue
+                summ = r["summary"][key]["strategies"]
+                b, rnd = summ.get("ilvm-bald"), summ.get("random")
+                if not b or not rnd:
+                    continue
+                auc_ok = b["auc_mean_std"][0] > rnd["auc_mean_std"][0]
+                lb, lr = b["labels_to_random_final"], rnd["labels_to_random_final"]
+                fewer = lb is not None and lr is not None and lb < lr
+                checks.append(
+                    f"- MNIST {key}: ILVM-BALD mean AUC {b['auc_mean_std'][0]:.1f} vs random {rnd['auc_mean_std'][0]:.1f} "
+                    f"(paired t p = {_p(b.get('vs_random_auc'))}) — {'**met**' if auc_ok else '**not met**'}; "
+                    f"labels to reach random's final score: BALD {lb if lb is not None else 'not reached'} vs random {lr} "
+                    f"— {'**met**' if fewer else '**not met**'}."
+                )
+    return "\n".join(lines) + "\n"
+
+
+def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: list[str]) -> str:
+    if res is None:
+        return "## Table 1 — interpretability metric\n\nNot run yet (`lenslab experiment table1`).\n"
+    s = res["settings"]
+    lines = ["## Table 1 — interpretability metric\n", _run_line(res) + "\n",
+             f"ILVM: lens with {s['n_flows']} flows, hidden {s['lens_hidden']}, {s['lens_epochs']} epochs, pseudo-labels at "
+             f"{s['pseudo_label_threshold']}, α from the labelled fraction. JLVM: β ∈ {s['jlvm_betas']} chosen per seed by "
+             f"the metric cross-fitted on the held-out `fit` set; λ from the labelled fraction. β-VAE: β = {s['beta_vae_beta']}, "
+             "no labels. Scores: mean ± std over seeds; `*` = significant win (paired t-test against every other "
+             "method, p < 0.05), the paper's bold.\n"]
+    for name, r in res["results"].items():
+        keys = r["keys"]
+        summ = r["summary"]
+        lines.append(f"### {name} ({r['n_labels']} labelled pool items)\n\n{r['notes']}.\n")
+        lines.append("| method | " + " | ".join(keys) + (" | paper (MNIST) |" if name == "mnist" else " |"))
+        lines.append("|---|" + "---|" * len(keys) + ("---|" if name == "mnist" else ""))
+        for m in ("ILVM", "JLVM", "beta-VAE", "no lens (VAE z)"):
+            cells = [fmt_ms(*summ[k]["mean_std"][m]) + (" *" if summ[k]["significant"] and summ[k]["best"] == m else "")
+                     for k in keys]
+            paper = {"ILVM": "95.2", "JLVM": "89.8", "beta-VAE": "–", "no lens (VAE z)": "–"}[m] if name == "mnist" else None
+            lines.append(f"| {m} | " + " | ".join(cells) + (f" | {paper} |" if paper is not None else " |"))
+        if name == "mnist":
+            lines.append("| InfoGAN (paper only) | " + " | ".join("–" for _ in keys) + " | 83.3 |")
+        lines.append("")
+        best_p = {k: summ[k]["best_vs"] for k in keys}
+        lines.append("Paired t-tests of the best method against the others (p): " + "; ".join(
+            f"{k}: best {summ[k]['best']} — " + ", ".join(f"{m} {_p(t)}" for m, t in best_p[k].items()) for k in keys) + ".\n")
+        if name == "mnist":
+            for key in ("digit", "thickness"):
+                if key not in summ:
+                    continue
+                ilvm, raw = summ[key]["mean_std"]["ILVM"][0], summ[key]["mean_std"]["no lens (VAE z)"][0]
+                checks.append(f"- MNIST {key}: ILVM {ilvm:.1f} vs raw z {raw:.1f} (+{ilvm - raw:.1f} points; need +15) — "
+                              f"{'**met**' if ilvm >= raw + 15 else '**not met**'}.")
+            ilvm, bv = summ["overall"]["mean_std"]["ILVM"][0], summ["overall"]["mean_std"]["beta-VAE"][0]
+            checks.append(f"- MNIST overall: ILVM {ilvm:.1f} vs β-VAE {bv:.1f} — {'**met**' if ilvm >= bv else '**not met**'}.")
+    lines.append(_img(out, md_dir, "table1.png"))
+    return "\n".join(lines) + "\n"
+
+
+def _t2_section(res: dict[str, Any] | None) -> str:
+    if res is None:
+        return "## Table 2 — test log-likelihood\n\nNot run yet (`lenslab experiment table2`).\n"
+    lines = ["## Table 2 — test log-likelihood\n", _run_line(res) + "\n",
+             f"IWAE bound with k = {res['k']} importance samples on the held-out `test` images, nats per image; "
+             f"likelihood: {res['likelihood']}. ILVM's value is its base VAE's: the lens is a bijection on z and "
+             "leaves p(x) unchanged. JLVM is table 1's model with its validated β.\n",
+             "| data | ILVM (base VAE) | JLVM | ILVM − JLVM (paired t p) | paper ILVM | paper JLVM |", "|---|---|---|---|---|---|"]
+    for name, r in res["results"].items():
+        ms = r["mean_std"]
+        t = r["ilvm_vs_jlvm"]
+        pi, pj = (PAPER_TABLE2_MNIST["ILVM"], PAPER_TABLE2_MNIST["JLVM"]) if name == "mnist" else ("–", "–")
+        lines.append(f"| {name} | {fmt_ms(*ms['ILVM (base VAE)'])} | {fmt_ms(*ms['JLVM'])} | "
+                     f"{t['mean_diff']:.1f} ({_p(t)}) | {pi} | {pj} |")
+    return "\n".join(lines) + "\n"
+
+
+def _clf_section(out: Path, md_dir: Path, res: dict[str, Any] | None) -> str:
+    if res is None:
+        return "## The lens on a classifier (MNISTrot)\n\nNot run yet (`lenslab experiment lens-on-classifier`).\n"
+    s = res["settings"]
+    lines = ["## The lens on a classifier (paper 2.1, 6.1.3)\n", _run_line(res) + "\n",
+             f"A CNN (`ml.classifier`, hidden layer of {s['hidden_dim']} units) trained {s['clf_epochs']} epochs on "
+             f"{s['clf_pool']} rotated digits; the lens ({s['n_flows']} flows) sees orientation labels (8 bins of 45°) for "
+             f"{s['orientation_labels']} of them. Metric on held-out rotated images, before and after the lens.\n",
+             "| data | CNN test accuracy | attribute | hidden layer | after the lens | paired t p |", "|---|---|---|---|---|---|"]
+    for name, r in res["results"].items():
+        summ = r["summary"]
+        acc = fmt_ms(*summ["classifier_accuracy"], digits=3)
+        for k in ("orientation", "digit"):
+            lines.append(f"| {name} | {acc} | {k} | {fmt_ms(*summ[k]['before'])} | {fmt_ms(*summ[k]['after'])} | "
+                         f"{_p(summ[k]['after_vs_before'])} |")
+    lines.append("")
+    lines.append(_img(out, md_dir, "lens-on-classifier.png"))
+    return "\n".join(lines) + "\n"
+
+
+INTRO = """# EXPERIMENTS — reproducing Adel, Ghahramani & Weller (ICML 2018)
+
+Generated by `lenslab experiment report --out {out}` from the JSON results under `{out}/`; do not edit by
+hand (edit `ml/experiment/report.py`). Every score is the interpretability metric of section 4 as
+`ml.metrics.interpretability_score` implements it (DESIGN.md): the most informative single dimension
+(histogram MI, 20 bins), a Platt-scaled linear SVM, score = 100·exp(mean log p(s|z*_i)), in percent;
+per attribute, and "overall" = mean over attributes. The metric is fitted on one held-out labelled
+set (`fit`) and scored on another (`test`); neither contains an item whose label trained a model.
+
+## Setup
+
+- **Data.** digits: scikit-learn's 8×8 digits (1,000 pool / 350 fit / 400 test). MNIST (`{data}`):
+  a random subset of the 60,000 training images as the pool (size per profile below), metric sets
+  from the 10,000 test images; attributes digit (10 classes) and thickness (Morpho-MNIST stroke
+  thickness, 5 quantile levels, edges from the pool). shapes: `ml.data.make_shapes` (32×32,
+  position range 0.5), attributes shape (3) and scale (6 ordinal levels).
+- **Base model.** The conv VAE of the paper's appendix Table 1 (`ml.vae`, 10-d z, Bernoulli
+  likelihood on grey values), trained on the pool only, one per (data set, seed, profile), cached.
+- **Seeds.** Seed k sets the VAE's initialisation, the labelled subset and the lens/JLVM
+  initialisation; splits are fixed. All runs use one torch thread on a shared 2-core CPU.
+- **Profiles.** `quick` (CI; tiny pools, 2–8 VAE epochs), `cpu` (what was run here: MNIST pool
+  5,000 training images, VAE and JLVM 8 epochs, 1,000/1,000 metric items, lens 32 flows with
+  α = 1000, 40 epochs; active learning on the first 2,000 pool items, 6 rounds, 12 lens epochs
+  per warm round; JLVM β ∈ {{1, 10}}; IWAE k = 100), `full` (the paper's scale, not run here:
+  MNIST pool 60,000, 30 VAE epochs, 8,000 test items, AL on the whole pool for 20 rounds, JLVM
+  β ∈ {{0.1, 1, 10}}, IWAE k = 1,000; expected ≈ 1–2 h on one GPU, a day or more on this 2-core
+  CPU, dominated by the 3 × (VAE + 3 JLVM + β-VAE) trainings on 60,000 images and 9 AL runs of
+  21 lens fits each). Sizes are in `ml/experiment/common.py`.
+
+## Commands
+
+```
+lenslab experiment al-curve           --profile cpu --out {out} --seeds 3 --data-dir {data}
+lenslab experiment table1             --profile cpu --out {out} --seeds 3 --data-dir {data} --datasets mnist,digits,shapes
+lenslab experiment table2             --profile cpu --out {out} --seeds 3 --data-dir {data} --datasets mnist,digits,shapes
+lenslab experiment lens-on-classifier --profile cpu --out {out} --seeds 3 --data-dir {data}
+lenslab experiment report             --out {out}          # regenerates this file
+```
+
+`--profile quick` runs every experiment in minutes (the CI test `tests/ml/test_experiment.py`
+runs a yet smaller version of each). Models are cached under `{out}/cache/` (ignored by git), so a
+rerun re-trains nothing that is there; delete the folder to start afresh.
+"""
+
+
+def write_report(out: str | os.PathLike[str] = "benchmarks/experiments", markdown: str | os.PathLike[str] = "EXPERIMENTS.md",
+                 data_dir: str = "../shared/data", discussion: str | None = None) -> Path:
+    """Write the markdown report from the JSON results under ``out``; returns its path."""
+    out_p, md = Path(out), Path(markdown)
+    if not out_p.is_dir():
+        raise ValueError(f"results directory {str(out_p)!r} does not exist (run an experiment with --out {out} first)")
+    md_dir = md.parent.resolve()
+    checks: list[str] = []
+    al = _load(out_p, "al-curve")
+    t1 = _load(out_p, "table1")
+    t2 = _load(out_p, "table2")
+    clf = _load(out_p, "lens-on-classifier")
+    body = [INTRO.format(out=out, data=data_dir),
+            _al_section(out_p, md_dir, al, checks), _t1_section(out_p, md_dir, t1, checks), _t2_section(t2),
+            _clf_section(out_p, md_dir, clf)]
+    body.append("## Issue #6 must-show checks\n\n" + ("\n".join(checks) if checks else "No MNIST results yet.") + "\n")
+    disc_path = Path(__file__).with_name("discussion.md")
+    text = discussion if discussion is not None else (disc_path.read_text() if disc_path.exists() else "")
+    if text:
+        body.append(text)
+    md.write_text("\n".join(body))
+    return md

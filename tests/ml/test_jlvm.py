@@ -1,0 +1,102 @@
+"""JLVM (paper section 5) and the β-VAE baseline: measured behaviour on the digits data set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ml.attributes import Attribute
+from ml.data import load_digits
+from ml.jlvm import JLVM, BetaVAE, kl_diag_gaussians
+
+DIGIT = Attribute("digit", "categorical", tuple(str(i) for i in range(10)))
+SMALL = {"image_shape": (1, 8, 8), "hidden": 128, "latent_dim": 6, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    ds = load_digits()
+    return ds.images, ds.factors["digit"]
+
+
+@pytest.fixture(scope="module")
+def fitted(digits: tuple[np.ndarray, np.ndarray]) -> JLVM:
+    torch.set_num_threads(1)
+    X, y = digits
+    labels = np.full(1200, -1)
+    labels[:300] = y[:300]  # 300 of 1,200 labelled
+    return JLVM([DIGIT], beta=1.0, epochs=15, seed=0, **SMALL).fit(X[:1200], {"digit": labels})
+
+
+def test_kl_between_diagonal_gaussians_matches_torch() -> None:
+    g = torch.Generator().manual_seed(0)
+    mu, lv = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    m, lv2 = torch.randn(3, generator=g), torch.randn(3, generator=g)
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, (0.5 * lv).exp()), torch.distributions.Normal(m, (0.5 * lv2).exp())
+    ).sum(-1)
+    assert torch.allclose(kl_diag_gaussians(mu, lv, m, lv2), ref, atol=1e-5)
+
+
+def test_the_supervised_head_predicts_held_out_digits_far_above_chance(
+    fitted: JLVM, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, y = digits
+    proba = fitted.predict_proba(X[1200:])["digit"]  # items never seen in training
+    accuracy = float(np.mean(proba.argmax(1) == y[1200:]))
+    assert accuracy > 0.5, accuracy  # chance is 0.1; a linear head on one z* dimension
+    assert fitted.transform(X[:5]).shape == (5, 6)
+    assert fitted.history_[-1] < fitted.history_[0]
+
+
+def test_designated_dimension_carries_the_digit(fitted: JLVM, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    from ml.metrics import mutual_info_histogram
+
+    X, y = digits
+    Zs = fitted.transform(X[1200:])
+    mi = mutual_info_histogram(Zs, y[1200:])
+    assert int(np.argmax(mi)) == fitted.attribute_dims_["digit"][0]
+
+
+def test_round_trip_through_bytes_keeps_every_output(fitted: JLVM, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    X, _ = digits
+    back = JLVM.from_bytes(fitted.to_bytes(), device="cpu")
+    np.testing.assert_array_equal(back.transform(X[:50]), fitted.transform(X[:50]))
+    np.testing.assert_allclose(back.decode(np.zeros((2, 6), np.float32)), fitted.decode(np.zeros((2, 6), np.float32)))
+    assert back.test_log_likelihood(X[:50], k=5, seed=1) == pytest.approx(fitted.test_log_likelihood(X[:50], k=5, seed=1))
+    assert back.beta == 1.0 and back.lam_ == fitted.lam_
+
+
+def test_importance_weighted_bound_tightens_with_k(fitted: JLVM, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    X, _ = digits
+    ll1 = fitted.test_log_likelihood(X[1200:1500], k=1, seed=0)
+    ll50 = fitted.test_log_likelihood(X[1200:1500], k=50, seed=0)
+    assert np.isfinite(ll1) and ll1 < 0
+    assert ll50 > ll1  # IWAE: the bound is non-decreasing in k (Burda et al. 2016)
+
+
+def test_beta_vae_with_larger_beta_encodes_less_information(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    X, _ = digits
+
+    def mean_kl(beta: float) -> float:
+        m = BetaVAE(beta, epochs=6, seed=0, **SMALL).fit(X[:800])
+        mu, lv = m.vae_.encode_stats(X[800:1200])
+        return float(np.mean(0.5 * (mu**2 + np.exp(lv) - 1 - lv).sum(1)))
+
+    kl1, kl8 = mean_kl(1.0), mean_kl(8.0)
+    assert kl8 < 0.7 * kl1, (kl1, kl8)
+    back = JLVM.from_bytes(BetaVAE(2.0, epochs=1, seed=0, **SMALL).fit(X[:100]).to_bytes(), device="cpu")
+    assert isinstance(back, BetaVAE) and back.kl_weight == 2.0
+
+
+def test_bad_settings_raise_clear_errors(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    X, _ = digits
+    with pytest.raises(ValueError, match="beta"):
+        JLVM([DIGIT], beta=-1.0)
+    with pytest.raises(ValueError, match="exceed latent_dim"):
+        JLVM([DIGIT], dims_per_attribute=7, latent_dim=6)
+    with pytest.raises(ValueError, match="labels no item"):
+        JLVM([DIGIT], epochs=1, **SMALL).fit(X[:20], {"digit": np.full(20, -1)})
+    with pytest.raises(ValueError, match="not fitted"):
+        JLVM([DIGIT], **SMALL).transform(X[:2])
