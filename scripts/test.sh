@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
+# OpenMP threads that spin while waiting steal the cores other test processes need (servers,
+# workers); passive waiting keeps torch timings honest on a 2-core machine.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 echo "== ruff"
 ruff check .

@@ -118,7 +118,12 @@ ExpertUser = Annotated[User, Depends(require_expert)]
 AdminUser = Annotated[User, Depends(require_admin)]
 
 
-def project_or_404(session: SessionDep, pid: Annotated[int, Path(description="project id")]) -> Project:
+# Ids are SQL BIGINTs: a larger path id is a 422 naming the parameter, not a driver overflow (a 500).
+MAX_ROW_ID = 2**63 - 1
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="row id")]
+
+
+def project_or_404(session: SessionDep, pid: Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="project id")]) -> Project:
     """The project named in the path, or 404."""
     project = session.get(Project, pid)
     if project is None:
@@ -126,7 +131,7 @@ def project_or_404(session: SessionDep, pid: Annotated[int, Path(description="pr
     return project
 
 
-def item_or_404(session: SessionDep, iid: Annotated[int, Path(description="item id")]) -> Item:
+def item_or_404(session: SessionDep, iid: Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="item id")]) -> Item:
     """The item named in the path, or 404."""
     item = session.get(Item, iid)
     if item is None:

@@ -47,8 +47,31 @@ async def integrity_error(request: Request, exc: sa_exc.IntegrityError) -> JSONR
     return JSONResponse({"detail": "conflict with a concurrent change; retry the request"}, status_code=409)
 
 
+def _document_error_shapes(app: FastAPI) -> None:
+    # FastAPI documents 422 as a list of field errors only, but rule checks in the services answer
+    # 422 with one sentence or a list of them (ServiceError); the published schema must admit both, or it lies to clients.
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        body = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+        if body is not None:
+            body["properties"]["detail"] = {
+                "title": "Detail",
+                "anyOf": [{"type": "string"},
+                          {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}},
+                          {"type": "array", "items": {"type": "string"}}]}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
     """Register lenslab's handlers on ``app``."""
+    _document_error_shapes(app)
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ServiceError, service_error)  # type: ignore[arg-type]
     app.add_exception_handler(sa_exc.OperationalError, database_unavailable)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from app.api.deps import ExpertUser, ItemDep, SessionDep, SettingsDep, ViewerUser
+from app.api.deps import ExpertUser, ItemDep, RowId, SessionDep, SettingsDep, ViewerUser
 from app.db.models import Item, Project
 from app.routes.projects import item_out
 from app.schemas import LabelIn
@@ -45,7 +45,7 @@ def _scaled_png(png: bytes, scale: int) -> bytes:
 
 @router.get("/{iid}/image.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}, 304: {"description": "not modified"}})
-def get_image(user: ViewerUser, iid: int, request: Request, session: SessionDep,
+def get_image(user: ViewerUser, iid: RowId, request: Request, session: SessionDep,
               scale: int = Query(1, ge=1, le=MAX_SCALE)) -> Response:
     """The item's image as PNG, upscaled ``scale`` times with nearest neighbour; cacheable by ETag."""
     row = session.execute(sa.select(Item.content_hash).where(Item.id == iid)).one_or_none()

@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import AdminUser, ProjectDep, SessionDep, ViewerUser
+from app.api.deps import AdminUser, ProjectDep, RowId, SessionDep, ViewerUser
 from app.db.models import Representation
 from app.db.session import Database
 from app.schemas import JobIn
@@ -44,7 +44,7 @@ def create_job(user: AdminUser, project: ProjectDep, body: JobIn, session: Sessi
 
 
 @router.get("/jobs/{jid}")
-def get_job(user: ViewerUser, jid: int, session: SessionDep) -> dict[str, Any]:
+def get_job(user: ViewerUser, jid: RowId, session: SessionDep) -> dict[str, Any]:
     """A job's status, progress, stage and message, and every run of it (attempt, worker, outcome)."""
     out = jobs.job_out(jobs.get_or_raise(session=session, job_id=jid))
     out["runs"] = jobs.runs(session=session, job_id=jid)
@@ -58,7 +58,7 @@ def _snapshot(db: Database, jid: int) -> dict[str, Any] | None:
 
 @router.get("/jobs/{jid}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def job_events(user: ViewerUser, jid: int, request: Request, session: SessionDep) -> StreamingResponse:
+async def job_events(user: ViewerUser, jid: RowId, request: Request, session: SessionDep) -> StreamingResponse:
     """Server-sent events: one ``data: {json}`` event per change of the job, the last one terminal, then close."""
     await run_in_threadpool(jobs.get_or_raise, session=session, job_id=jid)  # 404 before the stream starts
     # The stream may last minutes: give the request's connection back now and read with short sessions.
@@ -89,7 +89,7 @@ async def job_events(user: ViewerUser, jid: int, request: Request, session: Sess
 
 
 @router.post("/jobs/{jid}/cancel")
-def cancel_job(user: AdminUser, jid: int, session: SessionDep) -> dict[str, Any]:
+def cancel_job(user: AdminUser, jid: RowId, session: SessionDep) -> dict[str, Any]:
     """Cancel a queued job, or ask a running one to stop."""
     return jobs.job_out(jobs.cancel(session=session, job=jobs.get_or_raise(session=session, job_id=jid)))
 
@@ -101,13 +101,13 @@ def list_models(user: ViewerUser, project: ProjectDep, session: SessionDep) -> d
 
 
 @router.get("/models/{mid}")
-def get_model(user: ViewerUser, mid: int, session: SessionDep) -> dict[str, Any]:
+def get_model(user: ViewerUser, mid: RowId, session: SessionDep) -> dict[str, Any]:
     """One model version (metrics, stats, config; never the checkpoint)."""
     return models.version_out(models.get_or_raise(session=session, model_id=mid))
 
 
 @router.post("/models/{mid}/activate")
-def activate_model(user: AdminUser, mid: int, session: SessionDep) -> dict[str, Any]:
+def activate_model(user: AdminUser, mid: RowId, session: SessionDep) -> dict[str, Any]:
     """Make this version the project's active model (queue, scores, traversals follow it)."""
     mv = models.get_or_raise(session=session, model_id=mid)
     return models.version_out(models.activate(session=session, model=mv))

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import AdminUser, ExpertUser, ProjectDep, SessionDep, SettingsDep, ViewerUser
+from app.api.deps import AdminUser, ExpertUser, ProjectDep, RowId, SessionDep, SettingsDep, ViewerUser
 from app.db.models import Item
 from app.schemas import LabelImportIn
 from app.services import labels, projects
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/v1", tags=["labels"])
 
 
 @router.post("/labels/{label_id}/retract", status_code=status.HTTP_201_CREATED)
-def retract_label(user: ExpertUser, label_id: int, session: SessionDep) -> dict[str, Any]:
+def retract_label(user: ExpertUser, label_id: RowId, session: SessionDep) -> dict[str, Any]:
     """Undo a label: appends a retraction row; the item's current values fall back to earlier labels."""
     label = labels.get_or_raise(session=session, label_id=label_id)
     return labels.label_out(labels.retract(session=session, label=label, user=user))

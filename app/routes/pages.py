@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import FormData, UploadFile
 
 from app import security
-from app.api.deps import ProjectDep, SessionDep, SettingsDep, ViewerUser
+from app.api.deps import ProjectDep, RowId, SessionDep, SettingsDep, ViewerUser
 from app.db.models import ROLES, STRATEGIES, Job, MetricPoint, ModelVersion, Project, Representation, User
 from app.routes import auth as auth_routes
 from app.routes import projects as project_routes
@@ -162,7 +162,7 @@ def project_list(request: Request, principal: ViewerPage, session: SessionDep) -
 # -- labelling --------------------------------------------------------------------------------------
 
 @router.get("/projects/{pid}/label")
-def label_page(request: Request, pid: int, principal: ExpertPage, session: SessionDep,
+def label_page(request: Request, pid: RowId, principal: ExpertPage, session: SessionDep,
                settings: SettingsDep) -> Response:
     """The keyboard-first labelling page (its script drives the REST API: queue, labels, retract)."""
     project = _project(session, pid)
@@ -179,7 +179,7 @@ def label_page(request: Request, pid: int, principal: ExpertPage, session: Sessi
 
 
 @router.get("/projects/{pid}/label/counters")
-def label_counters(pid: int, principal: ExpertPage, session: SessionDep) -> dict[str, int]:
+def label_counters(pid: RowId, principal: ExpertPage, session: SessionDep) -> dict[str, int]:
     """The labelling page's counters: mine today, project labelled / items, eval labelled / eval items."""
     return labelling.counters(session=session, project=_project(session, pid), user=principal.user)
 
@@ -200,7 +200,7 @@ def _insights_context(session: Any, project: Project) -> dict[str, Any]:
 
 
 @router.get("/projects/{pid}/insights")
-def insights_page(request: Request, pid: int, principal: ViewerPage, session: SessionDep,
+def insights_page(request: Request, pid: RowId, principal: ViewerPage, session: SessionDep,
                   since: int | None = Query(None, description="the active model id the page shows")) -> Response:
     """Traversals, metric curves, the z / z* scatter and the metric table of the active model.
 
@@ -278,7 +278,7 @@ def _project_admin_context(session: Any, settings: Any, project: Project, *, rep
 
 
 @router.get("/admin/projects/{pid}")
-def project_admin(request: Request, pid: int, principal: AdminPage, session: SessionDep,
+def project_admin(request: Request, pid: RowId, principal: AdminPage, session: SessionDep,
                   settings: SettingsDep) -> Response:
     """A project's settings, attributes and the import form."""
     return render(request, "admin/project.html", _project_admin_context(session, settings, _project(session, pid)))
@@ -298,7 +298,7 @@ def _load_spec(session: Any, spec: dict[str, Any], settings: Any) -> imports.Loa
 
 
 @router.post("/admin/projects/{pid}/import")
-async def import_items(request: Request, pid: int, principal: AdminPage, session: SessionDep,
+async def import_items(request: Request, pid: RowId, principal: AdminPage, session: SessionDep,
                        settings: SettingsDep) -> Response:
     """Add items from an upload (zip of images, .npy/.npz) or a server-side source; report errors per file."""
     form = await request.form()
@@ -343,7 +343,7 @@ def _jobs_context(session: Any, project: Project) -> dict[str, Any]:
 
 
 @router.get("/admin/projects/{pid}/jobs")
-def jobs_page(request: Request, pid: int, principal: AdminPage, session: SessionDep) -> Response:
+def jobs_page(request: Request, pid: RowId, principal: AdminPage, session: SessionDep) -> Response:
     """Jobs with live progress (SSE) and cancel; model versions with metrics, activate and roll back."""
     ctx = _jobs_context(session, _project(session, pid))
     if is_htmx(request):
@@ -352,7 +352,7 @@ def jobs_page(request: Request, pid: int, principal: AdminPage, session: Session
 
 
 @router.post("/admin/projects/{pid}/jobs")
-def start_job(request: Request, pid: int, principal: AdminPage, session: SessionDep,
+def start_job(request: Request, pid: RowId, principal: AdminPage, session: SessionDep,
               kind: Annotated[str, Form()] = "retrain") -> Response:
     """Queue a job (or find the queued one of that kind)."""
     project = _project(session, pid)
@@ -372,14 +372,14 @@ def _job(session: Any, jid: int) -> Job:
 
 
 @router.get("/admin/jobs/{jid}/row")
-def job_row(request: Request, jid: int, principal: AdminPage, session: SessionDep,
+def job_row(request: Request, jid: RowId, principal: AdminPage, session: SessionDep,
             mode: str = Query("live", pattern="^(live|poll)$")) -> Response:
     """One job's table row: live (SSE) or polling while queued/running, static once finished."""
     return render(request, "partials/job_row.html", {"job": jobs.job_out(_job(session, jid)), "mode": mode})
 
 
 @router.post("/admin/jobs/{jid}/cancel")
-def cancel_job(request: Request, jid: int, principal: AdminPage, session: SessionDep) -> Response:
+def cancel_job(request: Request, jid: RowId, principal: AdminPage, session: SessionDep) -> Response:
     """Cancel a queued job, or ask a running one to stop."""
     job = _job(session, jid)
     message = None
@@ -394,13 +394,13 @@ def cancel_job(request: Request, jid: int, principal: AdminPage, session: Sessio
 
 
 @router.get("/admin/projects/{pid}/models")
-def models_partial(request: Request, pid: int, principal: AdminPage, session: SessionDep) -> Response:
+def models_partial(request: Request, pid: RowId, principal: AdminPage, session: SessionDep) -> Response:
     """The model versions table (htmx refreshes it when a job finishes)."""
     return render(request, "partials/models_table.html", _jobs_context(session, _project(session, pid)))
 
 
 @router.post("/admin/models/{mid}/activate")
-def activate_model(request: Request, mid: int, principal: AdminPage, session: SessionDep) -> Response:
+def activate_model(request: Request, mid: RowId, principal: AdminPage, session: SessionDep) -> Response:
     """Make a model version active (a newer one, or an older one to roll back)."""
     mv = session.get(ModelVersion, mid)
     if mv is None:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
-from app.api.deps import CurrentUser, SessionDep
+from app.api.deps import CurrentUser, RowId, SessionDep
 from app.db.models import ApiToken
 from app.services import tokens as token_service
 
@@ -37,6 +37,6 @@ def list_tokens(user: CurrentUser, session: SessionDep) -> dict[str, Any]:
 
 
 @router.delete("/{token_id}")
-def revoke_token(user: CurrentUser, token_id: int, session: SessionDep) -> dict[str, Any]:
+def revoke_token(user: CurrentUser, token_id: RowId, session: SessionDep) -> dict[str, Any]:
     """Revoke a token (its owner or an admin)."""
     return token_out(token_service.revoke(session=session, token_id=token_id, actor=user))
