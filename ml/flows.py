@@ -120,7 +120,12 @@ class PlanarFlow(Flow):
             newton = alpha - g / gp
             # Newton on tanh-shaped g can oscillate between the flanks; as in Numerical Recipes'
             # rtsafe, take it only while it stays in the bracket and at least halves the step.
-            ok = (newton >= lo) & (newton <= hi) & torch.isfinite(newton) & ((newton - alpha).abs() <= 0.5 * prev_step)
+            ok = (
+                (newton >= lo)
+                & (newton <= hi)
+                & torch.isfinite(newton)
+                & ((newton - alpha).abs() <= 0.5 * prev_step)
+            )
             new = torch.where(ok, newton, 0.5 * (lo + hi))
             prev_step = (new - alpha).abs()
             alpha = new

@@ -73,7 +73,9 @@ def default_alpha(n_items: int, n_labelled: int) -> float:
 
 class _MLP(nn.Sequential):
     def __init__(self, d_in: int, hidden: int, d_out: int) -> None:
-        super().__init__(nn.Linear(d_in, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(), nn.Linear(hidden, d_out))
+        super().__init__(
+            nn.Linear(d_in, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(), nn.Linear(hidden, d_out)
+        )
 
 
 class LensModule(nn.Module):
@@ -139,21 +141,31 @@ class LensModule(nn.Module):
         log_pz = -0.5 * ((z - mu) ** 2 / lv.exp() + lv + _LOG_2PI).sum(1)
         elbo = log_normal_std(zs) + log_pz - log_q0 + log_det  # eq. (3) inside (7)
         with torch.no_grad():
-            zdet, _ = self.flows(z)  # q(s|z) for eq. (8): the head at the deterministic lens map
+            zdet = self.flows.transform(z)  # q(s|z) for eq. (8): the head at the deterministic lens map
         for a in self.attributes:
             head = self.heads[a.name]
             v = s.get(a.name)
             if a.is_discrete:
                 logp = head.log_probs(zs)  # (B, C)
                 known = v >= 0 if v is not None else torch.zeros(n, dtype=torch.bool, device=z.device)
-                obs = logp.gather(1, v.clamp_min(0)[:, None]).squeeze(1) if v is not None else torch.zeros(n, device=z.device)
+                obs = (
+                    logp.gather(1, v.clamp_min(0)[:, None]).squeeze(1)
+                    if v is not None
+                    else torch.zeros(n, device=z.device)
+                )
                 # eq. (8): Σ_s q(s|z)[log p(s|z*) − log q(s|z)], q from the head at f(z).
                 q = head.log_probs(zdet).exp()
                 lat = (q * (logp - torch.log(q.clamp_min(1e-12)))).sum(1)
             else:
                 assert isinstance(head, ContinuousHead)
-                known = ~torch.isnan(v) if v is not None else torch.zeros(n, dtype=torch.bool, device=z.device)
-                val = head.scale(torch.where(known, v, torch.zeros_like(v))) if v is not None else torch.zeros(n, device=z.device)
+                known = (
+                    ~torch.isnan(v) if v is not None else torch.zeros(n, dtype=torch.bool, device=z.device)
+                )
+                val = (
+                    head.scale(torch.where(known, v, torch.zeros_like(v)))
+                    if v is not None
+                    else torch.zeros(n, device=z.device)
+                )
                 obs = head.log_prob(zs, val.float())
                 qm, qv = head.mean_var(zdet)
                 s_draw = qm + torch.randn_like(qm) * qv.sqrt()  # reparameterised s ~ q(s|z)
@@ -204,15 +216,6 @@ class LensModule(nn.Module):
             total = total + torch.where(conf >= threshold, logp, torch.zeros_like(logp))
         return total
 
-    # -- predictive ------------------------------------------------------------------------------
-    def sample_zstar(self, z: torch.Tensor, n_samples: int) -> torch.Tensor:  # (B, d) -> (B, S, d)
-        """z*_t ~ q(z*|z): q0 without side information (the item's labels are unknown), then flows."""
-        n, d = z.shape
-        s_enc = self.encode_s({}, n, z.device)
-        std = torch.exp(0.5 * self.q0_log_var(z, s_enc))  # (B, d)
-        z0 = z[:, None, :] + torch.randn(n, n_samples, d, device=z.device, dtype=z.dtype) * std[:, None, :]
-        return self.flows.transform(z0.reshape(n * n_samples, d)).reshape(n, n_samples, d)
-
 
 class InterpretableLens:
     """scikit-learn-style ILVM: ``fit(Z, S)``, ``transform``, ``inverse_transform``, acquisition scores.
@@ -240,8 +243,13 @@ class InterpretableLens:
         pseudo_label_weight: float = 10.0,
     ) -> None:
         self.attributes = coerce_attributes(attributes)
-        for name, value, lo in (("n_flows", n_flows, 0), ("dims_per_attribute", dims_per_attribute, 1), ("hidden", hidden, 1),
-                                ("batch_size", batch_size, 1), ("labelled_batch_size", labelled_batch_size, 1)):
+        for name, value, lo in (
+            ("n_flows", n_flows, 0),
+            ("dims_per_attribute", dims_per_attribute, 1),
+            ("hidden", hidden, 1),
+            ("batch_size", batch_size, 1),
+            ("labelled_batch_size", labelled_batch_size, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ValueError(f"{name} must be an integer ≥ {lo}, got {value!r}")
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
@@ -260,17 +268,27 @@ class InterpretableLens:
         self.device = device
         self.seed = seed
         if pseudo_label_threshold is not None and not 0.0 < pseudo_label_threshold < 1.0:
-            raise ValueError(f"pseudo_label_threshold must be in (0, 1) or None, got {pseudo_label_threshold!r}")
+            raise ValueError(
+                f"pseudo_label_threshold must be in (0, 1) or None, got {pseudo_label_threshold!r}"
+            )
         self.pseudo_label_threshold = pseudo_label_threshold
         self.pseudo_label_weight = pseudo_label_weight
 
     # -- configuration ------------------------------------------------------------------------
     def _config(self, dim: int) -> LensConfig:
         return LensConfig(
-            attributes=[a.to_dict() for a in self.attributes], dim=dim, n_flows=self.n_flows,
-            dims_per_attribute=self.dims_per_attribute, hidden=self.hidden, alpha=self.alpha, lr=self.lr,
-            weight_decay=self.weight_decay, batch_size=self.batch_size,
-            labelled_batch_size=self.labelled_batch_size, epochs=self.epochs, seed=self.seed,
+            attributes=[a.to_dict() for a in self.attributes],
+            dim=dim,
+            n_flows=self.n_flows,
+            dims_per_attribute=self.dims_per_attribute,
+            hidden=self.hidden,
+            alpha=self.alpha,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            labelled_batch_size=self.labelled_batch_size,
+            epochs=self.epochs,
+            seed=self.seed,
         )
 
     def _assign_dims(self, dim: int) -> dict[str, list[int]]:
@@ -360,12 +378,22 @@ class InterpretableLens:
                 idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
                 loss = -mod.elbo(zt[idx], {k: v[idx] for k, v in st.items()}).mean()
                 if len(lab_idx) and alpha > 0:
-                    li = torch.as_tensor(rng.choice(lab_idx, size=min(self.labelled_batch_size, len(lab_idx)),
-                                                    replace=len(lab_idx) < self.labelled_batch_size), device=self.device_)
+                    li = torch.as_tensor(
+                        rng.choice(
+                            lab_idx,
+                            size=min(self.labelled_batch_size, len(lab_idx)),
+                            replace=len(lab_idx) < self.labelled_batch_size,
+                        ),
+                        device=self.device_,
+                    )
                     sup = mod.supervised_terms(zt[li], {k: v[li] for k, v in st.items()})
                     loss = loss - alpha * sup.mean()
                 if self.pseudo_label_threshold is not None and self.pseudo_label_weight > 0:
-                    loss = loss - self.pseudo_label_weight * mod.pseudo_label_terms(zt[idx], self.pseudo_label_threshold).mean()
+                    loss = (
+                        loss
+                        - self.pseudo_label_weight
+                        * mod.pseudo_label_terms(zt[idx], self.pseudo_label_threshold).mean()
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(mod.parameters(), 100.0)
@@ -398,7 +426,9 @@ class InterpretableLens:
                         "a categorical attribute needs at least 2 labelled levels"
                     )
             elif a.kind == "continuous" and len(obs) and len(np.unique(obs)) < 2:
-                raise ValueError(f"attribute {a.name!r}: labelled values are all equal; need at least 2 distinct values")
+                raise ValueError(
+                    f"attribute {a.name!r}: labelled values are all equal; need at least 2 distinct values"
+                )
 
     # -- the deterministic map (eq. 5) ---------------------------------------------------------------
     def _standardise(self, Z: np.ndarray) -> np.ndarray:
@@ -456,7 +486,10 @@ class InterpretableLens:
 
     def predict(self, Z: Any) -> dict[str, np.ndarray]:
         """Most probable level index (discrete) or predicted mean (continuous) per attribute."""
-        return {a.name: (p.argmax(1) if a.is_discrete else p[0]) for a, p in zip(self.attributes, self.predict_proba(Z).values(), strict=True)}
+        return {
+            a.name: (p.argmax(1) if a.is_discrete else p[0])
+            for a, p in zip(self.attributes, self.predict_proba(Z).values(), strict=True)
+        }
 
     def _samples(self, z_std: torch.Tensor, n_samples: int) -> dict[str, Any]:
         """Heads at z*_t ~ q(z*|z): {attr: probs (B, S, C)} or {attr: (means, variances) (B, S)}.
@@ -485,7 +518,10 @@ class InterpretableLens:
                 else:
                     assert isinstance(head, ContinuousHead)
                     m, v = head.mean_var_columns(zd)
-                    out[a.name] = (head.unscale_mean(m).reshape(n, n_samples), head.unscale_var(v).reshape(n, n_samples))
+                    out[a.name] = (
+                        head.unscale_mean(m).reshape(n, n_samples),
+                        head.unscale_var(v).reshape(n, n_samples),
+                    )
         return out
 
     def sample_probs(self, Z: Any, n_samples: int = 32, seed: int | None = None) -> dict[str, Any]:
@@ -527,7 +563,9 @@ class InterpretableLens:
         out = np.empty(len(Z), dtype=np.float64)
         with torch.no_grad():
             for i in range(0, len(Z), chunk):
-                zt = torch.as_tensor(self._standardise(Z[i : i + chunk]), dtype=torch.float32, device=self.device_)
+                zt = torch.as_tensor(
+                    self._standardise(Z[i : i + chunk]), dtype=torch.float32, device=self.device_
+                )
                 res = self._samples(zt, n_samples)
                 total = torch.zeros(len(zt), dtype=torch.float64, device=self.device_)
                 for a in self.attributes:
@@ -590,11 +628,22 @@ class InterpretableLens:
         except (TypeError, KeyError, json.JSONDecodeError) as exc:
             raise ValueError(f"not an InterpretableLens checkpoint: {exc}") from exc
         if extra.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported lens checkpoint format {extra.get('format')!r} (expected {FORMAT_VERSION})")
+            raise ValueError(
+                f"unsupported lens checkpoint format {extra.get('format')!r} (expected {FORMAT_VERSION})"
+            )
         lens = cls(
-            cfg.attributes, n_flows=cfg.n_flows, dims_per_attribute=cfg.dims_per_attribute, hidden=cfg.hidden,
-            epochs=cfg.epochs, alpha=cfg.alpha, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-            labelled_batch_size=cfg.labelled_batch_size, device=device, seed=cfg.seed,
+            cfg.attributes,
+            n_flows=cfg.n_flows,
+            dims_per_attribute=cfg.dims_per_attribute,
+            hidden=cfg.hidden,
+            epochs=cfg.epochs,
+            alpha=cfg.alpha,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            batch_size=cfg.batch_size,
+            labelled_batch_size=cfg.labelled_batch_size,
+            device=device,
+            seed=cfg.seed,
         )
         lens.config_ = cfg
         lens.device_ = resolve_device(device)

@@ -10,7 +10,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark (printed table + JSON under benchmarks/results/)")
     bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
 
-    s = bsub.add_parser("scoring", help="BALD pool scoring throughput (items/s, 1 thread and all) and peak RSS")
+    s = bsub.add_parser(
+        "scoring", help="BALD pool scoring throughput (items/s, 1 thread and all) and peak RSS"
+    )
     s.add_argument("--n", type=int, default=100_000, help="pool size for the throughput runs")
     s.add_argument("--rss-n", type=int, default=1_000_000, help="pool size for the peak-RSS run")
     s.add_argument("--repeats", type=int, default=3)
@@ -20,11 +22,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = bsub.add_parser("api", help="p50/p99 latency of queue/next and label submit under concurrent clients")
     a.add_argument("--clients", type=int, default=32)
     a.add_argument("--rounds", type=int, default=40)
-    a.add_argument("--think-ms", type=float, default=1000.0,
-                   help="mean pause between an expert's labels (0 = closed loop at saturation)")
+    a.add_argument(
+        "--think-ms",
+        type=float,
+        default=1000.0,
+        help="mean pause between an expert's labels (0 = closed loop at saturation)",
+    )
     a.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     a.add_argument("--out", default="benchmarks/results/api.json")
     a.set_defaults(func=_api)
+
+    ld = bsub.add_parser(
+        "load", help="experts pull/label/skip/undo while retrains run; p50/p99, errors, reconciliation"
+    )
+    ld.add_argument("--experts", type=int, default=50)
+    ld.add_argument("--seconds", type=float, default=60.0)
+    ld.add_argument(
+        "--think-ms", type=float, default=1000.0, help="mean pause between pulling an item and acting"
+    )
+    ld.add_argument("--retrain-every", type=int, default=150, help="new training labels per retrain")
+    ld.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    ld.add_argument("--out", default=None, help="default: benchmarks/results/load_<database>.json")
+    ld.set_defaults(func=_load)
 
     t = bsub.add_parser("train", help="wall time of pretrain (digits VAE, CPU) and of a warm-started retrain")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
@@ -54,9 +73,36 @@ def _api(args: argparse.Namespace) -> int:
     _positive("rounds", args.rounds)
     if args.think_ms < 0:
         raise ValueError(f"--think-ms must be ≥ 0, got {args.think_ms}")
-    run_api_bench(clients=args.clients, rounds=args.rounds, think_ms=args.think_ms,
-                  database_url=args.database_url, out=Path(args.out))
+    run_api_bench(
+        clients=args.clients,
+        rounds=args.rounds,
+        think_ms=args.think_ms,
+        database_url=args.database_url,
+        out=Path(args.out),
+    )
     return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from app.bench.load import run_load_bench
+
+    _positive("experts", args.experts)
+    _positive("retrain-every", args.retrain_every)
+    if not 0 < args.seconds <= 3600:
+        raise ValueError(f"--seconds must be in (0, 3600], got {args.seconds}")
+    if args.think_ms < 0:
+        raise ValueError(f"--think-ms must be ≥ 0, got {args.think_ms}")
+    backend = "postgresql" if args.database_url and args.database_url.startswith("postgres") else "sqlite"
+    out = Path(args.out) if args.out else Path("benchmarks/results") / f"load_{backend}.json"
+    result = run_load_bench(
+        experts=args.experts,
+        seconds=args.seconds,
+        think_ms=args.think_ms,
+        retrain_every=args.retrain_every,
+        database_url=args.database_url,
+        out=out,
+    )
+    return 0 if result["reconciled"] else 1
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -18,7 +18,9 @@ from typing import Any
 from ml.bench.common import machine, peak_rss_mb, run_isolated, table, write_results
 
 
-def _measure(n: int, d: int, n_flows: int, n_samples: int, n_classes: int, threads: int, repeats: int) -> dict[str, Any]:
+def _measure(
+    n: int, d: int, n_flows: int, n_samples: int, n_classes: int, threads: int, repeats: int
+) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -32,7 +34,9 @@ def _measure(n: int, d: int, n_flows: int, n_samples: int, n_classes: int, threa
     labels = rng.integers(0, n_classes, 512)
     labels[256:] = -1
     # Scoring cost depends on the architecture, not on how well it is trained: one epoch will do.
-    lens = InterpretableLens([attr], n_flows=n_flows, epochs=1, device="cpu", seed=0).fit(fit_z, {"a": labels})
+    lens = InterpretableLens([attr], n_flows=n_flows, epochs=1, device="cpu", seed=0).fit(
+        fit_z, {"a": labels}
+    )
     Z = rng.normal(size=(n, d)).astype(np.float32)
     lens.acquisition_scores(Z[:4096], "bald", n_samples=n_samples)  # warm-up
     times = []
@@ -42,7 +46,13 @@ def _measure(n: int, d: int, n_flows: int, n_samples: int, n_classes: int, threa
         times.append(time.perf_counter() - t0)
     assert scores.shape == (n,) and np.isfinite(scores).all()
     best = min(times)
-    return {"n": n, "threads": threads, "seconds": best, "items_per_s": n / best, "peak_rss_mb": peak_rss_mb()}
+    return {
+        "n": n,
+        "threads": threads,
+        "seconds": best,
+        "items_per_s": n / best,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def run(
@@ -56,18 +66,42 @@ def run(
     out_dir: str = "benchmarks/results",
 ) -> dict[str, Any]:
     """Run every measurement in its own process; print a table; write ``scoring.json``."""
-    common = ["--d", str(d), "--flows", str(n_flows), "--samples", str(n_samples), "--classes", str(n_classes)]
+    common = [
+        "--d",
+        str(d),
+        "--flows",
+        str(n_flows),
+        "--samples",
+        str(n_samples),
+        "--classes",
+        str(n_classes),
+    ]
     all_threads = os.cpu_count() or 1
     rows = []
     for threads in sorted({1, all_threads}):
-        rows.append(run_isolated("ml.bench.scoring", ["--worker", "--n", str(n), "--threads", str(threads), "--repeats", str(repeats), *common]))
-    rows.append(run_isolated("ml.bench.scoring", ["--worker", "--n", str(rss_n), "--threads", "1", "--repeats", "1", *common]))
+        rows.append(
+            run_isolated(
+                "ml.bench.scoring",
+                ["--worker", "--n", str(n), "--threads", str(threads), "--repeats", str(repeats), *common],
+            )
+        )
+    rows.append(
+        run_isolated(
+            "ml.bench.scoring", ["--worker", "--n", str(rss_n), "--threads", "1", "--repeats", "1", *common]
+        )
+    )
     target = {"items_per_s_1_thread": 100_000, "peak_rss_mb_at_1M": 1536}
     one = next(r for r in rows if r["threads"] == 1 and r["n"] == n)
     big = rows[-1]
     payload = {
         "benchmark": "scoring",
-        "params": {"d": d, "n_flows": n_flows, "n_samples": n_samples, "n_classes": n_classes, "strategy": "bald"},
+        "params": {
+            "d": d,
+            "n_flows": n_flows,
+            "n_samples": n_samples,
+            "n_classes": n_classes,
+            "strategy": "bald",
+        },
         "results": rows,
         "targets": target,
         "met": {
@@ -76,10 +110,14 @@ def run(
         },
         "machine": machine(),
     }
-    print(f"BALD pool scoring: d={d}, T={n_flows} planar flows, S={n_samples} samples, C={n_classes} classes (CPU)")
+    print(
+        f"BALD pool scoring: d={d}, T={n_flows} planar flows, S={n_samples} samples, C={n_classes} classes (CPU)"
+    )
     print(table(rows, ["n", "threads", "seconds", "items_per_s", "peak_rss_mb"]))
-    print(f"targets: ≥ {target['items_per_s_1_thread']:,} items/s on 1 thread -> {'met' if payload['met']['items_per_s_1_thread'] else 'NOT met'}; "
-          f"peak RSS at N={rss_n:,} < {target['peak_rss_mb_at_1M']} MB -> {'met' if payload['met']['peak_rss_mb_at_1M'] else 'NOT met'}")
+    print(
+        f"targets: ≥ {target['items_per_s_1_thread']:,} items/s on 1 thread -> {'met' if payload['met']['items_per_s_1_thread'] else 'NOT met'}; "
+        f"peak RSS at N={rss_n:,} < {target['peak_rss_mb_at_1M']} MB -> {'met' if payload['met']['peak_rss_mb_at_1M'] else 'NOT met'}"
+    )
     path = write_results("scoring", payload, out_dir)
     print(f"results: {path}")
     return payload

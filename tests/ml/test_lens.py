@@ -64,12 +64,18 @@ def test_lens_makes_each_attribute_readable_from_its_designated_dimension(fitted
     zs = lens.transform(z)
 
     def metric(r):
-        return interpretability_score(r[mtr], {"cls": cls[mtr], "lev": lev[mtr]}, r[mte], {"cls": cls[mte], "lev": lev[mte]}, [CLS, LEV])
+        return interpretability_score(
+            r[mtr], {"cls": cls[mtr], "lev": lev[mtr]}, r[mte], {"cls": cls[mte], "lev": lev[mte]}, [CLS, LEV]
+        )
 
     raw, lensed = metric(z), metric(zs)
     for name in ("cls", "lev"):
         # 150 labels (5%): the metric is fitted and scored on items the lens never trained on.
-        assert lensed["attributes"][name]["score"] >= raw["attributes"][name]["score"] + 15, (name, raw, lensed)
+        assert lensed["attributes"][name]["score"] >= raw["attributes"][name]["score"] + 15, (
+            name,
+            raw,
+            lensed,
+        )
         assert lensed["attributes"][name]["dim"] == lens.attribute_dims_[name][0]
     assert lensed["attributes"]["cls"]["accuracy"] >= 0.9
 
@@ -93,7 +99,10 @@ def test_save_load_and_bytes_round_trip_give_identical_outputs(fitted, tmp_path)
     lens, z, *_ = fitted
     path = tmp_path / "lens.pt"
     lens.save(path)
-    for other in (InterpretableLens.load(path, device="cpu"), InterpretableLens.from_bytes(lens.to_bytes(), device="cpu")):
+    for other in (
+        InterpretableLens.load(path, device="cpu"),
+        InterpretableLens.from_bytes(lens.to_bytes(), device="cpu"),
+    ):
         assert np.array_equal(other.transform(z[:50]), lens.transform(z[:50]))
         p1, p2 = other.predict_proba(z[:50]), lens.predict_proba(z[:50])
         assert all(np.allclose(p1[k], p2[k]) for k in p1)
@@ -168,7 +177,10 @@ def test_continuous_attribute_gets_a_gaussian_head() -> None:
     assert mean.shape == var.shape == (len(mte),) and (var > 0).all()
     assert np.corrcoef(mean, val[mte])[0, 1] > 0.9
     zs = lens.transform(z)
-    assert abs(np.corrcoef(zs[mte, 0], val[mte])[0, 1]) > abs(np.corrcoef(z[mte], val[mte], rowvar=False)[-1, :-1]).max()
+    assert (
+        abs(np.corrcoef(zs[mte, 0], val[mte])[0, 1])
+        > abs(np.corrcoef(z[mte], val[mte], rowvar=False)[-1, :-1]).max()
+    )
     sc = lens.acquisition_scores(z[:100], "bald")
     assert np.isfinite(sc).all() and (sc >= 0).all()
 
@@ -177,7 +189,9 @@ def test_progress_is_reported_and_should_stop_interrupts() -> None:
     z, cls, _, _ = entangled_problem(n=400)
     s = {"cls": np.where(np.arange(400) < 60, cls, -1)}
     seen: list[float] = []
-    InterpretableLens([CLS], n_flows=2, epochs=3, device="cpu").fit(z, s, progress=lambda f, info: seen.append(f))
+    InterpretableLens([CLS], n_flows=2, epochs=3, device="cpu").fit(
+        z, s, progress=lambda f, info: seen.append(f)
+    )
     assert seen[-1] == 1.0 and seen == sorted(seen)
     calls = {"n": 0}
 
@@ -210,7 +224,10 @@ def test_default_alpha_grows_as_labels_get_scarce() -> None:
 )
 def test_bad_input_raises_value_error_naming_the_problem(kwargs, match) -> None:
     rng = np.random.default_rng(0)
-    args = {"Z": rng.normal(size=(10, 3)), "S": {"cls": rng.integers(0, 3, 10), "lev": rng.integers(0, 5, 10)}}
+    args = {
+        "Z": rng.normal(size=(10, 3)),
+        "S": {"cls": rng.integers(0, 3, 10), "lev": rng.integers(0, 5, 10)},
+    }
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         InterpretableLens([CLS, LEV], epochs=1, device="cpu").fit(args["Z"], args["S"])

@@ -27,8 +27,17 @@ def test_lens_beats_raw_vae_z_by_15_points_per_attribute_from_5_percent_labels()
     torch.set_num_threads(1)
     try:
         ds = make_shapes(2000, seed=0, size=32, position_range=0.0)
-        vae = VAE(image_shape=(1, 32, 32), latent_dim=10, channels=(32, 64), hidden=256, batch_size=64, lr=2e-3,
-                  epochs=20, seed=0, device="cpu").fit(ds.images)
+        vae = VAE(
+            image_shape=(1, 32, 32),
+            latent_dim=10,
+            channels=(32, 64),
+            hidden=256,
+            batch_size=64,
+            lr=2e-3,
+            epochs=20,
+            seed=0,
+            device="cpu",
+        ).fit(ds.images)
         z = vae.encode(ds.images)
         n = len(z)
         perm = np.random.default_rng(0).permutation(n)
@@ -36,13 +45,19 @@ def test_lens_beats_raw_vae_z_by_15_points_per_attribute_from_5_percent_labels()
         m_train, m_test = rest[: len(rest) // 2], rest[len(rest) // 2 :]  # the metric never sees `lab`
         truth = {"shape": ds.factors["shape"], "scale": ds.factors["scale"]}
         labels = {k: np.where(np.isin(np.arange(n), lab), v, -1) for k, v in truth.items()}
-        lens = InterpretableLens([SHAPE, SCALE], n_flows=32, hidden=128, pseudo_label_threshold=0.9,
-                                 device="cpu", seed=0).fit(z, labels)
+        lens = InterpretableLens(
+            [SHAPE, SCALE], n_flows=32, hidden=128, pseudo_label_threshold=0.9, device="cpu", seed=0
+        ).fit(z, labels)
         z_star = lens.transform(z)
 
         def metric(r: np.ndarray) -> dict:
-            return interpretability_score(r[m_train], {k: v[m_train] for k, v in truth.items()},
-                                          r[m_test], {k: v[m_test] for k, v in truth.items()}, [SHAPE, SCALE])
+            return interpretability_score(
+                r[m_train],
+                {k: v[m_train] for k, v in truth.items()},
+                r[m_test],
+                {k: v[m_test] for k, v in truth.items()},
+                [SHAPE, SCALE],
+            )
 
         raw, lensed = metric(z), metric(z_star)
         report = {k: (raw["attributes"][k]["score"], lensed["attributes"][k]["score"]) for k in truth}

@@ -1,0 +1,323 @@
+"""``lenslab bench load``: simulated experts pull, label, skip and undo for a fixed time while retrains run.
+
+A real uvicorn subprocess (one process, loopback only) serves a fresh SQLite file or the PostgreSQL
+database given by ``database_url``; a ``lenslab worker`` subprocess runs the pretrain and the retrains
+that the labels trigger. Each expert is a thread with its own keep-alive connection and token, looping:
+pull one item; label it (80 %), skip it (10 %) or label it and undo the label (10 %); think. A request
+answered 503, or lost on the wire, is retried with the same idempotency key, as a real client would.
+
+Afterwards the database is reconciled against what the clients saw acknowledged: every acknowledged
+label stored exactly once with its values, every acknowledged undo stored once, no item ever under two
+live leases, at most one active model. Reports throughput, p50/p99 per endpoint, errors; writes JSON.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from app.bench.api import _percentile
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
+LEVELS = ["a", "b", "c"]
+# A small lens so that several retrains fit into a minute on a laptop-class CPU; quality is not measured here.
+LOAD_LENS = {"epochs": 5, "n_flows": 4, "hidden": 32}
+OPS = ("queue_next", "label_submit", "lease_release", "label_retract")
+RETRIES = 4
+
+
+@dataclass
+class ExpertLog:
+    """What one simulated expert saw: latencies, acknowledgements and errors."""
+
+    lat: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPS})
+    acked: dict[int, dict[str, Any]] = field(default_factory=dict)  # label id → {item_id, values, key}
+    retracted: dict[int, int] = field(default_factory=dict)  # retraction id → retracted label id
+    handed: list[str] = field(default_factory=list)  # lease ids received
+    errors: list[str] = field(default_factory=list)
+    retried_503: int = 0
+    empty_queue: int = 0
+
+
+def _embeddings(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n 8-d points in three Gaussian clusters, and each point's cluster (the expert's ground truth)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, len(LEVELS), n)
+    centres = rng.normal(0, 3, (len(LEVELS), 8))
+    return (centres[truth] + rng.normal(0, 1, (n, 8))).astype(np.float32), truth
+
+
+def _arrange(database_url: str, data_dir: Path, experts: int, n_items: int, retrain_every: int,
+             tag: str) -> tuple[int, list[str], dict[int, str]]:
+    """Migrate, create the project, its items and one token per expert; item id → true level."""
+    import sqlalchemy as sa
+
+    from app.config import Settings
+    from app.db.migrate import upgrade
+    from app.db.models import Item
+    from app.db.session import Database
+    from app.services import imports, projects, tokens, users
+
+    settings = Settings(_env_file=None, database_url=database_url, data_dir=data_dir)
+    upgrade(database_url)
+    db = Database(settings)
+    Z, truth = _embeddings(n_items)
+    try:
+        with db.session() as s:
+            admin = users.create(session=s, username=f"load-admin-{tag}", password="load password", role="admin")
+            p = projects.create(
+                session=s, name=f"load-{tag}", attributes=[{"name": "cluster", "kind": "categorical",
+                                                            "levels": LEVELS}],
+                representation={"source": "embeddings"}, strategy="bald", created_by_id=admin.id,
+                settings={"retrain_every": retrain_every, "eval_fraction": 0.1, "lease_seconds": 120,
+                          "lens": LOAD_LENS},
+                loaded=imports.with_embeddings(Z, None, name="load"),
+            )
+            toks = []
+            for k in range(experts):
+                u = users.create(session=s, username=f"load-{tag}-{k}", password="load password", role="expert")
+                toks.append(tokens.create(session=s, user=u, name="load")[1])
+            rows = s.execute(sa.select(Item.id, Item.source_index).where(Item.project_id == p.id)).all()
+            return p.id, toks, {int(i): LEVELS[int(truth[int(si)])] for i, si in rows}
+    finally:
+        db.dispose()
+
+
+def _expert(k: int, base: str, token: str, pid: int, truth: dict[int, str], start: threading.Barrier,
+            deadline_box: list[float], think_ms: float, log: ExpertLog) -> None:
+    """One simulated expert's loop until the deadline."""
+    rng = random.Random(k)
+    seq = itertools.count()
+
+    def call(op: str, method: str, url: str, **kw: Any) -> httpx.Response | None:
+        # Retries reuse the same body (and so the same idempotency key): exactly-once on the server.
+        for attempt in range(RETRIES):
+            t0 = time.perf_counter()
+            try:
+                r = c.request(method, url, **kw)
+            except httpx.HTTPError as exc:
+                log.errors.append(f"{op}: {type(exc).__name__}: {exc}")
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            log.lat[op].append((time.perf_counter() - t0) * 1000)
+            if r.status_code == 503:
+                log.retried_503 += 1
+                time.sleep(float(r.headers.get("retry-after", "1")))
+                continue
+            return r
+        return None
+
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+        start.wait()
+        while time.monotonic() < deadline_box[0]:
+            r = call("queue_next", "POST", f"/api/v1/projects/{pid}/queue/next", params={"n": 1})
+            if r is None or r.status_code != 200:
+                if r is not None:
+                    log.errors.append(f"queue_next {r.status_code}: {r.text[:200]}")
+                continue
+            items = r.json()["items"]
+            if not items:
+                log.empty_queue += 1
+                time.sleep(0.5)
+                continue
+            it = items[0]
+            log.handed.append(it["lease_id"])
+            time.sleep(rng.uniform(0.5, 1.5) * think_ms / 1000)
+            action = rng.random()
+            if action < 0.1:
+                r = call("lease_release", "POST", f"/api/v1/leases/{it['lease_id']}/release")
+                if r is None or r.status_code != 200:
+                    log.errors.append(f"lease_release {getattr(r, 'status_code', None)}: {getattr(r, 'text', '')[:200]}")
+                continue
+            values = {"cluster": truth[it["item_id"]]}
+            key = f"load-{k}-{next(seq)}"
+            r = call("label_submit", "POST", f"/api/v1/items/{it['item_id']}/labels",
+                     json={"values": values, "lease_id": it["lease_id"], "idempotency_key": key})
+            if r is None or r.status_code not in (200, 201):
+                log.errors.append(f"label_submit {getattr(r, 'status_code', None)}: {getattr(r, 'text', '')[:200]}")
+                continue
+            label_id = int(r.json()["id"])
+            log.acked[label_id] = {"item_id": it["item_id"], "values": values, "key": key}
+            if action < 0.2:
+                r = call("label_retract", "POST", f"/api/v1/labels/{label_id}/retract")
+                if r is not None and r.status_code == 201:
+                    log.retracted[int(r.json()["id"])] = label_id
+                else:
+                    log.errors.append(f"label_retract {getattr(r, 'status_code', None)}: "
+                                      f"{getattr(r, 'text', '')[:200]}")
+
+
+def reconcile(database_url: str, pid: int, logs: list[ExpertLog]) -> dict[str, Any]:
+    """Compare the database with what the clients saw acknowledged; each count should be 0."""
+    import sqlalchemy as sa
+
+    from app.db.models import Job, Label, Lease, ModelVersion
+
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            labels = {row.id: row for row in conn.execute(
+                sa.select(Label.id, Label.item_id, Label.values, Label.kind, Label.retracts_id,
+                          Label.user_id, Label.idempotency_key).where(Label.project_id == pid))}
+            leases = conn.execute(sa.select(Lease.id, Lease.item_id, Lease.created_at, Lease.expires_at,
+                                            Lease.ended_at).where(Lease.project_id == pid)).all()
+            jobs = conn.execute(sa.select(Job.kind, Job.status, sa.func.count()).where(Job.project_id == pid)
+                                .group_by(Job.kind, Job.status)).all()
+            versions = conn.execute(sa.select(ModelVersion.id, ModelVersion.active)
+                                    .where(ModelVersion.project_id == pid)).all()
+    finally:
+        engine.dispose()
+    acked = {lid: a for log in logs for lid, a in log.acked.items()}
+    retracted = {rid: lid for log in logs for rid, lid in log.retracted.items()}
+    missing = [lid for lid in acked if lid not in labels]
+    wrong = [lid for lid, a in acked.items()
+             if lid in labels and (labels[lid].item_id != a["item_id"] or labels[lid].values != a["values"])]
+    keys = defaultdict(int)
+    for row in labels.values():
+        if row.idempotency_key is not None:
+            keys[(row.user_id, row.idempotency_key)] += 1
+    duplicated = sum(1 for n in keys.values() if n > 1)
+    acked_keys = {a["key"] for a in acked.values()}
+    stored_keys = {k for _, k in keys}
+    missing_retractions = [rid for rid, lid in retracted.items()
+                           if rid not in labels or labels[rid].retracts_id != lid]
+    by_item: dict[int, list[Any]] = defaultdict(list)
+    for lease in leases:
+        by_item[lease.item_id].append(lease)
+    overlaps = 0
+    for rows in by_item.values():
+        rows.sort(key=lambda r: r.created_at)
+        for a, b in itertools.pairwise(rows):
+            if (a.ended_at or a.expires_at) > b.created_at:
+                overlaps += 1
+    handed = [lid for log in logs for lid in log.handed]
+    return {
+        "acknowledged_labels": len(acked), "acknowledged_undos": len(retracted),
+        "stored_label_rows": sum(1 for r in labels.values() if r.kind == "label"),
+        "stored_retraction_rows": sum(1 for r in labels.values() if r.kind != "label"),
+        "acknowledged_missing": len(missing), "acknowledged_with_wrong_values": len(wrong),
+        "idempotency_keys_stored_twice": duplicated,
+        "acknowledged_keys_not_stored": len(acked_keys - stored_keys),
+        "undos_missing": len(missing_retractions),
+        "leases_handed_out": len(handed), "lease_rows": len(leases),
+        "duplicate_lease_ids_handed": len(handed) - len(set(handed)),
+        "items_under_two_live_leases": overlaps,
+        "jobs": {f"{kind}:{status}": int(n) for kind, status, n in jobs},
+        "model_versions": len(versions), "active_model_versions": sum(1 for v in versions if v.active),
+    }
+
+
+def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float = 1000.0,
+                   retrain_every: int = 150, database_url: str | None = None,
+                   out: Path | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Run the load benchmark and reconcile; returns (and writes to ``out``) the results as a dict."""
+    from app.bench.server import uvicorn_server
+
+    tag = datetime.now(UTC).strftime("%Y%m%d%H%M%S") + f"-{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix="lenslab-load-") as tmp:
+        tmpdir = Path(tmp)
+        url = database_url or f"sqlite:///{tmpdir / 'load.db'}"
+        # Enough items that the queue never runs dry: at most one item per expert per think time.
+        n_items = int(experts * seconds / max(think_ms / 1000 * 0.5, 0.05) * 1.2) + 200
+        pid, toks, truth = _arrange(url, tmpdir / "data", experts, n_items, retrain_every, tag)
+        env = {"LENSLAB_DATABASE_URL": url, "LENSLAB_DATA_DIR": str(tmpdir / "data"),
+               "LENSLAB_SECRET_KEY": "load-secret-key-0123456789abcdef", "LENSLAB_ENV": "development"}
+        worker_log = open(tmpdir / "worker.log", "wb")  # noqa: SIM115  (closed below)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--threads", "1", "--id", f"load-{tag}"],
+            cwd=ROOT, env={**os.environ, **env, "LENSLAB_WORKER_POLL_S": "0.5", "LENSLAB_DEVICE": "cpu"},
+            stdout=worker_log, stderr=subprocess.STDOUT)
+        logs = [ExpertLog() for _ in range(experts)]
+        try:
+            with uvicorn_server(env, log_path=tmpdir / "server.log") as base:
+                start = threading.Barrier(experts + 1)
+                deadline_box = [float("inf")]
+                threads = [threading.Thread(target=_expert, args=(k, base, toks[k], pid, truth, start, deadline_box,
+                                                                  think_ms, logs[k]), daemon=True)
+                           for k in range(experts)]
+                for t in threads:
+                    t.start()
+                deadline_box[0] = time.monotonic() + seconds
+                start.wait()
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.join()
+                wall = time.perf_counter() - t0
+                server_tail = (tmpdir / "server.log").read_text(errors="replace")[-2000:]
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+            worker_log.close()
+        checks = reconcile(url, pid, logs)
+        server_errors_logged = server_tail.count("Traceback")
+
+    ops = {}
+    for op in OPS:
+        xs = [x for log in logs for x in log.lat[op]]
+        ops[op] = {"n": len(xs), "per_s": round(len(xs) / wall, 1), "p50_ms": round(_percentile(xs, 50), 1),
+                   "p99_ms": round(_percentile(xs, 99), 1), "max_ms": round(max(xs), 1) if xs else None}
+    errors = [e for log in logs for e in log.errors]
+    bad = {k: v for k, v in checks.items()
+           if k in ("acknowledged_missing", "acknowledged_with_wrong_values", "idempotency_keys_stored_twice",
+                    "acknowledged_keys_not_stored", "undos_missing", "duplicate_lease_ids_handed",
+                    "items_under_two_live_leases") and v}
+    result = {
+        "benchmark": "load", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "database": url.split(":", 1)[0], "experts": experts, "seconds": seconds, "think_ms": think_ms,
+        "actions": {"label": 0.8, "skip": 0.1, "label_then_undo": 0.1}, "retrain_every": retrain_every,
+        "items": n_items, "server": "uvicorn, 1 process, loopback; 1 `lenslab worker` process (1 thread)",
+        "wall_s": round(wall, 2), "requests_per_s": round(sum(o["n"] for o in ops.values()) / wall, 1),
+        "labels_per_s": round(checks["acknowledged_labels"] / wall, 1), "operations": ops,
+        "errors": len(errors), "error_samples": errors[:5], "retried_503": sum(log.retried_503 for log in logs),
+        "empty_queue": sum(log.empty_queue for log in logs), "server_tracebacks": server_errors_logged,
+        "reconciliation": checks, "reconciled": not bad and checks["active_model_versions"] <= 1,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
+    if not quiet:
+        print(format_table(result))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        if not quiet:
+            print(f"wrote {out}")
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The results as a fixed-width table."""
+    c = result["reconciliation"]
+    lines = [f"load bench: {result['experts']} experts × {result['seconds']:g} s, {result['database']}, "
+             f"think {result['think_ms']:g} ms: {result['requests_per_s']} req/s, "
+             f"{result['labels_per_s']} labels/s, errors {result['errors']}, 503 retried {result['retried_503']}",
+             f"{'endpoint':<15}{'n':>7}{'per s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"]
+    for name, o in result["operations"].items():
+        if o["n"]:
+            lines.append(f"{name:<15}{o['n']:>7}{o['per_s']:>8}{o['p50_ms']:>9.1f}{o['p99_ms']:>9.1f}{o['max_ms']:>9.1f}")
+    lines.append(f"jobs: {c['jobs']}; model versions {c['model_versions']} ({c['active_model_versions']} active)")
+    lines.append(f"reconciled: {c['acknowledged_labels']} acknowledged labels, {c['acknowledged_missing']} missing, "
+                 f"{c['idempotency_keys_stored_twice']} stored twice, {c['acknowledged_undos']} undos "
+                 f"({c['undos_missing']} missing), {c['leases_handed_out']} leases, "
+                 f"{c['items_under_two_live_leases']} items under two live leases: "
+                 f"{'OK' if result['reconciled'] else 'FAILED'}")
+    return "\n".join(lines)
