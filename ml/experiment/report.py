@@ -102,6 +102,12 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
         keys = r["keys"]
         summ = r["summary"]
         lines.append(f"### {name} ({r['n_labels']} labelled pool items)\n\n{r['notes']}.\n")
+        for c in r.get("collapsed_and_retrained", []):
+            lines.append(f"- Posterior collapse: `{c['model']}` (seed {c['requested_seed']}) had mean KL "
+                         f"{c['collapsed'][0]['mean_kl']:.2f} nats (z carries nothing); retrained with seed "
+                         f"{c['used_seed']} (mean KL {c['mean_kl']:.1f}), as the rule in `ml/experiment/common.py` does for every model.")
+        if r.get("collapsed_and_retrained"):
+            lines.append("")
         lines.append("| method | " + " | ".join(keys) + (" | paper (MNIST) |" if name == "mnist" else " |"))
         lines.append("|---|" + "---|" * len(keys) + ("---|" if name == "mnist" else ""))
         for m in ("ILVM", "JLVM", "beta-VAE", "no lens (VAE z)"):

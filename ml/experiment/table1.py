@@ -19,13 +19,18 @@ from typing import Any
 import numpy as np
 
 from ml.experiment.common import (
+    COLLAPSE_KL_NATS,
     Prepared,
     Profile,
     Progress,
     base_vae,
+    fit_healthy,
     fmt_ms,
     header,
+    health_report,
+    load_health,
     make_lens,
+    mean_kl,
     mean_std,
     metric,
     paired_test,
@@ -33,6 +38,7 @@ from ml.experiment.common import (
     pyplot,
     random_labelled,
     reveal,
+    save_health,
     save_outputs,
 )
 
@@ -62,17 +68,25 @@ def fit_jlvm(data: Prepared, profile: Profile, seed: int, beta: float, S: dict[s
 
 
 def fit_beta_vae(data: Prepared, profile: Profile, seed: int, cache: Path, progress: Progress | None = None) -> Any:
-    """Train (or load) the β-VAE baseline of (data set, seed)."""
+    """Train (or load) the β-VAE baseline of (data set, seed), with the base VAE's collapse check."""
     from ml.jlvm import JLVM, BetaVAE
 
     path = cache / f"betavae-{data.name}-{profile.name}-seed{seed}-beta{profile.beta_vae_beta:g}.pt"
-    if path.exists():
+    if path.exists() and load_health(path):
         return JLVM.load(path, device="cpu")
-    model = BetaVAE(profile.beta_vae_beta, **data.vae_kwargs, epochs=profile.sizes[data.name].vae_epochs,
-                    seed=seed, device="cpu")
-    model.fit(data.X_pool, progress=progress.sub(f"β-VAE s{seed}") if progress else None)
+    if path.exists():  # cached before the collapse check existed: check it now
+        model = JLVM.load(path, device="cpu")
+        kl = mean_kl(model, data.X_pool[:2000])
+        if kl >= COLLAPSE_KL_NATS:
+            save_health(path, {"requested_seed": seed, "used_seed": seed, "mean_kl": kl, "collapsed": []})
+            return model
+    epochs = profile.sizes[data.name].vae_epochs
+    model, health = fit_healthy(
+        lambda s: BetaVAE(profile.beta_vae_beta, **data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
+        data.X_pool, seed, f"β-VAE {data.name}", progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
+    save_health(path, health)
     return model
 
 
@@ -154,6 +168,7 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
         bar.close()
         keys = ["overall"] + [a.name for a in data.attributes]
         results[name] = {"summary": summarise(rows, keys), "notes": data.notes, "keys": keys,
+                         "collapsed_and_retrained": health_report(cache, f"*-{name}-{profile.name}-seed*.health.json"),
                          "n_labels": profile.sizes[name].n_labels,
                          "jlvm_beta": {r["seed"]: r["beta"] for r in rows if r["method"] == "JLVM"}}
         all_rows += rows
