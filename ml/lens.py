@@ -502,7 +502,10 @@ class InterpretableLens:
         n, d = z_std.shape
         with torch.no_grad():
             std = torch.exp(0.5 * mod.q0_log_var(z_std, mod.encode_s({}, n, z_std.device)))  # (B, d)
-            eps = torch.randn(d, n, n_samples, device=z_std.device, dtype=z_std.dtype)
+            # Antithetic pairs (ε, −ε): half the random draws, and a lower-variance Monte-Carlo
+            # estimate of the mean predictive than S independent draws.
+            half = torch.randn(d, n, (n_samples + 1) // 2, device=z_std.device, dtype=z_std.dtype)
+            eps = torch.cat([half, -half], 2)[:, :, :n_samples]
             z0 = torch.addcmul(z_std.T[:, :, None], std.T[:, :, None], eps).reshape(d, n * n_samples)
             heads = [mod.heads[a.name] for a in self.attributes]
             # One pass of the flows for every attribute's designated rows of z*.

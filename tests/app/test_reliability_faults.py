@@ -372,9 +372,11 @@ def test_a_full_disk_during_a_retrain_checkpoint_fails_the_job_with_a_reason_and
             assert job["status"] in ("failed", "running", "queued"), job
             if job["status"] == "failed":
                 assert "full" in (job["message"] or ""), job
+            print("FULLDISK job", job, "create", r.status_code)
             # Writes while the disk is full are refused as retryable, never a 500.
             items = client.post(f"/api/v1/projects/{p['id']}/queue/next", headers=expert)
             assert items.status_code in (200, 503), items.text
+            print("FULLDISK next", items.status_code, items.text[:200], items.headers.get("retry-after"))
             with app.state.db.session(write=False) as db:
                 assert db.execute(sa.text("SELECT id FROM model_versions WHERE active")).all() == [(v1,)]
             # Room again: the service recovers, and a retrain activates a new complete model.
