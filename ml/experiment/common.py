@@ -286,26 +286,36 @@ def save_health(model_path: Path, health: dict[str, Any]) -> None:
     _health_path(model_path).write_text(json.dumps(health))
 
 
+def cached_healthy(path: Path, loader: Callable[[Path], Any], factory: Callable[[int], Any], data: Prepared,
+                   seed: int, label: str, progress: Progress | None = None) -> Any:
+    """A model trained once with the collapse check (``fit_healthy``) and cached at ``path``.
+
+    A cached model without a health record (written before the check existed) is checked now.
+    """
+    if path.exists() and load_health(path):
+        return loader(path)
+    if path.exists():
+        model = loader(path)
+        kl = mean_kl(model, data.X_pool[:2000])
+        if kl >= COLLAPSE_KL_NATS:
+            save_health(path, {"requested_seed": seed, "used_seed": seed, "mean_kl": kl, "collapsed": []})
+            return model
+    model, health = fit_healthy(factory, data.X_pool, seed, label, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    save_health(path, health)
+    return model
+
+
 def base_vae(data: Prepared, profile: Profile, seed: int, cache_dir: Path, progress: Progress | None = None) -> Any:
     """The base VAE of (dataset, seed, profile), trained once (with the collapse check) and cached."""
     from ml.vae import VAE
 
-    path = cache_dir / f"vae-{data.name}-{profile.name}-seed{seed}.pt"
-    if path.exists() and load_health(path):
-        return VAE.load(path, device="cpu")
-    if path.exists():  # cached before the collapse check existed: check it now
-        vae = VAE.load(path, device="cpu")
-        kl = mean_kl(vae, data.X_pool[:2000])
-        if kl >= COLLAPSE_KL_NATS:
-            save_health(path, {"requested_seed": seed, "used_seed": seed, "mean_kl": kl, "collapsed": []})
-            return vae
     epochs = profile.sizes[data.name].vae_epochs
-    vae, health = fit_healthy(lambda s: VAE(**data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
-                              data.X_pool, seed, f"VAE {data.name}", progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    vae.save(path)
-    save_health(path, health)
-    return vae
+    return cached_healthy(cache_dir / f"vae-{data.name}-{profile.name}-seed{seed}.pt",
+                          lambda p: VAE.load(p, device="cpu"),
+                          lambda s: VAE(**data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
+                          data, seed, f"VAE {data.name}", progress)
 
 
 def health_report(cache_dir: Path, pattern: str) -> list[dict[str, Any]]:

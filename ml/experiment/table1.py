@@ -19,18 +19,15 @@ from typing import Any
 import numpy as np
 
 from ml.experiment.common import (
-    COLLAPSE_KL_NATS,
     Prepared,
     Profile,
     Progress,
     base_vae,
-    fit_healthy,
+    cached_healthy,
     fmt_ms,
     header,
     health_report,
-    load_health,
     make_lens,
-    mean_kl,
     mean_std,
     metric,
     paired_test,
@@ -38,7 +35,6 @@ from ml.experiment.common import (
     pyplot,
     random_labelled,
     reveal,
-    save_health,
     save_outputs,
 )
 
@@ -71,23 +67,12 @@ def fit_beta_vae(data: Prepared, profile: Profile, seed: int, cache: Path, progr
     """Train (or load) the β-VAE baseline of (data set, seed), with the base VAE's collapse check."""
     from ml.jlvm import JLVM, BetaVAE
 
-    path = cache / f"betavae-{data.name}-{profile.name}-seed{seed}-beta{profile.beta_vae_beta:g}.pt"
-    if path.exists() and load_health(path):
-        return JLVM.load(path, device="cpu")
-    if path.exists():  # cached before the collapse check existed: check it now
-        model = JLVM.load(path, device="cpu")
-        kl = mean_kl(model, data.X_pool[:2000])
-        if kl >= COLLAPSE_KL_NATS:
-            save_health(path, {"requested_seed": seed, "used_seed": seed, "mean_kl": kl, "collapsed": []})
-            return model
     epochs = profile.sizes[data.name].vae_epochs
-    model, health = fit_healthy(
+    return cached_healthy(
+        cache / f"betavae-{data.name}-{profile.name}-seed{seed}-beta{profile.beta_vae_beta:g}.pt",
+        lambda p: JLVM.load(p, device="cpu"),
         lambda s: BetaVAE(profile.beta_vae_beta, **data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
-        data.X_pool, seed, f"β-VAE {data.name}", progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    save_health(path, health)
-    return model
+        data, seed, f"β-VAE {data.name}", progress)
 
 
 def validation_score(model: Any, data: Prepared, seed: int) -> float:
