@@ -6,14 +6,29 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.pool import QueuePool
 
 from app import __doc__ as app_doc
 from app import security
 from app.api import errors
-from app.api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from app.api.middleware import AdmissionMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
 from app.config import Settings, get_settings
 from app.db.session import Database
 from app.routes import ROUTERS, pages
+
+# Worker threads that run sync dependencies and routes (anyio's default thread limiter).
+THREADPOOL_SIZE = 40
+
+
+def admission_limit(db: Database) -> int:
+    """How many requests may be inside the app at once: fewer than pooled connections and worker threads.
+
+    Two connections are left for the in-process worker (job claims, heartbeats) and event streams.
+    """
+    pool = db.engine.pool
+    # NullPool, or one connection per thread (in-memory SQLite): the threads are the bound.
+    capacity = pool.size() + max(0, pool._max_overflow) if isinstance(pool, QueuePool) else THREADPOOL_SIZE
+    return max(1, min(capacity, THREADPOOL_SIZE) - 2)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.throttle = security.LoginThrottle(settings.login_max_failures, settings.login_window_seconds)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    app.add_middleware(AdmissionMiddleware, limit=admission_limit(db))
     app.add_middleware(SecurityHeadersMiddleware)
     for router in ROUTERS:
         app.include_router(router)

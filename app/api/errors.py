@@ -35,8 +35,11 @@ async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
 
 
 async def database_unavailable(request: Request, exc: sa_exc.OperationalError) -> JSONResponse:
-    # A locked SQLite file past busy_timeout, or PostgreSQL away: the request may be retried.
+    # A locked SQLite file past busy_timeout, PostgreSQL away, or a full disk: the request may be retried.
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+    if "full" in str(exc.orig).lower():  # SQLITE_FULL / PostgreSQL's "No space left on device"
+        return JSONResponse({"detail": "database storage is full; nothing was written, retry once space is freed"},
+                            status_code=503, headers={"Retry-After": "30"})
     return JSONResponse({"detail": "database temporarily unavailable; retry shortly"}, status_code=503,
                         headers={"Retry-After": "2"})
 

@@ -52,6 +52,7 @@ class ExpertLog:
     retracted: dict[int, int] = field(default_factory=dict)  # retraction id → retracted label id
     handed: list[str] = field(default_factory=list)  # lease ids received
     errors: list[str] = field(default_factory=list)
+    slow: list[tuple[float, str, float, int]] = field(default_factory=list)  # (wall time, op, ms, status) > 2 s
     retried_503: int = 0
     empty_queue: int = 0
 
@@ -116,7 +117,10 @@ def _expert(k: int, base: str, token: str, pid: int, truth: dict[int, str], star
                 log.errors.append(f"{op}: {type(exc).__name__}: {exc}")
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            log.lat[op].append((time.perf_counter() - t0) * 1000)
+            ms = (time.perf_counter() - t0) * 1000
+            log.lat[op].append(ms)
+            if ms > 2000:
+                log.slow.append((time.time(), op, round(ms), r.status_code))
             if r.status_code == 503:
                 log.retried_503 += 1
                 time.sleep(float(r.headers.get("retry-after", "1")))
@@ -180,6 +184,11 @@ def reconcile(database_url: str, pid: int, logs: list[ExpertLog]) -> dict[str, A
                                             Lease.ended_at).where(Lease.project_id == pid)).all()
             jobs = conn.execute(sa.select(Job.kind, Job.status, sa.func.count()).where(Job.project_id == pid)
                                 .group_by(Job.kind, Job.status)).all()
+            timeline = [f"job {i} {k} {st}: {a} → {b}" for i, k, st, a, b in conn.execute(
+                sa.select(Job.id, Job.kind, Job.status, Job.started_at, Job.finished_at)
+                .where(Job.project_id == pid).order_by(Job.id))]
+            failed = [f"job {i} ({k}): {m}" for i, k, m in conn.execute(
+                sa.select(Job.id, Job.kind, Job.message).where(Job.project_id == pid, Job.status == "failed"))]
             versions = conn.execute(sa.select(ModelVersion.id, ModelVersion.active)
                                     .where(ModelVersion.project_id == pid)).all()
     finally:
@@ -219,7 +228,7 @@ def reconcile(database_url: str, pid: int, logs: list[ExpertLog]) -> dict[str, A
         "leases_handed_out": len(handed), "lease_rows": len(leases),
         "duplicate_lease_ids_handed": len(handed) - len(set(handed)),
         "items_under_two_live_leases": overlaps,
-        "jobs": {f"{kind}:{status}": int(n) for kind, status, n in jobs},
+        "jobs": {f"{kind}:{status}": int(n) for kind, status, n in jobs}, "failed_jobs": failed, "job_timeline": timeline,
         "model_versions": len(versions), "active_model_versions": sum(1 for v in versions if v.active),
     }
 
@@ -260,7 +269,7 @@ def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float 
                 for t in threads:
                     t.join()
                 wall = time.perf_counter() - t0
-                server_tail = (tmpdir / "server.log").read_text(errors="replace")[-2000:]
+                server_log = (tmpdir / "server.log").read_text(errors="replace")
         finally:
             worker.terminate()
             try:
@@ -270,7 +279,10 @@ def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float 
                 worker.wait()
             worker_log.close()
         checks = reconcile(url, pid, logs)
-        server_errors_logged = server_tail.count("Traceback")
+        server_errors_logged = server_log.count("Traceback")
+        lock_waits = server_log.count("database unavailable")
+        worker_warnings = [line for line in (tmpdir / "worker.log").read_text(errors="replace").splitlines()
+                           if "WARNING" in line or "ERROR" in line][:10]
 
     ops = {}
     for op in OPS:
@@ -290,7 +302,10 @@ def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float 
         "wall_s": round(wall, 2), "requests_per_s": round(sum(o["n"] for o in ops.values()) / wall, 1),
         "labels_per_s": round(checks["acknowledged_labels"] / wall, 1), "operations": ops,
         "errors": len(errors), "error_samples": errors[:5], "retried_503": sum(log.retried_503 for log in logs),
-        "empty_queue": sum(log.empty_queue for log in logs), "server_tracebacks": server_errors_logged,
+        "empty_queue": sum(log.empty_queue for log in logs),
+        "slow_requests": sorted((datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds"), op, ms, st)
+                                for log in logs for t, op, ms, st in log.slow)[:20], "server_tracebacks": server_errors_logged,
+        "server_503_logged": lock_waits, "worker_warnings": worker_warnings,
         "reconciliation": checks, "reconciled": not bad and checks["active_model_versions"] <= 1,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }

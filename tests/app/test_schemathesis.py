@@ -2,7 +2,7 @@
 
 schemathesis generates both valid and invalid requests from ``/openapi.json`` and calls the ASGI app
 in-process. The database holds a real project (items, a lease, labels, a job, a token), so generated
-ids often hit real rows. Examples per operation are bounded (LENSLAB_FUZZ_EXAMPLES, default 5) so the
+ids often hit real rows. Examples per operation are bounded (LENSLAB_FUZZ_EXAMPLES, default 15) so the
 CI run takes about a minute; ``LENSLAB_FUZZ_EXAMPLES=50 pytest tests/app/test_schemathesis.py`` goes deeper.
 """
 
@@ -23,7 +23,7 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
 ROLES = ("viewer", "expert", "admin")
-EXAMPLES = int(os.environ.get("LENSLAB_FUZZ_EXAMPLES", "5"))
+EXAMPLES = int(os.environ.get("LENSLAB_FUZZ_EXAMPLES", "15"))
 
 
 @pytest.fixture(scope="module")
