@@ -10,7 +10,6 @@ Reports p50/p90/p99/max per operation and the error count; writes JSON.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import random
@@ -68,7 +67,7 @@ def run_api_bench(*, clients: int = 32, rounds: int = 40, warmup: int = 3, think
                   database_url: str | None = None, out: Path | None = DEFAULT_OUT,
                   quiet: bool = False) -> dict[str, Any]:
     """Run the API benchmark; returns (and writes to ``out``) the results as a dict."""
-    from app.bench.server import uvicorn_server
+    from app.bench.server import publish, uvicorn_server
 
     with tempfile.TemporaryDirectory(prefix="lenslab-bench-") as tmp:
         tmpdir = Path(tmp)
@@ -141,13 +140,7 @@ def run_api_bench(*, clients: int = 32, rounds: int = 40, warmup: int = 3, think
         "meets_target": len(errors) == 0 and all(o["p99_ms"] < TARGET_P99_MS for o in ops.values()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
-    if not quiet:
-        print(format_table(result))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        if not quiet:
-            print(f"wrote {out}")
+    publish(result, format_table(result), out, quiet=quiet)
     return result
 
 

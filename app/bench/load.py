@@ -14,7 +14,6 @@ live leases, at most one active model. Reports throughput, p50/p99 per endpoint,
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import platform
 import random
@@ -237,7 +236,7 @@ def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float 
                    retrain_every: int = 150, database_url: str | None = None,
                    out: Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run the load benchmark and reconcile; returns (and writes to ``out``) the results as a dict."""
-    from app.bench.server import uvicorn_server
+    from app.bench.server import publish, stop_process, uvicorn_server
 
     tag = datetime.now(UTC).strftime("%Y%m%d%H%M%S") + f"-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="lenslab-load-") as tmp:
@@ -271,12 +270,7 @@ def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float 
                 wall = time.perf_counter() - t0
                 server_log = (tmpdir / "server.log").read_text(errors="replace")
         finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            stop_process(worker, timeout=30)
             worker_log.close()
         checks = reconcile(url, pid, logs)
         server_errors_logged = server_log.count("Traceback")
@@ -309,13 +303,7 @@ def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float 
         "reconciliation": checks, "reconciled": not bad and checks["active_model_versions"] <= 1,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
-    if not quiet:
-        print(format_table(result))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        if not quiet:
-            print(f"wrote {out}")
+    publish(result, format_table(result), out, quiet=quiet)
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM ``proc`` and wait; SIGKILL it if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def publish(result: dict, table: str, out: Path | None, *, quiet: bool = False) -> None:
+    """Print a benchmark's table (unless ``quiet``) and write its JSON to ``out`` (when given)."""
+    if not quiet:
+        print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        if not quiet:
+            print(f"wrote {out}")
 
 
 def free_port() -> int:
@@ -48,11 +70,6 @@ def uvicorn_server(env: dict[str, str], *, workers: int = 1, log_path: Path | No
             time.sleep(0.1)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if log_path:
             log.close()  # type: ignore[union-attr]
