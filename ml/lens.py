@@ -56,6 +56,8 @@ class LensConfig:
     labelled_batch_size: int = 128
     epochs: int | None = None
     seed: int = 0
+    pseudo_label_threshold: float | None = None
+    pseudo_label_weight: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -289,6 +291,8 @@ class InterpretableLens:
             labelled_batch_size=self.labelled_batch_size,
             epochs=self.epochs,
             seed=self.seed,
+            pseudo_label_threshold=self.pseudo_label_threshold,
+            pseudo_label_weight=self.pseudo_label_weight,
         )
 
     def _assign_dims(self, dim: int) -> dict[str, list[int]]:
@@ -647,6 +651,8 @@ class InterpretableLens:
             labelled_batch_size=cfg.labelled_batch_size,
             device=device,
             seed=cfg.seed,
+            pseudo_label_threshold=cfg.pseudo_label_threshold,
+            pseudo_label_weight=cfg.pseudo_label_weight,
         )
         lens.config_ = cfg
         lens.device_ = resolve_device(device)

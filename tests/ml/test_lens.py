@@ -243,3 +243,14 @@ def test_use_before_fit_and_wrong_width_are_refused(fitted) -> None:
         lens.acquisition_scores(np.zeros((2, 6)), "greedy")
     with pytest.raises(ValueError, match="n_flows"):
         InterpretableLens([CLS], n_flows=-1)
+
+
+def test_pseudo_label_option_trains_and_survives_the_checkpoint() -> None:
+    z, cls, _, _ = entangled_problem(n=600)
+    s = {"cls": np.where(np.arange(600) < 60, cls, -1)}
+    lens = InterpretableLens([CLS], n_flows=4, epochs=5, device="cpu", pseudo_label_threshold=0.9,
+                             pseudo_label_weight=3.0).fit(z, s)
+    back = InterpretableLens.from_bytes(lens.to_bytes(), device="cpu")
+    assert (back.pseudo_label_threshold, back.pseudo_label_weight) == (0.9, 3.0)
+    with pytest.raises(ValueError, match="pseudo_label_threshold"):
+        InterpretableLens([CLS], pseudo_label_threshold=1.5)
