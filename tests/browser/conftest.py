@@ -144,10 +144,17 @@ def login(browser: Any, server: Server, username: str, *, viewport: dict[str, in
     ctx = browser.new_context(viewport=viewport or {"width": 1280, "height": 800}, base_url=server.url)
     ctx.set_default_timeout(15_000)
     page = ctx.new_page()
+    seen: list[tuple[str, str, int]] = []
+    page.on("response", lambda r: seen.append((r.request.method, r.url, r.status)))
     page.goto("/login")
-    page.keyboard.type(username)  # the username field has autofocus
+    # The username field has autofocus; typing before the browser has applied it would lose keys.
+    page.wait_for_function("() => document.activeElement && document.activeElement.name === 'username'")
+    page.keyboard.type(username)
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
     page.keyboard.press("Enter")
-    page.wait_for_url("**/projects")
+    try:
+        page.wait_for_url("**/projects")
+    except Exception as exc:
+        raise AssertionError(f"login as {username!r} did not reach /projects; responses: {seen}") from exc
     return page
