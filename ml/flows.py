@@ -1,8 +1,13 @@
-"""Invertible maps from z to z* (paper section 2, eq. 2–5): planar flows with an exact inverse.
+"""Invertible maps from z to z* (paper section 2, eq. 2–5): three flow families, one interface.
+
+* planar flows (Rezende & Mohamed, 2015), the paper's choice, with an exact inverse;
+* affine coupling layers, RealNVP (Dinh, Sohl-Dickstein & Bengio, 2017);
+* rational-quadratic spline coupling layers, Neural Spline Flows (Durkan et al., 2019), whose
+  spline is zuko's ``MonotonicRQSTransform``.
 
 Every bijection here follows one interface: ``forward(z) -> (y, log_det)`` and
 ``inverse(y) -> (z, log_det)``, where ``log_det`` is log|det ∂out/∂in| per row, so the
-log-determinants of a round trip cancel.
+log-determinants of a round trip cancel. ``build_flow_stack`` makes a stack of any family.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from zuko.transforms import MonotonicRQSTransform
 
 # Newton steps of the scalar inverse; each halves the bracket at worst, so 60 always suffice for
 # float64 even on the widest bracket (|w·û| ≤ ‖w‖‖û‖), and Newton ends far sooner in practice.
@@ -158,9 +164,10 @@ class PlanarFlow(Flow):
 class FlowStack(Flow):
     """A composition f_T ∘ … ∘ f_1 (eq. 5); log-dets add up (eq. 3)."""
 
-    def __init__(self, flows: list[Flow]) -> None:
+    def __init__(self, flows: list[Flow], dim: int | None = None) -> None:
         super().__init__()
         self.flows = nn.ModuleList(flows)
+        self.dim = dim
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
@@ -218,6 +225,199 @@ class PlanarFlowStack(FlowStack):
             a = A[t] if t == 0 else torch.addmv(A[t], H[:t].T, G[t, :t])
             torch.tanh(a, out=H[t])
         return torch.addmm(z_cols.index_select(0, dims), U.index_select(1, dims).T, H)
+
+
+class _CouplingFlow(Flow):
+    """y_a = x_a, y_b = g(x_b; θ(x_a)): one half conditions an elementwise bijection of the other.
+
+    The Jacobian is block-triangular, so its log-det is the sum of g's elementwise log-slopes, and
+    the inverse only needs g's inverse because x_a = y_a is known (Dinh et al., 2017, section 3).
+    For dim ≥ 2 the halves are z[:, :dim//2] and the rest, and ``mask_parity`` says which half is
+    transformed, so alternating parities let every coordinate move. For dim = 1 there is nothing to
+    condition on and the single coordinate gets a learnt, input-independent θ: an elementwise
+    bijection of z, still trainable.
+
+    The conditioner's last layer starts at zero, where both subclasses' g is exactly the identity:
+    a fresh lens has z* = z, as with the planar flows' small init.
+    """
+
+    def __init__(self, dim: int, hidden: int, mask_parity: int, n_params: int) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be ≥ 1, got {dim}")
+        if hidden < 1:
+            raise ValueError(f"hidden must be ≥ 1, got {hidden}")
+        if mask_parity not in (0, 1):
+            raise ValueError(f"mask_parity must be 0 or 1, got {mask_parity}")
+        self.dim = dim
+        self.mask_parity = mask_parity
+        self.n_params = n_params
+        half = dim // 2
+        if dim == 1:
+            self._cond, self._trans = slice(0, 0), slice(0, 1)
+        elif mask_parity == 0:
+            self._cond, self._trans = slice(0, half), slice(half, dim)
+        else:
+            self._cond, self._trans = slice(half, dim), slice(0, half)
+        n_cond = len(range(dim)[self._cond])
+        self.n_trans = dim - n_cond
+        n_out = self.n_trans * n_params
+        if n_cond == 0:
+            self.net: nn.Module | None = None
+            self.const = nn.Parameter(torch.zeros(n_out))
+        else:
+            # SiLU rather than ReLU keeps the map C¹, like the planar flows' tanh.
+            self.net = nn.Sequential(
+                nn.Linear(n_cond, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, n_out),
+            )
+            last = self.net[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def _theta(self, x: torch.Tensor) -> torch.Tensor:
+        """The transform's parameters for every row: (B, d) -> (B, n_trans, n_params), in x's dtype."""
+        if self.net is None:
+            theta = self.const.to(x.dtype).expand(x.shape[0], -1)
+        else:
+            # The conditioner runs in its own dtype, so float64 points through float32 weights
+            # (or the reverse) work as they do for the planar flows.
+            w_dtype = self.net[0].weight.dtype
+            theta = self.net(x[:, self._cond].to(w_dtype)).to(x.dtype)
+        return theta.reshape(x.shape[0], self.n_trans, self.n_params)
+
+    def _g(self, xb: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Elementwise g and its log-slope: (B, n), (B, n, p) -> (B, n), (B, n)."""
+        raise NotImplementedError
+
+    def _g_inv(self, yb: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """g⁻¹ and its (negative) log-slope: (B, n), (B, n, p) -> (B, n), (B, n)."""
+        raise NotImplementedError
+
+    def _join(self, kept: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+        parts = (moved,) if self.dim == 1 else (kept, moved) if self.mask_parity == 0 else (moved, kept)
+        return torch.cat(parts, dim=1)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        yb, log_slope = self._g(z[:, self._trans], self._theta(z))
+        return self._join(z[:, self._cond], yb), log_slope.sum(1)
+
+    def transform(self, z: torch.Tensor) -> torch.Tensor:
+        """f(z) without the log-determinant. (B, d) -> (B, d)"""
+        return self(z)[0]
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # y's conditioning half is z's, so θ is the forward pass's θ exactly.
+        zb, log_slope = self._g_inv(y[:, self._trans], self._theta(y))
+        return self._join(y[:, self._cond], zb), log_slope.sum(1)
+
+
+class AffineCouplingFlow(_CouplingFlow):
+    """RealNVP affine coupling, y_b = x_b·exp(s(x_a)) + t(x_a) (Dinh et al., 2017, eq. 4–6).
+
+    The log-scale is soft-clamped, s = S·tanh(ŝ/S) with S = ``max_log_scale``: an unbounded ŝ can
+    make exp(s) overflow early in training, and the clamp is the identity near 0, so it leaves
+    small scales unchanged. Each layer thus scales by at most e^±S.
+    """
+
+    def __init__(
+        self, dim: int, hidden: int = 64, mask_parity: int = 0, *, max_log_scale: float = 2.0
+    ) -> None:
+        if not max_log_scale > 0:
+            raise ValueError(f"max_log_scale must be > 0, got {max_log_scale}")
+        super().__init__(dim, hidden, mask_parity, n_params=2)
+        self.max_log_scale = max_log_scale
+
+    def _scale_shift(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.max_log_scale * torch.tanh(theta[..., 0] / self.max_log_scale)
+        return s, theta[..., 1]
+
+    def _g(self, xb: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, t = self._scale_shift(theta)
+        return xb * torch.exp(s) + t, s
+
+    def _g_inv(self, yb: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, t = self._scale_shift(theta)
+        return (yb - t) * torch.exp(-s), -s
+
+
+class SplineCouplingFlow(_CouplingFlow):
+    """Neural-spline coupling: g is a monotone rational-quadratic spline (Durkan et al., 2019).
+
+    The spline is zuko's ``MonotonicRQSTransform`` with K = ``bins`` bins on [−B, B], B = ``bound``:
+    the conditioner gives K widths, K heights and K − 1 inner knot derivatives per coordinate, and
+    zuko fixes the end derivatives at 1 and is the identity outside [−B, B], so g is C¹ everywhere
+    and the tails of z pass unchanged. The lens works on standardised z, where B = 5 covers all
+    but ~1e-6 of the mass. With all parameters zero the bins are equal and every derivative is 1,
+    which is exactly the identity. zuko bounds the slopes to [``min_slope``, 1/``min_slope``] and
+    inverts the spline analytically (a quadratic per point), so the inverse is exact.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 64,
+        bins: int = 8,
+        bound: float = 5.0,
+        mask_parity: int = 0,
+        *,
+        min_slope: float = 1e-3,
+    ) -> None:
+        if bins < 1:
+            raise ValueError(f"bins must be ≥ 1, got {bins}")
+        if not bound > 0:
+            raise ValueError(f"bound must be > 0, got {bound}")
+        if not 0 < min_slope < 1:
+            raise ValueError(f"min_slope must be in (0, 1), got {min_slope}")
+        super().__init__(dim, hidden, mask_parity, n_params=3 * bins - 1)
+        self.bins = bins
+        self.bound = bound
+        self.min_slope = min_slope
+
+    def _spline(self, theta: torch.Tensor) -> MonotonicRQSTransform:
+        k = self.bins
+        return MonotonicRQSTransform(
+            theta[..., :k], theta[..., k : 2 * k], theta[..., 2 * k :], bound=self.bound, slope=self.min_slope
+        )
+
+    def _g(self, xb: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._spline(theta).call_and_ladj(xb)
+
+    def _g_inv(self, yb: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # In float64, as the planar inverse: zuko solves a quadratic per point, whose discriminant
+        # can round below zero (NaN) in float32 on a steep bin next to a flat one.
+        spline = self._spline(theta.to(torch.float64))
+        xb = spline.inv(yb.to(torch.float64))
+        # zuko has no inverse log-slope of its own; the forward one at the recovered point is it,
+        # by the inverse function theorem.
+        return xb.to(yb.dtype), -spline.call_and_ladj(xb)[1].to(yb.dtype)
+
+
+FLOW_FAMILIES = ("planar", "coupling", "spline")
+
+
+def build_flow_stack(family: str, dim: int, n_flows: int, *, hidden: int = 64) -> FlowStack:
+    """A stack of ``n_flows`` flows of one family on R^dim (``FLOW_FAMILIES``).
+
+    ``"planar"`` is ``PlanarFlowStack(dim, n_flows)``, the paper's lens; ``"coupling"`` (RealNVP)
+    and ``"spline"`` (neural spline) alternate the mask parity so that consecutive layers transform
+    opposite halves. ``hidden`` is the coupling conditioners' width (unused by planar flows).
+    n_flows = 0 is the identity for every family.
+    """
+    if family not in FLOW_FAMILIES:
+        raise ValueError(f"unknown flow family {family!r}; choose one of {', '.join(FLOW_FAMILIES)}")
+    if n_flows < 0:
+        raise ValueError(f"n_flows must be ≥ 0, got {n_flows}")
+    if family == "planar":
+        return PlanarFlowStack(dim, n_flows)
+    if family == "coupling":
+        flows: list[Flow] = [AffineCouplingFlow(dim, hidden, mask_parity=t % 2) for t in range(n_flows)]
+    else:
+        flows = [SplineCouplingFlow(dim, hidden, mask_parity=t % 2) for t in range(n_flows)]
+    return FlowStack(flows, dim)
 
 
 def log_normal_std(x: torch.Tensor) -> torch.Tensor:
