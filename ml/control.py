@@ -55,7 +55,9 @@ class Throttle:
             return False
         return self.last_time is None or self.clock() - self.last_time >= self.interval
 
-    def __call__(self, fraction: float, info: Mapping[str, Any] | None = None, *, final: bool = False) -> bool:
+    def __call__(
+        self, fraction: float, info: Mapping[str, Any] | None = None, *, final: bool = False
+    ) -> bool:
         """Report ``fraction`` done with ``info``; return whether the callback was called."""
         if self.callback is None:
             return False
@@ -70,3 +72,13 @@ class Throttle:
         self.calls += 1
         self.callback(f, dict(info or {}))
         return True
+
+
+def sub_progress(progress: ProgressFn | None, lo: float, hi: float, **extra: Any) -> ProgressFn | None:
+    """A progress callback mapping a sub-step's [0, 1] onto [lo, hi] of ``progress`` (None stays None).
+
+    ``extra`` keys are added to every info dict (e.g. ``stage="selection"``).
+    """
+    if progress is None:
+        return None
+    return lambda f, info: progress(lo + (hi - lo) * float(f), {**info, **extra})

@@ -21,7 +21,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,14 @@ from torch import nn
 
 from ml.acquisition import STRATEGIES, bald, gaussian_bald, gaussian_entropy, max_entropy
 from ml.attributes import Attribute, coerce_attributes, observed_mask, validate_labels
-from ml.control import ProgressFn, StopFn, Throttle, check_stop
+from ml.control import ProgressFn, StopFn, Throttle, check_stop, sub_progress
 from ml.device import load_checkpoint, resolve_device, save_checkpoint
-from ml.flows import PlanarFlowStack, log_normal_std
+from ml.flows import FLOW_FAMILIES, FlowStack, PlanarFlowStack, build_flow_stack, log_normal_std
 from ml.heads import AttributeHead, ContinuousHead, make_head
+from ml.regularisers import consistency_terms, mixup_terms, propagate_labels, soft_label_terms
 
 FORMAT_VERSION = 1
+AUTO = "auto"
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -58,6 +60,11 @@ class LensConfig:
     seed: int = 0
     pseudo_label_threshold: float | None = None
     pseudo_label_weight: float = 10.0
+    flow: str = "planar"
+    consistency_weight: float = 0.0
+    consistency_noise: float = 0.3
+    mixup_weight: float = 0.0
+    propagation_weight: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,7 +96,7 @@ class LensModule(nn.Module):
         self.attributes = attributes
         self.s_width = sum(a.n_levels + 1 if a.is_discrete else 2 for a in attributes)
         self.q0 = _MLP(d + self.s_width, cfg.hidden, d)  # log σ² of q0(z0 | z, s)
-        self.flows = PlanarFlowStack(d, cfg.n_flows)
+        self.flows: FlowStack = build_flow_stack(cfg.flow, d, cfg.n_flows)
         self.decoder = _MLP(d, cfg.hidden, 2 * d)  # p_θ(z | z*): mean and log σ²
         self.heads = nn.ModuleDict({a.name: make_head(a, dims[a.name]) for a in attributes})
         # Start q0 narrow so early training sees z* close to f(z).
@@ -195,6 +202,11 @@ class LensModule(nn.Module):
             total = total + torch.where(known, obs, torch.zeros_like(obs))
         return total
 
+    def sample_unlabelled(self, z: torch.Tensor) -> torch.Tensor:
+        """One z* ~ q(z*|z) per item with every attribute unobserved (reparameterised). (B, d)"""
+        log_var = self.q0_log_var(z, self.encode_s({}, z.shape[0], z.device))
+        return self.flows.transform(z + torch.randn_like(z) * torch.exp(0.5 * log_var))
+
     def pseudo_label_terms(self, z: torch.Tensor, threshold: float) -> torch.Tensor:
         """Σ_j 1[max p(s_j|f(z)) ≥ τ]·log p_ψ(ŝ_j | z*), ŝ_j = argmax p(s_j|f(z)), z* ~ q(z*|z). (B,)
 
@@ -205,8 +217,7 @@ class LensModule(nn.Module):
         n = z.shape[0]
         with torch.no_grad():
             zdet = self.flows.transform(z)
-        log_var = self.q0_log_var(z, self.encode_s({}, n, z.device))
-        zs, _ = self.flows(z + torch.randn_like(z) * torch.exp(0.5 * log_var))
+        zs = self.sample_unlabelled(z)
         total = torch.zeros(n, device=z.device)
         for a in self.attributes:
             if not a.is_discrete:
@@ -225,6 +236,13 @@ class InterpretableLens:
     Parameters mirror ``LensConfig``. ``Z`` is [N, d] (the base model's representation); ``S`` maps
     attribute name → array of length N: level indices (−1 = missing) for categorical/ordinal
     attributes, values (NaN = missing) for continuous ones. Learnt state ends with ``_``.
+
+    ``flow`` picks the flow family (``ml.flows.FLOW_FAMILIES``; planar is the paper's). ``flow``,
+    ``alpha`` and ``weight_decay`` may be ``"auto"``: they are then chosen, with the number of
+    epochs, by ``selection_folds``-fold cross-validation on the labelled items alone
+    (``ml.lens_selection``); the outcome is kept in ``selection_``. The regulariser weights
+    (``pseudo_label_*``, ``consistency_*``, ``mixup_weight``, ``propagation_weight``; 0 or None =
+    off) let the unlabelled pool shape the heads (``ml.regularisers``).
     """
 
     def __init__(
@@ -234,15 +252,22 @@ class InterpretableLens:
         dims_per_attribute: int = 1,
         hidden: int = 256,
         epochs: int | None = None,
-        alpha: float | None = None,
+        alpha: float | str | None = None,
         lr: float = 5e-3,
-        weight_decay: float = 0.0,
+        weight_decay: float | str = 0.0,
         batch_size: int = 256,
         labelled_batch_size: int = 128,
         device: str = "auto",
         seed: int = 0,
         pseudo_label_threshold: float | None = None,
         pseudo_label_weight: float = 10.0,
+        flow: str = "planar",
+        consistency_weight: float = 0.0,
+        consistency_noise: float = 0.3,
+        mixup_weight: float = 0.0,
+        propagation_weight: float = 0.0,
+        selection_folds: int = 3,
+        selection_pool: int = 10_000,
     ) -> None:
         self.attributes = coerce_attributes(attributes)
         for name, value, lo in (
@@ -251,13 +276,36 @@ class InterpretableLens:
             ("hidden", hidden, 1),
             ("batch_size", batch_size, 1),
             ("labelled_batch_size", labelled_batch_size, 1),
+            ("selection_folds", selection_folds, 2),
+            ("selection_pool", selection_pool, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ValueError(f"{name} must be an integer ≥ {lo}, got {value!r}")
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise ValueError(f"epochs must be a positive integer or None, got {epochs!r}")
-        if alpha is not None and not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"alpha must be a finite number ≥ 0 or None, got {alpha!r}")
+        if alpha != AUTO and alpha is not None and not _finite_at_least(alpha, 0.0):
+            raise ValueError(f"alpha must be a finite number ≥ 0, None or 'auto', got {alpha!r}")
+        if weight_decay != AUTO and not _finite_at_least(weight_decay, 0.0):
+            raise ValueError(f"weight_decay must be a finite number ≥ 0 or 'auto', got {weight_decay!r}")
+        if flow != AUTO and flow not in FLOW_FAMILIES:
+            raise ValueError(f"flow must be one of {FLOW_FAMILIES} or 'auto', got {flow!r}")
+        if not (isinstance(lr, int | float) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        if pseudo_label_threshold is not None and not (
+            _finite_at_least(pseudo_label_threshold, 0.0) and 0.0 < pseudo_label_threshold < 1.0
+        ):
+            raise ValueError(
+                f"pseudo_label_threshold must be in (0, 1) or None, got {pseudo_label_threshold!r}"
+            )
+        for name, value in (
+            ("pseudo_label_weight", pseudo_label_weight),
+            ("consistency_weight", consistency_weight),
+            ("consistency_noise", consistency_noise),
+            ("mixup_weight", mixup_weight),
+            ("propagation_weight", propagation_weight),
+        ):
+            if not _finite_at_least(value, 0.0):
+                raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
         self.n_flows = n_flows
         self.dims_per_attribute = dims_per_attribute
         self.hidden = hidden
@@ -269,30 +317,51 @@ class InterpretableLens:
         self.labelled_batch_size = labelled_batch_size
         self.device = device
         self.seed = seed
-        if pseudo_label_threshold is not None and not 0.0 < pseudo_label_threshold < 1.0:
-            raise ValueError(
-                f"pseudo_label_threshold must be in (0, 1) or None, got {pseudo_label_threshold!r}"
-            )
         self.pseudo_label_threshold = pseudo_label_threshold
         self.pseudo_label_weight = pseudo_label_weight
+        self.flow = flow
+        self.consistency_weight = consistency_weight
+        self.consistency_noise = consistency_noise
+        self.mixup_weight = mixup_weight
+        self.propagation_weight = propagation_weight
+        self.selection_folds = selection_folds
+        self.selection_pool = selection_pool
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's arguments (scikit-learn convention), ``attributes`` as dicts."""
+        return {
+            "attributes": [a.to_dict() for a in self.attributes],
+            **{k: getattr(self, k) for k in _PARAMS},
+        }
+
+    @property
+    def needs_selection(self) -> bool:
+        """Whether ``fit`` chooses some setting by cross-validation (a setting is ``"auto"``)."""
+        return AUTO in (self.flow, self.alpha, self.weight_decay)
 
     # -- configuration ------------------------------------------------------------------------
     def _config(self, dim: int) -> LensConfig:
+        assert not self.needs_selection, "settings are concrete once selection has run"
         return LensConfig(
             attributes=[a.to_dict() for a in self.attributes],
             dim=dim,
             n_flows=self.n_flows,
             dims_per_attribute=self.dims_per_attribute,
             hidden=self.hidden,
-            alpha=self.alpha,
+            alpha=self.alpha,  # type: ignore[arg-type]
             lr=self.lr,
-            weight_decay=self.weight_decay,
+            weight_decay=float(self.weight_decay),
             batch_size=self.batch_size,
             labelled_batch_size=self.labelled_batch_size,
             epochs=self.epochs,
             seed=self.seed,
             pseudo_label_threshold=self.pseudo_label_threshold,
             pseudo_label_weight=self.pseudo_label_weight,
+            flow=self.flow,
+            consistency_weight=self.consistency_weight,
+            consistency_noise=self.consistency_noise,
+            mixup_weight=self.mixup_weight,
+            propagation_weight=self.propagation_weight,
         )
 
     def _assign_dims(self, dim: int) -> dict[str, list[int]]:
@@ -332,46 +401,115 @@ class InterpretableLens:
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
     ) -> InterpretableLens:
-        """Fit the lens by stochastic maximisation of the ELBO (7)/(8) + α·supervision (Adam)."""
+        """Fit the lens by stochastic maximisation of the ELBO (7)/(8) + α·supervision (Adam).
+
+        Settings given as ``"auto"`` are first chosen by k-fold cross-validation on the labelled
+        items (``ml.lens_selection``). A warm start keeps the fitted flow family, depth and width
+        and any setting chosen before, and refits from the current weights.
+        """
         Z = self._check_Z(Z, fitted=False)
         n, d = Z.shape
         if n < 2:
             raise ValueError(f"need at least 2 items to fit, got {n}")
         labels = validate_labels(S, self.attributes, n)
         self._check_label_support(labels)
-        dims = self._assign_dims(d)
+        self._assign_dims(d)
         reuse = warm_start and hasattr(self, "module_") and self.config_.dim == d
+        if reuse:
+            # Structural settings (flow, depth, width, dims) stay; the training settings asked for now
+            # replace the previous fit's, except those left to selection, which keep their chosen value.
+            cfg = replace(
+                self.config_, **{k: getattr(self, k) for k in _REFIT_KEYS if getattr(self, k) != AUTO}
+            )
+            self._fit_fixed(Z, labels, cfg, reuse=True, progress=progress, should_stop=should_stop)
+            return self
+        selection = None
+        fit_progress = progress
+        if self.needs_selection:
+            from ml.lens_selection import select_settings
+
+            selection = select_settings(
+                self,
+                Z,
+                labels,
+                progress=sub_progress(progress, 0.0, 0.75, stage="selection"),
+                should_stop=should_stop,
+            )
+            fit_progress = sub_progress(progress, 0.75, 1.0)
+        concrete = self._concrete(selection["chosen"] if selection else {})
+        cfg = concrete._config(d)
+        self._fit_fixed(Z, labels, cfg, reuse=False, progress=fit_progress, should_stop=should_stop)
+        self.selection_ = selection
+        return self
+
+    def _concrete(self, chosen: Mapping[str, Any]) -> InterpretableLens:
+        """A copy of this lens's settings with the ``"auto"`` ones replaced by ``chosen`` values."""
+        params = {**self.get_params(), **chosen}
+        params.pop("attributes")
+        return InterpretableLens(self.attributes, device=self.device, **params)
+
+    def _fit_fixed(
+        self,
+        Z: np.ndarray,
+        labels: Mapping[str, np.ndarray],
+        cfg: LensConfig,
+        *,
+        reuse: bool,
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+        validation: tuple[np.ndarray, Mapping[str, np.ndarray]] | None = None,
+        patience: int | None = None,
+    ) -> list[float]:
+        """Train with the concrete settings ``cfg``; return the held-out log-likelihood per epoch.
+
+        ``validation`` (Z, labels): after every epoch, the mean over its labelled items of
+        Σ_j log p_ψ(s_j | f(z)) — the model-selection criterion. ``patience``: stop once that many
+        epochs passed without a better value (early stopping); the weights are those of the last epoch.
+        """
+        n, d = Z.shape
         self.device_ = resolve_device(self.device)
-        torch.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
         if not reuse:
-            self.config_ = self._config(d)
-            self.attribute_dims_ = dims
+            self.attribute_dims_ = self._assign_dims(d)
             # The lens works on standardised z; this affine step is part of the exact map.
             self.z_mean_ = Z.mean(0).astype(np.float64)
             self.z_scale_ = np.where(Z.std(0) > 1e-8, Z.std(0), 1.0).astype(np.float64)
-            self.module_ = LensModule(self.config_, self.attributes, dims).to(self.device_)
+            self.module_ = LensModule(cfg, self.attributes, self.attribute_dims_).to(self.device_)
         else:
             self.module_.to(self.device_)
+        self.config_ = cfg
         mod = self.module_
         labelled_any = np.zeros(n, bool)
         for a in self.attributes:
             labelled_any |= observed_mask(labels[a.name], a)
         lab_idx = np.flatnonzero(labelled_any)
-        alpha = self.alpha if self.alpha is not None else default_alpha(n, len(lab_idx))
+        alpha = cfg.alpha if cfg.alpha is not None else default_alpha(n, len(lab_idx))
         self.alpha_ = float(alpha)
 
-        zt = torch.as_tensor(self._standardise(Z), dtype=torch.float32, device=self.device_)
-        st = {a.name: torch.as_tensor(labels[a.name], device=self.device_) for a in self.attributes}
-        for a in self.attributes:
-            if not a.is_discrete:
-                st[a.name] = st[a.name].float()
-        steps_per_epoch = max(1, math.ceil(n / self.batch_size))
-        epochs = self.epochs if self.epochs is not None else self._auto_epochs(steps_per_epoch)
+        Z_std = self._standardise(Z)
+        zt = torch.as_tensor(Z_std, dtype=torch.float32, device=self.device_)
+        st = self._label_tensors(labels)
+        soft: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if cfg.propagation_weight > 0:
+            for name, (p_hat, w) in propagate_labels(Z_std, labels, self.attributes, seed=cfg.seed).items():
+                soft[name] = (
+                    torch.as_tensor(p_hat, device=self.device_),
+                    torch.as_tensor(w, device=self.device_),
+                )
+        val = None
+        if validation is not None:
+            val = (
+                torch.as_tensor(self._standardise(validation[0]), dtype=torch.float32, device=self.device_),
+                self._label_tensors(validation[1]),
+            )
+        steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+        epochs = cfg.epochs if cfg.epochs is not None else self._auto_epochs(steps_per_epoch)
         total = epochs * steps_per_epoch
-        opt = torch.optim.Adam(mod.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.Adam(mod.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         throttle = Throttle(progress)
         history: list[float] = []
+        val_history: list[float] = []
         mod.train()
         step = 0
         for epoch in range(epochs):
@@ -379,25 +517,21 @@ class InterpretableLens:
             running = 0.0
             for b in range(steps_per_epoch):
                 check_stop(should_stop)
-                idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
-                loss = -mod.elbo(zt[idx], {k: v[idx] for k, v in st.items()}).mean()
+                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                zb = zt[idx]
+                loss = -mod.elbo(zb, {k: v[idx] for k, v in st.items()}).mean()
                 if len(lab_idx) and alpha > 0:
                     li = torch.as_tensor(
                         rng.choice(
                             lab_idx,
-                            size=min(self.labelled_batch_size, len(lab_idx)),
-                            replace=len(lab_idx) < self.labelled_batch_size,
+                            size=min(cfg.labelled_batch_size, len(lab_idx)),
+                            replace=len(lab_idx) < cfg.labelled_batch_size,
                         ),
                         device=self.device_,
                     )
                     sup = mod.supervised_terms(zt[li], {k: v[li] for k, v in st.items()})
                     loss = loss - alpha * sup.mean()
-                if self.pseudo_label_threshold is not None and self.pseudo_label_weight > 0:
-                    loss = (
-                        loss
-                        - self.pseudo_label_weight
-                        * mod.pseudo_label_terms(zt[idx], self.pseudo_label_threshold).mean()
-                    )
+                loss = loss - self._regularisers(mod, cfg, zb, idx, soft)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(mod.parameters(), 100.0)
@@ -407,13 +541,74 @@ class InterpretableLens:
                 if throttle.due():
                     throttle(step / total, {"epoch": epoch + 1, "loss": running / (b + 1)})
             history.append(running / steps_per_epoch)
+            if val is not None:
+                val_history.append(self._heldout_log_lik(*val))
+                mod.train()
+                best = int(np.argmax(val_history))
+                if patience is not None and epoch - best >= patience:
+                    break
         mod.eval()
         self.history_ = history
         self.n_labelled_ = len(lab_idx)
         # Training z* quantiles anchor the traversals (DESIGN.md: "over its training quantiles").
         self.zstar_quantiles_ = np.quantile(self.transform(Z), [0.01, 0.05, 0.5, 0.95, 0.99], axis=0)
-        throttle(1.0, {"epoch": epochs, "loss": history[-1] if history else float("nan")}, final=True)
-        return self
+        throttle(1.0, {"epoch": len(history), "loss": history[-1] if history else float("nan")}, final=True)
+        return val_history
+
+    @staticmethod
+    def _regularisers(
+        mod: LensModule,
+        cfg: LensConfig,
+        zb: torch.Tensor,
+        idx: torch.Tensor,
+        soft: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """The weighted semi-supervised terms (``ml.regularisers``) of one minibatch, to maximise."""
+        out = torch.zeros((), device=zb.device)
+        if cfg.pseudo_label_threshold is not None and cfg.pseudo_label_weight > 0:
+            out = (
+                out + cfg.pseudo_label_weight * mod.pseudo_label_terms(zb, cfg.pseudo_label_threshold).mean()
+            )
+        if soft and cfg.propagation_weight > 0:
+            targets = {k: (p[idx], w[idx]) for k, (p, w) in soft.items()}
+            out = (
+                out
+                + cfg.propagation_weight * soft_label_terms(mod, mod.sample_unlabelled(zb), targets).mean()
+            )
+        if cfg.consistency_weight > 0:
+            out = out - cfg.consistency_weight * consistency_terms(mod, zb, cfg.consistency_noise).mean()
+        if cfg.mixup_weight > 0:
+            out = out - cfg.mixup_weight * mixup_terms(mod, zb).mean()
+        return out
+
+    def _label_tensors(self, labels: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        st = {a.name: torch.as_tensor(labels[a.name], device=self.device_) for a in self.attributes}
+        for a in self.attributes:
+            if not a.is_discrete:
+                st[a.name] = st[a.name].float()
+        return st
+
+    def _heldout_log_lik(self, z_std: torch.Tensor, st: Mapping[str, torch.Tensor]) -> float:
+        """Mean over items of Σ_j log p_ψ(s_j | f(z)) on observed attributes (nats per item)."""
+        mod = self.module_
+        mod.eval()
+        with torch.no_grad():
+            zs = mod.flows.transform(z_std)
+            total = torch.zeros(len(z_std), dtype=torch.float64, device=z_std.device)
+            any_obs = torch.zeros(len(z_std), dtype=torch.bool, device=z_std.device)
+            for a in self.attributes:
+                head = self.module_.heads[a.name]
+                v = st[a.name]
+                if a.is_discrete:
+                    known = v >= 0
+                    lp = head.log_probs(zs).gather(1, v.clamp_min(0)[:, None]).squeeze(1)
+                else:
+                    assert isinstance(head, ContinuousHead)
+                    known = ~torch.isnan(v)
+                    lp = head.log_prob(zs, head.scale(torch.where(known, v, torch.zeros_like(v))))
+                total += torch.where(known, lp, torch.zeros_like(lp)).double()
+                any_obs |= known
+        return float(total[any_obs].mean()) if bool(any_obs.any()) else float("nan")
 
     @staticmethod
     def _auto_epochs(steps_per_epoch: int) -> int:
@@ -512,8 +707,12 @@ class InterpretableLens:
             eps = torch.cat([half, -half], 2)[:, :, :n_samples]
             z0 = torch.addcmul(z_std.T[:, :, None], std.T[:, :, None], eps).reshape(d, n * n_samples)
             heads = [mod.heads[a.name] for a in self.attributes]
+            wanted = torch.cat([h.dims for h in heads])
             # One pass of the flows for every attribute's designated rows of z*.
-            rows = mod.flows.project_columns(z0, torch.cat([h.dims for h in heads]))  # (Σk, B·S)
+            if isinstance(mod.flows, PlanarFlowStack):
+                rows = mod.flows.project_columns(z0, wanted)  # (Σk, B·S)
+            else:
+                rows = mod.flows.transform(z0.T).index_select(1, wanted).T
             out: dict[str, Any] = {}
             start = 0
             for a, head in zip(self.attributes, heads, strict=True):
@@ -597,6 +796,12 @@ class InterpretableLens:
             "n_labelled": self.n_labelled_,
             "history": self.history_,
             "device": self.device,
+            "selection": getattr(self, "selection_", None),
+            # What was asked for ("auto" included), so a cold refit of a loaded lens selects again.
+            "requested": {
+                k: getattr(self, k)
+                for k in ("flow", "alpha", "weight_decay", "selection_folds", "selection_pool")
+            },
         }
         return {
             "config": json.dumps(asdict(self.config_)),
@@ -638,23 +843,11 @@ class InterpretableLens:
             raise ValueError(
                 f"unsupported lens checkpoint format {extra.get('format')!r} (expected {FORMAT_VERSION})"
             )
-        lens = cls(
-            cfg.attributes,
-            n_flows=cfg.n_flows,
-            dims_per_attribute=cfg.dims_per_attribute,
-            hidden=cfg.hidden,
-            epochs=cfg.epochs,
-            alpha=cfg.alpha,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            batch_size=cfg.batch_size,
-            labelled_batch_size=cfg.labelled_batch_size,
-            device=device,
-            seed=cfg.seed,
-            pseudo_label_threshold=cfg.pseudo_label_threshold,
-            pseudo_label_weight=cfg.pseudo_label_weight,
-        )
+        settings = {k: getattr(cfg, k) for k in _PARAMS if hasattr(cfg, k)}
+        settings.update(extra.get("requested") or {})
+        lens = cls(cfg.attributes, device=device, **settings)
         lens.config_ = cfg
+        lens.selection_ = extra.get("selection")
         lens.device_ = resolve_device(device)
         lens.attribute_dims_ = {k: list(v) for k, v in extra["attribute_dims"].items()}
         lens.alpha_ = float(extra["alpha"])
@@ -669,7 +862,57 @@ class InterpretableLens:
         return lens
 
 
-def _as_double(flows: PlanarFlowStack) -> PlanarFlowStack:
+def _finite_at_least(value: Any, low: float) -> bool:
+    """A real number (not a bool), finite and ≥ ``low``."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= low
+    )
+
+
+# Constructor settings besides ``attributes`` and ``device`` (``get_params``, checkpoints).
+_PARAMS = (
+    "n_flows",
+    "dims_per_attribute",
+    "hidden",
+    "epochs",
+    "alpha",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "labelled_batch_size",
+    "seed",
+    "pseudo_label_threshold",
+    "pseudo_label_weight",
+    "flow",
+    "consistency_weight",
+    "consistency_noise",
+    "mixup_weight",
+    "propagation_weight",
+    "selection_folds",
+    "selection_pool",
+)
+# Settings a warm start takes from the lens's current attributes (the rest are structural).
+_REFIT_KEYS = (
+    "epochs",
+    "alpha",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "labelled_batch_size",
+    "seed",
+    "pseudo_label_threshold",
+    "pseudo_label_weight",
+    "consistency_weight",
+    "consistency_noise",
+    "mixup_weight",
+    "propagation_weight",
+)
+
+
+def _as_double(flows: FlowStack) -> FlowStack:
     """A float64 CPU copy of the flow stack (the exact map runs in double precision)."""
     import copy
 
