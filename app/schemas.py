@@ -72,6 +72,12 @@ class ProjectSettingsIn(BaseModel):
     retrain_every: int | None = Field(None, ge=1)
     lease_seconds: int | None = Field(None, ge=5, le=7 * 24 * 3600)
     eval_fraction: float | None = Field(None, ge=0.0, le=1.0)
+    lens: dict[str, Any] | None = Field(
+        None, description="Lens hyper-parameters for retrains (checked when saved; 422 names a bad key or value): "
+        "flow (planar | coupling | spline | auto), alpha (number ≥ 0 | auto), dims_per_attribute, n_flows, hidden, "
+        "epochs, warm_epochs, lr, weight_decay, batch_size, labelled_batch_size, seed, pseudo_label_threshold, "
+        "pseudo_label_weight, consistency_weight, mixup_weight, selection_folds.",
+        examples=[{"flow": "auto", "alpha": "auto", "dims_per_attribute": 2}])
 
 
 class ProjectIn(Strict):

@@ -4,6 +4,11 @@ One row per item: the item's z* is copied, the attribute's dimension is set to e
 values spread over the reference z*'s quantiles (others fixed), then mapped back to the base
 model's z by the lens's exact inverse flow (ILVM) — or used as is (JLVM decodes z* directly) —
 and decoded to images. ``grid_png`` turns the [items, steps] image array into one PNG.
+
+An attribute that owns two z* dimensions (a lens with ``dims_per_attribute`` ≥ 2) is shown as a
+2-D grid per item (``attribute_grid``): rows move along its first dimension, columns along its
+second, so the attribute's whole plane is visible at once; ``grid_png``'s ``group_rows`` keeps
+several items' grids apart.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["attribute_traversal", "attribute_values", "grid_png", "traverse"]
+__all__ = ["attribute_grid", "attribute_traversal", "attribute_values", "grid_png", "traverse"]
 
 ArrayFn = Callable[[np.ndarray], np.ndarray]
 
@@ -123,13 +128,42 @@ def attribute_traversal(
     return images.reshape(n, S, *images.shape[1:])  # (n, S, C, H, W)
 
 
-def grid_png(images: Any, pad: int = 1, scale: int = 1, pad_value: float = 0.5) -> bytes:
+def attribute_grid(
+    decoder: ArrayFn,
+    Zs_items: Any,
+    dims: Sequence[int],
+    values: Any,
+    inverse: ArrayFn | None = None,
+) -> np.ndarray:
+    """Decoded 2-D traversal images [n_items, a, b, C, H, W] over two z* dimensions.
+
+    ``dims`` = (first, second); ``values`` a pair of 1-D arrays of lengths a and b (e.g. one
+    ``attribute_values`` per dimension). Entry [i, r, c] decodes item i's z* with dimension
+    ``dims[0]`` set to ``values[0][r]`` and ``dims[1]`` to ``values[1][c]``, the others fixed: rows
+    move along the first dimension, columns along the second.
+    """
+    ds = list(dims) if not isinstance(dims, int | np.integer) else [dims]
+    if len(ds) != 2:
+        raise ValueError(f"dims must be two dimension indices, got {dims!r}")
+    if not (isinstance(values, Sequence | np.ndarray) and len(values) == 2):
+        raise ValueError("values must be a pair of 1-D arrays (one per dimension)")
+    a, b = len(np.ravel(values[0])), len(np.ravel(values[1]))
+    images = attribute_traversal(decoder, Zs_items, ds, values, inverse=inverse)  # (n, a·b, C, H, W)
+    return images.reshape(images.shape[0], a, b, *images.shape[2:])
+
+
+def grid_png(images: Any, pad: int = 1, scale: int = 1, pad_value: float = 0.5, group_rows: int | None = None,
+             group_gap: int = 4) -> bytes:
     """One PNG of an image grid: rows = items, columns = steps, for the traversal pages.
 
     ``images`` [rows, cols, C, H, W] (C = 1 or 3) or [rows, cols, H, W], floats in [0, 1] (values
     slightly outside are clipped). Each tile is enlarged ``scale``× by nearest neighbour, then
     ``pad`` pixels of grey ``pad_value`` go between tiles and round the border, so the PNG is
     (rows·H·scale + (rows+1)·pad) × (cols·W·scale + (cols+1)·pad) pixels.
+
+    ``group_rows``: rows come in blocks of this many (e.g. one item's 2-D grid each), and
+    ``group_gap`` more grey pixels go between blocks, so the PNG is ``(blocks − 1)·group_gap``
+    pixels taller.
     """
     a = np.asarray(images)
     if not np.issubdtype(a.dtype, np.floating):  # 8-bit images would silently saturate to white
@@ -147,16 +181,25 @@ def grid_png(images: Any, pad: int = 1, scale: int = 1, pad_value: float = 0.5) 
             raise ValueError(f"{name} must be an integer >= {1 if name == 'scale' else 0}, got {v!r}")
     if not (isinstance(pad_value, int | float) and 0.0 <= pad_value <= 1.0):
         raise ValueError(f"pad_value must be a number in [0, 1], got {pad_value!r}")
-
     R, K, C, H, W = a.shape
+    if group_rows is not None and (isinstance(group_rows, bool) or not isinstance(group_rows, int | np.integer)
+                                   or group_rows < 1 or R % group_rows):
+        raise ValueError(f"group_rows must be a positive integer dividing the {R} rows, got {group_rows!r}")
+    if isinstance(group_gap, bool) or not isinstance(group_gap, int | np.integer) or group_gap < 0:
+        raise ValueError(f"group_gap must be an integer >= 0, got {group_gap!r}")
+    gap = int(group_gap) if group_rows is not None else 0
+    block = int(group_rows) if group_rows is not None else R
+
     tiles = np.clip(a.astype(np.float32), 0.0, 1.0)
     if scale > 1:
         tiles = tiles.repeat(scale, axis=3).repeat(scale, axis=4)  # nearest-neighbour upscaling
     h, w = H * scale, W * scale
-    canvas = np.full((C, R * h + (R + 1) * pad, K * w + (K + 1) * pad), pad_value, np.float32)
+    n_blocks = R // block
+    canvas = np.full((C, R * h + (R + 1) * pad + (n_blocks - 1) * gap, K * w + (K + 1) * pad), pad_value,
+                     np.float32)
     for r in range(R):
         for k in range(K):
-            y0, x0 = pad + r * (h + pad), pad + k * (w + pad)
+            y0, x0 = pad + r * (h + pad) + (r // block) * gap, pad + k * (w + pad)
             canvas[:, y0 : y0 + h, x0 : x0 + w] = tiles[r, k]
     pixels = np.round(canvas * 255.0).astype(np.uint8)
     # uint8 (H, W) → mode "L", (H, W, 3) → "RGB" (Pillow infers it; its ``mode=`` argument is deprecated)

@@ -25,7 +25,12 @@ def get_scores(user: ViewerUser, project: ProjectDep, session: SessionDep,
 
 @router.get("/metrics")
 def get_metrics(user: ViewerUser, project: ProjectDep, session: SessionDep) -> dict[str, Any]:
-    """The interpretability curve: per evaluation n_labels, per-attribute score/accuracy, overall, test LL."""
+    """The interpretability curve: per evaluation n_labels, per-attribute score/accuracy, overall, test LL.
+
+    With k > 1 designated z* dims per attribute (``dims_per_attribute``), each point also carries the
+    metric on k dims: ``overall_k`` / ``overall_accuracy_k`` and per attribute ``score_k`` / ``accuracy_k``
+    (the one-dimension ``score`` stays the paper's headline).
+    """
     return {"points": models.metric_points(session=session, project_id=project.id)}
 
 
@@ -40,10 +45,15 @@ def _ids(raw: str | None) -> list[int] | None:
 
 @router.get("/traversals/{attribute}.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
 def get_traversal(user: ViewerUser, project: ProjectDep, attribute: str, session: SessionDep,
-                  items: str | None = Query(None, description="comma-separated item ids (default: 4 items)"),
+                  items: str | None = Query(None, description="comma-separated item ids (default: 4 items; 2 for a 2-D grid)"),
                   steps: int = Query(7, ge=2, le=models.MAX_TRAVERSAL_STEPS),
                   scale: int = Query(2, ge=1, le=8)) -> Response:
-    """Latent traversal of one attribute's z* dimension under the active model, decoded to an image grid."""
+    """Latent traversal of one attribute's z* dimension under the active model, decoded to an image grid.
+
+    One designated dimension: rows are items, columns the dimension's steps. Two or more (a lens with
+    ``dims_per_attribute`` ≥ 2): per item a steps × steps grid over the first two dimensions (rows the
+    first, columns the second), items' grids stacked top to bottom with a wider gap (default: 2 items).
+    """
     png = models.traversal_png(session=session, project=project, attribute=attribute, item_ids=_ids(items),
                                steps=steps, scale=scale)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})

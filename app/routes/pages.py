@@ -195,7 +195,8 @@ def _insights_context(session: Any, project: Project) -> dict[str, Any]:
     designated = insights.designated_dims(session=session, mv=mv)
     return {"project": project, "model": mv, "n_points": len(points), "has_representation": rep_source is not None,
             "can_traverse": mv is not None and rep_source == "vae", "rep_source": rep_source,
-            "table": insights.metric_table(mv, project, last, designated),
+            "table": insights.metric_table(mv, project, last, designated), "designated": designated,
+            "has_grid": any(len(dims) >= 2 for dims in designated.values()),
             "versions": models.list_versions(session=session, project_id=project.id)}
 
 
@@ -339,6 +340,7 @@ def _jobs_context(session: Any, project: Project) -> dict[str, Any]:
     versions = models.list_versions(session=session, project_id=project.id)
     active = next((v for v in versions if v.active), None)
     return {"project": project, "jobs": [jobs.job_out(j) for j in rows], "versions": versions,
+            "lens_of": {v.id: models.lens_summary(v.stats) for v in versions},
             "active_version": active, "startable": JOB_KINDS_STARTABLE}
 
 

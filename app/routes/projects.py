@@ -61,6 +61,7 @@ def create_project(user: AdminUser, body: ProjectIn, session: SessionDep, settin
     user_id = user.id
     representation = body.representation.model_dump()
     projects.validate_attributes([a.model_dump(exclude_none=True) for a in body.attributes])
+    projects.validate_settings(body.settings.model_dump(exclude_none=True))  # before a slow import
     loaded: Loaded | None = None
     if body.dataset is not None:
         _check_dataset(representation, body.dataset.source)

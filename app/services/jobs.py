@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import JOB_KINDS, Job, JobRun, Label
 from app.services.errors import Conflict, Invalid, NotFound
+from ml.pipeline import lens_params
 
 ACTIVE_STATUSES = ("queued", "running")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -47,6 +48,11 @@ def enqueue(*, session: Session, project_id: int, kind: str, params: dict[str, A
         raise Invalid(f"kind: must be one of {list(RUNNABLE_KINDS)}, got {kind!r}")
     if kind not in RUNNABLE_KINDS:
         raise Invalid(f"kind: {kind!r} jobs are not available yet; runnable kinds: {list(RUNNABLE_KINDS)}")
+    if isinstance(params, dict) and params.get("lens") is not None:
+        try:
+            lens_params(params["lens"], where="params.lens")  # refused now, not when the job runs
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
     existing = _queued(session, project_id, kind)
     if existing is not None:
         return existing

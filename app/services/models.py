@@ -124,12 +124,29 @@ def activate(*, session: Session, model: ModelVersion) -> ModelVersion:
     return model
 
 
+def lens_summary(stats: dict[str, Any] | None) -> dict[str, Any]:
+    """What a version's lens is, from its stored fit statistics: flow family, dims, alpha, epochs, selection.
+
+    ``selected`` holds the values the lens's k-fold model selection chose (flow, alpha, epochs, ...)
+    when any setting was "auto", else None; ``selection_folds`` its k. Versions fitted before flows
+    had families are planar.
+    """
+    st = stats or {}
+    selection = st.get("selection") if isinstance(st.get("selection"), dict) else None
+    chosen = selection.get("chosen") if selection is not None else None
+    return {"flow": st.get("flow") or ("planar" if st else None), "dims_per_attribute": st.get("dims_per_attribute"),
+            "alpha": st.get("alpha"), "epochs": st.get("epochs"), "warm_start": st.get("warm_start"),
+            "selected": dict(chosen) if isinstance(chosen, dict) else None,
+            "selection_folds": selection.get("folds") if selection is not None else None,
+            "note": st.get("note")}
+
+
 def version_out(mv: ModelVersion) -> dict[str, Any]:
-    """The public fields of a model version (never its checkpoint)."""
+    """The public fields of a model version (never its checkpoint); ``lens`` summarises how it was fitted."""
     return {"id": mv.id, "project_id": mv.project_id, "version": mv.version, "active": mv.active,
             "metrics": mv.metrics, "stats": mv.stats, "config": mv.config, "n_labels": mv.n_labels,
-            "content_hash": mv.content_hash, "job_id": mv.job_id, "representation_id": mv.representation_id,
-            "created_at": mv.created_at}
+            "lens": lens_summary(mv.stats), "content_hash": mv.content_hash, "job_id": mv.job_id,
+            "representation_id": mv.representation_id, "created_at": mv.created_at}
 
 
 def scores(*, session: Session, project: Project, strategy: str | None, order: str, limit: int,
@@ -257,11 +274,25 @@ def representation_of(*, session: Session, item: Item, project: Project) -> dict
 
 MAX_TRAVERSAL_ITEMS = 16
 MAX_TRAVERSAL_STEPS = 15
+DEFAULT_TRAVERSAL_ITEMS = 4
+# A 2-D grid is steps × steps tiles per item, so the default shows two items rather than four: the
+# picture stays readable on one screen, and two blocks still show whether the effect is the same on
+# different items.
+DEFAULT_GRID_ITEMS = 2
+GRID_GAP = 4  # grey pixels (before scaling) between items' grids, more than the 1-pixel tile padding
 
 
 def traversal_png(*, session: Session, project: Project, attribute: str, item_ids: list[int] | None,
                   steps: int, scale: int) -> bytes:
-    """A PNG grid: each row one item, each column the attribute's z* dimension moved over its range."""
+    """A PNG traversal of the attribute's z* dimension(s) under the active model.
+
+    One dimension: each row one item, each column the dimension moved over its range (``steps``).
+    Two or more dimensions (a lens with ``dims_per_attribute`` ≥ 2): a 2-D grid per item over the
+    attribute's first two dims, steps × steps tiles, rows moving along the first dim and columns
+    along the second, the other dims fixed. Several items' grids are stacked top to bottom with a
+    wider grey band between them, so each item reads as its own square block and blocks compare
+    column by column; without ``item_ids`` the first two items are shown (four for one dimension).
+    """
     from ml import traversal
 
     if attribute not in {a.name for a in project.attributes}:
@@ -277,18 +308,24 @@ def traversal_png(*, session: Session, project: Project, attribute: str, item_id
         missing = [i for i in item_ids if i not in found]
         if missing:
             raise Invalid(f"items: {missing} are not items of project {project.id}")
-    else:
-        item_ids = list(session.scalars(sa.select(Item.id).where(Item.project_id == project.id)
-                                        .order_by(Item.id).limit(4)))
     decoder = load_decoder(session=session, rep=rep)
     lens = load_lens(session=session, mv=mv)
+    dims = [int(d) for d in np.asarray(lens.attribute_dims_[attribute]).ravel()]
+    grid = len(dims) >= 2
+    if not item_ids:
+        item_ids = list(session.scalars(sa.select(Item.id).where(Item.project_id == project.id).order_by(Item.id)
+                                        .limit(DEFAULT_GRID_ITEMS if grid else DEFAULT_TRAVERSAL_ITEMS)))
     Z = z_of(session=session, rep=rep, item_ids=item_ids)
     Zs = np.asarray(lens.transform(Z))
-    dims = np.asarray(lens.attribute_dims_[attribute]).ravel()
-    dim = int(dims[0])
     # The range to sweep comes from the z* of (up to 2,000 of) the project's items: its training quantiles.
     _, Z_all = _z_table(session, rep)
-    ref = Z_all[:: max(1, len(Z_all) // 2000)]
-    values = traversal.attribute_values(np.asarray(lens.transform(ref)), dim, steps)
-    images = traversal.attribute_traversal(decoder.decode, Zs, dim, values, inverse=lens.inverse_transform)
-    return traversal.grid_png(images, scale=scale)
+    ref = np.asarray(lens.transform(Z_all[:: max(1, len(Z_all) // 2000)]))
+    if not grid:
+        values = traversal.attribute_values(ref, dims[0], steps)
+        images = traversal.attribute_traversal(decoder.decode, Zs, dims[0], values, inverse=lens.inverse_transform)
+        return traversal.grid_png(images, scale=scale)
+    pair = (traversal.attribute_values(ref, dims[0], steps), traversal.attribute_values(ref, dims[1], steps))
+    cube = traversal.attribute_grid(decoder.decode, Zs, dims[:2], pair, inverse=lens.inverse_transform)
+    n, a, b = cube.shape[:3]
+    return traversal.grid_png(cube.reshape(n * a, b, *cube.shape[3:]), scale=scale, group_rows=a,
+                              group_gap=GRID_GAP * scale)

@@ -14,6 +14,7 @@ from app.services.errors import Conflict, Invalid, NotFound
 from app.services.imports import Loaded, store
 from ml.attributes import Attribute as MlAttribute
 from ml.attributes import coerce_attributes
+from ml.pipeline import lens_params
 
 SETTING_DEFAULTS = ("retrain_every", "lease_seconds", "eval_fraction")
 
@@ -57,6 +58,19 @@ def validate_attributes(attributes: list[dict[str, Any]]) -> list[MlAttribute]:
         raise Invalid(f"attributes: {exc}") from None
 
 
+def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The project settings with ``lens`` checked by ``ml.pipeline``; Invalid (422) naming the key and value.
+
+    A bad lens setting would otherwise surface only when a retrain fails, minutes later.
+    """
+    if settings.get("lens") is not None:
+        try:
+            lens_params(settings["lens"])
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+    return settings
+
+
 def _attribute_rows(attrs: list[MlAttribute]) -> list[Attribute]:
     return [Attribute(position=i, name=a.name, kind=a.kind, levels=list(a.levels) if a.is_discrete else None,
                       low=a.low, high=a.high) for i, a in enumerate(attrs)]
@@ -66,6 +80,7 @@ def create(*, session: Session, name: str, attributes: list[dict[str, Any]], rep
            strategy: str, settings: dict[str, Any], loaded: Loaded | None, created_by_id: int | None) -> Project:
     """A project with its attributes and (optionally) imported items, plus a queued pretrain; one commit."""
     attrs = validate_attributes(attributes)
+    validate_settings(settings)
     if session.scalar(sa.select(Project.id).where(Project.name == name)) is not None:
         raise Conflict(f"a project named {name!r} already exists")
     project = Project(name=name, representation=representation, strategy=strategy, settings=settings)
@@ -93,7 +108,7 @@ def update(*, session: Session, project: Project, changes: dict[str, Any]) -> Pr
     if "strategy" in changes:
         project.strategy = changes["strategy"]
     if "settings" in changes:
-        project.settings = {**(project.settings or {}), **changes["settings"]}
+        project.settings = validate_settings({**(project.settings or {}), **changes["settings"]})
     if "representation" in changes:
         if session.scalar(sa.select(sa.func.count()).select_from(Item).where(Item.project_id == project.id)) and \
                 changes["representation"].get("source") != project.representation.get("source"):

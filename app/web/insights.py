@@ -98,6 +98,9 @@ def metric_table(mv: ModelVersion | None, project: Project, last_point: dict[str
                  designated: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """Rows (one per attribute) of score, accuracy, MIG, SAP and chosen dims, from the model's metrics.
 
+    With k > 1 designated dims per attribute, ``k`` and each row's ``score_k`` / ``accuracy_k`` (and
+    ``overall_k``) carry the metric on k dims beside the paper's one-dimension score.
+
     Reads what the evaluation stored: ``metrics["attributes"][name]`` first, then the latest metric
     point of that model; MIG and SAP may be stored per attribute or as ``metrics["mig"][name]``.
     """
@@ -109,6 +112,7 @@ def metric_table(mv: ModelVersion | None, project: Project, last_point: dict[str
         dim = m.get("dim", m.get("dims"))
         rows.append({
             "name": a.name, "kind": a.kind, "score": m.get("score"), "accuracy": m.get("accuracy"),
+            "score_k": m.get("score_k"), "accuracy_k": m.get("accuracy_k"),
             "chance": m.get("chance_score"),
             "mig": m.get("mig", _get(metrics, "mig", a.name)), "sap": m.get("sap", _get(metrics, "sap", a.name)),
             "dim": ", ".join(str(x) for x in dim) if isinstance(dim, list) else dim,
@@ -117,7 +121,12 @@ def metric_table(mv: ModelVersion | None, project: Project, last_point: dict[str
     overall = metrics.get("overall", point.get("overall"))
     mig = metrics.get("mig") if not isinstance(metrics.get("mig"), dict) else _get(metrics, "mig", "mean")
     sap = metrics.get("sap") if not isinstance(metrics.get("sap"), dict) else _get(metrics, "sap", "mean")
+    k = metrics.get("dims_per_attribute", point.get("dims_per_attribute"))
     return {"rows": rows, "overall": overall, "overall_accuracy": metrics.get("overall_accuracy"),
+            # k > 1 designated dims per attribute: the table also shows the metric on k dims.
+            "k": k if isinstance(k, int) and k > 1 else None,
+            "overall_k": metrics.get("overall_k", point.get("overall_k")),
+            "overall_accuracy_k": metrics.get("overall_accuracy_k", point.get("overall_accuracy_k")),
             "mig": mig, "sap": sap, "test_ll": metrics.get("test_ll", point.get("test_ll")),
             "n_labels": mv.n_labels if mv is not None else None}
 

@@ -317,6 +317,15 @@ def _next_version(s: Session, project_id: int) -> int:
                or 0) + 1
 
 
+POINT_EXTRA_KEYS = ("baseline_overall", "overall_accuracy", "k_dims", "overall_k", "overall_accuracy_k",
+                    "dims_per_attribute", "mig", "sap", "mig_z", "sap_z", "skipped", "n_eval")
+
+
+def _point_extra(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What a metric point keeps beside its overall score and per-attribute rows (REST /metrics serves it)."""
+    return {k: metrics.get(k) for k in POINT_EXTRA_KEYS}
+
+
 def run_retrain(ctx: JobContext, settings: Settings) -> None:
     """Fit the lens (warm-started) on the training labels, score the pool, evaluate, store and activate."""
     db = ctx.db
@@ -392,8 +401,7 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
             _insert_scores(s, mv.id, strategy, pool_ids, scores)
             s.add(MetricPoint(project_id=ctx.project_id, model_version_id=mv.id, n_labels=n_lab,
                               overall=metrics["overall"], attributes=metrics["attributes"], test_ll=test_ll,
-                              extra={k: metrics[k] for k in ("baseline_overall", "overall_accuracy", "k_dims", "mig",
-                                                             "sap", "mig_z", "sap_z", "skipped", "n_eval")}))
+                              extra=_point_extra(metrics)))
             s.execute(sa.update(ModelVersion).where(ModelVersion.project_id == ctx.project_id,
                                                     ModelVersion.id != mv.id, ModelVersion.active)
                       .values(active=False).execution_options(synchronize_session=False))
@@ -401,7 +409,8 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
             mv.active = True
             s.flush()
             result = {"model_id": mv.id, "version": version, "content_hash": digest, "n_labels": n_lab,
-                      "overall": metrics["overall"], "warm_start": stats["warm_start"],
+                      "overall": metrics["overall"], "overall_k": metrics.get("overall_k"),
+                      "flow": stats.get("flow"), "warm_start": stats["warm_start"],
                       "fit_seconds": stats["seconds"], "n_scored": len(pool_ids)}
             params = {**ctx.params, "since_label_id": max(int(ctx.params.get("since_label_id", 0)), top)}
             overall = f"{metrics['overall']:.1f}" if metrics["overall"] is not None else "n/a"
@@ -482,8 +491,7 @@ def run_evaluate(ctx: JobContext, settings: Settings) -> None:
     with ctx.db.session() as s:
         point = MetricPoint(project_id=ctx.project_id, model_version_id=mv_id, n_labels=n_lab,
                             overall=metrics["overall"], attributes=metrics["attributes"], test_ll=test_ll,
-                            extra={k: metrics[k] for k in ("baseline_overall", "overall_accuracy", "k_dims", "mig",
-                                                           "sap", "mig_z", "sap_z", "skipped", "n_eval")})
+                            extra=_point_extra(metrics))
         s.add(point)
         s.flush()
         _succeed(s, ctx, {"model_id": mv_id, "metric_point_id": point.id, "overall": metrics["overall"]},
