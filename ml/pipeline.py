@@ -29,13 +29,15 @@ VAE_KEYS = ("latent_dim", "hidden", "channels", "epochs", "lr", "batch_size", "l
 CLASSIFIER_KEYS = ("hidden_dim", "epochs", "lr", "batch_size", "seed", "attribute")
 LENS_KEYS = ("flow", "n_flows", "dims_per_attribute", "hidden", "epochs", "warm_epochs", "alpha", "lr",
              "weight_decay", "batch_size", "labelled_batch_size", "seed", "pseudo_label_threshold",
-             "pseudo_label_weight", "consistency_weight", "mixup_weight", "selection_folds")
+             "pseudo_label_weight", "consistency_weight", "consistency_noise", "mixup_weight",
+             "propagation_weight", "selection_folds", "selection_pool")
 FLOW_FAMILIES = ("planar", "coupling", "spline", "auto")
 # Settings that fix the lens's networks: a warm start cannot change them, so a change means a cold fit.
 LENS_ARCHITECTURE_KEYS = ("flow", "n_flows", "hidden", "dims_per_attribute")
 # Settings a warm start takes over from the request (they steer training, not the networks' shapes).
 LENS_TRAINING_KEYS = ("alpha", "lr", "weight_decay", "labelled_batch_size", "seed", "pseudo_label_threshold",
-                      "pseudo_label_weight", "consistency_weight", "mixup_weight", "selection_folds")
+                      "pseudo_label_weight", "consistency_weight", "consistency_noise", "mixup_weight",
+             "propagation_weight", "selection_folds", "selection_pool")
 # Images of at most this many pixels (8×8 digits, 16×16 sprites) get a smaller VAE by default: Table 1's
 # 1024-wide layers and (64, 128) channels cost ~15× more per step there for the same ELBO (measured on digits:
 # 27.6 vs 27.7 nats after 3 epochs), and the pretrain must finish in well under a minute on two cores.
@@ -242,6 +244,7 @@ _LENS_VALUE_RULES: dict[str, tuple[Any, str]] = {
     "lr": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
     "weight_decay": (lambda v: v == "auto" or (_is_number(v) and v >= 0), 'a finite number ≥ 0 or "auto"'),
     "pseudo_label_weight": _WEIGHT, "consistency_weight": _WEIGHT, "mixup_weight": _WEIGHT,
+    "consistency_noise": _WEIGHT, "propagation_weight": _WEIGHT, "selection_pool": _INT_GE1,
     "pseudo_label_threshold": (lambda v: v is None or (_is_number(v) and 0.0 < v < 1.0),
                                "a number in (0, 1) or null"),
 }

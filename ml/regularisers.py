@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # MNIST (PCA-10 features, 1,000 labels: 86% of the 60,000 pool right, 98% above 0.9 confidence).
 PROPAGATION_NEIGHBOURS = 10
 PROPAGATION_ALPHA = 0.8
-PROPAGATION_ITERS = 50
+PROPAGATION_ITERS = 300
 # The graph is built on at most this many items (all labelled ones kept); kNN search and the sparse
 # graph grow with the pool, and more items add little once the classes are densely sampled.
 PROPAGATION_MAX_ITEMS = 100_000
@@ -88,7 +88,7 @@ def propagate_labels(
             kernel="knn", n_neighbors=k, alpha=PROPAGATION_ALPHA, max_iter=PROPAGATION_ITERS
         )
         with warnings.catch_warnings():
-            # Not converging in 50 iterations only means the soft labels are a little less smooth.
+            # Not converging within the iteration cap only means the soft labels are a little less smooth.
             warnings.simplefilter("ignore")
             model.fit(Z_std[keep], np.where(known[keep], y[keep], -1))
         dist = np.nan_to_num(model.label_distributions_, nan=0.0)

@@ -1,4 +1,4 @@
-"""Reproductions of the paper's experiments (Figure 8, Tables 1 and 2, the lens on a classifier).
+"""Reproductions of the paper's experiments (Figure 8, Tables 1 and 2, the lens on a classifier) and the label curve.
 
 ``run_experiment(name, profile=..., out=..., seeds=..., data_dir=...)`` runs one by name and writes
 its JSON, CSV and PNG under ``out``; ``report.write_report(out)`` turns the JSON into EXPERIMENTS.md.
@@ -19,6 +19,7 @@ EXPERIMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "table1": ("ml.experiment.table1", ("digits", "mnist", "shapes")),
     "table2": ("ml.experiment.table2", ("digits", "mnist", "shapes")),
     "lens-on-classifier": ("ml.experiment.lens_on_classifier", ("mnist",)),
+    "label-curve": ("ml.experiment.label_curve", ("mnist",)),
 }
 
 

@@ -71,6 +71,9 @@ class Profile:
     clf_epochs: int = 5
     clf_pool: int = 2000
     clf_labels: int = 500
+    # The label curve (``ml.experiment.label_curve``): its MNIST sizes and the label counts it visits.
+    label_curve_size: DataSize = DataSize(pool=800, eval_fit=200, eval_test=200, vae_epochs=2, n_labels=100)
+    label_counts: tuple[int, ...] = (50, 200)
 
 
 PROFILE_SPECS: dict[str, Profile] = {
@@ -94,6 +97,8 @@ PROFILE_SPECS: dict[str, Profile] = {
         lens_epochs_first=40, lens_epochs_warm=12, n_flows=32, lens_hidden=128, al_rounds=6, lens_alpha=1000.0,
         al_pool=2000, al_epochs_first=40,
         jlvm_betas=(1.0, 10.0), iwae_k=100, clf_epochs=4, clf_pool=5000, clf_labels=1000,
+        label_curve_size=DataSize(pool=60000, eval_fit=2000, eval_test=8000, vae_epochs=20, n_labels=1000),
+        label_counts=(100, 300, 1000, 3000, 10000),
     ),
     "full": Profile(
         "full",
@@ -104,6 +109,8 @@ PROFILE_SPECS: dict[str, Profile] = {
         },
         lens_epochs_first=20, lens_epochs_warm=5, n_flows=32, lens_hidden=128, al_rounds=20, lens_alpha=1000.0,
         jlvm_betas=(0.1, 1.0, 10.0), iwae_k=1000, clf_epochs=10, clf_pool=60000, clf_labels=1000,
+        label_curve_size=DataSize(pool=60000, eval_fit=2000, eval_test=8000, vae_epochs=30, n_labels=1000),
+        label_counts=(100, 300, 1000, 3000, 10000),
     ),
 }
 

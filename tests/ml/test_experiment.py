@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app.cli import main as cli_main
-from ml.experiment import al_curve, lens_on_classifier, table1, table2
+from ml.experiment import al_curve, label_curve, lens_on_classifier, table1, table2
 from ml.experiment.common import DataSize, get_profile, paired_test
 from ml.experiment.report import write_report
 
@@ -29,6 +29,8 @@ TINY = dataclasses.replace(
     },
     lens_epochs_first=15, lens_epochs_warm=4, n_flows=4, lens_hidden=32, al_rounds=2, jlvm_betas=(1.0, 10.0),
     iwae_k=5, clf_epochs=8, clf_pool=500, clf_labels=150, n_samples=8,
+    label_curve_size=DataSize(pool=400, eval_fit=150, eval_test=150, vae_epochs=1, n_labels=100),
+    label_counts=(40, 120),
 )
 
 
@@ -111,6 +113,28 @@ def test_lens_on_classifier_measures_hidden_layer_before_and_after(out: Path) ->
     assert (out / "lens-on-classifier.png").stat().st_size > 0
 
 
+@pytest.mark.skipif(not HAS_MNIST, reason="needs ../shared/data/mnist")
+def test_label_curve_measures_every_configuration_and_accumulates_runs(out: Path) -> None:
+    first = label_curve.run(TINY, out, seeds=2, data_dir=str(DATA_DIR), configs=("planar",))
+    assert {(r["config"], r["n_labels"], r["seed"]) for r in first["rows"]} == {
+        ("planar", n, s) for n in (40, 120) for s in (0, 1)
+    }
+    for r in first["rows"]:
+        assert 0 < r["digit"] <= 100 and 0 <= r["thickness_accuracy"] <= 1
+        # The lens's own labelled items are fitted at least as well as unseen ones.
+        assert r["digit_train_accuracy"] >= r["digit_accuracy"] - 0.05
+    second = label_curve.run(TINY, out, seeds=1, data_dir=str(DATA_DIR), configs=("planar+propagation",),
+                             label_counts=(120,))
+    summary = second["summary"]
+    assert summary["planar"]["40"]["seeds"] == 2 and summary["planar+propagation"]["120"]["seeds"] == 1
+    assert len(_csv(out / "label-curve.csv")) == 5
+    assert (out / "label-curve.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="unknown label-curve configuration"):
+        label_curve.run(TINY, out, seeds=1, data_dir=str(DATA_DIR), configs=("magic",))
+    with pytest.raises(ValueError, match="label counts"):
+        label_curve.run(TINY, out, seeds=1, data_dir=str(DATA_DIR), label_counts=(10**6,))
+
+
 def test_report_and_cli(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     md = write_report(out, tmp_path / "EXPERIMENTS.md")
     text = md.read_text()
@@ -125,3 +149,7 @@ def test_report_and_cli(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert str(tmp_path / "nowhere") in capsys.readouterr().err
     assert cli_main(["experiment", "table1", "--profile", "huge", "--datasets", "digits", "--out", str(out)]) == 2
     assert "unknown profile 'huge'" in capsys.readouterr().err
+    assert cli_main(["experiment", "label-curve", "--labels", "ten", "--out", str(out)]) == 2
+    assert "--labels must be comma-separated integers" in capsys.readouterr().err
+    assert cli_main(["experiment", "table1", "--labels", "100", "--out", str(out)]) == 2
+    assert "apply to label-curve only" in capsys.readouterr().err

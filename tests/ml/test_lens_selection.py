@@ -1,0 +1,98 @@
+"""k-fold model selection of the lens: flow family, α, weight decay and epochs from labelled items only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ml.lens import InterpretableLens
+from ml.lens_selection import ALPHA_CANDIDATES, FLOW_CANDIDATES
+from tests.ml.test_lens import CLS, LEV, entangled_problem, split
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    z, cls, lev, _ = entangled_problem(n=1500)
+    lab, _, _ = split(len(z), 120)
+    s = {"cls": np.full(len(z), -1), "lev": np.full(len(z), -1)}
+    s["cls"][lab], s["lev"][lab] = cls[lab], lev[lab]
+    return z, s, cls, lab
+
+
+@pytest.fixture(scope="module")
+def auto_lens(problem):
+    torch.set_num_threads(1)
+    z, s, _, _ = problem
+    return InterpretableLens([CLS, LEV], flow="auto", alpha="auto", n_flows=4, hidden=32, device="cpu", seed=0,
+                             selection_pool=400, selection_folds=3).fit(z, s)
+
+
+def test_selection_tries_every_candidate_and_keeps_the_best_held_out_likelihood(auto_lens) -> None:
+    sel = auto_lens.selection_
+    cands = sel["candidates"]
+    assert len(cands) == len(FLOW_CANDIDATES) + len(ALPHA_CANDIDATES)
+    assert all(np.isfinite(c["score"]) and len(c["fold_scores"]) == 3 for c in cands)
+    flows = cands[: len(FLOW_CANDIDATES)]
+    best_flow = max(flows, key=lambda c: c["score"])["settings"]
+    alphas = cands[len(FLOW_CANDIDATES) :]
+    # The α stage runs with the flow stage's winner, and the final fit uses both winners.
+    assert all(c["settings"]["flow"] == best_flow["flow"] for c in alphas)
+    best = max(alphas, key=lambda c: c["score"])["settings"]
+    assert auto_lens.config_.flow == best["flow"] and auto_lens.config_.n_flows == best["n_flows"]
+    assert auto_lens.alpha_ == best["alpha"] and auto_lens.alpha_ in ALPHA_CANDIDATES
+    assert sel["chosen"]["epochs"] == len(auto_lens.history_) >= 1
+    assert sel["selection_items"] == {"labelled": 120, "unlabelled": 400}
+
+
+def test_cross_validated_likelihood_predicts_the_likelihood_on_unseen_labels(auto_lens, problem) -> None:
+    z, _, cls, lab = problem
+    lev = entangled_problem(n=1500)[2]
+    unseen = np.setdiff1d(np.arange(len(z)), lab)
+    p = auto_lens.predict_proba(z[unseen])
+    rows = np.arange(len(unseen))
+    heldout = float(np.mean(np.log(np.clip(p["cls"][rows, cls[unseen]], 1e-12, 1))
+                            + np.log(np.clip(p["lev"][rows, lev[unseen]], 1e-12, 1))))
+    # The k-fold estimate (Σ_j log p(s_j | f(z)) on hidden labels) is an honest one: close to what the
+    # final lens achieves on labels nobody gave it, not the optimistic value of its own labelled items.
+    best = max(c["score"] for c in auto_lens.selection_["candidates"])
+    assert abs(heldout - best) < 0.3, (heldout, best)
+    assert np.mean(p["cls"].argmax(1) == cls[unseen]) >= 0.85
+
+
+def test_auto_settings_survive_a_checkpoint_and_a_warm_start_keeps_the_choice(auto_lens, problem) -> None:
+    z, s, _, _ = problem
+    back = InterpretableLens.from_bytes(auto_lens.to_bytes(), device="cpu")
+    assert back.flow == "auto" and back.alpha == "auto"
+    assert back.selection_ == auto_lens.selection_
+    np.testing.assert_allclose(back.transform(z[:20]), auto_lens.transform(z[:20]))
+    back.epochs = 2
+    back.fit(z, s, warm_start=True)
+    assert back.config_.flow == auto_lens.config_.flow and back.alpha_ == auto_lens.alpha_
+    assert len(back.history_) == 2  # no new selection: only the two warm epochs ran
+
+
+def test_selection_needs_labels_in_every_fold(problem) -> None:
+    z, _, cls, _ = problem
+    s = {"cls": np.full(len(z), -1), "lev": np.full(len(z), -1)}
+    s["cls"][:4] = [0, 1, 2, 0]
+    with pytest.raises(ValueError, match="selection_folds=3"):
+        InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, epochs=2, device="cpu").fit(z, s)
+
+
+@pytest.mark.parametrize(
+    ("kw", "word"),
+    [({"flow": "curvy"}, "flow"), ({"alpha": "sometimes"}, "alpha"), ({"weight_decay": -1.0}, "weight_decay"),
+     ({"propagation_weight": float("nan")}, "propagation_weight"), ({"selection_folds": 1}, "selection_folds")],
+)
+def test_bad_settings_name_the_parameter(kw, word) -> None:
+    with pytest.raises(ValueError, match=word):
+        InterpretableLens([CLS], **kw)

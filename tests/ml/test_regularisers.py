@@ -1,0 +1,103 @@
+"""Semi-supervised regularisers: label propagation's soft labels, consistency and mixup terms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_moons
+from sklearn.neighbors import KNeighborsClassifier
+
+from ml.attributes import Attribute
+from ml.lens import InterpretableLens, LensConfig, LensModule
+from ml.metrics import interpretability_score
+from ml.regularisers import consistency_terms, mixup_terms, propagate_labels
+
+MOON = Attribute("moon", "categorical", ("a", "b"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_propagation_follows_the_data_manifold_where_nearest_labels_do_not() -> None:
+    X, y = make_moons(1500, noise=0.06, random_state=0)
+    rng = np.random.default_rng(0)
+    lab = np.concatenate([rng.choice(np.flatnonzero(y == c), 2, replace=False) for c in (0, 1)])
+    s = np.full(len(y), -1)
+    s[lab] = y[lab]
+    soft = propagate_labels((X - X.mean(0)) / X.std(0), {"moon": s}, [MOON])
+    targets, weights = soft["moon"]
+    unl = s < 0
+    prop_acc = np.mean(targets[unl].argmax(1) == y[unl])
+    knn_acc = np.mean(KNeighborsClassifier(1).fit(X[lab], y[lab]).predict(X[unl]) == y[unl])
+    # Measured: 0.92 vs 0.87 for the nearest labelled item (2 labels per moon).
+    assert prop_acc >= 0.9 and prop_acc > knn_acc + 0.03, (prop_acc, knn_acc)
+    np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-5)
+    assert weights.min() >= 0 and weights.max() <= 1
+    assert np.all(weights[lab] == 0)  # labelled items are trained by the supervised term
+    # Certainty tracks correctness: right soft labels are the more certain ones on average.
+    right = targets[unl].argmax(1) == y[unl]
+    assert weights[unl][right].mean() > weights[unl][~right].mean()
+
+
+def test_propagation_skips_continuous_and_single_level_attributes() -> None:
+    z = np.random.default_rng(0).normal(size=(50, 3))
+    val = Attribute("v", "continuous", low=0.0, high=1.0)
+    one = np.full(50, -1)
+    one[:5] = 1
+    assert propagate_labels(z, {"v": np.full(50, 0.5), "moon": one}, [val, MOON]) == {}
+
+
+def _module(d: int = 4) -> LensModule:
+    torch.manual_seed(0)
+    cfg = LensConfig(attributes=[MOON.to_dict()], dim=d, n_flows=4, hidden=16)
+    return LensModule(cfg, [MOON], {"moon": [0]})
+
+
+def test_consistency_is_zero_without_noise_and_positive_with_it() -> None:
+    mod = _module()
+    with torch.no_grad():
+        mod.heads["moon"].linear.weight.mul_(20.0)  # a sharp head, so that noise changes predictions
+    z = torch.randn(64, 4)
+    assert float(consistency_terms(mod, z, 0.0).detach().abs().max()) < 1e-5
+    terms = consistency_terms(mod, z, 0.5)
+    assert float(terms.detach().mean()) > 1e-3
+    terms.mean().backward()
+    assert mod.heads["moon"].linear.weight.grad is not None
+
+
+def test_mixup_term_vanishes_for_a_linear_prediction_and_not_for_a_curved_one() -> None:
+    # Identical items: every mix is the item itself and the target its own prediction.
+    mod = _module()
+    same = torch.randn(1, 4).repeat(32, 1)
+    assert float(mixup_terms(mod, same).detach().abs().max()) < 1e-5
+    with torch.no_grad():
+        mod.heads["moon"].linear.weight.mul_(20.0)
+    assert float(mixup_terms(mod, 3 * torch.randn(64, 4)).detach().mean()) > 1e-3
+
+
+def test_propagation_lifts_a_lens_trained_on_few_labels() -> None:
+    X, y = make_moons(2000, noise=0.06, random_state=1)
+    rng = np.random.default_rng(1)
+    Z = np.c_[X, 0.3 * rng.normal(size=(len(X), 2))]
+    lab = np.concatenate([rng.choice(np.flatnonzero(y == c), 4, replace=False) for c in (0, 1)])
+    s = np.full(len(y), -1)
+    s[lab] = y[lab]
+    rest = np.setdiff1d(np.arange(len(y)), lab)
+    fit_i, test_i = rest[::2], rest[1::2]
+
+    def acc(**kw: float) -> float:
+        lens = InterpretableLens([MOON], n_flows=8, hidden=32, epochs=25, alpha=10.0, device="cpu", seed=0, **kw)
+        lens.fit(Z, {"moon": s})
+        zs = lens.transform(Z)
+        r = interpretability_score(zs[fit_i], {"moon": y[fit_i]}, zs[test_i], {"moon": y[test_i]}, [MOON])
+        return r["attributes"]["moon"]["accuracy"]
+
+    # The soft labels must outweigh α on the 8 labelled items, or the lens fits those and little else.
+    plain, propagated = acc(), acc(propagation_weight=300.0)
+    assert propagated >= plain + 0.05 and propagated >= 0.9, (plain, propagated)
