@@ -81,7 +81,7 @@ def test_auto_settings_survive_a_checkpoint_and_a_warm_start_keeps_the_choice(au
 
 
 def test_selection_needs_labels_in_every_fold(problem) -> None:
-    z, _, cls, _ = problem
+    z = problem[0]
     s = {"cls": np.full(len(z), -1), "lev": np.full(len(z), -1)}
     s["cls"][:4] = [0, 1, 2, 0]
     with pytest.raises(ValueError, match="selection_folds=3"):
