@@ -38,12 +38,16 @@ FLOW_CANDIDATES: tuple[tuple[str, int | None], ...] = (
     ("spline", 4),
 )
 # α candidates when ``alpha="auto"``: around M2's 0.1·N weighting (see ``ml.lens.default_alpha``).
-ALPHA_CANDIDATES = (30.0, 100.0, 300.0, 1000.0)
+ALPHA_CANDIDATES = (100.0, 300.0, 1000.0)
 WEIGHT_DECAY_CANDIDATES = (0.0, 1e-4, 1e-3)
-# Early stopping: an epoch budget for every selection fit and the epochs without improvement tolerated.
-SELECTION_MAX_EPOCHS = 40
-SELECTION_PATIENCE = 6
-SELECTION_MIN_STEPS = 300  # selection fits on small pools still take this many Adam steps at most epochs
+# Early stopping, counted in Adam steps (each sees one minibatch of the pool and one of the labelled
+# items, whatever the pool's size, so a step count carries over from the selection's subsample to the
+# whole pool): the budget of a selection fit, and how long it may go without a better held-out value.
+# Measured on MNIST (60,000 pool, 1,000 labels, label propagation): 16 planar flows gained 5 points of
+# digit score from 2,350 to 9,400 steps, so the budget must reach thousands of steps.
+SELECTION_MAX_STEPS = 3000
+SELECTION_PATIENCE_STEPS = 600
+SELECTION_MIN_EPOCHS = 5
 
 
 def _folds(
@@ -132,9 +136,7 @@ def select_settings(
                 rows = np.concatenate([tr, unlab])
                 child = lens._concrete({**settings, "epochs": None})
                 steps_per_epoch = max(1, math.ceil(len(rows) / child.batch_size))
-                epochs = lens.epochs or int(
-                    min(SELECTION_MAX_EPOCHS, max(10, math.ceil(SELECTION_MIN_STEPS * 4 / steps_per_epoch)))
-                )
+                epochs = lens.epochs or max(SELECTION_MIN_EPOCHS, math.ceil(SELECTION_MAX_STEPS / steps_per_epoch))
                 child.epochs = epochs
                 sub = sub_progress(progress, done / n_fits, (done + 1) / n_fits, candidate=settings)
                 curve = child._fit_fixed(
@@ -145,7 +147,7 @@ def select_settings(
                     progress=sub,
                     should_stop=should_stop,
                     validation=(Z[te], _hide(labels, lens, te)),
-                    patience=SELECTION_PATIENCE,
+                    patience=max(2, math.ceil(SELECTION_PATIENCE_STEPS / steps_per_epoch)),
                 )
                 done += 1
                 e = int(np.nanargmax(curve)) if np.isfinite(curve).any() else len(curve) - 1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ml import lens_selection
 from ml.lens import InterpretableLens
 from ml.lens_selection import ALPHA_CANDIDATES, FLOW_CANDIDATES
 from tests.ml.test_lens import CLS, LEV, entangled_problem, split
@@ -32,8 +33,12 @@ def problem():
 def auto_lens(problem):
     torch.set_num_threads(1)
     z, s, _, _ = problem
-    return InterpretableLens([CLS, LEV], flow="auto", alpha="auto", n_flows=4, hidden=32, device="cpu", seed=0,
-                             selection_pool=400, selection_folds=3).fit(z, s)
+    with pytest.MonkeyPatch.context() as mp:
+        # A small problem needs a small step budget (the default suits pools of thousands of items).
+        mp.setattr(lens_selection, "SELECTION_MAX_STEPS", 200)
+        mp.setattr(lens_selection, "SELECTION_PATIENCE_STEPS", 50)
+        return InterpretableLens([CLS, LEV], flow="auto", alpha="auto", n_flows=4, hidden=32, device="cpu",
+                                 seed=0, selection_pool=400, selection_folds=3).fit(z, s)
 
 
 def test_selection_tries_every_candidate_and_keeps_the_best_held_out_likelihood(auto_lens) -> None:
