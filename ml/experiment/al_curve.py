@@ -156,15 +156,21 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
     results: dict[str, Any] = {}
     all_rows: list[dict[str, Any]] = []
     for name in datasets:
-        full = prepare(name, profile, data_dir)
+        shared = profile.al_shared_vae and name == "mnist"
+        if shared:
+            from ml.experiment.label_curve import curve_data
+
+            full, vae_profile = curve_data(profile, data_dir)
+        else:
+            full, vae_profile = prepare(name, profile, data_dir), profile
         n_pool = min(profile.al_pool or len(full.X_pool), len(full.X_pool))
         # The AL pool: the first n_pool items of the (shuffled) pool the base VAE was trained on.
         data = dataclasses.replace(full, X_pool=full.X_pool[:n_pool], S_pool={k: v[:n_pool] for k, v in full.S_pool.items()})
         bar = Progress(seeds * (len(strategies) * (profile.al_rounds + 1) + 1), f"al-curve {name}")
         rows: list[dict[str, Any]] = []
         for seed in range(seeds):
-            vae = base_vae(full, profile, seed, out / "cache", bar)
-            bar.step(f"VAE seed {seed}")
+            vae = base_vae(full, vae_profile, 0 if shared else seed, out / "cache", bar)
+            bar.step(f"VAE seed {0 if shared else seed}")
             Z, Z_fit, Z_test = vae.encode(data.X_pool), vae.encode(data.X_fit), vae.encode(data.X_test)
             for st in strategies:
                 rows += run_one(data, profile, st, seed, Z, Z_fit, Z_test, bar)
@@ -176,7 +182,8 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
         all_rows += rows
         plot(summary, keys, f"Figure 8 — {name}, profile {profile.name}, {seeds} seeds "
              f"({profile.al_init} initial + {profile.al_batch}/round)", out / f"al-curve-{name}.png")
-        results[name] = {"summary": summary, "notes": f"{data.notes}; AL pool = the first {n_pool} pool items",
+        vae_note = "; one base VAE (seed 0) on the whole training split, shared by all seeds" if shared else ""
+        results[name] = {"summary": summary, "notes": f"{data.notes}; AL pool = the first {n_pool} pool items{vae_note}",
                          "attributes": [a.name for a in data.attributes], "al_pool": n_pool}
         print(format_table(name, summary, keys))
     payload = {**header("al-curve", profile, seeds, datasets, started), "strategies": list(strategies),

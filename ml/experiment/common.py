@@ -63,6 +63,9 @@ class Profile:
     al_pool: int | None = None  # AL pool: the first al_pool pool items (None: the whole pool)
     al_epochs_first: int | None = None  # lens epochs of an AL run's first fit (None: lens_epochs_first)
     al_init: int = 20
+    # True: the AL runs of MNIST share the label curve's base VAE (seed 0, the whole training split)
+    # and draw their pool from its first ``al_pool`` images; seeds then vary labels and lens only.
+    al_shared_vae: bool = False
     al_batch: int = 50
     n_samples: int = 32  # Monte-Carlo samples of z* for BALD (eq. 10)
     jlvm_betas: tuple[float, ...] = (1.0,)

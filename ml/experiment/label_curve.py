@@ -14,10 +14,12 @@ runs of the same profile, so the curve can be filled in piece by piece.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,23 +49,24 @@ STEM = "label-curve"
 # Named lens configurations (``InterpretableLens`` keyword arguments). "paper" is the paper's lens
 # with the supervision weight DESIGN.md found necessary; the others add what the unlabelled pool and
 # model selection can contribute.
+_LONG = {"flow": "planar", "n_flows": 32, "hidden": 128, "alpha": 300.0, "epochs": 40}
 CONFIGS: dict[str, dict[str, Any]] = {
+    # The reference: 16 planar flows, α = 1000, the default training length.
     "planar": {"flow": "planar", "n_flows": 16, "hidden": 128, "alpha": 1000.0},
-    "planar+pseudo": {"flow": "planar", "n_flows": 16, "hidden": 128, "alpha": 1000.0,
-                      "pseudo_label_threshold": 0.9},
-    "planar+consistency": {"flow": "planar", "n_flows": 16, "hidden": 128, "alpha": 1000.0,
-                           "consistency_weight": 100.0},
-    "planar+mixup": {"flow": "planar", "n_flows": 16, "hidden": 128, "alpha": 1000.0, "mixup_weight": 100.0},
-    "planar+propagation": {"flow": "planar", "n_flows": 16, "hidden": 128, "alpha": 1000.0,
-                           "propagation_weight": 1000.0},
-    "coupling+propagation": {"flow": "coupling", "n_flows": 8, "hidden": 128, "alpha": 1000.0,
+    # Each regulariser against the same longer-trained planar lens ("planar-long").
+    "planar-long": dict(_LONG),
+    "planar-long+pseudo": {**_LONG, "pseudo_label_threshold": 0.9},
+    "planar-long+consistency": {**_LONG, "consistency_weight": 1000.0},
+    "planar-long+mixup": {**_LONG, "mixup_weight": 1000.0},
+    "planar-long+propagation": {**_LONG, "propagation_weight": 3000.0},
+    "coupling+propagation": {"flow": "coupling", "n_flows": 8, "hidden": 128, "alpha": 1000.0, "epochs": 40,
                              "propagation_weight": 1000.0},
-    "auto+propagation": {"flow": "auto", "alpha": "auto", "n_flows": 16, "hidden": 128,
-                         "propagation_weight": 1000.0},
-    "auto+propagation, 2 dims": {"flow": "auto", "alpha": "auto", "n_flows": 16, "hidden": 128,
-                                 "propagation_weight": 1000.0, "dims_per_attribute": 2},
+    # Flow family and depth, α and the number of epochs chosen by 3-fold CV on the labelled items.
+    "auto+propagation": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128, "propagation_weight": 3000.0},
+    "auto+propagation, 2 dims": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128,
+                                 "propagation_weight": 3000.0, "dims_per_attribute": 2},
 }
-DEFAULT_CONFIGS = ("planar", "planar+propagation", "auto+propagation")
+DEFAULT_CONFIGS = ("planar", "planar-long+propagation", "auto+propagation")
 
 
 def curve_data(profile: Profile, data_dir: str) -> tuple[Prepared, Profile]:
@@ -174,13 +177,35 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
                 bar.step(f"{config} n={n} s{seed}: " + " ".join(f"{a.name} {r[a.name]:.1f}" for a in data.attributes))
     bar.close()
     jpath = out / f"{STEM}.json"
+    with _locked(out / f".{STEM}.lock"):  # several runs may fill in the same curve at once
+        payload = _write(out, jpath, rows, profile, prof, seeds, started, data, raw)
+    print(format_table(payload))
+    return payload
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write(out: Path, jpath: Path, rows: list[dict[str, Any]], profile: Profile, prof: Profile, seeds: int,
+           started: float, data: Prepared, raw: dict[str, Any]) -> dict[str, Any]:
+    """Merge this run's rows with the earlier ones and write label-curve.{json,csv,png}."""
+    earlier = json.loads(jpath.read_text()) if jpath.exists() else {}
+    same = earlier.get("profile") == profile.name
     rows = _merge_rows(jpath, rows, profile.name)
     keys = ["overall"] + [k for a in data.attributes for k in (a.name, f"{a.name}_accuracy", f"{a.name}_train_accuracy")]
     keys += sorted({k for r in rows for k in r if re.fullmatch(r".+_\d+d", k)})  # k-dimension scores
     payload = {
         **header(STEM, prof, seeds, ["mnist"], started),
         "profile": profile.name,
-        "settings": {"configs": {c: CONFIGS[c] for c in dict.fromkeys(r["config"] for r in rows)},
+        "settings": {"configs": {c: CONFIGS.get(c, earlier.get("settings", {}).get("configs", {}).get(c, {}))
+                                 for c in dict.fromkeys(r["config"] for r in rows)},
                      "label_counts": sorted({int(r["n_labels"]) for r in rows}), "base_vae_seed": 0,
                      "paper_ilvm_mnist": PAPER_ILVM_MNIST},
         "notes": data.notes,
@@ -188,10 +213,12 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
         "summary": summarise(rows, keys),
         "rows": rows,
     }
+    if same:  # the wall time of every run that filled in this curve
+        payload["wall_s"] = round(float(earlier.get("wall_s", 0.0)) + float(payload["wall_s"]), 1)
+        payload["seeds"] = max(int(earlier.get("seeds", 1)), seeds)
     write_json(jpath, payload)
     write_csv(out / f"{STEM}.csv", rows)
     plot(payload, out / f"{STEM}.png")
-    print(format_table(payload))
     return payload
 
 
