@@ -66,6 +66,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "auto+propagation, 2 dims": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128,
                                  "propagation_weight": 3000.0, "dims_per_attribute": 2},
 }
+# Not a lens: a supervised classifier (MLP, 2×256) on all of z per attribute, trained on the same
+# labels and scored on the test items like the metric (100·exp(mean log p(true level))). It bounds
+# what any one-dimension lens can reach from this z with these labels.
+REFERENCE = "mlp-all-dims"
+_REFERENCE_SETTINGS = {"model": "MLPClassifier(256, 256), early stopping", "input": "all dimensions of z (not a lens)"}
 DEFAULT_CONFIGS = ("planar", "planar-long+propagation", "auto+propagation")
 
 
@@ -99,6 +104,8 @@ def run_point(data: Prepared, Z: np.ndarray, Z_fit: np.ndarray, Z_test: np.ndarr
     from ml.lens import InterpretableLens
 
     idx = random_labelled(data.S_pool, n_labels, np.random.default_rng(seed))
+    if config == REFERENCE:
+        return reference_point(data, Z, Z_test, idx, seed)
     S = reveal(data.S_pool, idx)
     t0 = time.perf_counter()
     lens = InterpretableLens(data.attributes, device="cpu", seed=seed, **CONFIGS[config])
@@ -116,6 +123,36 @@ def run_point(data: Prepared, Z: np.ndarray, Z_fit: np.ndarray, Z_test: np.ndarr
     for a in data.attributes:
         row[f"{a.name}_train_accuracy"] = float(np.mean(pred[a.name] == data.S_pool[a.name][idx]))
     row.update(_metric(lens, Z_fit, Z_test, data, seed))
+    return row
+
+
+def reference_point(data: Prepared, Z: np.ndarray, Z_test: np.ndarray, idx: np.ndarray, seed: int) -> dict[str, Any]:
+    """The supervised reference: an MLP on all dimensions of z per attribute, trained on items ``idx``."""
+    import warnings
+
+    from sklearn.neural_network import MLPClassifier
+
+    from ml.metrics import PROB_FLOOR
+
+    t0 = time.perf_counter()
+    mean, std = Z.mean(0), Z.std(0) + 1e-8
+    X, Xt = (Z[idx] - mean) / std, (Z_test - mean) / std
+    row: dict[str, Any] = {"config": REFERENCE, "n_labels": int(idx.size), "seed": seed}
+    scores = []
+    for a in data.attributes:
+        y, yt = data.S_pool[a.name][idx], data.S_test[a.name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence warnings: early stopping ends the fit on purpose
+            clf = MLPClassifier((256, 256), max_iter=500, early_stopping=True, random_state=seed).fit(X, y)
+        p = clf.predict_proba(Xt)
+        col = np.searchsorted(clf.classes_, yt).clip(max=len(clf.classes_) - 1)
+        p_true = np.where(clf.classes_[col] == yt, p[np.arange(len(yt)), col], 0.0)
+        row[a.name] = float(100.0 * np.exp(np.mean(np.log(np.clip(p_true, PROB_FLOOR, 1.0)))))
+        row[f"{a.name}_accuracy"] = float(np.mean(clf.classes_[p.argmax(1)] == yt))
+        row[f"{a.name}_train_accuracy"] = float(np.mean(clf.predict(X) == y))
+        scores.append(row[a.name])
+    row["overall"] = float(np.mean(scores))
+    row["fit_s"] = round(time.perf_counter() - t0, 1)
     return row
 
 
@@ -154,9 +191,9 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
     if tuple(datasets) != ("mnist",):
         raise ValueError(f"label-curve runs on mnist only, got datasets {list(datasets)}")
     configs = tuple(configs or DEFAULT_CONFIGS)
-    unknown = [c for c in configs if c not in CONFIGS]
+    unknown = [c for c in configs if c not in CONFIGS and c != REFERENCE]
     if unknown:
-        raise ValueError(f"unknown label-curve configuration(s) {unknown}; choose from {list(CONFIGS)}")
+        raise ValueError(f"unknown label-curve configuration(s) {unknown}; choose from {[*CONFIGS, REFERENCE]}")
     counts = tuple(int(n) for n in (label_counts or profile.label_counts))
     started = time.perf_counter()
     data, prof = curve_data(profile, data_dir)
@@ -193,6 +230,14 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _settings_of(config: str, earlier: dict[str, Any]) -> dict[str, Any]:
+    if config in CONFIGS:
+        return CONFIGS[config]
+    if config == REFERENCE:
+        return _REFERENCE_SETTINGS
+    return earlier.get("settings", {}).get("configs", {}).get(config, {})  # a configuration since renamed
+
+
 def _write(out: Path, jpath: Path, rows: list[dict[str, Any]], profile: Profile, prof: Profile, seeds: int,
            started: float, data: Prepared, raw: dict[str, Any]) -> dict[str, Any]:
     """Merge this run's rows with the earlier ones and write label-curve.{json,csv,png}."""
@@ -204,8 +249,7 @@ def _write(out: Path, jpath: Path, rows: list[dict[str, Any]], profile: Profile,
     payload = {
         **header(STEM, prof, seeds, ["mnist"], started),
         "profile": profile.name,
-        "settings": {"configs": {c: CONFIGS.get(c, earlier.get("settings", {}).get("configs", {}).get(c, {}))
-                                 for c in dict.fromkeys(r["config"] for r in rows)},
+        "settings": {"configs": {c: _settings_of(c, earlier) for c in dict.fromkeys(r["config"] for r in rows)},
                      "label_counts": sorted({int(r["n_labels"]) for r in rows}), "base_vae_seed": 0,
                      "paper_ilvm_mnist": PAPER_ILVM_MNIST},
         "notes": data.notes,

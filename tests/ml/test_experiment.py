@@ -123,11 +123,13 @@ def test_label_curve_measures_every_configuration_and_accumulates_runs(out: Path
         assert 0 < r["digit"] <= 100 and 0 <= r["thickness_accuracy"] <= 1
         # The lens's own labelled items are fitted at least as well as unseen ones.
         assert r["digit_train_accuracy"] >= r["digit_accuracy"] - 0.05
-    second = label_curve.run(TINY, out, seeds=1, data_dir=str(DATA_DIR), configs=("planar-long+propagation",),
+    second = label_curve.run(TINY, out, seeds=1, data_dir=str(DATA_DIR), configs=("planar-long+propagation", "mlp-all-dims"),
                              label_counts=(120,))
     summary = second["summary"]
     assert summary["planar"]["40"]["seeds"] == 2 and summary["planar-long+propagation"]["120"]["seeds"] == 1
-    assert len(_csv(out / "label-curve.csv")) == 5
+    assert len(_csv(out / "label-curve.csv")) == 6
+    ref = next(r for r in second["rows"] if r["config"] == "mlp-all-dims")
+    assert 0 < ref["digit"] <= 100 and ref["digit_accuracy"] > 0.2  # a classifier on all of z, 120 labels
     assert (out / "label-curve.png").stat().st_size > 0
     with pytest.raises(ValueError, match="unknown label-curve configuration"):
         label_curve.run(TINY, out, seeds=1, data_dir=str(DATA_DIR), configs=("magic",))
