@@ -190,7 +190,7 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
                "settings": {"al_init": profile.al_init, "al_batch": profile.al_batch, "rounds": profile.al_rounds,
                             "n_flows": profile.n_flows, "lens_hidden": profile.lens_hidden,
                             "lens_epochs_first": profile.al_epochs_first or profile.lens_epochs_first, "lens_epochs_warm": profile.lens_epochs_warm,
-                            "pseudo_label_threshold": 0.9, "alpha": profile.lens_alpha, "n_samples": profile.n_samples},
+                            "lens_extra": dict(profile.lens_extra), "alpha": profile.lens_alpha, "n_samples": profile.n_samples},
                "results": results}
     payload = save_outputs(out, "al-curve", payload, all_rows)
     return payload

@@ -35,6 +35,14 @@ def _alpha(settings: dict[str, Any]) -> str:
     return "from the labelled fraction (`ml.lens.default_alpha`)" if a is None else f"{a:g}"
 
 
+def _extra(settings: dict[str, Any]) -> str:
+    """The lens's regulariser(s) as recorded in a result (older results recorded the pseudo-label threshold)."""
+    extra = settings.get("lens_extra")
+    if extra is None:
+        extra = {"pseudo_label_threshold": settings.get("pseudo_label_threshold")}
+    return ", ".join(f"{k} = {v:g}" if isinstance(v, int | float) else f"{k} = {v}" for k, v in extra.items()) or "none"
+
+
 def _img(out: Path, md_dir: Path, name: str) -> str:
     path = out / name
     if not path.exists():
@@ -56,7 +64,7 @@ def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
     lines = ["## Figure 8 — active learning (simulated oracle)\n", _run_line(res) + "\n",
              f"{s['al_init']} random labels to start, {s['al_batch']} acquired per round, {s['rounds']} rounds; lens: "
              f"{s['n_flows']} planar flows, hidden {s['lens_hidden']}, {s['lens_epochs_first']} epochs on the first fit "
-             f"then {s['lens_epochs_warm']} per warm-started round, pseudo-label threshold {s['pseudo_label_threshold']}, "
+             f"then {s['lens_epochs_warm']} per warm-started round, regularisers: {_extra(s)}, "
              f"α = {_alpha(s)}, "
              f"{s['n_samples']} z* samples for BALD. The metric is fitted on the held-out `fit` set and scored on `test` "
              "after every fit. AUC = mean score over the label range (trapezoids); 'labels → random final' = the first "
@@ -99,8 +107,8 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
         return "## Table 1 — interpretability metric\n\nNot run yet (`lenslab experiment table1`).\n"
     s = res["settings"]
     lines = ["## Table 1 — interpretability metric\n", _run_line(res) + "\n",
-             f"ILVM: lens with {s['n_flows']} flows, hidden {s['lens_hidden']}, {s['lens_epochs']} epochs, pseudo-labels at "
-             f"{s['pseudo_label_threshold']}, α = {_alpha(s)}. JLVM: β ∈ {s['jlvm_betas']} chosen per seed by "
+             f"ILVM: lens with {s['n_flows']} flows, hidden {s['lens_hidden']}, {s['lens_epochs']} epochs, regularisers: "
+             f"{_extra(s)}, α = {_alpha(s)}. JLVM: β ∈ {s['jlvm_betas']} chosen per seed by "
              f"the metric cross-fitted on the held-out `fit` set; λ from the labelled fraction. β-VAE: β = {s['beta_vae_beta']}, "
              "no labels. Scores: mean ± std over seeds; `*` = significant win (paired t-test against every other "
              "method, p < 0.05), the paper's bold.\n"]

@@ -161,7 +161,7 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
     payload = {**header("table1", profile, seeds, datasets, started),
                "settings": {"jlvm_betas": list(profile.jlvm_betas), "beta_vae_beta": profile.beta_vae_beta,
                             "n_flows": profile.n_flows, "lens_hidden": profile.lens_hidden,
-                            "lens_epochs": profile.lens_epochs_first, "pseudo_label_threshold": 0.9, "alpha": profile.lens_alpha},
+                            "lens_epochs": profile.lens_epochs_first, "lens_extra": dict(profile.lens_extra), "alpha": profile.lens_alpha},
                "results": results}
     payload = save_outputs(out, "table1", payload, all_rows)
     plot(payload["results"], out / "table1.png", profile.name)
