@@ -31,6 +31,7 @@ LENS_KEYS = ("flow", "n_flows", "dims_per_attribute", "hidden", "epochs", "warm_
              "weight_decay", "batch_size", "labelled_batch_size", "seed", "pseudo_label_threshold",
              "pseudo_label_weight", "consistency_weight", "consistency_noise", "mixup_weight",
              "propagation_weight", "selection_folds", "selection_pool")
+# The lens's flow families (ml.flows.FLOW_FAMILIES, kept in step by a test) without importing torch here.
 FLOW_FAMILIES = ("planar", "coupling", "spline", "auto")
 # Settings that fix the lens's networks: a warm start cannot change them, so a change means a cold fit.
 LENS_ARCHITECTURE_KEYS = ("flow", "n_flows", "hidden", "dims_per_attribute")

@@ -101,3 +101,10 @@ def test_selection_needs_labels_in_every_fold(problem) -> None:
 def test_bad_settings_name_the_parameter(kw, word) -> None:
     with pytest.raises(ValueError, match=word):
         InterpretableLens([CLS], **kw)
+
+
+def test_the_app_accepts_exactly_the_lens_flow_families() -> None:
+    from ml import pipeline
+    from ml.flows import FLOW_FAMILIES
+
+    assert (*FLOW_FAMILIES, "auto") == pipeline.FLOW_FAMILIES
