@@ -142,8 +142,8 @@ class LensModule(nn.Module):
     def elbo_and_sample(self, z: torch.Tensor, s: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-item ELBO (B,) and the z* ~ q(z*|z, s) it was estimated with (B, d).
 
-        The sample is reused by regularisers on unlabelled attributes (it is q(z*|z) there), which
-        saves a pass of the flows per step.
+        The sample, drawn from q(z*|z, s_observed), is reused by the regularisers of unlabelled
+        attributes (only q0's spread reads the observed labels), which saves a pass of the flows.
         """
         n = z.shape[0]
         s_enc = self.encode_s(s, n, z.device)
@@ -553,7 +553,8 @@ class InterpretableLens:
             if val is not None:
                 val_history.append(self._heldout_log_lik(*val))
                 mod.train()
-                best = int(np.argmax(val_history))
+                finite = np.isfinite(val_history)
+                best = int(np.nanargmax(val_history)) if finite.any() else epoch
                 if patience is not None and epoch - best >= patience:
                     break
         mod.eval()
@@ -810,7 +811,7 @@ class InterpretableLens:
             # What was asked for ("auto" included), so a cold refit of a loaded lens selects again.
             "requested": {
                 k: getattr(self, k)
-                for k in ("flow", "alpha", "weight_decay", "selection_folds", "selection_pool")
+                for k in ("flow", "n_flows", "epochs", "alpha", "weight_decay", "selection_folds", "selection_pool")
             },
         }
         return {

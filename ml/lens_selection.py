@@ -105,7 +105,9 @@ def select_settings(
         unlab = np.sort(rng.choice(unlab, lens.selection_pool, replace=False))
     folds = _folds(labels, lens, lab_idx, k, lens.seed)
 
-    base: dict[str, Any] = {}
+    # α at the labelled fraction of the whole pool, as the final fit would use: each selection fit
+    # sees a subsample, where ``default_alpha`` would give another value.
+    base: dict[str, Any] = {"alpha": default_alpha(n, len(lab_idx))} if lens.alpha is None else {}
     stages: list[list[dict[str, Any]]] = []
     if lens.flow == AUTO:
         stages.append(

@@ -368,8 +368,10 @@ def _check_supported(lens_class: Any, p: Mapping[str, Any]) -> None:
 def _architecture_change(prev: Any, p: Mapping[str, Any], lens_class: Any) -> str | None:
     """The first requested setting that would change the previous lens's networks, or None.
 
-    A key left out asks for the constructor's default, so removing a setting takes effect too;
-    ``flow: "auto"`` keeps the previous version's family (its selection already chose one).
+    A key left out asks for the constructor's default, so removing a setting takes effect too. The
+    request is compared with what the previous version was *asked* for (a loaded lens keeps its
+    requested settings): ``flow: "auto"`` asked again keeps the family its selection chose, while
+    switching to or from "auto" refits from scratch.
     """
     import inspect
 
@@ -378,9 +380,9 @@ def _architecture_change(prev: Any, p: Mapping[str, Any], lens_class: Any) -> st
     config = getattr(prev, "config_", None)
     for key in LENS_ARCHITECTURE_KEYS:
         want = p.get(key, defaults.get(key, "planar" if key == "flow" else None))
-        if want is None or (key == "flow" and want == "auto"):
+        if want is None:
             continue
-        before = getattr(config, key, "planar" if key == "flow" else None)
+        before = getattr(prev, key, getattr(config, key, "planar" if key == "flow" else None))
         if before is not None and want != before:
             return f"lens {key} ({before!r} → {want!r})"
     return None

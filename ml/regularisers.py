@@ -55,8 +55,8 @@ def propagate_labels(
     """Soft labels and certainty weights from label spreading on a kNN graph of ``Z_std``.
 
     Returns {attribute name: (targets [N, C] float32, weights [N] float32)} for every discrete
-    attribute with at least two labelled levels; observed items keep their one-hot label (weight 0:
-    they are trained by the supervised term already); items outside the graph's subsample get
+    attribute with at least two labelled levels; observed items get weight 0 (the supervised term
+    trains them already); items outside the graph's subsample get
     weight 0. Continuous attributes are left out (spreading is a classifier).
     """
     from sklearn.semi_supervised import LabelSpreading
@@ -72,15 +72,12 @@ def propagate_labels(
         if len(np.unique(y[known])) < 2:
             continue
         if n > PROPAGATION_MAX_ITEMS:
-            rest = np.flatnonzero(~known)
-            keep = np.sort(
-                np.concatenate(
-                    [
-                        np.flatnonzero(known),
-                        rng.choice(rest, PROPAGATION_MAX_ITEMS - known.sum(), replace=False),
-                    ]
-                )
-            )
+            # Every labelled item (up to the cap) plus a random sample of the others.
+            lab_i, rest = np.flatnonzero(known), np.flatnonzero(~known)
+            if len(lab_i) > PROPAGATION_MAX_ITEMS // 2:
+                lab_i = rng.choice(lab_i, PROPAGATION_MAX_ITEMS // 2, replace=False)
+            extra = rng.choice(rest, min(len(rest), PROPAGATION_MAX_ITEMS - len(lab_i)), replace=False)
+            keep = np.sort(np.concatenate([lab_i, extra]))
         else:
             keep = np.arange(n)
         k = int(min(PROPAGATION_NEIGHBOURS, len(keep) - 1))

@@ -445,7 +445,9 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
 def write_json(path: Path, payload: Mapping[str, Any]) -> Path:
     """JSON with NaN written as null."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(payload), indent=2) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(payload), indent=2) + "\n")
+    os.replace(tmp, path)  # readers (the report) never see a half-written file
     return path
 
 

@@ -62,10 +62,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "coupling+propagation": {"flow": "coupling", "n_flows": 8, "hidden": 128, "alpha": 1000.0, "epochs": 40,
                              "propagation_weight": 1000.0},
     # Flow family and depth, α and the number of epochs chosen by 2-fold CV on the labelled items
-    # (two folds rather than the default three: 12 selection fits instead of 18 on a 2-core CPU).
+    # (two folds rather than the default three: 12 selection fits instead of 18 on a 2-core CPU:
+    # 3 flow candidates, then 3 values of α).
     "auto+propagation": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128, "propagation_weight": 3000.0,
                          "selection_folds": 2},
-    "auto+propagation, 2 dims": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128,
+    "auto+propagation-2dims": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128,
                                  "propagation_weight": 3000.0, "dims_per_attribute": 2, "selection_folds": 2},
 }
 # Not a lens: a supervised classifier (MLP, 2×256) on all of z per attribute, trained on the same
@@ -143,9 +144,12 @@ def reference_point(data: Prepared, Z: np.ndarray, Z_test: np.ndarray, idx: np.n
     scores = []
     for a in data.attributes:
         y, yt = data.S_pool[a.name][idx], data.S_test[a.name]
+        # Early stopping holds out a stratified 10%: only when that leaves every class ≥ 1 item there.
+        _, counts = np.unique(y, return_counts=True)
+        stop = len(y) // 10 >= len(counts) and counts.min() >= 2
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence warnings: early stopping ends the fit on purpose
-            clf = MLPClassifier((256, 256), max_iter=500, early_stopping=True, random_state=seed).fit(X, y)
+            clf = MLPClassifier((256, 256), max_iter=500, early_stopping=stop, random_state=seed).fit(X, y)
         p = clf.predict_proba(Xt)
         col = np.searchsorted(clf.classes_, yt).clip(max=len(clf.classes_) - 1)
         p_true = np.where(clf.classes_[col] == yt, p[np.arange(len(yt)), col], 0.0)
@@ -208,16 +212,19 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
     bar.step("VAE")
     rows: list[dict[str, Any]] = []
     raw = metric(Z_fit, Z_test, data)
+    jpath = out / f"{STEM}.json"
+    run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
+    payload: dict[str, Any] = {}
     for config in configs:
         for n in counts:
             for seed in range(seeds):
                 rows.append(run_point(data, Z, Z_fit, Z_test, config, n, seed, bar))
                 r = rows[-1]
                 bar.step(f"{config} n={n} s{seed}: " + " ".join(f"{a.name} {r[a.name]:.1f}" for a in data.attributes))
+                # Written after every point, so a long run that stops keeps what it measured.
+                with _locked(out / f".{STEM}.lock"):  # several runs may fill in the same curve at once
+                    payload = _write(out, jpath, rows, profile, prof, seeds, started, data, raw, run_id)
     bar.close()
-    jpath = out / f"{STEM}.json"
-    with _locked(out / f".{STEM}.lock"):  # several runs may fill in the same curve at once
-        payload = _write(out, jpath, rows, profile, prof, seeds, started, data, raw)
     print(format_table(payload))
     return payload
 
@@ -241,7 +248,7 @@ def _settings_of(config: str, earlier: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(out: Path, jpath: Path, rows: list[dict[str, Any]], profile: Profile, prof: Profile, seeds: int,
-           started: float, data: Prepared, raw: dict[str, Any]) -> dict[str, Any]:
+           started: float, data: Prepared, raw: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Merge this run's rows with the earlier ones and write label-curve.{json,csv,png}."""
     earlier = json.loads(jpath.read_text()) if jpath.exists() else {}
     same = earlier.get("profile") == profile.name
@@ -259,8 +266,14 @@ def _write(out: Path, jpath: Path, rows: list[dict[str, Any]], profile: Profile,
         "summary": summarise(rows, keys),
         "rows": rows,
     }
-    if same:  # the wall time of every run that filled in this curve
-        payload["wall_s"] = round(float(earlier.get("wall_s", 0.0)) + float(payload["wall_s"]), 1)
+    # The wall time of every run that filled in this curve, each run known by its start time.
+    walls = dict(earlier.get("run_walls", {})) if same else {}
+    if same and not walls and "wall_s" in earlier:
+        walls["earlier"] = float(earlier["wall_s"])
+    walls[run_id] = float(payload["wall_s"])
+    payload["run_walls"] = walls
+    payload["wall_s"] = round(sum(walls.values()), 1)
+    if same:
         payload["seeds"] = max(int(earlier.get("seeds", 1)), seeds)
     write_json(jpath, payload)
     write_csv(out / f"{STEM}.csv", rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -220,11 +221,12 @@ def _label_curve_section(out: Path, md_dir: Path, res: dict[str, Any] | None, ch
                 cells.append(f"{fmt_ms(*e[a])} ({100 * acc[0]:.1f}%)" if a in e and acc else "–")
                 cells.append(f"{100 * tr[0]:.1f}%" if tr else "–")
             lines.append(f"| {config} | {int(n):,} | {e['seeds']} | " + " | ".join(cells) + " |")
-            ks = sorted(k for k in e if k.endswith("d") and k.startswith(tuple(attrs)) and "_accuracy" not in k)
-            if ks:
-                lines.append(f"| {config}, k dims | {int(n):,} | {e['seeds']} | " + " | ".join(
-                    f"{fmt_ms(*e[k])} ({100 * e[k.replace(a, a + '_accuracy', 1)][0]:.1f}%) | –"
-                    for a in attrs for k in ks if k.startswith(a + "_")) + " |")
+            for k_dims in sorted({m.group(1) for k in e if (m := re.fullmatch(r".+_(\d+)d", k))}, key=int):
+                cells = []
+                for a in attrs:
+                    sc, acc = e.get(f"{a}_{k_dims}d"), e.get(f"{a}_accuracy_{k_dims}d")
+                    cells += [f"{fmt_ms(*sc)} ({100 * acc[0]:.1f}%)" if sc and acc else "–", "–"]
+                lines.append(f"| {config}, {k_dims} dims | {int(n):,} | {e['seeds']} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(_img(out, md_dir, "label-curve.png"))
     for config, per_n in res["summary"].items():

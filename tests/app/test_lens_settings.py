@@ -197,7 +197,11 @@ def test_a_requested_flow_family_other_than_the_previous_one_means_a_cold_fit():
     same = {"n_flows": 2, "hidden": 16}
     assert "flow" in pipeline._architecture_change(prev, {**same, "flow": "spline"}, Lens)
     assert pipeline._architecture_change(prev, {**same, "flow": "coupling"}, Lens) is None
-    assert pipeline._architecture_change(prev, {**same, "flow": "auto"}, Lens) is None  # keeps the family
+    # Switching a fixed family to "auto" selects again; "auto" asked again keeps what was chosen.
+    assert "flow" in pipeline._architecture_change(prev, {**same, "flow": "auto"}, Lens)
+    chose = SimpleNamespace(flow="auto", n_flows=32, hidden=16, dims_per_attribute=1,
+                            config_=SimpleNamespace(flow="coupling", n_flows=8, hidden=16, dims_per_attribute=1))
+    assert pipeline._architecture_change(chose, {"flow": "auto", "n_flows": 32, "hidden": 16}, Lens) is None
     assert "'coupling' → 'planar'" in pipeline._architecture_change(prev, same, Lens)  # the default asks planar
     older = SimpleNamespace(config_=SimpleNamespace(n_flows=2, hidden=16, dims_per_attribute=1))  # before families
     assert pipeline._architecture_change(older, {**same, "flow": "planar"}, Lens) is None
@@ -215,9 +219,11 @@ def test_flow_change_fits_cold_and_auto_selection_is_summarised_for_the_models_t
     assert stats["flow"] == "coupling" and stats["warm_start"] is False and "flow" in stats["note"]
     _, stats = pipeline.fit_lens(Z, S, attrs, warm_start_bytes=coupling, params={**tiny, "flow": "auto"},
                                  device="cpu")
-    assert stats["flow"] == "coupling" and stats["warm_start"] is True  # "auto" keeps the previous family
-    _, stats = pipeline.fit_lens(Z, S, attrs, params={**tiny, "flow": "auto", "alpha": "auto", "selection_folds": 2},
-                                 device="cpu")
+    assert stats["warm_start"] is False and stats["selection"] is not None  # a fixed family → "auto": select
+    auto = {**tiny, "flow": "auto", "alpha": "auto", "selection_folds": 2}
+    auto_blob, stats = pipeline.fit_lens(Z, S, attrs, params=auto, device="cpu")
+    _, again = pipeline.fit_lens(Z, S, attrs, warm_start_bytes=auto_blob, params=auto, device="cpu")
+    assert again["warm_start"] is True and again["flow"] == stats["flow"]  # "auto" again keeps the choice
     chosen = stats["selection"]["chosen"]
     assert chosen["flow"] == stats["flow"] and chosen["alpha"] == stats["alpha"]
     summary = lens_summary(stats)
