@@ -905,22 +905,10 @@ _PARAMS = (
     "selection_folds",
     "selection_pool",
 )
-# Settings a warm start takes from the lens's current attributes (the rest are structural).
-_REFIT_KEYS = (
-    "epochs",
-    "alpha",
-    "lr",
-    "weight_decay",
-    "batch_size",
-    "labelled_batch_size",
-    "seed",
-    "pseudo_label_threshold",
-    "pseudo_label_weight",
-    "consistency_weight",
-    "consistency_noise",
-    "mixup_weight",
-    "propagation_weight",
-)
+# Settings that fix the networks (or only matter for selection); a warm start keeps the fitted ones
+# and takes every other setting from the lens's current attributes.
+_STRUCTURAL = ("n_flows", "dims_per_attribute", "hidden", "flow", "selection_folds", "selection_pool")
+_REFIT_KEYS = tuple(k for k in _PARAMS if k not in _STRUCTURAL)
 
 
 def _as_double(flows: FlowStack) -> FlowStack:

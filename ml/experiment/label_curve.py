@@ -66,6 +66,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # 3 flow candidates, then 3 values of α).
     "auto+propagation": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128, "propagation_weight": 3000.0,
                          "selection_folds": 2},
+    "auto+propagation+consistency": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128,
+                                     "propagation_weight": 3000.0, "consistency_weight": 1000.0,
+                                     "selection_folds": 2},
     "auto+propagation-2dims": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128,
                                  "propagation_weight": 3000.0, "dims_per_attribute": 2, "selection_folds": 2},
 }
