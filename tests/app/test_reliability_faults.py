@@ -168,7 +168,9 @@ def test_web_process_killed_mid_submit_loses_no_acknowledged_label_and_retries_l
     proc = _start_server(env, port, tmp_path / "server.log")
     try:
         acked = _check_acknowledged(db, labellers)
-        assert acked >= 40
+        # 40 were stored before the kill; each client may still have been waiting for the answer to
+        # its last one (stored, not yet acknowledged), so at least 40 − CLIENTS were acknowledged.
+        assert acked >= 40 - CLIENTS
         # Each request that got no answer is retried as a client would: same key, same body.
         retried = []
         with httpx.Client(base_url=base, timeout=10) as c:
