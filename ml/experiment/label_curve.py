@@ -315,7 +315,8 @@ def plot(payload: dict[str, Any], path: Path) -> Path:
                 continue
             m = np.array([per_n[str(n)][a][0] for n in ns])
             s = np.array([per_n[str(n)][a][1] for n in ns])
-            ax.errorbar(ns, m, yerr=s, marker="o", capsize=2, label=config)
+            ref = config == REFERENCE  # not a lens: drawn dashed
+            ax.errorbar(ns, m, yerr=s, marker="o", capsize=2, label=config, ls="--" if ref else "-")
         ax.axhline(payload["raw_z"][a], color="grey", ls=":", label="raw z")
         ax.axhline(PAPER_ILVM_MNIST, color="k", ls="--", label="paper ILVM (95.2)")
         ax.set_xscale("log")

@@ -202,7 +202,8 @@ def _label_curve_section(out: Path, md_dir: Path, res: dict[str, Any] | None, ch
     lines = ["## The label curve — how many labels the one-dimension score needs\n", _run_line(res) + "\n",
              f"{res['notes']}. One base VAE (seed {s['base_vae_seed']}) on the whole pool; per label count and seed, "
              "that many random pool items are labelled and each lens configuration is fitted on the pool. Metric "
-             "as everywhere here (one dimension per attribute), fitted and scored on test-split images no lens saw. "
+             "as everywhere here (one dimension per attribute), fitted and scored on test-split images no lens saw; "
+             "the curve is filled in by several runs, and the wall time above is their sum. "
              "Cells: score ± std over seeds (test accuracy); `train acc` is the accuracy on the lens's own "
              "labelled items (a large gap = memorisation). The paper's 95.2 is the dashed line on the plot.\n",
              "Configurations (`ml/experiment/label_curve.py`):\n"]
