@@ -283,8 +283,14 @@ lenslab experiment al-curve           --profile cpu --out {out} --seeds 3 --data
 lenslab experiment table1             --profile cpu --out {out} --seeds 3 --data-dir {data} --datasets mnist,digits,shapes
 lenslab experiment table2             --profile cpu --out {out} --seeds 3 --data-dir {data} --datasets mnist,digits,shapes
 lenslab experiment lens-on-classifier --profile cpu --out {out} --seeds 3 --data-dir {data}
-lenslab experiment label-curve        --profile cpu --out {out} --seeds 3 --data-dir {data} --configs CONFIGS --labels 1000
-lenslab experiment label-curve        --profile cpu --out {out} --seeds 1 --data-dir {data} --configs CONFIGS
+lenslab experiment label-curve        --profile cpu --out {out} --seeds 1 --data-dir {data} --labels 1000 \
+    --configs planar,planar-long,planar-long+propagation,planar-long+pseudo,planar-long+consistency,planar-long+mixup
+lenslab experiment label-curve        --profile cpu --out {out} --seeds 1 --data-dir {data} --labels 100,300,3000,10000 \
+    --configs planar,planar-long+propagation
+lenslab experiment label-curve        --profile cpu --out {out} --seeds 3 --data-dir {data} --labels 1000 \
+    --configs auto+propagation,mlp-all-dims
+lenslab experiment label-curve        --profile cpu --out {out} --seeds 1 --data-dir {data} --labels 100,300,3000,10000,60000 \
+    --configs mlp-all-dims
 lenslab experiment report             --out {out}          # regenerates this file
 ```
 
