@@ -17,13 +17,7 @@ LEV = Attribute("lev", "ordinal", ("1", "2", "3", "4", "5"))
 VAL = Attribute("val", "continuous", low=-3.0, high=3.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: thread hand-offs cost more than they save, and CI may share its cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def entangled_problem(n: int = 3000, d: int = 6, seed: int = 0):

@@ -11,13 +11,7 @@ from ml.lens import InterpretableLens
 from ml.lens_selection import ALPHA_CANDIDATES, FLOW_CANDIDATES
 from tests.ml.test_lens import CLS, LEV, entangled_problem, split
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,7 @@ from ml.regularisers import consistency_terms, mixup_terms, propagate_labels
 MOON = Attribute("moon", "categorical", ("a", "b"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_propagation_follows_the_data_manifold_where_nearest_labels_do_not() -> None:
