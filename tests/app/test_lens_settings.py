@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.app.worker_support import wait_job
-from tests.conftest import SHARED_DATA, create_project
+from tests.conftest import create_project
 
 SHAPE = [{"name": "shape", "kind": "categorical", "levels": ["square", "ellipse", "heart"]}]
 # Tiny on purpose: the tests check what the app does with the lens, not the lens's quality.
@@ -61,25 +59,6 @@ def test_new_lens_settings_are_accepted_and_bad_ones_refused_on_patch_and_job(cl
 
 
 # --------------------------------------------------------------------------- end to end, k = 2
-
-
-@pytest.fixture
-def served(sqlite_template: Path, tmp_path: Path) -> Any:
-    """A TestClient on SQLite whose app runs the in-process worker, as `lenslab serve` does."""
-    from fastapi.testclient import TestClient
-
-    from app.config import Settings
-    from app.main import create_app
-
-    path = tmp_path / "lenslab.db"
-    shutil.copy(sqlite_template, path)
-    settings = Settings(_env_file=None, database_url=f"sqlite:///{path}", data_dir=tmp_path / "data",
-                        import_roots=[SHARED_DATA], secret_key="test-secret-key-0123456789abcdef",
-                        eval_fraction=0.0, serve_worker=True, worker_poll_s=0.1, device="cpu")
-    app = create_app(settings)
-    with TestClient(app) as client:
-        yield client
-    app.state.db.dispose()
 
 
 def _sign_in(client: Any, username: str, password: str = "correct horse battery") -> None:
