@@ -37,6 +37,7 @@ from ml.attributes import Attribute, coerce_attributes, observed_mask, validate_
 
 __all__ = [
     "PROB_FLOOR",
+    "geo_mean_percent",
     "histogram_discretize",
     "interpretability_score",
     "interpretability_score_cv",
@@ -157,7 +158,7 @@ def _platt_svm(X: np.ndarray, y: np.ndarray, seed: int) -> Pipeline:
     return make_pipeline(StandardScaler(), calibrated).fit(X, y)
 
 
-def _geo_mean_percent(p: np.ndarray) -> float:
+def geo_mean_percent(p: np.ndarray) -> float:
     """100·exp(mean log p): the geometric-mean probability of the true level, in percent."""
     return float(100.0 * np.exp(np.mean(np.log(np.clip(p, PROB_FLOOR, 1.0)))))
 
@@ -217,13 +218,13 @@ def _score_attribute(
     freq = dict(zip(classes.tolist(), (counts / counts.sum()).tolist(), strict=True))
     p_chance = np.array([freq.get(c, 0.0) for c in c_te.tolist()])
     return {
-        "score": _geo_mean_percent(p_true),
+        "score": geo_mean_percent(p_true),
         "accuracy": accuracy,
         "dim": chosen[0] if dims == 1 else chosen,
         "mi": float(mi[chosen[0]]) if dims == 1 else [float(mi[i]) for i in chosen],
         "n_train": int(c_tr.size),
         "n_test": int(c_te.size),
-        "chance_score": _geo_mean_percent(p_chance),
+        "chance_score": geo_mean_percent(p_chance),
         "n_classes": int(known.size),
     }
 

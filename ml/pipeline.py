@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ml.attributes import Attribute, coerce_attributes, observed_mask, validate_labels
-from ml.control import ProgressFn, StopFn, check_stop
+from ml.control import ProgressFn, StopFn, check_stop, sub_progress
 
 REPRESENTATION_SOURCES = ("vae", "classifier", "torchscript", "embeddings")
 
@@ -66,13 +66,6 @@ def _unknown_keys(config: Mapping[str, Any], allowed: Sequence[str], where: str)
     unknown = sorted(set(config) - set(allowed))
     if unknown:
         raise ValueError(f"{where}: unknown setting(s) {unknown}; allowed: {sorted(allowed)}")
-
-
-def _stage(progress: ProgressFn | None, lo: float, hi: float) -> ProgressFn | None:
-    """A progress callback mapping a sub-step's [0, 1] onto [lo, hi] of the caller's."""
-    if progress is None:
-        return None
-    return lambda f, info: progress(lo + (hi - lo) * float(f), info)
 
 
 # --------------------------------------------------------------------------- base representation
@@ -148,7 +141,7 @@ def _fit_vae(images: np.ndarray, cfg: dict[str, Any], progress: ProgressFn | Non
     n_test = round(heldout * n) if n >= 20 else 0
     test_idx, train_idx = perm[:n_test], perm[n_test:]
     vae = VAE(image_shape=None, device=device, **params)
-    vae.fit(images[np.sort(train_idx)], progress=_stage(progress, 0.0, 0.9), should_stop=should_stop)
+    vae.fit(images[np.sort(train_idx)], progress=sub_progress(progress, 0.0, 0.9), should_stop=should_stop)
     check_stop(should_stop)
     Z = vae.encode(images)
     test_ll = None
@@ -177,7 +170,7 @@ def _fit_classifier(images: np.ndarray, cfg: dict[str, Any], labels: np.ndarray 
         raise ValueError(f"representation 'classifier' needs training labels of at least 2 classes; "
                          f"{n_labelled} item(s) are labelled: label more items, then run pretrain again")
     clf = HiddenLayerClassifier(n_classes=n_classes, image_shape=tuple(images.shape[1:]), device=device, **cfg)
-    clf.fit(images, y, progress=_stage(progress, 0.0, 0.95), should_stop=should_stop)
+    clf.fit(images, y, progress=sub_progress(progress, 0.0, 0.95), should_stop=should_stop)
     check_stop(should_stop)
     Z = clf.transform(images)
     info = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in clf.get_params().items()},

@@ -138,7 +138,7 @@ def reference_point(data: Prepared, Z: np.ndarray, Z_test: np.ndarray, idx: np.n
 
     from sklearn.neural_network import MLPClassifier
 
-    from ml.metrics import PROB_FLOOR
+    from ml.metrics import geo_mean_percent
 
     t0 = time.perf_counter()
     mean, std = Z.mean(0), Z.std(0) + 1e-8
@@ -156,7 +156,7 @@ def reference_point(data: Prepared, Z: np.ndarray, Z_test: np.ndarray, idx: np.n
         p = clf.predict_proba(Xt)
         col = np.searchsorted(clf.classes_, yt).clip(max=len(clf.classes_) - 1)
         p_true = np.where(clf.classes_[col] == yt, p[np.arange(len(yt)), col], 0.0)
-        row[a.name] = float(100.0 * np.exp(np.mean(np.log(np.clip(p_true, PROB_FLOOR, 1.0)))))
+        row[a.name] = geo_mean_percent(p_true)
         row[f"{a.name}_accuracy"] = float(np.mean(clf.classes_[p.argmax(1)] == yt))
         row[f"{a.name}_train_accuracy"] = float(np.mean(clf.predict(X) == y))
         scores.append(row[a.name])
