@@ -10,7 +10,8 @@ predictive distributions p_t = p_ψ(s|z*_t) of an attribute. From those:
 Continuous attributes (p_t Gaussian) use ``gaussian_bald`` / ``gaussian_entropy``, which
 moment-match the mixture mean_t N(μ_t, σ²_t) by one Gaussian. Scores of several attributes are
 summed. ``select_batch`` turns scores into a batch for several experts without near-duplicates
-(greedy BatchBALD, Kirsch et al. 2019, or stochastic power sampling, Kirsch et al. 2023), and
+(greedy BatchBALD, Kirsch et al. 2019; stochastic power sampling, Kirsch et al. 2023; or the
+informativeness-weighted k-means of Zhdanov 2019, which spreads a batch over the feature space), and
 ``score_pool`` scores a pool chunk by chunk so that memory does not grow with the pool.
 
 Array functions take NumPy arrays (computed in float64) or torch tensors (computed in the
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 STRATEGIES: tuple[str, ...] = ("bald", "max_entropy", "random")
-BATCH_METHODS: tuple[str, ...] = ("topk", "batchbald", "power")
+BATCH_METHODS: tuple[str, ...] = ("topk", "batchbald", "power", "diverse")
 
 ArrayT: TypeAlias = np.ndarray | torch.Tensor
 # What ``prob_fn`` of ``score_pool`` may return for one attribute: probs [B, S, C] of a discrete
@@ -286,6 +287,41 @@ def _power(
     return idx[order[:k]]
 
 
+def _diverse(
+    scores: np.ndarray,
+    k: int,
+    allowed: np.ndarray,
+    features: np.ndarray,
+    prefilter: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    idx = np.flatnonzero(allowed)
+    if idx.size <= k:
+        return idx[np.argsort(-scores[idx], kind="stable")]
+    # The prefilter keeps the informative items; k-means weighted by the score then places one
+    # centre per batch slot among them, so the batch covers k regions instead of piling into the
+    # single most ambiguous one (Zhdanov 2019, "Diverse mini-batch active learning").
+    cand = idx[np.argsort(-scores[idx], kind="stable")[: max(k, prefilter * k)]]
+    X = features[cand].astype(np.float64)
+    X = (X - X.mean(0)) / np.where(X.std(0) > 1e-12, X.std(0), 1.0)
+    w = np.clip(scores[cand], 0.0, None) + 1e-12
+    km = KMeans(n_clusters=k, n_init=3, random_state=int(rng.integers(2**31 - 1))).fit(X, sample_weight=w)
+    chosen: list[int] = []
+    taken = np.zeros(cand.size, bool)
+    dist = ((X[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1)  # [candidates, k]
+    for c in range(k):
+        # The candidate nearest each centre (an empty or already-claimed centre takes the next nearest).
+        for j in np.argsort(dist[:, c], kind="stable"):
+            if not taken[j]:
+                taken[j] = True
+                chosen.append(j)
+                break
+    out = cand[np.asarray(chosen, dtype=np.int64)]
+    return out[np.argsort(-scores[out], kind="stable")]
+
+
 def _batchbald(
     probs: np.ndarray,
     k: int,
@@ -362,6 +398,8 @@ def select_batch(
     exclude: np.ndarray | Sequence[int] | None = None,
     candidate_pool: int = 256,
     num_configs: int = 2048,
+    features: Any = None,
+    prefilter: int = 10,
 ) -> np.ndarray:
     """Indices of a batch of ``k`` items to hand to several experts, without near-duplicates.
 
@@ -372,6 +410,9 @@ def select_batch(
       repeats the information of items already in the batch gains little and is passed over.
       The greedy runs on the ``candidate_pool`` items of highest BALD; joint configurations are
       enumerated exactly up to ``num_configs``, then sampled (``seed``).
+    * ``"diverse"``: the ``prefilter``·k highest scores, clustered into k groups by k-means on
+      ``features`` [N, D] (each item weighted by its score); the item nearest each centre
+      (Zhdanov 2019). Use the representation the lens sees (z) as ``features``.
 
     ``exclude``: a boolean mask [N] or indices of items never to pick (e.g. leased or labelled).
     Returns int64 indices, best first, of length min(k, number of items not excluded).
@@ -395,5 +436,18 @@ def select_batch(
         return _batchbald(probs, k, allowed, rng, int(candidate_pool), int(num_configs))
     scores = _as_scores(scores_or_probs)
     allowed = _allowed_mask(exclude, scores.shape[0])
+    if method == "diverse":
+        if features is None:
+            raise ValueError("method 'diverse' needs features [N, D] (e.g. the pool's z)")
+        feats = _to_numpy(features)
+        if feats.ndim != 2 or feats.shape[0] != scores.shape[0]:
+            raise ValueError(f"features: expected shape [{scores.shape[0]}, D], got {tuple(feats.shape)}")
+        if not np.isfinite(feats).all():
+            raise ValueError("features: NaN or infinite values found")
+        if isinstance(prefilter, bool) or not isinstance(prefilter, int | np.integer) or prefilter < 1:
+            raise ValueError(f"prefilter must be a positive integer, got {prefilter!r}")
+        if k == 0:
+            return np.empty(0, dtype=np.int64)
+        return _diverse(scores, k, allowed, feats, int(prefilter), rng).astype(np.int64)
     out = _topk(scores, k, allowed) if method == "topk" else _power(scores, k, allowed, float(beta), rng)
     return out.astype(np.int64)

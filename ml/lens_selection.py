@@ -8,7 +8,8 @@ scored after every epoch by the held-out log-likelihood Σ_j log p_ψ(s_j | f(z)
 labels; early stopping picks the epoch. A candidate's score is its mean over folds of the best
 epoch's value. The search is staged (flow family and depth, then α, then weight decay), each stage
 keeping the previous stages' winners, so its cost grows with the sum, not the product, of the grid
-sizes. The winner's epoch count, converted to optimiser steps and back to epochs on the whole pool,
+sizes. A winner still improving when the screening budget ran out is trained again on the same
+folds with a longer budget, to measure its own length. The winner's epoch count, converted to optimiser steps and back to epochs on the whole pool,
 sets the final fit's length.
 """
 
@@ -47,6 +48,10 @@ WEIGHT_DECAY_CANDIDATES = (0.0, 1e-4, 1e-3)
 # digit score from 2,350 to 9,400 steps, so the budget must reach thousands of steps.
 SELECTION_MAX_STEPS = 2400
 SELECTION_PATIENCE_STEPS = 600
+# The winner's length, when it was still improving at the end of the screening budget (the grid
+# compares settings at equal budgets; only the winner needs its own length).
+LENGTH_MAX_STEPS = 9600
+LENGTH_PATIENCE_STEPS = 1200
 SELECTION_MIN_EPOCHS = 5
 
 
@@ -86,7 +91,9 @@ def select_settings(
     """Choose ``lens``'s "auto" settings and its epochs by k-fold CV; a JSON-able record of the search.
 
     Returns {"chosen": {setting: value, ..., "epochs": E}, "folds": k, "criterion", "candidates":
-    [{"settings", "score", "fold_scores", "best_epochs"}], "selection_items", "seconds"}.
+    [{"settings", "score", "fold_scores", "best_epochs", "best_steps", "ran_out"}], "length" (the
+    winner's longer-budget record, or None when its screening fits stopped early), "selection_items",
+    "seconds"}.
     """
     t0 = time.perf_counter()
     n = len(Z)
@@ -125,44 +132,54 @@ def select_settings(
     if not stages:
         stages.append([{}])  # only the epochs are chosen
 
-    n_fits = sum(len(s) for s in stages) * k
+    length_stage = lens.epochs is None
+    n_fits = (sum(len(s) for s in stages) + int(length_stage)) * k
     done = 0
+
+    def cross_validate(settings: dict[str, Any], max_steps: int, patience_steps: int) -> dict[str, Any]:
+        """Train ``settings`` once per fold with early stopping; the fold scores and best lengths."""
+        nonlocal done
+        fold_scores, best_steps, best_epochs, ran_out = [], [], [], []
+        for tr, te in folds:
+            rows = np.concatenate([tr, unlab])
+            child = lens._concrete({**settings, "epochs": None})
+            steps_per_epoch = max(1, math.ceil(len(rows) / child.batch_size))
+            epochs = lens.epochs or max(SELECTION_MIN_EPOCHS, math.ceil(max_steps / steps_per_epoch))
+            patience = max(2, math.ceil(patience_steps / steps_per_epoch))
+            child.epochs = epochs
+            sub = sub_progress(progress, done / n_fits, (done + 1) / n_fits, candidate=settings)
+            curve = child._fit_fixed(
+                Z[rows],
+                _hide(labels, lens, rows),
+                child._config(Z.shape[1]),
+                reuse=False,
+                progress=sub,
+                should_stop=should_stop,
+                validation=(Z[te], _hide(labels, lens, te)),
+                patience=patience,
+            )
+            done += 1
+            e = int(np.nanargmax(curve)) if np.isfinite(curve).any() else len(curve) - 1
+            fold_scores.append(float(curve[e]))
+            best_epochs.append(e + 1)
+            best_steps.append((e + 1) * steps_per_epoch)
+            # Still improving within the last patience window when the budget ran out.
+            ran_out.append(bool(len(curve) == epochs and epochs - (e + 1) < patience))
+        return {
+            "settings": dict(settings),
+            "score": float(np.mean(fold_scores)),
+            "fold_scores": fold_scores,
+            "best_epochs": best_epochs,
+            "best_steps": best_steps,
+            "ran_out": ran_out,
+        }
+
     candidates: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for stage in stages:
         stage_best: dict[str, Any] | None = None
         for change in stage:
-            settings = {**base, **change}
-            fold_scores, best_steps, best_epochs = [], [], []
-            for tr, te in folds:
-                rows = np.concatenate([tr, unlab])
-                child = lens._concrete({**settings, "epochs": None})
-                steps_per_epoch = max(1, math.ceil(len(rows) / child.batch_size))
-                epochs = lens.epochs or max(SELECTION_MIN_EPOCHS, math.ceil(SELECTION_MAX_STEPS / steps_per_epoch))
-                child.epochs = epochs
-                sub = sub_progress(progress, done / n_fits, (done + 1) / n_fits, candidate=settings)
-                curve = child._fit_fixed(
-                    Z[rows],
-                    _hide(labels, lens, rows),
-                    child._config(Z.shape[1]),
-                    reuse=False,
-                    progress=sub,
-                    should_stop=should_stop,
-                    validation=(Z[te], _hide(labels, lens, te)),
-                    patience=max(2, math.ceil(SELECTION_PATIENCE_STEPS / steps_per_epoch)),
-                )
-                done += 1
-                e = int(np.nanargmax(curve)) if np.isfinite(curve).any() else len(curve) - 1
-                fold_scores.append(float(curve[e]))
-                best_epochs.append(e + 1)
-                best_steps.append((e + 1) * steps_per_epoch)
-            record = {
-                "settings": dict(settings),
-                "score": float(np.mean(fold_scores)),
-                "fold_scores": fold_scores,
-                "best_epochs": best_epochs,
-                "best_steps": best_steps,
-            }
+            record = cross_validate({**base, **change}, SELECTION_MAX_STEPS, SELECTION_PATIENCE_STEPS)
             candidates.append(record)
             if stage_best is None or record["score"] > stage_best["score"]:
                 stage_best = record
@@ -170,8 +187,13 @@ def select_settings(
         base = dict(stage_best["settings"])
         best = stage_best
     assert best is not None
+    # The screening budget keeps the grid affordable, but a winner still improving when it ran out
+    # has not found its length: measure that again, on the same folds, with a longer budget.
+    length = None
+    if length_stage and any(best["ran_out"]):
+        length = cross_validate(best["settings"], LENGTH_MAX_STEPS, LENGTH_PATIENCE_STEPS)
     # The chosen number of optimiser steps, as epochs over the whole pool the final fit sees.
-    steps = float(np.median(best["best_steps"]))
+    steps = float(np.median((length or best)["best_steps"]))
     final_epochs = int(max(1, math.ceil(steps / max(1, math.ceil(n / lens.batch_size)))))
     chosen = {**best["settings"], "epochs": final_epochs if lens.epochs is None else lens.epochs}
     return {
@@ -179,6 +201,7 @@ def select_settings(
         "folds": k,
         "criterion": "mean held-out Σ_j log p(s_j | f(z)) over labelled items, best epoch per fold",
         "candidates": candidates,
+        "length": length,
         "selection_items": {"labelled": len(lab_idx), "unlabelled": len(unlab)},
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -69,6 +69,11 @@ class Profile:
     # and draw their pool from its first ``al_pool`` images; seeds then vary labels and lens only.
     al_shared_vae: bool = False
     al_batch: int = 50
+    # How a score-based strategy turns scores into a batch (``ml.acquisition.select_batch``): "topk",
+    # "power" (stochastic batch acquisition, Kirsch et al. 2023: k items drawn ∝ score^β) or
+    # "diverse" (one item per cluster of the most informative items in z, Zhdanov 2019).
+    al_batch_rule: str = "topk"
+    al_power_beta: float = 1.0
     n_samples: int = 32  # Monte-Carlo samples of z* for BALD (eq. 10)
     jlvm_betas: tuple[float, ...] = (1.0,)
     beta_vae_beta: float = 4.0
@@ -465,7 +470,8 @@ def save_outputs(out: Path, stem: str, payload: dict[str, Any], rows: Sequence[M
             kept = {k: v for k, v in old.get("results", {}).items() if k not in payload["results"]}
             merged["results"] = {**kept, **payload["results"]}
             merged["datasets"] = list(merged["results"])
-            merged["wall_s"] = round(float(old.get("wall_s", 0.0)) + float(payload["wall_s"]), 1)
+            if kept:  # the kept results' time stays in the total; a full rerun reports its own
+                merged["wall_s"] = round(float(old.get("wall_s", 0.0)) + float(payload["wall_s"]), 1)
             with open(cpath, newline="") as f:
                 all_rows = [r for r in csv.DictReader(f) if r.get("dataset") in kept] + all_rows
     write_csv(cpath, all_rows)

@@ -122,8 +122,9 @@ def run_point(data: Prepared, Z: np.ndarray, Z_fit: np.ndarray, Z_test: np.ndarr
                            "fit_s": round(time.perf_counter() - t0, 1)}
     if lens.selection_:
         row["selection"] = json.dumps({"chosen": lens.selection_["chosen"],
-                                       "scores": [[c["settings"], round(c["score"], 4)]
-                                                  for c in lens.selection_["candidates"]]})
+                                       "scores": [[c["settings"], round(c["score"], 4), c["best_steps"]]
+                                                  for c in lens.selection_["candidates"]],
+                                       "length_steps": (lens.selection_.get("length") or {}).get("best_steps")})
     # Fit accuracy on the lens's own labelled items: memorisation shows as a gap to the test accuracy.
     pred = lens.predict(Z[idx])
     for a in data.attributes:
@@ -195,8 +196,14 @@ def _merge_rows(path: Path, rows: list[dict[str, Any]], profile: str) -> list[di
 
 def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] = ("mnist",),
         data_dir: str = "../shared/data", configs: Sequence[str] | None = None,
-        label_counts: Sequence[int] | None = None) -> dict[str, Any]:
-    """The label curve; writes label-curve.{json,csv,png} under ``out`` and prints the table."""
+        label_counts: Sequence[int] | None = None, first_seed: int = 0) -> dict[str, Any]:
+    """The label curve; writes label-curve.{json,csv,png} under ``out`` and prints the table.
+
+    Seeds ``first_seed`` … ``first_seed + seeds − 1``: separate runs (one per core, say) may fill in
+    different seeds of the same curve; each point is merged into the files as it is measured.
+    """
+    if isinstance(first_seed, bool) or not isinstance(first_seed, int) or first_seed < 0:
+        raise ValueError(f"first_seed must be a non-negative integer, got {first_seed!r}")
     if tuple(datasets) != ("mnist",):
         raise ValueError(f"label-curve runs on mnist only, got datasets {list(datasets)}")
     configs = tuple(configs or DEFAULT_CONFIGS)
@@ -220,7 +227,7 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
     payload: dict[str, Any] = {}
     for config in configs:
         for n in counts:
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 rows.append(run_point(data, Z, Z_fit, Z_test, config, n, seed, bar))
                 r = rows[-1]
                 bar.step(f"{config} n={n} s{seed}: " + " ".join(f"{a.name} {r[a.name]:.1f}" for a in data.attributes))

@@ -58,6 +58,17 @@ def _run_line(res: dict[str, Any]) -> str:
             f"measured {m['measured_at']}.")
 
 
+def _batch_rule(s: dict[str, Any]) -> str:
+    rule = s.get("batch_rule", "topk")
+    if rule == "power":
+        return f"BALD and max-entropy batches drawn ∝ score^{s.get('power_beta', 1.0):g} (power acquisition)"
+    if rule == "diverse":
+        k = s["al_batch"]
+        return (f"BALD and max-entropy batches: the {10 * k} best-scored items clustered by score-weighted k-means "
+                f"in z, the item nearest each of the {k} centres (Zhdanov 2019)")
+    return "BALD and max-entropy batches are the top-scored items"
+
+
 def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: list[str]) -> str:
     if res is None:
         return "## Figure 8 — active learning\n\nNot run yet (`lenslab experiment al-curve`).\n"
@@ -67,7 +78,7 @@ def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
              f"{s['n_flows']} planar flows, hidden {s['lens_hidden']}, {s['lens_epochs_first']} epochs on the first fit "
              f"then {s['lens_epochs_warm']} per warm-started round, regularisers: {_extra(s)}, "
              f"α = {_alpha(s)}, "
-             f"{s['n_samples']} z* samples for BALD. The metric is fitted on the held-out `fit` set and scored on `test` "
+             f"{s['n_samples']} z* samples for BALD; {_batch_rule(s)}. The metric is fitted on the held-out `fit` set and scored on `test` "
              "after every fit. AUC = mean score over the label range (trapezoids); 'labels → random final' = the first "
              "label count at which the strategy's mean curve reaches random acquisition's final mean score; p = paired "
              "t-test (Wilcoxon beside it) of the per-seed AUCs against random's.\n"]

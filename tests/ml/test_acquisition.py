@@ -197,6 +197,35 @@ def test_power_sampling_never_picks_excluded_and_fills_with_zero_scores_last():
         assert got[0] == 2 and set(got[1:]) <= {0, 1, 4}
 
 
+def test_diverse_batch_takes_one_item_per_region_where_topk_piles_into_one():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 3)) * 10
+    feats = np.concatenate([c + rng.normal(size=(40, 3)) for c in centres])  # 5 regions of 40 items
+    # Region 0 is the most informative: top-k takes all five from it.
+    scores = np.where(np.arange(200) < 40, 1.0, 0.5) + rng.random(200) * 0.01
+    assert set(select_batch(scores, 5, "topk") // 40) == {0}
+    got = select_batch(scores, 5, "diverse", features=feats, prefilter=40, seed=0)
+    assert sorted((got // 40).tolist()) == [0, 1, 2, 3, 4]
+    # The prefilter keeps informative items only: with prefilter 1 the batch is the top-5 set.
+    assert set(select_batch(scores, 5, "diverse", features=feats, prefilter=1, seed=0)) == set(
+        select_batch(scores, 5, "topk"))
+    # Best first, distinct, never excluded.
+    assert np.all(np.diff(scores[got]) <= 0) and len(set(got.tolist())) == 5
+    excl = select_batch(scores, 5, "diverse", features=feats, prefilter=40, seed=0, exclude=np.arange(40))
+    assert excl.min() >= 40 and len(set(excl.tolist())) == 5
+
+
+def test_diverse_batch_rejects_missing_or_misshapen_features():
+    scores = np.ones(10)
+    with pytest.raises(ValueError, match="needs features"):
+        select_batch(scores, 2, "diverse")
+    with pytest.raises(ValueError, match=r"features: expected shape \[10, D\]"):
+        select_batch(scores, 2, "diverse", features=np.ones((9, 2)))
+    with pytest.raises(ValueError, match="prefilter"):
+        select_batch(scores, 2, "diverse", features=np.ones((10, 2)), prefilter=0)
+    assert select_batch(scores, 20, "diverse", features=np.eye(10)).size == 10
+
+
 def _naive_batchbald(probs: np.ndarray, k: int) -> list[int]:
     """Greedy BatchBALD with the joint entropy H(y_1..y_n) by enumerating all configurations."""
     n, s, c = probs.shape
@@ -265,7 +294,7 @@ def test_select_batch_rejects_bad_arguments():
         select_batch(scores, 2, exclude=[7])
     with pytest.raises(ValueError, match="non-negative"):
         select_batch(np.array([1.0, -1.0]), 1, "power")
-    assert set(BATCH_METHODS) == {"topk", "batchbald", "power"}
+    assert set(BATCH_METHODS) == {"topk", "batchbald", "power", "diverse"}
 
 
 # --------------------------------------------------------------------------- score_pool

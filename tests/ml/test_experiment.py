@@ -137,6 +137,16 @@ def test_label_curve_measures_every_configuration_and_accumulates_runs(out: Path
         label_curve.run(TINY, out, seeds=1, data_dir=str(DATA_DIR), label_counts=(10**6,))
 
 
+def test_al_curve_batch_rules_spread_a_bald_batch_and_are_recorded(out: Path, tmp_path: Path) -> None:
+    res = al_curve.run(TINY, tmp_path, seeds=1, datasets=("digits",), strategies=("ilvm-bald", "random"),
+                       batch_rule="diverse")
+    assert res["settings"]["batch_rule"] == "diverse"
+    e = res["results"]["digits"]["summary"]["digit"]["strategies"]["ilvm-bald"]
+    assert len(e["mean"]) == 3 and all(0 < v <= 100 for v in e["mean"])
+    with pytest.raises(ValueError, match="batch_rule must be one of"):
+        al_curve.run(TINY, tmp_path, seeds=1, datasets=("digits",), batch_rule="greedy")
+
+
 def test_report_and_cli(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     md = write_report(out, tmp_path / "EXPERIMENTS.md")
     text = md.read_text()
@@ -155,3 +165,7 @@ def test_report_and_cli(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "--labels must be comma-separated integers" in capsys.readouterr().err
     assert cli_main(["experiment", "table1", "--labels", "100", "--out", str(out)]) == 2
     assert "apply to label-curve only" in capsys.readouterr().err
+    assert cli_main(["experiment", "table1", "--first-seed", "1", "--out", str(out)]) == 2
+    assert "apply to label-curve only" in capsys.readouterr().err
+    assert cli_main(["experiment", "table1", "--batch-rule", "power", "--out", str(out)]) == 2
+    assert "--batch-rule applies to al-curve only" in capsys.readouterr().err

@@ -102,3 +102,33 @@ def test_the_app_accepts_exactly_the_lens_flow_families() -> None:
     from ml.flows import FLOW_FAMILIES
 
     assert (*FLOW_FAMILIES, "auto") == pipeline.FLOW_FAMILIES
+
+
+def test_a_winner_still_improving_at_the_budget_gets_its_length_measured_again(problem) -> None:
+    z, s, _, _ = problem
+    with pytest.MonkeyPatch.context() as mp:
+        # A screening budget far too short for this problem: every fit is still improving at its end.
+        mp.setattr(lens_selection, "SELECTION_MAX_STEPS", 12)
+        mp.setattr(lens_selection, "SELECTION_PATIENCE_STEPS", 4)
+        mp.setattr(lens_selection, "LENGTH_MAX_STEPS", 240)
+        mp.setattr(lens_selection, "LENGTH_PATIENCE_STEPS", 60)
+        lens = InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=0,
+                                 selection_pool=300, selection_folds=2).fit(z, s)
+    sel = lens.selection_
+    best = max(sel["candidates"], key=lambda c: c["score"])
+    assert any(best["ran_out"])
+    length = sel["length"]
+    assert length is not None and length["settings"] == best["settings"]
+    # The longer budget found a better held-out likelihood, later than the screening budget allowed,
+    # and the final fit's length follows it, not the screening fits.
+    assert length["score"] > best["score"]
+    assert max(length["best_steps"]) > 3 * max(best["best_steps"])
+    steps_per_epoch = -(-len(z) // lens.batch_size)
+    assert sel["chosen"]["epochs"] == -(-int(np.median(length["best_steps"])) // steps_per_epoch)
+    assert len(lens.history_) == sel["chosen"]["epochs"]
+
+
+def test_no_second_length_run_when_every_screening_fit_stopped_early(auto_lens) -> None:
+    sel = auto_lens.selection_
+    best = max(sel["candidates"][len(FLOW_CANDIDATES):], key=lambda c: c["score"])
+    assert (sel["length"] is None) == (not any(best["ran_out"]))
