@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default=None, help="label-curve only: comma-separated label counts, e.g. 100,1000")
     p.add_argument("--first-seed", type=int, default=None,
                    help="label-curve only: run seeds FIRST_SEED … FIRST_SEED+SEEDS−1 (default 0)")
-    p.add_argument("--batch-rule", default=None, choices=("topk", "power", "diverse"),
-                   help="al-curve only: how BALD / max-entropy scores become a batch (default: the profile's)")
+    p.add_argument("--strategies", default=None,
+                   help="al-curve only: comma-separated acquisition strategies (default: the profile's; "
+                        "see ml.experiment.al_curve.STRATEGIES and OPTIONAL)")
     p.add_argument("--markdown", default="EXPERIMENTS.md", help="report only: where to write the markdown")
     p.set_defaults(func=_run)
 
@@ -60,10 +61,10 @@ def _run(args: argparse.Namespace) -> int:
             extra["first_seed"] = args.first_seed
     elif args.configs or args.labels or args.first_seed is not None:
         raise ValueError(f"--configs, --labels and --first-seed apply to label-curve only, not {args.name!r}")
-    if args.batch_rule is not None:
+    if args.strategies is not None:
         if args.name != "al-curve":
-            raise ValueError(f"--batch-rule applies to al-curve only, not {args.name!r}")
-        extra["batch_rule"] = args.batch_rule
+            raise ValueError(f"--strategies applies to al-curve only, not {args.name!r}")
+        extra["strategies"] = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
     run_experiment(args.name, profile=args.profile, out=args.out, seeds=args.seeds, data_dir=args.data_dir,
                    datasets=datasets, **extra)
     return 0

@@ -37,8 +37,12 @@ from ml.experiment.common import (
 )
 
 STRATEGIES = ("ilvm-bald", "max-entropy", "random")
-OPTIONAL = ("batchbald",)
-_ACQ = {"ilvm-bald": "bald", "max-entropy": "max_entropy", "random": "random"}
+# BALD scores with another batch rule: "-power" draws the batch ∝ score^β (Kirsch et al. 2023),
+# "-diverse" takes one item per k-means cluster of the best-scored items in z (Zhdanov 2019);
+# "batchbald" is greedy BatchBALD on the first attribute.
+OPTIONAL = ("ilvm-bald-power", "ilvm-bald-diverse", "batchbald")
+_ACQ = {"ilvm-bald": "bald", "ilvm-bald-power": "bald", "ilvm-bald-diverse": "bald", "max-entropy": "max_entropy",
+        "random": "random"}
 
 
 def area_under_curve(x: np.ndarray, y: np.ndarray) -> float:
@@ -64,13 +68,13 @@ def _acquire(lens: Any, strategy: str, Z: np.ndarray, labelled: np.ndarray, k: i
         probs = lens.sample_probs(Z, n_samples=profile.n_samples, seed=seed)[attr]
         return select_batch(probs, k, "batchbald", exclude=labelled, seed=seed)
     scores = lens.acquisition_scores(Z, _ACQ[strategy], n_samples=profile.n_samples, seed=seed)
-    if strategy == "random" or profile.al_batch_rule == "topk":
-        return select_batch(scores, k, "topk", exclude=labelled)
-    # A top-k batch of 50 piles into one ambiguous region. "power" draws the batch ∝ score^β;
-    # "diverse" clusters the most informative items in z and takes one per cluster.
-    if profile.al_batch_rule == "diverse":
-        return select_batch(scores, k, "diverse", features=Z, exclude=labelled, seed=seed)
-    return select_batch(scores, k, "power", beta=profile.al_power_beta, exclude=labelled, seed=seed)
+    # A top-k batch of 50 can pile into one ambiguous region of z; the variants spread it.
+    if strategy.endswith("-power"):
+        return select_batch(scores, k, "power", beta=profile.al_power_beta, exclude=labelled, seed=seed)
+    if strategy.endswith("-diverse"):
+        return select_batch(scores, k, "diverse", features=Z, exclude=labelled, seed=seed,
+                            prefilter=profile.al_prefilter)
+    return select_batch(scores, k, "topk", exclude=labelled)
 
 
 def run_one(data: Prepared, profile: Profile, strategy: str, seed: int, Z: np.ndarray, Z_fit: np.ndarray,
@@ -150,20 +154,13 @@ def plot(summary: dict[str, Any], keys: list[str], title: str, path: Path) -> Pa
     return path
 
 
-BATCH_RULES = ("topk", "power", "diverse")
-
-
 def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] = ("mnist",),
-        data_dir: str = "../shared/data", strategies: tuple[str, ...] = STRATEGIES,
-        batch_rule: str | None = None) -> dict[str, Any]:
+        data_dir: str = "../shared/data", strategies: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run Figure 8 on each data set; write al-curve.{json,csv,png} (one file per data set) under ``out``.
 
-    ``batch_rule`` ("topk", "power" or "diverse") overrides the profile's ``al_batch_rule``.
+    ``strategies``: default the profile's ``al_strategies``; "random" must be among them.
     """
-    if batch_rule is not None:
-        if batch_rule not in BATCH_RULES:
-            raise ValueError(f"batch_rule must be one of {BATCH_RULES}, got {batch_rule!r}")
-        profile = dataclasses.replace(profile, al_batch_rule=batch_rule)
+    strategies = tuple(strategies or profile.al_strategies)
     unknown = set(strategies) - set(STRATEGIES) - set(OPTIONAL)
     if unknown:
         raise ValueError(f"unknown strategies {sorted(unknown)}; choose from {STRATEGIES + OPTIONAL}")
@@ -208,7 +205,7 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
                             "n_flows": profile.n_flows, "lens_hidden": profile.lens_hidden,
                             "lens_epochs_first": profile.al_epochs_first or profile.lens_epochs_first, "lens_epochs_warm": profile.lens_epochs_warm,
                             "lens_extra": dict(profile.lens_extra), "alpha": profile.lens_alpha, "n_samples": profile.n_samples,
-                            "batch_rule": profile.al_batch_rule, "power_beta": profile.al_power_beta},
+                            "power_beta": profile.al_power_beta, "prefilter": profile.al_prefilter},
                "results": results}
     payload = save_outputs(out, "al-curve", payload, all_rows)
     return payload

@@ -69,11 +69,10 @@ class Profile:
     # and draw their pool from its first ``al_pool`` images; seeds then vary labels and lens only.
     al_shared_vae: bool = False
     al_batch: int = 50
-    # How a score-based strategy turns scores into a batch (``ml.acquisition.select_batch``): "topk",
-    # "power" (stochastic batch acquisition, Kirsch et al. 2023: k items drawn ∝ score^β) or
-    # "diverse" (one item per cluster of the most informative items in z, Zhdanov 2019).
-    al_batch_rule: str = "topk"
-    al_power_beta: float = 1.0
+    # The acquisition strategies an al-curve run compares (``ml.experiment.al_curve``).
+    al_strategies: tuple[str, ...] = ("ilvm-bald", "max-entropy", "random")
+    al_power_beta: float = 1.0  # "ilvm-bald-power": the batch is drawn ∝ BALD^β
+    al_prefilter: int = 10  # "ilvm-bald-diverse": k-means over the al_prefilter × al_batch best-scored items
     n_samples: int = 32  # Monte-Carlo samples of z* for BALD (eq. 10)
     jlvm_betas: tuple[float, ...] = (1.0,)
     beta_vae_beta: float = 4.0
@@ -106,6 +105,7 @@ PROFILE_SPECS: dict[str, Profile] = {
         },
         lens_epochs_first=40, lens_epochs_warm=12, n_flows=32, lens_hidden=128, al_rounds=6, lens_alpha=300.0,
         lens_extra={"propagation_weight": 3000.0}, al_pool=3000, al_epochs_first=40, al_shared_vae=True,
+        al_strategies=("ilvm-bald", "ilvm-bald-power", "ilvm-bald-diverse", "max-entropy", "random"),
         jlvm_betas=(1.0, 10.0), iwae_k=100, clf_epochs=4, clf_pool=5000, clf_labels=1000,
         label_curve_size=DataSize(pool=60000, eval_fit=2000, eval_test=8000, vae_epochs=20, n_labels=1000),
         label_counts=(100, 300, 1000, 3000, 10000),

@@ -137,14 +137,16 @@ def test_label_curve_measures_every_configuration_and_accumulates_runs(out: Path
         label_curve.run(TINY, out, seeds=1, data_dir=str(DATA_DIR), label_counts=(10**6,))
 
 
-def test_al_curve_batch_rules_spread_a_bald_batch_and_are_recorded(out: Path, tmp_path: Path) -> None:
-    res = al_curve.run(TINY, tmp_path, seeds=1, datasets=("digits",), strategies=("ilvm-bald", "random"),
-                       batch_rule="diverse")
-    assert res["settings"]["batch_rule"] == "diverse"
-    e = res["results"]["digits"]["summary"]["digit"]["strategies"]["ilvm-bald"]
-    assert len(e["mean"]) == 3 and all(0 < v <= 100 for v in e["mean"])
-    with pytest.raises(ValueError, match="batch_rule must be one of"):
-        al_curve.run(TINY, tmp_path, seeds=1, datasets=("digits",), batch_rule="greedy")
+def test_al_curve_runs_the_bald_batch_variants(tmp_path: Path) -> None:
+    res = al_curve.run(TINY, tmp_path, seeds=1, datasets=("digits",),
+                       strategies=("ilvm-bald-power", "ilvm-bald-diverse", "random"))
+    assert res["settings"]["prefilter"] == TINY.al_prefilter and res["strategies"][-1] == "random"
+    for st in ("ilvm-bald-power", "ilvm-bald-diverse"):
+        e = res["results"]["digits"]["summary"]["digit"]["strategies"][st]
+        assert len(e["mean"]) == 3 and all(0 < v <= 100 for v in e["mean"])
+        assert e["vs_random_auc"]["n"] == 1
+    with pytest.raises(ValueError, match="unknown strategies"):
+        al_curve.run(TINY, tmp_path, seeds=1, datasets=("digits",), strategies=("ilvm-bald-greedy", "random"))
 
 
 def test_report_and_cli(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,5 +169,5 @@ def test_report_and_cli(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "apply to label-curve only" in capsys.readouterr().err
     assert cli_main(["experiment", "table1", "--first-seed", "1", "--out", str(out)]) == 2
     assert "apply to label-curve only" in capsys.readouterr().err
-    assert cli_main(["experiment", "table1", "--batch-rule", "power", "--out", str(out)]) == 2
-    assert "--batch-rule applies to al-curve only" in capsys.readouterr().err
+    assert cli_main(["experiment", "table1", "--strategies", "random", "--out", str(out)]) == 2
+    assert "--strategies applies to al-curve only" in capsys.readouterr().err
