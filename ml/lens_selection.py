@@ -9,8 +9,8 @@ labels; early stopping picks the epoch. A candidate's score is its mean over fol
 epoch's value. The search is staged (flow family and depth, then α, then weight decay), each stage
 keeping the previous stages' winners, so its cost grows with the sum, not the product, of the grid
 sizes. A winner still improving when the screening budget ran out is trained again on the same
-folds with a longer budget, to measure its own length. The winner's epoch count, converted to optimiser steps and back to epochs on the whole pool,
-sets the final fit's length.
+folds with a longer budget, to measure its own length. The winner's epoch count, converted to
+optimiser steps and back to epochs on the whole pool, sets the final fit's length.
 """
 
 from __future__ import annotations
