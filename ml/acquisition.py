@@ -306,11 +306,11 @@ def _diverse(
     cand = idx[np.argsort(-scores[idx], kind="stable")[: max(k, prefilter * k)]]
     X = features[cand].astype(np.float64)
     X = (X - X.mean(0)) / np.where(X.std(0) > 1e-12, X.std(0), 1.0)
-    w = np.clip(scores[cand], 0.0, None) + 1e-12
+    w = scores[cand] + 1e-12
     km = KMeans(n_clusters=k, n_init=3, random_state=int(rng.integers(2**31 - 1))).fit(X, sample_weight=w)
     chosen: list[int] = []
     taken = np.zeros(cand.size, bool)
-    dist = ((X[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1)  # [candidates, k]
+    dist = km.transform(X)  # [candidates, k] distances to the centres
     for c in range(k):
         # The candidate nearest each centre (an empty or already-claimed centre takes the next nearest).
         for j in np.argsort(dist[:, c], kind="stable"):
@@ -446,6 +446,8 @@ def select_batch(
             raise ValueError("features: NaN or infinite values found")
         if isinstance(prefilter, bool) or not isinstance(prefilter, int | np.integer) or prefilter < 1:
             raise ValueError(f"prefilter must be a positive integer, got {prefilter!r}")
+        if (scores < 0).any() or np.isinf(scores).any():
+            raise ValueError("scores: the diverse batch weights items by score and needs finite non-negative scores")
         if k == 0:
             return np.empty(0, dtype=np.int64)
         return _diverse(scores, k, allowed, feats, int(prefilter), rng).astype(np.int64)

@@ -192,6 +192,8 @@ def select_settings(
     length = None
     if length_stage and any(best["ran_out"]):
         length = cross_validate(best["settings"], LENGTH_MAX_STEPS, LENGTH_PATIENCE_STEPS)
+    elif progress is not None:
+        progress(1.0, {"stage": "selection done"})  # the length stage's share, not needed
     # The chosen number of optimiser steps, as epochs over the whole pool the final fit sees.
     steps = float(np.median((length or best)["best_steps"]))
     final_epochs = int(max(1, math.ceil(steps / max(1, math.ceil(n / lens.batch_size)))))

@@ -43,11 +43,6 @@ def _run(args: argparse.Namespace) -> int:
     from ml.experiment.common import check_data_dir
 
     datasets = tuple(d.strip() for d in args.datasets.split(",") if d.strip()) if args.datasets else None
-    if datasets is None or "mnist" in datasets:
-        from ml.experiment import EXPERIMENTS
-
-        if datasets is not None or "mnist" in EXPERIMENTS[args.name][1]:
-            check_data_dir(args.data_dir)
     extra: dict[str, object] = {}
     if args.name == "label-curve":
         if args.configs:
@@ -58,13 +53,23 @@ def _run(args: argparse.Namespace) -> int:
             except ValueError:
                 raise ValueError(f"--labels must be comma-separated integers, got {args.labels!r}") from None
         if args.first_seed is not None:
+            if args.first_seed < 0:
+                raise ValueError(f"--first-seed must be ≥ 0, got {args.first_seed}")
             extra["first_seed"] = args.first_seed
     elif args.configs or args.labels or args.first_seed is not None:
         raise ValueError(f"--configs, --labels and --first-seed apply to label-curve only, not {args.name!r}")
     if args.strategies is not None:
         if args.name != "al-curve":
             raise ValueError(f"--strategies applies to al-curve only, not {args.name!r}")
-        extra["strategies"] = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
+        chosen = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
+        if not chosen or len(set(chosen)) != len(chosen):
+            raise ValueError(f"--strategies must be distinct, comma-separated names, got {args.strategies!r}")
+        extra["strategies"] = chosen
+    if datasets is None or "mnist" in datasets:  # after the options: a bad option is named first
+        from ml.experiment import EXPERIMENTS
+
+        if datasets is not None or "mnist" in EXPERIMENTS[args.name][1]:
+            check_data_dir(args.data_dir)
     run_experiment(args.name, profile=args.profile, out=args.out, seeds=args.seeds, data_dir=args.data_dir,
                    datasets=datasets, **extra)
     return 0

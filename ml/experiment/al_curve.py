@@ -160,7 +160,9 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
 
     ``strategies``: default the profile's ``al_strategies``; "random" must be among them.
     """
-    strategies = tuple(strategies or profile.al_strategies)
+    strategies = tuple(profile.al_strategies if strategies is None else strategies)
+    if not strategies or len(set(strategies)) != len(strategies):
+        raise ValueError(f"strategies must be distinct and non-empty, got {list(strategies)}")
     unknown = set(strategies) - set(STRATEGIES) - set(OPTIONAL)
     if unknown:
         raise ValueError(f"unknown strategies {sorted(unknown)}; choose from {STRATEGIES + OPTIONAL}")

@@ -285,8 +285,7 @@ def _write(out: Path, jpath: Path, rows: list[dict[str, Any]], profile: Profile,
     walls[run_id] = float(payload["wall_s"])
     payload["run_walls"] = walls
     payload["wall_s"] = round(sum(walls.values()), 1)
-    if same:
-        payload["seeds"] = max(int(earlier.get("seeds", 1)), seeds)
+    payload["seeds"] = len({int(r["seed"]) for r in rows})  # every seed the merged curve holds
     write_json(jpath, payload)
     write_csv(out / f"{STEM}.csv", rows)
     plot(payload, out / f"{STEM}.png")

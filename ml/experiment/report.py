@@ -58,12 +58,15 @@ def _run_line(res: dict[str, Any]) -> str:
             f"measured {m['measured_at']}.")
 
 
-def _variants(s: dict[str, Any]) -> str:
+def _variants(s: dict[str, Any], strategies: list[str]) -> str:
     k = s["al_batch"]
-    return (f"`ilvm-bald` takes the {k} items of highest BALD; `ilvm-bald-power` draws them ∝ BALD^"
-            f"{s.get('power_beta', 1.0):g} (Kirsch et al. 2023); `ilvm-bald-diverse` clusters the "
-            f"{s.get('prefilter', 10) * k} items of highest BALD by BALD-weighted k-means in z and takes the item nearest "
-            f"each of the {k} centres (Zhdanov 2019)")
+    rules = {
+        "ilvm-bald": f"`ilvm-bald` takes the {k} items of highest BALD",
+        "ilvm-bald-power": f"`ilvm-bald-power` draws them ∝ BALD^{s.get('power_beta', 1.0):g} (Kirsch et al. 2023)",
+        "ilvm-bald-diverse": (f"`ilvm-bald-diverse` clusters the {s.get('prefilter', 10) * k} items of highest BALD by "
+                              f"BALD-weighted k-means in z and takes the item nearest each of the {k} centres (Zhdanov 2019)"),
+    }
+    return "; ".join(rules[st] for st in strategies if st in rules) or "no BALD strategy in this run"
 
 
 def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: list[str]) -> str:
@@ -75,7 +78,7 @@ def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
              f"{s['n_flows']} planar flows, hidden {s['lens_hidden']}, {s['lens_epochs_first']} epochs on the first fit "
              f"then {s['lens_epochs_warm']} per warm-started round, regularisers: {_extra(s)}, "
              f"α = {_alpha(s)}, "
-             f"{s['n_samples']} z* samples for BALD; {_variants(s)}. The metric is fitted on the held-out `fit` set and scored on `test` "
+             f"{s['n_samples']} z* samples for BALD; {_variants(s, res.get('strategies', []))}. The metric is fitted on the held-out `fit` set and scored on `test` "
              "after every fit. AUC = mean score over the label range (trapezoids); 'labels → random final' = the first "
              "label count at which the strategy's mean curve reaches random acquisition's final mean score; p = paired "
              "t-test (Wilcoxon beside it) of the per-seed AUCs against random's.\n"]

@@ -171,3 +171,7 @@ def test_report_and_cli(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "apply to label-curve only" in capsys.readouterr().err
     assert cli_main(["experiment", "table1", "--strategies", "random", "--out", str(out)]) == 2
     assert "--strategies applies to al-curve only" in capsys.readouterr().err
+    assert cli_main(["experiment", "al-curve", "--strategies", ",", "--datasets", "digits", "--out", str(out)]) == 2
+    assert "--strategies must be distinct" in capsys.readouterr().err
+    assert cli_main(["experiment", "label-curve", "--first-seed", "-1", "--out", str(out)]) == 2
+    assert "--first-seed must be ≥ 0, got -1" in capsys.readouterr().err

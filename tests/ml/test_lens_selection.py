@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,8 @@ def auto_lens(problem):
         # A small problem needs a small step budget (the default suits pools of thousands of items).
         mp.setattr(lens_selection, "SELECTION_MAX_STEPS", 200)
         mp.setattr(lens_selection, "SELECTION_PATIENCE_STEPS", 50)
+        mp.setattr(lens_selection, "LENGTH_MAX_STEPS", 400)
+        mp.setattr(lens_selection, "LENGTH_PATIENCE_STEPS", 100)
         return InterpretableLens([CLS, LEV], flow="auto", alpha="auto", n_flows=4, hidden=32, device="cpu",
                                  seed=0, selection_pool=400, selection_folds=3).fit(z, s)
 
@@ -123,12 +127,25 @@ def test_a_winner_still_improving_at_the_budget_gets_its_length_measured_again(p
     # and the final fit's length follows it, not the screening fits.
     assert length["score"] > best["score"]
     assert max(length["best_steps"]) > 3 * max(best["best_steps"])
-    steps_per_epoch = -(-len(z) // lens.batch_size)
-    assert sel["chosen"]["epochs"] == -(-int(np.median(length["best_steps"])) // steps_per_epoch)
+    steps_per_epoch = math.ceil(len(z) / lens.batch_size)
+    assert sel["chosen"]["epochs"] == math.ceil(float(np.median(length["best_steps"])) / steps_per_epoch)
     assert len(lens.history_) == sel["chosen"]["epochs"]
 
 
-def test_no_second_length_run_when_every_screening_fit_stopped_early(auto_lens) -> None:
-    sel = auto_lens.selection_
-    best = max(sel["candidates"][len(FLOW_CANDIDATES):], key=lambda c: c["score"])
-    assert (sel["length"] is None) == (not any(best["ran_out"]))
+def test_no_second_length_run_when_the_screening_fits_stopped_early_or_epochs_are_fixed(problem) -> None:
+    z, s, _, _ = problem
+    with pytest.MonkeyPatch.context() as mp:
+        # A generous budget with a short patience: every fold stops early on its own.
+        mp.setattr(lens_selection, "SELECTION_MAX_STEPS", 3000)
+        mp.setattr(lens_selection, "SELECTION_PATIENCE_STEPS", 30)
+        lens = InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=0,
+                                 selection_pool=300, selection_folds=2).fit(z, s)
+        sel = lens.selection_
+        assert all(not any(c["ran_out"]) for c in sel["candidates"])
+        assert all(max(c["best_steps"]) < 3000 for c in sel["candidates"])
+        assert sel["length"] is None
+        # Epochs set by the user: they are not chosen, so there is no length to measure.
+        fixed = InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=0, epochs=3,
+                                  selection_pool=300, selection_folds=2).fit(z, s)
+    assert fixed.selection_["length"] is None and fixed.selection_["chosen"]["epochs"] == 3
+    assert len(fixed.history_) == 3
