@@ -25,16 +25,21 @@ def problem():
     return z, s, cls, lab
 
 
+def _step_budgets(mp: pytest.MonkeyPatch, screen: int, patience: int, length: int = 400,
+                  length_patience: int = 100) -> None:
+    """Selection step budgets sized for these small problems (the defaults suit pools of thousands)."""
+    mp.setattr(lens_selection, "SELECTION_MAX_STEPS", screen)
+    mp.setattr(lens_selection, "SELECTION_PATIENCE_STEPS", patience)
+    mp.setattr(lens_selection, "LENGTH_MAX_STEPS", length)
+    mp.setattr(lens_selection, "LENGTH_PATIENCE_STEPS", length_patience)
+
+
 @pytest.fixture(scope="module")
 def auto_lens(problem):
     torch.set_num_threads(1)
     z, s, _, _ = problem
     with pytest.MonkeyPatch.context() as mp:
-        # A small problem needs a small step budget (the default suits pools of thousands of items).
-        mp.setattr(lens_selection, "SELECTION_MAX_STEPS", 200)
-        mp.setattr(lens_selection, "SELECTION_PATIENCE_STEPS", 50)
-        mp.setattr(lens_selection, "LENGTH_MAX_STEPS", 400)
-        mp.setattr(lens_selection, "LENGTH_PATIENCE_STEPS", 100)
+        _step_budgets(mp, 200, 50)
         return InterpretableLens([CLS, LEV], flow="auto", alpha="auto", n_flows=4, hidden=32, device="cpu",
                                  seed=0, selection_pool=400, selection_folds=3).fit(z, s)
 
@@ -112,10 +117,7 @@ def test_a_winner_still_improving_at_the_budget_gets_its_length_measured_again(p
     z, s, _, _ = problem
     with pytest.MonkeyPatch.context() as mp:
         # A screening budget far too short for this problem: every fit is still improving at its end.
-        mp.setattr(lens_selection, "SELECTION_MAX_STEPS", 12)
-        mp.setattr(lens_selection, "SELECTION_PATIENCE_STEPS", 4)
-        mp.setattr(lens_selection, "LENGTH_MAX_STEPS", 240)
-        mp.setattr(lens_selection, "LENGTH_PATIENCE_STEPS", 60)
+        _step_budgets(mp, 12, 4, length=240, length_patience=60)
         lens = InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=0,
                                  selection_pool=300, selection_folds=2).fit(z, s)
     sel = lens.selection_
@@ -136,8 +138,7 @@ def test_no_second_length_run_when_the_screening_fits_stopped_early_or_epochs_ar
     z, s, _, _ = problem
     with pytest.MonkeyPatch.context() as mp:
         # A generous budget with a short patience: every fold stops early on its own.
-        mp.setattr(lens_selection, "SELECTION_MAX_STEPS", 3000)
-        mp.setattr(lens_selection, "SELECTION_PATIENCE_STEPS", 30)
+        _step_budgets(mp, 3000, 30)
         lens = InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=0,
                                  selection_pool=300, selection_folds=2).fit(z, s)
         sel = lens.selection_
