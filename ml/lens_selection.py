@@ -8,8 +8,9 @@ scored after every epoch by the held-out log-likelihood Σ_j log p_ψ(s_j | f(z)
 labels; early stopping picks the epoch. A candidate's score is its mean over folds of the best
 epoch's value. The search is staged (flow family and depth, then α, then weight decay), each stage
 keeping the previous stages' winners, so its cost grows with the sum, not the product, of the grid
-sizes. A winner still improving when the screening budget ran out is trained again on the same
-folds with a longer budget, to measure its own length. The winner's epoch count, converted to
+sizes; a stage whose candidates all score below the incumbent keeps the incumbent. A winner still
+improving when the screening budget ran out is trained again on the same folds with a longer
+budget, to measure its own length. The winner's epoch count, converted to
 optimiser steps and back to epochs on the whole pool, sets the final fit's length.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -78,6 +79,34 @@ def _hide(
 ) -> dict[str, np.ndarray]:
     """Labels restricted to ``rows`` (a subset of items, in that order)."""
     return {a.name: np.asarray(labels[a.name])[rows] for a in lens.attributes}
+
+
+def staged_search(
+    stages: list[list[dict[str, Any]]],
+    base: dict[str, Any],
+    evaluate: Callable[[dict[str, Any]], dict[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Coordinate search over ``stages``; (every record in order, the best record).
+
+    Each stage varies one group of settings on top of the best settings so far. The incumbent —
+    the best record of the earlier stages — competes with the stage's candidates: a stage whose
+    values all score worse keeps the incumbent's (for instance the α the flow stage ran at), rather
+    than promoting the least bad of them. ``evaluate(settings)`` returns a record with "settings"
+    and "score" (higher is better); scores are comparable across stages because the criterion, the
+    held-out log-likelihood of the labels, does not depend on the settings being chosen.
+    """
+    candidates: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    for stage in stages:
+        for change in stage:
+            record = evaluate({**base, **change})
+            candidates.append(record)
+            if best is None or record["score"] > best["score"]:
+                best = record
+        assert best is not None, "every stage has at least one candidate"
+        base = dict(best["settings"])
+    assert best is not None, "at least one stage"
+    return candidates, best
 
 
 def select_settings(
@@ -174,19 +203,9 @@ def select_settings(
             "ran_out": ran_out,
         }
 
-    candidates: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    for stage in stages:
-        stage_best: dict[str, Any] | None = None
-        for change in stage:
-            record = cross_validate({**base, **change}, SELECTION_MAX_STEPS, SELECTION_PATIENCE_STEPS)
-            candidates.append(record)
-            if stage_best is None or record["score"] > stage_best["score"]:
-                stage_best = record
-        assert stage_best is not None
-        base = dict(stage_best["settings"])
-        best = stage_best
-    assert best is not None
+    candidates, best = staged_search(
+        stages, base, lambda settings: cross_validate(settings, SELECTION_MAX_STEPS, SELECTION_PATIENCE_STEPS)
+    )
     # The screening budget keeps the grid affordable, but a winner still improving when it ran out
     # has not found its length: measure that again, on the same folds, with a longer budget.
     length = None

@@ -54,9 +54,11 @@ def test_selection_tries_every_candidate_and_keeps_the_best_held_out_likelihood(
     alphas = cands[len(FLOW_CANDIDATES) :]
     # The α stage runs with the flow stage's winner, and the final fit uses both winners.
     assert all(c["settings"]["flow"] == best_flow["flow"] for c in alphas)
-    best = max(alphas, key=lambda c: c["score"])["settings"]
+    # The best record of the whole search wins: an α stage scoring below the flow stage's winner
+    # keeps the α that winner ran at.
+    best = max(cands, key=lambda c: c["score"])["settings"]
     assert auto_lens.config_.flow == best["flow"] and auto_lens.config_.n_flows == best["n_flows"]
-    assert auto_lens.alpha_ == best["alpha"] and auto_lens.alpha_ in ALPHA_CANDIDATES
+    assert auto_lens.alpha_ == best["alpha"]
     assert sel["chosen"]["epochs"] == len(auto_lens.history_) >= 1
     assert sel["selection_items"] == {"labelled": 120, "unlabelled": 400}
 
@@ -86,6 +88,27 @@ def test_auto_settings_survive_a_checkpoint_and_a_warm_start_keeps_the_choice(au
     back.fit(z, s, warm_start=True)
     assert back.config_.flow == auto_lens.config_.flow and back.alpha_ == auto_lens.alpha_
     assert len(back.history_) == 2  # no new selection: only the two warm epochs ran
+
+
+def test_staged_search_keeps_the_incumbent_when_a_stage_does_worse() -> None:
+    # A made-up criterion: the flow stage peaks at "b", and every α of the next stage scores below
+    # the α "b" ran at, so the search must end on ("b", α 600) rather than the best of the α stage.
+    table = {("a", 600.0): -2.0, ("b", 600.0): -1.0, ("b", 100.0): -1.5, ("b", 1000.0): -1.2}
+    seen: list[dict] = []
+
+    def evaluate(settings: dict) -> dict:
+        seen.append(settings)
+        return {"settings": settings, "score": table[(settings["flow"], settings["alpha"])]}
+
+    stages = [[{"flow": "a"}, {"flow": "b"}], [{"alpha": 100.0}, {"alpha": 1000.0}]]
+    records, best = lens_selection.staged_search(stages, {"alpha": 600.0}, evaluate)
+    assert best["settings"] == {"flow": "b", "alpha": 600.0}
+    assert [r["settings"] for r in records] == seen and len(seen) == 4
+    assert all(s["flow"] == "b" for s in seen[2:])  # the α stage runs on the flow stage's winner
+    # A stage that does improve replaces the incumbent.
+    table[("b", 1000.0)] = -0.5
+    _, best = lens_selection.staged_search(stages, {"alpha": 600.0}, evaluate)
+    assert best["settings"] == {"flow": "b", "alpha": 1000.0}
 
 
 def test_selection_needs_labels_in_every_fold(problem) -> None:
