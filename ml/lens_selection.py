@@ -10,8 +10,9 @@ epoch's value. The search is staged (flow family and depth, then α, then weight
 keeping the previous stages' winners, so its cost grows with the sum, not the product, of the grid
 sizes; a stage whose candidates all score below the incumbent keeps the incumbent. A winner still
 improving when the screening budget ran out is trained again on the same folds with a longer
-budget, to measure its own length. The winner's epoch count, converted to
-optimiser steps and back to epochs on the whole pool, sets the final fit's length.
+budget, to measure its own length. The winner's best length, kept as the same number of passes
+over the labelled items (the final fit has all of them, a fold fit (k−1)/k) and converted to epochs
+over the whole pool, sets the final fit's length.
 """
 
 from __future__ import annotations
@@ -81,6 +82,23 @@ def _hide(
     return {a.name: np.asarray(labels[a.name])[rows] for a in lens.attributes}
 
 
+def labelled_pass_steps(best_steps: list[int], fold_train_sizes: list[int], n_labelled: int) -> int:
+    """Optimiser steps for the final fit: the folds' best lengths as passes over the labelled items.
+
+    Early stopping guards against memorising the labels, and memorisation grows with how often each
+    label is revisited. A fold fit trained on (k−1)/k of the labelled items and drew one labelled
+    minibatch per step, so its best step count is kept as the same number of passes over the
+    labelled items — the usual "refit on all the data for the cross-validated number of epochs" —
+    which on all ``n_labelled`` items takes k/(k−1) times as many steps. The median over folds.
+    """
+    if len(best_steps) != len(fold_train_sizes) or not best_steps:
+        raise ValueError(f"one best length per fold: got {len(best_steps)} lengths for {len(fold_train_sizes)} folds")
+    if min(fold_train_sizes) < 1 or n_labelled < max(fold_train_sizes):
+        raise ValueError(f"fold train sizes {fold_train_sizes} must lie in 1..{n_labelled} (the labelled items)")
+    scaled = [steps * n_labelled / size for steps, size in zip(best_steps, fold_train_sizes, strict=True)]
+    return math.ceil(round(float(np.median(scaled)), 6))  # round: 1500.0000001 is 1,500 steps
+
+
 def staged_search(
     stages: list[list[dict[str, Any]]],
     base: dict[str, Any],
@@ -121,8 +139,8 @@ def select_settings(
 
     Returns {"chosen": {setting: value, ..., "epochs": E}, "folds": k, "criterion", "candidates":
     [{"settings", "score", "fold_scores", "best_epochs", "best_steps", "ran_out"}], "length" (the
-    winner's longer-budget record, or None when its screening fits stopped early), "selection_items",
-    "seconds"}.
+    winner's longer-budget record, or None when its screening fits stopped early), "final_steps"
+    (the final fit's optimiser steps, ``labelled_pass_steps``), "selection_items", "seconds"}.
     """
     t0 = time.perf_counter()
     n = len(Z)
@@ -213,9 +231,9 @@ def select_settings(
         length = cross_validate(best["settings"], LENGTH_MAX_STEPS, LENGTH_PATIENCE_STEPS)
     elif progress is not None:
         progress(1.0, {"stage": "selection done"})  # the length stage's share, not needed
+    final_steps = labelled_pass_steps((length or best)["best_steps"], [len(tr) for tr, _ in folds], len(lab_idx))
     # The chosen number of optimiser steps, as epochs over the whole pool the final fit sees.
-    steps = float(np.median((length or best)["best_steps"]))
-    final_epochs = int(max(1, math.ceil(steps / max(1, math.ceil(n / lens.batch_size)))))
+    final_epochs = int(max(1, math.ceil(final_steps / max(1, math.ceil(n / lens.batch_size)))))
     chosen = {**best["settings"], "epochs": final_epochs if lens.epochs is None else lens.epochs}
     return {
         "chosen": chosen,
@@ -223,6 +241,7 @@ def select_settings(
         "criterion": "mean held-out Σ_j log p(s_j | f(z)) over labelled items, best epoch per fold",
         "candidates": candidates,
         "length": length,
+        "final_steps": final_steps,
         "selection_items": {"labelled": len(lab_idx), "unlabelled": len(unlab)},
         "seconds": round(time.perf_counter() - t0, 2),
     }

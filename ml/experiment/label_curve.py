@@ -59,6 +59,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "planar-long+consistency": {**_LONG, "consistency_weight": 1000.0},
     "planar-long+mixup": {**_LONG, "mixup_weight": 1000.0},
     "planar-long+propagation": {**_LONG, "propagation_weight": 3000.0},
+    # The two settings the auto lens trades off: α (its criterion prefers 1000, the metric 300) and
+    # the training length (half of planar-long's 40 epochs).
+    "planar-long-a1000+propagation": {**_LONG, "alpha": 1000.0, "propagation_weight": 3000.0},
+    "planar-e20+propagation": {**_LONG, "epochs": 20, "propagation_weight": 3000.0},
     "coupling+propagation": {"flow": "coupling", "n_flows": 8, "hidden": 128, "alpha": 1000.0, "epochs": 40,
                              "propagation_weight": 1000.0},
     # Flow family and depth, α and the number of epochs chosen by 2-fold CV on the labelled items
@@ -126,7 +130,8 @@ def run_point(data: Prepared, Z: np.ndarray, Z_fit: np.ndarray, Z_test: np.ndarr
         row["selection"] = json.dumps({"chosen": lens.selection_["chosen"],
                                        "scores": [[c["settings"], round(c["score"], 4), c["best_steps"]]
                                                   for c in lens.selection_["candidates"]],
-                                       "length_steps": (lens.selection_.get("length") or {}).get("best_steps")})
+                                       "length_steps": (lens.selection_.get("length") or {}).get("best_steps"),
+                                       "final_steps": lens.selection_.get("final_steps")})
     # Fit accuracy on the lens's own labelled items: memorisation shows as a gap to the test accuracy.
     pred = lens.predict(Z[idx])
     for a in data.attributes:

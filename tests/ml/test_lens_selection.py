@@ -111,6 +111,17 @@ def test_staged_search_keeps_the_incumbent_when_a_stage_does_worse() -> None:
     assert best["settings"] == {"flow": "b", "alpha": 1000.0}
 
 
+def test_the_final_length_keeps_the_folds_passes_over_the_labelled_items() -> None:
+    # 3 folds of 900 labels: 600 per fold fit; 1,000 steps there are 1,500 on all 900.
+    assert lens_selection.labelled_pass_steps([1000, 1000, 1000], [600, 600, 600], 900) == 1500
+    # Uneven folds scale one by one before the median: 1,000·900/601, 1,200·900/599, 800·900/600.
+    assert lens_selection.labelled_pass_steps([1000, 1200, 800], [601, 599, 600], 900) == math.ceil(1000 * 900 / 601)
+    with pytest.raises(ValueError, match="one best length per fold"):
+        lens_selection.labelled_pass_steps([1000], [600, 600], 900)
+    with pytest.raises(ValueError, match="fold train sizes"):
+        lens_selection.labelled_pass_steps([1000, 1000], [600, 1000], 900)
+
+
 def test_selection_needs_labels_in_every_fold(problem) -> None:
     z = problem[0]
     s = {"cls": np.full(len(z), -1), "lev": np.full(len(z), -1)}
@@ -152,8 +163,12 @@ def test_a_winner_still_improving_at_the_budget_gets_its_length_measured_again(p
     # and the final fit's length follows it, not the screening fits.
     assert length["score"] > best["score"]
     assert max(length["best_steps"]) > 3 * max(best["best_steps"])
+    # Two folds: each fold fit had half the labels, so the final fit, on all of them, takes twice the
+    # steps for the same number of passes over the labelled items.
+    assert sel["selection_items"]["labelled"] == 120  # 60 per fold fit
+    assert sel["final_steps"] == math.ceil(2 * float(np.median(length["best_steps"])))
     steps_per_epoch = math.ceil(len(z) / lens.batch_size)
-    assert sel["chosen"]["epochs"] == math.ceil(float(np.median(length["best_steps"])) / steps_per_epoch)
+    assert sel["chosen"]["epochs"] == math.ceil(sel["final_steps"] / steps_per_epoch)
     assert len(lens.history_) == sel["chosen"]["epochs"]
 
 
