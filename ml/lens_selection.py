@@ -45,7 +45,8 @@ ALPHA_CANDIDATES = (100.0, 300.0, 1000.0)
 WEIGHT_DECAY_CANDIDATES = (0.0, 1e-4, 1e-3)
 # Early stopping, counted in Adam steps (each sees one minibatch of the pool and one of the labelled
 # items, whatever the pool's size, so a step count carries over from the selection's subsample to the
-# whole pool): the budget of a selection fit, and how long it may go without a better held-out value.
+# whole pool once ``labelled_pass_steps`` has allowed for the final fit's extra labels): the budget of
+# a selection fit, and how long it may go without a better held-out value.
 # Measured on MNIST (60,000 pool, 1,000 labels, label propagation): 16 planar flows gained 5 points of
 # digit score from 2,350 to 9,400 steps, so the budget must reach thousands of steps.
 SELECTION_MAX_STEPS = 2400
@@ -82,20 +83,36 @@ def _hide(
     return {a.name: np.asarray(labels[a.name])[rows] for a in lens.attributes}
 
 
-def labelled_pass_steps(best_steps: list[int], fold_train_sizes: list[int], n_labelled: int) -> int:
+def labelled_pass_steps(
+    best_steps: list[int], fold_train_sizes: list[int], n_labelled: int, labelled_batch: int
+) -> int:
     """Optimiser steps for the final fit: the folds' best lengths as passes over the labelled items.
 
     Early stopping guards against memorising the labels, and memorisation grows with how often each
-    label is revisited. A fold fit trained on (k−1)/k of the labelled items and drew one labelled
-    minibatch per step, so its best step count is kept as the same number of passes over the
-    labelled items — the usual "refit on all the data for the cross-validated number of epochs" —
-    which on all ``n_labelled`` items takes k/(k−1) times as many steps. The median over folds.
+    label is revisited. Each step draws min(``labelled_batch``, m) of a fit's m labelled items, so a
+    fold fit on m of them passes over them min(b, m)/m times a step and the final fit, on all
+    ``n_labelled``, min(b, n)/n times: the fold's best step count is scaled by the ratio, keeping the
+    number of passes — the usual "refit on all the data for the cross-validated number of epochs".
+    With k folds of at least b labels that is k/(k−1) times as many steps; with ``labelled_batch``
+    0 (no supervised term, α = 0) the step count is kept. (Labelled items also sit in the pool's
+    minibatches, but the labelled minibatch dominates: b/m per step against batch/pool.) The
+    median over folds.
     """
     if len(best_steps) != len(fold_train_sizes) or not best_steps:
         raise ValueError(f"one best length per fold: got {len(best_steps)} lengths for {len(fold_train_sizes)} folds")
     if min(fold_train_sizes) < 1 or n_labelled < max(fold_train_sizes):
         raise ValueError(f"fold train sizes {fold_train_sizes} must lie in 1..{n_labelled} (the labelled items)")
-    scaled = [steps * n_labelled / size for steps, size in zip(best_steps, fold_train_sizes, strict=True)]
+    if labelled_batch < 0:
+        raise ValueError(f"labelled_batch must be ≥ 0, got {labelled_batch}")
+
+    def passes_per_step(m: int) -> float:
+        return min(labelled_batch, m) / m if labelled_batch else 1.0
+
+    final_rate = passes_per_step(n_labelled)
+    scaled = [
+        steps * passes_per_step(size) / final_rate
+        for steps, size in zip(best_steps, fold_train_sizes, strict=True)
+    ]
     return math.ceil(round(float(np.median(scaled)), 6))  # round: 1500.0000001 is 1,500 steps
 
 
@@ -109,15 +126,20 @@ def staged_search(
     Each stage varies one group of settings on top of the best settings so far. The incumbent —
     the best record of the earlier stages — competes with the stage's candidates: a stage whose
     values all score worse keeps the incumbent's (for instance the α the flow stage ran at), rather
-    than promoting the least bad of them. ``evaluate(settings)`` returns a record with "settings"
-    and "score" (higher is better); scores are comparable across stages because the criterion, the
-    held-out log-likelihood of the labels, does not depend on the settings being chosen.
+    than promoting the least bad of them; a candidate equal to the incumbent is not evaluated again.
+    ``evaluate(settings)`` returns a record with "settings" and "score" (higher is better); scores
+    are comparable across stages because the criterion, the held-out log-likelihood of the labels on
+    the same folds, does not depend on the settings being chosen. (The incumbent's score is the best
+    of its stage, so a later stage must beat a maximum: the search leans slightly towards keeping it.)
     """
     candidates: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for stage in stages:
         for change in stage:
-            record = evaluate({**base, **change})
+            settings = {**base, **change}
+            if best is not None and settings == best["settings"]:
+                continue  # the incumbent's own values (a base value among the stage's): already scored
+            record = evaluate(settings)
             candidates.append(record)
             if best is None or record["score"] > best["score"]:
                 best = record
@@ -140,7 +162,8 @@ def select_settings(
     Returns {"chosen": {setting: value, ..., "epochs": E}, "folds": k, "criterion", "candidates":
     [{"settings", "score", "fold_scores", "best_epochs", "best_steps", "ran_out"}], "length" (the
     winner's longer-budget record, or None when its screening fits stopped early), "final_steps"
-    (the final fit's optimiser steps, ``labelled_pass_steps``), "selection_items", "seconds"}.
+    (the optimiser steps the final fit's epochs are rounded up from, ``labelled_pass_steps``; None
+    when the user set ``epochs``), "selection_items", "seconds"}.
     """
     t0 = time.perf_counter()
     n = len(Z)
@@ -229,12 +252,20 @@ def select_settings(
     length = None
     if length_stage and any(best["ran_out"]):
         length = cross_validate(best["settings"], LENGTH_MAX_STEPS, LENGTH_PATIENCE_STEPS)
-    elif progress is not None:
-        progress(1.0, {"stage": "selection done"})  # the length stage's share, not needed
-    final_steps = labelled_pass_steps((length or best)["best_steps"], [len(tr) for tr, _ in folds], len(lab_idx))
-    # The chosen number of optimiser steps, as epochs over the whole pool the final fit sees.
-    final_epochs = int(max(1, math.ceil(final_steps / max(1, math.ceil(n / lens.batch_size)))))
-    chosen = {**best["settings"], "epochs": final_epochs if lens.epochs is None else lens.epochs}
+    if progress is not None:
+        progress(1.0, {"stage": "selection done"})  # also when fits were skipped or not needed
+    final_steps, epochs = None, lens.epochs
+    if epochs is None:
+        alpha = best["settings"].get("alpha", lens.alpha)
+        final_steps = labelled_pass_steps(
+            (length or best)["best_steps"],
+            [len(tr) for tr, _ in folds],
+            len(lab_idx),
+            lens.labelled_batch_size if alpha else 0,
+        )
+        # The chosen number of optimiser steps, as epochs over the whole pool the final fit sees.
+        epochs = int(max(1, math.ceil(final_steps / max(1, math.ceil(n / lens.batch_size)))))
+    chosen = {**best["settings"], "epochs": epochs}
     return {
         "chosen": chosen,
         "folds": k,

@@ -52,7 +52,7 @@ def test_selection_tries_every_candidate_and_keeps_the_best_held_out_likelihood(
     flows = cands[: len(FLOW_CANDIDATES)]
     best_flow = max(flows, key=lambda c: c["score"])["settings"]
     alphas = cands[len(FLOW_CANDIDATES) :]
-    # The α stage runs with the flow stage's winner, and the final fit uses both winners.
+    # The α stage runs with the flow stage's winner.
     assert all(c["settings"]["flow"] == best_flow["flow"] for c in alphas)
     # The best record of the whole search wins: an α stage scoring below the flow stage's winner
     # keeps the α that winner ran at.
@@ -109,17 +109,30 @@ def test_staged_search_keeps_the_incumbent_when_a_stage_does_worse() -> None:
     table[("b", 1000.0)] = -0.5
     _, best = lens_selection.staged_search(stages, {"alpha": 600.0}, evaluate)
     assert best["settings"] == {"flow": "b", "alpha": 1000.0}
+    # A stage value equal to the incumbent's (α 600 here) reuses its record instead of refitting.
+    seen.clear()
+    records, best = lens_selection.staged_search(
+        [[{"flow": "a"}, {"flow": "b"}], [{"alpha": 600.0}, {"alpha": 1000.0}]], {"alpha": 600.0}, evaluate
+    )
+    assert seen == [{"flow": "a", "alpha": 600.0}, {"flow": "b", "alpha": 600.0}, {"flow": "b", "alpha": 1000.0}]
+    assert len(records) == 3 and best["settings"] == {"flow": "b", "alpha": 1000.0}
 
 
 def test_the_final_length_keeps_the_folds_passes_over_the_labelled_items() -> None:
-    # 3 folds of 900 labels: 600 per fold fit; 1,000 steps there are 1,500 on all 900.
-    assert lens_selection.labelled_pass_steps([1000, 1000, 1000], [600, 600, 600], 900) == 1500
+    steps = lens_selection.labelled_pass_steps
+    # 900 labels in 3 folds, 600 per fold fit, minibatches of 128: 1,000 steps there are 1,500 on all 900.
+    assert steps([1000, 1000, 1000], [600, 600, 600], 900, 128) == 1500
     # Uneven folds scale one by one before the median: 1,000·900/601, 1,200·900/599, 800·900/600.
-    assert lens_selection.labelled_pass_steps([1000, 1200, 800], [601, 599, 600], 900) == math.ceil(1000 * 900 / 601)
+    assert steps([1000, 1200, 800], [601, 599, 600], 900, 128) == math.ceil(1000 * 900 / 601)
+    # Folds smaller than the minibatch already see every label each step: 100 per fold fit, 200 in
+    # all, minibatches of 128 → 200/128 as many steps; all within one minibatch → the same steps.
+    assert steps([1000, 1000], [100, 100], 200, 128) == math.ceil(1000 * 200 / 128)
+    assert steps([1000, 1000], [50, 50], 100, 128) == 1000
+    assert steps([1000, 1000], [500, 500], 1000, 0) == 1000  # α = 0: no labelled minibatch
     with pytest.raises(ValueError, match="one best length per fold"):
-        lens_selection.labelled_pass_steps([1000], [600, 600], 900)
+        steps([1000], [600, 600], 900, 128)
     with pytest.raises(ValueError, match="fold train sizes"):
-        lens_selection.labelled_pass_steps([1000, 1000], [600, 1000], 900)
+        steps([1000, 1000], [600, 1000], 900, 128)
 
 
 def test_selection_needs_labels_in_every_fold(problem) -> None:
@@ -163,10 +176,10 @@ def test_a_winner_still_improving_at_the_budget_gets_its_length_measured_again(p
     # and the final fit's length follows it, not the screening fits.
     assert length["score"] > best["score"]
     assert max(length["best_steps"]) > 3 * max(best["best_steps"])
-    # Two folds: each fold fit had half the labels, so the final fit, on all of them, takes twice the
-    # steps for the same number of passes over the labelled items.
-    assert sel["selection_items"]["labelled"] == 120  # 60 per fold fit
-    assert sel["final_steps"] == math.ceil(2 * float(np.median(length["best_steps"])))
+    # 120 labels, 60 per fold fit: fewer than the labelled minibatch (128), so every step of a fold
+    # fit and of the final fit passes over all their labels, and the step count carries over as is.
+    assert sel["selection_items"]["labelled"] == 120 and lens.labelled_batch_size == 128
+    assert sel["final_steps"] == math.ceil(float(np.median(length["best_steps"])))
     steps_per_epoch = math.ceil(len(z) / lens.batch_size)
     assert sel["chosen"]["epochs"] == math.ceil(sel["final_steps"] / steps_per_epoch)
     assert len(lens.history_) == sel["chosen"]["epochs"]
