@@ -172,6 +172,7 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
     results: dict[str, Any] = {}
     all_rows: list[dict[str, Any]] = []
     for name in datasets:
+        t_name = time.perf_counter()
         shared = profile.al_shared_vae and name == "mnist"
         if shared:
             from ml.experiment.label_curve import curve_data
@@ -200,7 +201,8 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
              f"({profile.al_init} initial + {profile.al_batch}/round)", out / f"al-curve-{name}.png")
         vae_note = "; one base VAE (seed 0) on the whole training split, shared by all seeds" if shared else ""
         results[name] = {"summary": summary, "notes": f"{data.notes}; AL pool = the first {n_pool} pool items{vae_note}",
-                         "attributes": [a.name for a in data.attributes], "al_pool": n_pool}
+                         "attributes": [a.name for a in data.attributes], "al_pool": n_pool,
+                         "wall_s": round(time.perf_counter() - t_name, 1)}
         print(format_table(name, summary, keys))
     payload = {**header("al-curve", profile, seeds, datasets, started), "strategies": list(strategies),
                "settings": {"al_init": profile.al_init, "al_batch": profile.al_batch, "rounds": profile.al_rounds,

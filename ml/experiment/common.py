@@ -460,7 +460,9 @@ def save_outputs(out: Path, stem: str, payload: dict[str, Any], rows: Sequence[M
     """Write ``stem``.json and ``stem``.csv, merging with an earlier run of the same profile.
 
     Results of data sets not in this run are kept (so ``--datasets mnist`` then ``--datasets digits``
-    accumulate); a data set run again replaces its old results and rows. Returns the merged payload.
+    accumulate); a data set run again replaces its old results and rows. The merged wall time is this
+    run's plus each kept data set's own (``results[name]["wall_s"]``); results saved without one
+    fall back to the earlier run's total. Returns the merged payload.
     """
     jpath, cpath = out / f"{stem}.json", out / f"{stem}.csv"
     merged, all_rows = dict(payload), list(rows)
@@ -471,7 +473,12 @@ def save_outputs(out: Path, stem: str, payload: dict[str, Any], rows: Sequence[M
             merged["results"] = {**kept, **payload["results"]}
             merged["datasets"] = list(merged["results"])
             if kept:  # the kept results' time stays in the total; a full rerun reports its own
-                merged["wall_s"] = round(float(old.get("wall_s", 0.0)) + float(payload["wall_s"]), 1)
+                walls = [v.get("wall_s") if isinstance(v, Mapping) else None for v in kept.values()]
+                if all(isinstance(w, int | float) for w in walls):
+                    earlier = float(sum(walls))  # exactly the kept data sets' time
+                else:  # saved before per-data-set times: the whole earlier run, replaced sets included
+                    earlier = float(old.get("wall_s", 0.0))
+                merged["wall_s"] = round(earlier + float(payload["wall_s"]), 1)
             with open(cpath, newline="") as f:
                 all_rows = [r for r in csv.DictReader(f) if r.get("dataset") in kept] + all_rows
     write_csv(cpath, all_rows)

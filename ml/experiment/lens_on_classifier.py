@@ -86,6 +86,7 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
     for name in datasets:
         if name == "shapes":
             raise ValueError("lens-on-classifier needs digit images: use --datasets mnist or digits")
+        t_name = time.perf_counter()
         base = prepare(name, profile, data_dir)
         bar = Progress(2 * seeds, f"lens-on-classifier {name}")
         runs = [run_seed(base, profile, s, bar) for s in range(seeds)]
@@ -98,7 +99,8 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
             for when in ("before", "after"):
                 rows.append({"dataset": name, "seed": r["seed"], "z": f"hidden layer {when} lens",
                              "classifier_accuracy": r["classifier_accuracy"], "n_labels": r["n_labels"], **r[when]})
-        results[name] = {"summary": summary, "runs": runs, "notes": f"{base.notes}; rotated, orientation in {N_BINS} bins"}
+        results[name] = {"summary": summary, "runs": runs, "notes": f"{base.notes}; rotated, orientation in {N_BINS} bins",
+                         "wall_s": round(time.perf_counter() - t_name, 1)}
         print(format_table(name, summary))
     payload = {**header("lens-on-classifier", profile, seeds, datasets, started),
                "settings": {"hidden_dim": 32, "clf_epochs": profile.clf_epochs, "clf_pool": profile.clf_pool,

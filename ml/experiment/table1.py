@@ -145,6 +145,7 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
     results: dict[str, Any] = {}
     all_rows: list[dict[str, Any]] = []
     for name in datasets:
+        t_name = time.perf_counter()
         data = prepare(name, profile, data_dir)
         bar = Progress(seeds * (3 + len(profile.jlvm_betas)), f"table1 {name}")
         rows: list[dict[str, Any]] = []
@@ -155,7 +156,8 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
         results[name] = {"summary": summarise(rows, keys), "notes": data.notes, "keys": keys,
                          "collapsed_and_retrained": health_report(cache, f"*-{name}-{profile.name}-seed*.health.json"),
                          "n_labels": profile.sizes[name].n_labels,
-                         "jlvm_beta": {r["seed"]: r["beta"] for r in rows if r["method"] == "JLVM"}}
+                         "jlvm_beta": {r["seed"]: r["beta"] for r in rows if r["method"] == "JLVM"},
+                         "wall_s": round(time.perf_counter() - t_name, 1)}
         all_rows += rows
         print(format_table(name, results[name]["summary"], keys))
     payload = {**header("table1", profile, seeds, datasets, started),

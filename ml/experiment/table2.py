@@ -54,6 +54,7 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
     results: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for name in datasets:
+        t_name = time.perf_counter()
         data = prepare(name, profile, data_dir)
         betas = chosen_betas(out, name, profile)
         bar = Progress(seeds * 2, f"table2 {name}")
@@ -73,7 +74,8 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
                      {"dataset": name, "seed": seed, "model": "JLVM", "beta": beta, "test_ll": ll_j, "k": k}]
         bar.close()
         results[name] = {"mean_std": {m: mean_std(v) for m, v in per.items()}, "per_seed": per,
-                         "ilvm_vs_jlvm": paired_test(per["ILVM (base VAE)"], per["JLVM"]), "notes": data.notes}
+                         "ilvm_vs_jlvm": paired_test(per["ILVM (base VAE)"], per["JLVM"]), "notes": data.notes,
+                         "wall_s": round(time.perf_counter() - t_name, 1)}
         print(format_table(name, results[name]))
     payload = {**header("table2", profile, seeds, datasets, started), "k": k,
                "likelihood": "Bernoulli on grey values (not binarised)", "results": results}

@@ -175,3 +175,28 @@ def test_report_and_cli(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "--strategies must be distinct" in capsys.readouterr().err
     assert cli_main(["experiment", "label-curve", "--first-seed", "-1", "--out", str(out)]) == 2
     assert "--first-seed must be ≥ 0, got -1" in capsys.readouterr().err
+
+
+def test_a_partial_rerun_counts_the_kept_data_sets_time_once(tmp_path: Path) -> None:
+    from ml.experiment.common import save_outputs
+
+    def payload(walls: dict[str, float], total: float) -> dict:
+        return {"profile": "quick", "seeds": 3, "wall_s": total,
+                "results": {d: {"summary": {}, "wall_s": w} for d, w in walls.items()}}
+
+    first = save_outputs(tmp_path, "t", payload({"digits": 100.0, "mnist": 500.0}, 600.0),
+                         [{"dataset": "digits", "x": 1}, {"dataset": "mnist", "x": 2}])
+    assert first["wall_s"] == 600.0
+    # mnist again: its old 500 s are replaced by the new 50 s, digits' 100 s are kept.
+    second = save_outputs(tmp_path, "t", payload({"mnist": 50.0}, 50.0), [{"dataset": "mnist", "x": 3}])
+    assert second["wall_s"] == 150.0 and second["datasets"] == ["digits", "mnist"]
+    with open(tmp_path / "t.csv", newline="") as f:
+        assert [(r["dataset"], r["x"]) for r in csv.DictReader(f)] == [("digits", "1"), ("mnist", "3")]
+    # A full rerun reports its own time only.
+    assert save_outputs(tmp_path, "t", payload({"digits": 7.0, "mnist": 8.0}, 15.0), [])["wall_s"] == 15.0
+    # Results saved without per-data-set times fall back to the earlier total.
+    old = json.loads((tmp_path / "t.json").read_text())
+    for r in old["results"].values():
+        del r["wall_s"]
+    (tmp_path / "t.json").write_text(json.dumps(old))
+    assert save_outputs(tmp_path, "t", payload({"mnist": 5.0}, 5.0), [])["wall_s"] == 20.0
