@@ -312,6 +312,8 @@ lenslab experiment label-curve        --profile cpu --out {out} --seeds 1 --data
     --configs planar,planar-long+propagation
 lenslab experiment label-curve        --profile cpu --out {out} --seeds 3 --data-dir {data} --labels 1000 \
     --configs auto+propagation,mlp-all-dims
+lenslab experiment label-curve        --profile cpu --out {out} --seeds 3 --data-dir {data} --labels 1000 \
+    --configs auto+propagation-3folds,planar-long-a1000+propagation,planar-e20+propagation
 lenslab experiment label-curve        --profile cpu --out {out} --seeds 2 --first-seed 1 --data-dir {data} \
     --labels 1000,3000 --configs planar-long+propagation
 lenslab experiment label-curve        --profile cpu --out {out} --seeds 1 --data-dir {data} --labels 100,300,3000,10000,60000 \
