@@ -260,6 +260,12 @@ def _as_scores(scores: Any) -> np.ndarray:
     return s
 
 
+def _require_weights(s: np.ndarray, method: str) -> None:
+    """Scores used as sampling or clustering weights must be finite and non-negative."""
+    if (s < 0).any() or np.isinf(s).any():
+        raise ValueError(f"scores: the {method} batch weights items by score and needs finite non-negative scores")
+
+
 def _topk(scores: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
     idx = np.flatnonzero(allowed)
     # Stable sort: equal scores keep pool order, so the result is reproducible.
@@ -271,8 +277,7 @@ def _power(
 ) -> np.ndarray:
     idx = np.flatnonzero(allowed)
     s = scores[idx]
-    if (s < 0).any() or np.isinf(s).any():
-        raise ValueError("power sampling needs finite non-negative scores")
+    _require_weights(s, "power")
     gumbel = rng.gumbel(size=s.size)
     if beta == 0:
         keys = gumbel
@@ -446,8 +451,7 @@ def select_batch(
             raise ValueError("features: NaN or infinite values found")
         if isinstance(prefilter, bool) or not isinstance(prefilter, int | np.integer) or prefilter < 1:
             raise ValueError(f"prefilter must be a positive integer, got {prefilter!r}")
-        if (scores < 0).any() or np.isinf(scores).any():
-            raise ValueError("scores: the diverse batch weights items by score and needs finite non-negative scores")
+        _require_weights(scores, "diverse")
         if k == 0:
             return np.empty(0, dtype=np.int64)
         return _diverse(scores, k, allowed, feats, int(prefilter), rng).astype(np.int64)
