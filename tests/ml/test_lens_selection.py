@@ -200,4 +200,5 @@ def test_no_second_length_run_when_the_screening_fits_stopped_early_or_epochs_ar
         fixed = InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=0, epochs=3,
                                   selection_pool=300, selection_folds=2).fit(z, s)
     assert fixed.selection_["length"] is None and fixed.selection_["chosen"]["epochs"] == 3
+    assert fixed.selection_["final_steps"] is None  # the length is the user's, not a converted one
     assert len(fixed.history_) == 3
