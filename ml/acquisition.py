@@ -11,7 +11,9 @@ Continuous attributes (p_t Gaussian) use ``gaussian_bald`` / ``gaussian_entropy`
 moment-match the mixture mean_t N(μ_t, σ²_t) by one Gaussian. Scores of several attributes are
 summed. ``select_batch`` turns scores into a batch for several experts without near-duplicates
 (greedy BatchBALD, Kirsch et al. 2019; stochastic power sampling, Kirsch et al. 2023; or the
-informativeness-weighted k-means of Zhdanov 2019, which spreads a batch over the feature space), and
+informativeness-weighted k-means of Zhdanov 2019, which spreads a batch over the feature space; or
+a coverage batch, one item per k-means region that no labelled item covers yet, chosen there by
+informativeness × density: Hacohen et al. 2022, Settles & Craven 2008), and
 ``score_pool`` scores a pool chunk by chunk so that memory does not grow with the pool.
 
 Array functions take NumPy arrays (computed in float64) or torch tensors (computed in the
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 STRATEGIES: tuple[str, ...] = ("bald", "max_entropy", "random")
-BATCH_METHODS: tuple[str, ...] = ("topk", "batchbald", "power", "diverse")
+BATCH_METHODS: tuple[str, ...] = ("topk", "batchbald", "power", "diverse", "cover")
 
 ArrayT: TypeAlias = np.ndarray | torch.Tensor
 # What ``prob_fn`` of ``score_pool`` may return for one attribute: probs [B, S, C] of a discrete
@@ -309,8 +311,7 @@ def _diverse(
     # centre per batch slot among them, so the batch covers k regions instead of piling into the
     # single most ambiguous one (Zhdanov 2019, "Diverse mini-batch active learning").
     cand = idx[np.argsort(-scores[idx], kind="stable")[: max(k, prefilter * k)]]
-    X = features[cand].astype(np.float64)
-    X = (X - X.mean(0)) / np.where(X.std(0) > 1e-12, X.std(0), 1.0)
+    X = _standardised(features[cand])
     w = scores[cand] + 1e-12
     km = KMeans(n_clusters=k, n_init=3, random_state=int(rng.integers(2**31 - 1))).fit(X, sample_weight=w)
     chosen: list[int] = []
@@ -324,6 +325,64 @@ def _diverse(
                 chosen.append(j)
                 break
     out = cand[np.asarray(chosen, dtype=np.int64)]
+    return out[np.argsort(-scores[out], kind="stable")]
+
+
+def _standardised(X: np.ndarray) -> np.ndarray:
+    X = X.astype(np.float64)
+    return (X - X.mean(0)) / np.where(X.std(0) > 1e-12, X.std(0), 1.0)
+
+
+def _density(X: np.ndarray, neighbours: int) -> np.ndarray:
+    """1 / mean distance to the nearest ``neighbours`` rows of X (TypiClust's typicality); 1 when alone."""
+    from sklearn.neighbors import NearestNeighbors
+
+    m = min(neighbours, len(X) - 1)
+    if m < 1:
+        return np.ones(len(X))
+    dist, _ = NearestNeighbors(n_neighbors=m + 1).fit(X).kneighbors(X)
+    return 1.0 / (dist[:, 1:].mean(1) + 1e-12)
+
+
+def _cover(
+    scores: np.ndarray,
+    k: int,
+    allowed: np.ndarray,
+    features: np.ndarray,
+    neighbours: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    idx = np.flatnonzero(allowed)
+    if idx.size <= k:
+        return idx[np.argsort(-scores[idx], kind="stable")]
+    X = _standardised(features)
+    # One region per item already covered plus one per batch slot (TypiClust, Hacohen et al. 2022):
+    # with few labels, a batch that reaches regions no label speaks for yet teaches the lens more
+    # than one that piles onto ambiguous items next to labelled ones.
+    # (No more regions than distinct points: duplicates cannot be split.)
+    n_regions = min(len(np.unique(X, axis=0)), int((~allowed).sum()) + k)
+    km = KMeans(n_clusters=n_regions, n_init=1, random_state=int(rng.integers(2**31 - 1))).fit(X)
+    region = km.labels_
+    size = np.bincount(region, minlength=n_regions)
+    covered = np.bincount(region[~allowed], minlength=n_regions)
+    # Uncovered regions first, then the least covered per item; larger regions first among equals.
+    order = np.lexsort((-size, covered / np.maximum(size, 1)))
+    chosen: list[int] = []
+    for r in order:
+        members = idx[region[idx] == r]
+        if members.size == 0:
+            continue
+        # Informativeness × density (Settles & Craven 2008): an informative item that is also
+        # typical of its region, not an outlier the score happens to rate highly.
+        chosen.append(int(members[np.argmax(scores[members] * _density(X[members], neighbours))]))
+        if len(chosen) == k:
+            break
+    if len(chosen) < k:  # the free items sit in fewer than k regions: the best-scored others fill up
+        rest = np.setdiff1d(idx, chosen)
+        chosen += rest[np.argsort(-scores[rest], kind="stable")[: k - len(chosen)]].tolist()
+    out = np.asarray(chosen, dtype=np.int64)
     return out[np.argsort(-scores[out], kind="stable")]
 
 
@@ -405,6 +464,7 @@ def select_batch(
     num_configs: int = 2048,
     features: Any = None,
     prefilter: int = 10,
+    neighbours: int = 20,
 ) -> np.ndarray:
     """Indices of a batch of ``k`` items to hand to several experts, without near-duplicates.
 
@@ -418,6 +478,12 @@ def select_batch(
     * ``"diverse"``: the ``prefilter``·k highest scores, clustered into k groups by k-means on
       ``features`` [N, D] (each item weighted by its score); the item nearest each centre
       (Zhdanov 2019). Use the representation the lens sees (z) as ``features``.
+    * ``"cover"``: k-means on ``features`` [N, D] into (excluded items + k) regions; one item from
+      each of the k least covered regions (no excluded item first, larger first), the one of
+      highest score × density, density = 1 / mean distance to its ``neighbours`` nearest
+      unexcluded items of the region (TypiClust, Hacohen et al. 2022; information density,
+      Settles & Craven 2008). Excluded items count as covering their region, so pass the
+      labelled (and leased) items as ``exclude``. k-means costs O(N · regions) per iteration.
 
     ``exclude``: a boolean mask [N] or indices of items never to pick (e.g. leased or labelled).
     Returns int64 indices, best first, of length min(k, number of items not excluded).
@@ -441,9 +507,9 @@ def select_batch(
         return _batchbald(probs, k, allowed, rng, int(candidate_pool), int(num_configs))
     scores = _as_scores(scores_or_probs)
     allowed = _allowed_mask(exclude, scores.shape[0])
-    if method == "diverse":
+    if method in ("diverse", "cover"):
         if features is None:
-            raise ValueError("method 'diverse' needs features [N, D] (e.g. the pool's z)")
+            raise ValueError(f"method {method!r} needs features [N, D] (e.g. the pool's z)")
         feats = _to_numpy(features)
         if feats.ndim != 2 or feats.shape[0] != scores.shape[0]:
             raise ValueError(f"features: expected shape [{scores.shape[0]}, D], got {tuple(feats.shape)}")
@@ -451,9 +517,13 @@ def select_batch(
             raise ValueError("features: NaN or infinite values found")
         if isinstance(prefilter, bool) or not isinstance(prefilter, int | np.integer) or prefilter < 1:
             raise ValueError(f"prefilter must be a positive integer, got {prefilter!r}")
-        _require_weights(scores, "diverse")
+        if isinstance(neighbours, bool) or not isinstance(neighbours, int | np.integer) or neighbours < 1:
+            raise ValueError(f"neighbours must be a positive integer, got {neighbours!r}")
+        _require_weights(scores, method)
         if k == 0:
             return np.empty(0, dtype=np.int64)
+        if method == "cover":
+            return _cover(scores, k, allowed, feats, int(neighbours), rng)
         return _diverse(scores, k, allowed, feats, int(prefilter), rng).astype(np.int64)
     out = _topk(scores, k, allowed) if method == "topk" else _power(scores, k, allowed, float(beta), rng)
     return out.astype(np.int64)

@@ -38,11 +38,14 @@ from ml.experiment.common import (
 
 STRATEGIES = ("ilvm-bald", "max-entropy", "random")
 # BALD scores with another batch rule: "-power" draws the batch ∝ score^β (Kirsch et al. 2023),
-# "-diverse" takes one item per k-means cluster of the best-scored items in z (Zhdanov 2019);
-# "batchbald" is greedy BatchBALD on the first attribute.
-OPTIONAL = ("ilvm-bald-power", "ilvm-bald-diverse", "batchbald")
-_ACQ = {"ilvm-bald": "bald", "ilvm-bald-power": "bald", "ilvm-bald-diverse": "bald", "max-entropy": "max_entropy",
-        "random": "random"}
+# "-diverse" takes one item per k-means cluster of the best-scored items in z (Zhdanov 2019),
+# "-cover" one item per region of z no label covers yet, by BALD × density (Hacohen et al. 2022;
+# Settles & Craven 2008); "batchbald" is greedy BatchBALD on the first attribute. "typiclust" is
+# the cover rule without BALD (density alone; Hacohen et al. 2022), the control that tells what
+# BALD adds to the coverage.
+OPTIONAL = ("ilvm-bald-power", "ilvm-bald-diverse", "ilvm-bald-cover", "batchbald", "typiclust")
+_ACQ = {"ilvm-bald": "bald", "ilvm-bald-power": "bald", "ilvm-bald-diverse": "bald", "ilvm-bald-cover": "bald",
+        "max-entropy": "max_entropy", "random": "random"}
 
 
 def area_under_curve(x: np.ndarray, y: np.ndarray) -> float:
@@ -63,6 +66,8 @@ def _acquire(lens: Any, strategy: str, Z: np.ndarray, labelled: np.ndarray, k: i
              profile: Profile, data: Prepared) -> np.ndarray:
     from ml.acquisition import select_batch
 
+    if strategy == "typiclust":
+        return select_batch(np.ones(len(Z)), k, "cover", features=Z, exclude=labelled, seed=seed)
     if strategy == "batchbald":
         attr = data.attributes[0].name
         probs = lens.sample_probs(Z, n_samples=profile.n_samples, seed=seed)[attr]
@@ -74,6 +79,8 @@ def _acquire(lens: Any, strategy: str, Z: np.ndarray, labelled: np.ndarray, k: i
     if strategy.endswith("-diverse"):
         return select_batch(scores, k, "diverse", features=Z, exclude=labelled, seed=seed,
                             prefilter=profile.al_prefilter)
+    if strategy.endswith("-cover"):
+        return select_batch(scores, k, "cover", features=Z, exclude=labelled, seed=seed)
     return select_batch(scores, k, "topk", exclude=labelled)
 
 

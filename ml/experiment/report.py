@@ -65,6 +65,11 @@ def _variants(s: dict[str, Any], strategies: list[str]) -> str:
         "ilvm-bald-power": f"`ilvm-bald-power` draws them ∝ BALD^{s.get('power_beta', 1.0):g} (Kirsch et al. 2023)",
         "ilvm-bald-diverse": (f"`ilvm-bald-diverse` clusters the {s.get('prefilter', 10) * k} items of highest BALD by "
                               f"BALD-weighted k-means in z and takes the item nearest each of the {k} centres (Zhdanov 2019)"),
+        "ilvm-bald-cover": (f"`ilvm-bald-cover` splits z into (labelled + {k}) k-means regions and takes, from each of the "
+                            f"{k} regions with the fewest labels (none first, larger first), the item of highest BALD × "
+                            f"density (density = 1 / mean distance to its 20 nearest unlabelled neighbours in the region; "
+                            f"TypiClust, Hacohen et al. 2022; information density, Settles & Craven 2008)"),
+        "typiclust": "`typiclust` is the same rule without BALD (density alone; the control)",
     }
     return "; ".join(rules[st] for st in strategies if st in rules) or "no BALD strategy in this run"
 
@@ -289,10 +294,11 @@ set (`fit`) and scored on another (`test`); neither contains an item whose label
 - **Seeds.** Seed k sets the VAE's initialisation, the labelled subset and the lens/JLVM
   initialisation; splits are fixed. All runs use one torch thread on a shared 2-core CPU.
 - **Profiles.** `quick` (CI; tiny pools, 2–8 VAE epochs), `cpu` (what was run here: Tables 1
-  and 2 on an MNIST pool of 5,000 training images, VAE and JLVM 8 epochs, 1,000/1,000 metric
-  items; JLVM β ∈ {{1, 10}}; IWAE k = 100; the label curve and active learning on one base VAE
-  trained 20 epochs on all 60,000 training images, metric on 2,000/8,000 test images, active
-  learning on its first 3,000 images, 6 rounds, 12 lens epochs per warm round; the lens's
+  and 2 on an MNIST pool of 5,000 training images, VAE, JLVM and β-VAE 30 epochs, the lens 200
+  epochs (4,000 optimiser steps), 1,000/1,000 metric items; JLVM β ∈ {{1, 10}}; IWAE k = 100; the
+  label curve and active learning on one base VAE trained 20 epochs on all 60,000 training images,
+  metric on 2,000/8,000 test images, active learning on its first 3,000 images, 6 rounds, 12 lens
+  epochs per warm round; the lens's
   settings are recorded with each result below), `full` (the paper's scale, not run here:
   MNIST pool 60,000, 30 VAE epochs, 8,000 test items, AL on the whole pool for 20 rounds, JLVM
   β ∈ {{0.1, 1, 10}}, IWAE k = 1,000; expected ≈ 1–2 h on one GPU, a day or more on this 2-core
@@ -302,7 +308,10 @@ set (`fit`) and scored on another (`test`); neither contains an item whose label
 ## Commands
 
 ```
-lenslab experiment al-curve           --profile cpu --out {out} --seeds 3 --data-dir {data}
+lenslab experiment al-curve           --profile cpu --out {out} --seeds 5 --data-dir {data}
+mkdir -p {out}/al-curve-typiclust && ln -sfn ../cache {out}/al-curve-typiclust/cache   # the control shares the base VAE
+lenslab experiment al-curve           --profile cpu --out {out}/al-curve-typiclust --seeds 5 --data-dir {data} \
+    --strategies typiclust,random
 lenslab experiment table1             --profile cpu --out {out} --seeds 3 --data-dir {data} --datasets mnist,digits,shapes
 lenslab experiment table2             --profile cpu --out {out} --seeds 3 --data-dir {data} --datasets mnist,digits,shapes
 lenslab experiment lens-on-classifier --profile cpu --out {out} --seeds 3 --data-dir {data}

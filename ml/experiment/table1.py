@@ -44,7 +44,7 @@ ALPHA = 0.05
 
 def jlvm_path(cache: Path, data: Prepared, profile: Profile, seed: int, beta: float) -> Path:
     """Where the JLVM of (data set, profile, seed, β) is cached (table 2 reads it back)."""
-    return cache / f"jlvm-{data.name}-{profile.name}-seed{seed}-beta{beta:g}.pt"
+    return cache / f"jlvm-{data.name}-{profile.name}-e{profile.sizes[data.name].vae_epochs}-seed{seed}-beta{beta:g}.pt"
 
 
 def fit_jlvm(data: Prepared, profile: Profile, seed: int, beta: float, S: dict[str, np.ndarray], cache: Path,
@@ -69,7 +69,7 @@ def fit_beta_vae(data: Prepared, profile: Profile, seed: int, cache: Path, progr
 
     epochs = profile.sizes[data.name].vae_epochs
     return cached_healthy(
-        cache / f"betavae-{data.name}-{profile.name}-seed{seed}-beta{profile.beta_vae_beta:g}.pt",
+        cache / f"betavae-{data.name}-{profile.name}-e{epochs}-seed{seed}-beta{profile.beta_vae_beta:g}.pt",
         lambda p: JLVM.load(p, device="cpu"),
         lambda s: BetaVAE(profile.beta_vae_beta, **data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
         data, seed, f"β-VAE {data.name}", progress)
@@ -83,6 +83,11 @@ def validation_score(model: Any, data: Prepared, seed: int) -> float:
                                            folds=2, seed=seed)["overall"])
 
 
+def lens_epochs(profile: Profile, name: str) -> int:
+    """Table 1's lens epochs on data set ``name``."""
+    return profile.sizes[name].lens_epochs or profile.lens_epochs_first
+
+
 def run_seed(data: Prepared, profile: Profile, seed: int, cache: Path, bar: Progress) -> list[dict[str, Any]]:
     """Every method's metric for one seed, as rows {method, seed, overall, <attr>…, extra}."""
     size = profile.sizes[data.name]
@@ -93,7 +98,7 @@ def run_seed(data: Prepared, profile: Profile, seed: int, cache: Path, bar: Prog
     S = reveal(data.S_pool, idx)
     rows = [{"method": "no lens (VAE z)", "seed": seed, **metric(Z_fit, Z_test, data, seed)}]
 
-    lens = make_lens(data, profile, seed, profile.lens_epochs_first)
+    lens = make_lens(data, profile, seed, lens_epochs(profile, data.name))
     lens.fit(Z, S, progress=bar.sub(f"ILVM s{seed}"))
     rows.append({"method": "ILVM", "seed": seed, "alpha": lens.alpha_,
                  **metric(lens.transform(Z_fit), lens.transform(Z_test), data, seed)})
@@ -154,8 +159,8 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
         bar.close()
         keys = ["overall"] + [a.name for a in data.attributes]
         results[name] = {"summary": summarise(rows, keys), "notes": data.notes, "keys": keys,
-                         "collapsed_and_retrained": health_report(cache, f"*-{name}-{profile.name}-seed*.health.json"),
-                         "n_labels": profile.sizes[name].n_labels,
+                         "collapsed_and_retrained": health_report(cache, f"*-{name}-{profile.name}-e*-seed*.health.json"),
+                         "n_labels": profile.sizes[name].n_labels, "lens_epochs": lens_epochs(profile, name),
                          "jlvm_beta": {r["seed"]: r["beta"] for r in rows if r["method"] == "JLVM"},
                          "wall_s": round(time.perf_counter() - t_name, 1)}
         all_rows += rows

@@ -228,6 +228,52 @@ def test_diverse_batch_rejects_missing_or_misshapen_features():
     assert select_batch(scores, 20, "diverse", features=np.eye(10)).size == 10
 
 
+def test_cover_batch_reaches_regions_no_label_covers_where_topk_stays_by_the_labels():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 3)) * 10
+    feats = np.concatenate([c + rng.normal(size=(50, 3)) for c in centres])  # 4 regions of 50 items
+    # Labels cover region 0 only, and the scores are highest there: top-k stays in region 0.
+    labelled = np.arange(200) < 10
+    scores = np.where(np.arange(200) < 50, 1.0, 0.3) + rng.random(200) * 0.01
+    assert set(select_batch(scores, 3, "topk", exclude=labelled) // 50) == {0}
+    got = select_batch(scores, 3, "cover", features=feats, exclude=labelled, seed=0)
+    # Items from the uncovered blobs, spread over more than one; none next to the labels.
+    blobs = set((got // 50).tolist())
+    assert 0 not in blobs and len(blobs) >= 2 and len(set(got.tolist())) == 3
+    np.testing.assert_array_equal(got, select_batch(scores, 3, "cover", features=feats, exclude=labelled, seed=0))
+    assert np.all(np.diff(scores[got]) <= 0)
+    # Within a region, informativeness × density: of two equally scored items the typical one wins
+    # over an outlier, and a much higher score wins over density.
+    one = np.concatenate([rng.normal(size=(30, 2)), [[6.0, 6.0]]])
+    flat = np.ones(31)
+    assert select_batch(flat, 1, "cover", features=one, seed=0)[0] != 30
+    peak = flat.copy()
+    peak[5] = 50.0
+    assert select_batch(peak, 1, "cover", features=one, seed=0)[0] == 5
+    # More slots than free items: every free item, best first; k = 0: none.
+    assert sorted(select_batch(scores, 300, "cover", features=feats, exclude=labelled).tolist()) == list(range(10, 200))
+    assert select_batch(scores, 0, "cover", features=feats).size == 0
+
+
+def test_cover_batch_fills_up_when_the_free_items_sit_in_few_regions():
+    feats = np.concatenate([np.zeros((8, 2)), np.full((2, 2), 5.0)])  # two points of the space
+    scores = np.arange(10, dtype=float)
+    got = select_batch(scores, 4, "cover", features=feats, exclude=[0, 1, 2, 3], seed=0)
+    assert len(set(got.tolist())) == 4 and set(got.tolist()) <= set(range(4, 10))
+
+
+def test_cover_batch_rejects_bad_features_neighbours_and_negative_scores():
+    scores = np.ones(10)
+    with pytest.raises(ValueError, match="'cover' needs features"):
+        select_batch(scores, 2, "cover")
+    with pytest.raises(ValueError, match=r"features: expected shape \[10, D\]"):
+        select_batch(scores, 2, "cover", features=np.ones((9, 2)))
+    with pytest.raises(ValueError, match="neighbours must be a positive integer, got 0"):
+        select_batch(scores, 2, "cover", features=np.ones((10, 2)), neighbours=0)
+    with pytest.raises(ValueError, match="cover batch weights"):
+        select_batch(-scores, 2, "cover", features=np.ones((10, 2)))
+
+
 def _naive_batchbald(probs: np.ndarray, k: int) -> list[int]:
     """Greedy BatchBALD with the joint entropy H(y_1..y_n) by enumerating all configurations."""
     n, s, c = probs.shape
@@ -296,7 +342,7 @@ def test_select_batch_rejects_bad_arguments():
         select_batch(scores, 2, exclude=[7])
     with pytest.raises(ValueError, match="non-negative"):
         select_batch(np.array([1.0, -1.0]), 1, "power")
-    assert set(BATCH_METHODS) == {"topk", "batchbald", "power", "diverse"}
+    assert set(BATCH_METHODS) == {"topk", "batchbald", "power", "diverse", "cover"}
 
 
 # --------------------------------------------------------------------------- score_pool

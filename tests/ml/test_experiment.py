@@ -25,7 +25,7 @@ TINY = dataclasses.replace(
     sizes={
         "digits": DataSize(pool=500, eval_fit=250, eval_test=250, vae_epochs=6, n_labels=150),
         "mnist": DataSize(pool=300, eval_fit=150, eval_test=150, vae_epochs=1, n_labels=100),
-        "shapes": DataSize(pool=300, eval_fit=150, eval_test=150, vae_epochs=1, n_labels=100),
+        "shapes": DataSize(pool=300, eval_fit=150, eval_test=150, vae_epochs=1, n_labels=100, lens_epochs=5),
     },
     lens_epochs_first=15, lens_epochs_warm=4, n_flows=4, lens_hidden=32, al_rounds=2, jlvm_betas=(1.0, 10.0),
     iwae_k=5, clf_epochs=8, clf_pool=500, clf_labels=150, n_samples=8,
@@ -90,6 +90,20 @@ def test_table1_scores_every_method_and_picks_beta_on_validation(out: Path) -> N
     assert digits["JLVM"][0] > 1.5 * chance, digits
     if HAS_MNIST:
         assert set(res["results"]["mnist"]["keys"]) == {"overall", "digit", "thickness"}
+    # A data set's own lens length, else the profile's.
+    assert res["results"]["shapes"]["lens_epochs"] == 5
+    assert res["results"]["digits"]["lens_epochs"] == TINY.lens_epochs_first
+
+
+def test_cached_models_are_named_by_their_training_length(out: Path) -> None:
+    """A profile whose epochs change trains anew instead of loading the other length's model."""
+    from ml.experiment.common import base_vae, prepare
+
+    cache = out / "cache"
+    assert (cache / "vae-digits-tiny-e6-seed0.pt").exists() and (cache / "jlvm-digits-tiny-e6-seed0-beta1.pt").exists()
+    shorter = dataclasses.replace(TINY, sizes={**TINY.sizes, "digits": dataclasses.replace(TINY.sizes["digits"], vae_epochs=1)})
+    vae = base_vae(prepare("digits", shorter, str(DATA_DIR)), shorter, 0, cache)
+    assert vae.epochs == 1 and (cache / "vae-digits-tiny-e1-seed0.pt").exists()
 
 
 def test_table2_reports_finite_iwae_bounds_for_table1_models(out: Path) -> None:
@@ -139,9 +153,9 @@ def test_label_curve_measures_every_configuration_and_accumulates_runs(out: Path
 
 def test_al_curve_runs_the_bald_batch_variants(tmp_path: Path) -> None:
     res = al_curve.run(TINY, tmp_path, seeds=1, datasets=("digits",),
-                       strategies=("ilvm-bald-power", "ilvm-bald-diverse", "random"))
+                       strategies=("ilvm-bald-power", "ilvm-bald-diverse", "ilvm-bald-cover", "random"))
     assert res["settings"]["prefilter"] == TINY.al_prefilter and res["strategies"][-1] == "random"
-    for st in ("ilvm-bald-power", "ilvm-bald-diverse"):
+    for st in ("ilvm-bald-power", "ilvm-bald-diverse", "ilvm-bald-cover"):
         e = res["results"]["digits"]["summary"]["digit"]["strategies"][st]
         assert len(e["mean"]) == 3 and all(0 < v <= 100 for v in e["mean"])
         assert e["vs_random_auc"]["n"] == 1
