@@ -341,7 +341,8 @@ def _density(X: np.ndarray, neighbours: int) -> np.ndarray:
     if m < 1:
         return np.ones(len(X))
     dist, _ = NearestNeighbors(n_neighbors=m + 1).fit(X).kneighbors(X)
-    return 1.0 / (dist[:, 1:].mean(1) + 1e-12)
+    # The floor keeps exact duplicates (distance 0) finite: dense, not infinitely so.
+    return 1.0 / np.maximum(dist[:, 1:].mean(1), 1e-6)
 
 
 def _cover(
@@ -376,7 +377,9 @@ def _cover(
             continue
         # Informativeness × density (Settles & Craven 2008): an informative item that is also
         # typical of its region, not an outlier the score happens to rate highly.
-        chosen.append(int(members[np.argmax(scores[members] * _density(X[members], neighbours))]))
+        density = _density(X[members], neighbours)
+        # Highest score × density; among equals (e.g. all scores 0) the densest item.
+        chosen.append(int(members[np.lexsort((density, scores[members] * density))[-1]]))
         if len(chosen) == k:
             break
     if len(chosen) < k:  # the free items sit in fewer than k regions: the best-scored others fill up

@@ -66,10 +66,11 @@ def _variants(s: dict[str, Any], strategies: list[str]) -> str:
         "ilvm-bald-diverse": (f"`ilvm-bald-diverse` clusters the {s.get('prefilter', 10) * k} items of highest BALD by "
                               f"BALD-weighted k-means in z and takes the item nearest each of the {k} centres (Zhdanov 2019)"),
         "ilvm-bald-cover": (f"`ilvm-bald-cover` splits z into (labelled + {k}) k-means regions and takes, from each of the "
-                            f"{k} regions with the fewest labels (none first, larger first), the item of highest BALD × "
+                            f"{k} regions with the fewest labels per item (none first, larger first), the item of highest BALD × "
                             f"density (density = 1 / mean distance to its 20 nearest unlabelled neighbours in the region; "
-                            f"TypiClust, Hacohen et al. 2022; information density, Settles & Craven 2008)"),
-        "typiclust": "`typiclust` is the same rule without BALD (density alone; the control)",
+                            f"after TypiClust, Hacohen et al. 2022; information density, Settles & Craven 2008)"),
+        "typiclust": ("`typiclust` is the regions-and-density rule of `ilvm-bald-cover` without BALD (density alone; "
+                      "the control)"),
     }
     return "; ".join(rules[st] for st in strategies if st in rules) or "no BALD strategy in this run"
 
@@ -125,7 +126,7 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
         return "## Table 1 — interpretability metric\n\nNot run yet (`lenslab experiment table1`).\n"
     s = res["settings"]
     lines = ["## Table 1 — interpretability metric\n", _run_line(res) + "\n",
-             f"ILVM: lens with {s['n_flows']} flows, hidden {s['lens_hidden']}, {s['lens_epochs']} epochs, regularisers: "
+             f"ILVM: lens with {s['n_flows']} flows, hidden {s['lens_hidden']}, epochs per data set below, regularisers: "
              f"{_extra(s)}, α = {_alpha(s)}. JLVM: β ∈ {s['jlvm_betas']} chosen per seed by "
              f"the metric cross-fitted on the held-out `fit` set; λ from the labelled fraction. β-VAE: β = {s['beta_vae_beta']}, "
              "no labels. Scores: mean ± std over seeds; `*` = significant win (paired t-test against every other "
@@ -133,7 +134,8 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
     for name, r in res["results"].items():
         keys = r["keys"]
         summ = r["summary"]
-        lines.append(f"### {name} ({r['n_labels']} labelled pool items)\n\n{r['notes']}.\n")
+        epochs = r.get("lens_epochs", s["lens_epochs"])  # results saved before per-data-set lengths: the profile's
+        lines.append(f"### {name} ({r['n_labels']} labelled pool items, lens {epochs} epochs)\n\n{r['notes']}.\n")
         for c in r.get("collapsed_and_retrained", []):
             lines.append(f"- Posterior collapse: `{c['model']}` (seed {c['requested_seed']}) had mean KL "
                          f"{c['collapsed'][0]['mean_kl']:.2f} nats (z carries nothing); retrained with seed "

@@ -85,7 +85,8 @@ def validation_score(model: Any, data: Prepared, seed: int) -> float:
 
 def lens_epochs(profile: Profile, name: str) -> int:
     """Table 1's lens epochs on data set ``name``."""
-    return profile.sizes[name].lens_epochs or profile.lens_epochs_first
+    epochs = profile.sizes[name].lens_epochs
+    return profile.lens_epochs_first if epochs is None else epochs
 
 
 def run_seed(data: Prepared, profile: Profile, seed: int, cache: Path, bar: Progress) -> list[dict[str, Any]]:
@@ -100,7 +101,7 @@ def run_seed(data: Prepared, profile: Profile, seed: int, cache: Path, bar: Prog
 
     lens = make_lens(data, profile, seed, lens_epochs(profile, data.name))
     lens.fit(Z, S, progress=bar.sub(f"ILVM s{seed}"))
-    rows.append({"method": "ILVM", "seed": seed, "alpha": lens.alpha_,
+    rows.append({"method": "ILVM", "seed": seed, "alpha": lens.alpha_, "epochs": len(lens.history_),
                  **metric(lens.transform(Z_fit), lens.transform(Z_test), data, seed)})
     bar.step(f"ILVM s{seed}: {rows[-1]['overall']:.1f}")
 
@@ -159,7 +160,8 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
         bar.close()
         keys = ["overall"] + [a.name for a in data.attributes]
         results[name] = {"summary": summarise(rows, keys), "notes": data.notes, "keys": keys,
-                         "collapsed_and_retrained": health_report(cache, f"*-{name}-{profile.name}-e*-seed*.health.json"),
+                         "collapsed_and_retrained": health_report(
+                             cache, f"*-{name}-{profile.name}-e{profile.sizes[name].vae_epochs}-seed*.health.json"),
                          "n_labels": profile.sizes[name].n_labels, "lens_epochs": lens_epochs(profile, name),
                          "jlvm_beta": {r["seed"]: r["beta"] for r in rows if r["method"] == "JLVM"},
                          "wall_s": round(time.perf_counter() - t_name, 1)}

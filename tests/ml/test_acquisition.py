@@ -242,24 +242,40 @@ def test_cover_batch_reaches_regions_no_label_covers_where_topk_stays_by_the_lab
     assert 0 not in blobs and len(blobs) >= 2 and len(set(got.tolist())) == 3
     np.testing.assert_array_equal(got, select_batch(scores, 3, "cover", features=feats, exclude=labelled, seed=0))
     assert np.all(np.diff(scores[got]) <= 0)
-    # Within a region, informativeness × density: of two equally scored items the typical one wins
-    # over an outlier, and a much higher score wins over density.
-    one = np.concatenate([rng.normal(size=(30, 2)), [[6.0, 6.0]]])
+    # Within a region, informativeness × density: of equally scored items a typical one wins over
+    # the outlier (listed first, where a bare argmax of the scores would land), and a much higher
+    # score wins over density.
+    one = np.concatenate([[[6.0, 6.0]], rng.normal(size=(30, 2))])
     flat = np.ones(31)
-    assert select_batch(flat, 1, "cover", features=one, seed=0)[0] != 30
+    pick = select_batch(flat, 1, "cover", features=one, seed=0)[0]
+    radius = np.linalg.norm(one[1:] - one[1:].mean(0), axis=1)
+    assert pick != 0 and np.linalg.norm(one[pick] - one[1:].mean(0)) < np.median(radius)
     peak = flat.copy()
     peak[5] = 50.0
     assert select_batch(peak, 1, "cover", features=one, seed=0)[0] == 5
+    # All scores 0: the densest item, not the first.
+    assert select_batch(np.zeros(31), 1, "cover", features=one, seed=0)[0] != 0
     # More slots than free items: every free item, best first; k = 0: none.
     assert sorted(select_batch(scores, 300, "cover", features=feats, exclude=labelled).tolist()) == list(range(10, 200))
     assert select_batch(scores, 0, "cover", features=feats).size == 0
 
 
+def test_cover_batch_takes_the_larger_uncovered_region_first():
+    # Three points of the space, each repeated: one region each. C is labelled; A (40 items) and
+    # B (10 items, higher scores) are not: a one-item batch comes from A.
+    feats = np.concatenate([np.zeros((40, 2)), np.full((10, 2), 5.0), np.full((10, 2), -5.0)])
+    scores = np.concatenate([np.full(40, 0.1), np.full(10, 1.0), np.full(10, 0.5)])
+    assert select_batch(scores, 1, "cover", features=feats, exclude=np.arange(50, 60), seed=0)[0] < 40
+
+
 def test_cover_batch_fills_up_when_the_free_items_sit_in_few_regions():
-    feats = np.concatenate([np.zeros((8, 2)), np.full((2, 2), 5.0)])  # two points of the space
-    scores = np.arange(10, dtype=float)
+    # Two points of the space: P (items 0–7, half labelled) and Q (items 8–9, none labelled).
+    feats = np.concatenate([np.zeros((8, 2)), np.full((2, 2), 5.0)])
+    scores = np.array([0, 0, 0, 0, 0.9, 0.8, 0.7, 0.6, 0.1, 0.2])
+    assert set(select_batch(scores, 4, "topk", exclude=[0, 1, 2, 3]).tolist()) == {4, 5, 6, 7}
     got = select_batch(scores, 4, "cover", features=feats, exclude=[0, 1, 2, 3], seed=0)
-    assert len(set(got.tolist())) == 4 and set(got.tolist()) <= set(range(4, 10))
+    # Q's best (uncovered first), P's best, then the best-scored of the rest.
+    assert got.tolist() == [4, 5, 6, 9]
 
 
 def test_cover_batch_rejects_bad_features_neighbours_and_negative_scores():

@@ -90,17 +90,22 @@ def test_table1_scores_every_method_and_picks_beta_on_validation(out: Path) -> N
     assert digits["JLVM"][0] > 1.5 * chance, digits
     if HAS_MNIST:
         assert set(res["results"]["mnist"]["keys"]) == {"overall", "digit", "thickness"}
-    # A data set's own lens length, else the profile's.
+    # A data set's own lens length, else the profile's: recorded, and what the lens trained.
     assert res["results"]["shapes"]["lens_epochs"] == 5
     assert res["results"]["digits"]["lens_epochs"] == TINY.lens_epochs_first
+    trained = {(r["dataset"], int(r["epochs"])) for r in rows if r["method"] == "ILVM"}
+    assert trained == {("shapes", 5), ("digits", TINY.lens_epochs_first)} | ({("mnist", TINY.lens_epochs_first)} if HAS_MNIST else set())
 
 
-def test_cached_models_are_named_by_their_training_length(out: Path) -> None:
+def test_cached_models_are_named_by_their_training_length(tmp_path: Path) -> None:
     """A profile whose epochs change trains anew instead of loading the other length's model."""
     from ml.experiment.common import base_vae, prepare
 
-    cache = out / "cache"
-    assert (cache / "vae-digits-tiny-e6-seed0.pt").exists() and (cache / "jlvm-digits-tiny-e6-seed0-beta1.pt").exists()
+    cache = tmp_path / "cache"
+    data = prepare("digits", TINY, str(DATA_DIR))
+    base_vae(data, TINY, 0, cache)
+    assert (cache / "vae-digits-tiny-e6-seed0.pt").exists()
+    assert table1.jlvm_path(cache, data, TINY, 0, 1.0).name == "jlvm-digits-tiny-e6-seed0-beta1.pt"
     shorter = dataclasses.replace(TINY, sizes={**TINY.sizes, "digits": dataclasses.replace(TINY.sizes["digits"], vae_epochs=1)})
     vae = base_vae(prepare("digits", shorter, str(DATA_DIR)), shorter, 0, cache)
     assert vae.epochs == 1 and (cache / "vae-digits-tiny-e1-seed0.pt").exists()
