@@ -75,6 +75,19 @@ def _variants(s: dict[str, Any], strategies: list[str]) -> str:
     return "; ".join(rules[st] for st in strategies if st in rules) or "no BALD strategy in this run"
 
 
+def _al_table(r: dict[str, Any]) -> list[str]:
+    """One data set's AUC table: every metric key and strategy, with the tests against random."""
+    lines = ["| metric | strategy | AUC | final score | labels → random final | p (t) | p (Wilcoxon) |",
+             "|---|---|---|---|---|---|---|"]
+    for key, summ in r["summary"].items():
+        for st, e in summ["strategies"].items():
+            vs = e.get("vs_random_auc")
+            lines.append(f"| {key} | {st} | {fmt_ms(*e['auc_mean_std'])} | {fmt_ms(*e['final_mean_std'])} | "
+                         f"{e['labels_to_random_final'] if e['labels_to_random_final'] is not None else 'not reached'} "
+                         f"| {_p(vs)} | {_p(vs, 'p_wilcoxon')} |")
+    return lines
+
+
 def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: list[str]) -> str:
     if res is None:
         return "## Figure 8 — active learning\n\nNot run yet (`lenslab experiment al-curve`).\n"
@@ -90,16 +103,18 @@ def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
              "t-test (Wilcoxon beside it) of the per-seed AUCs against random's.\n"]
     for name, r in res["results"].items():
         lines.append(f"### {name}\n\n{r['notes']}.\n")
-        lines.append("| metric | strategy | AUC | final score | labels → random final | p (t) | p (Wilcoxon) |")
-        lines.append("|---|---|---|---|---|---|---|")
-        for key, summ in r["summary"].items():
-            for st, e in summ["strategies"].items():
-                vs = e.get("vs_random_auc")
-                lines.append(f"| {key} | {st} | {fmt_ms(*e['auc_mean_std'])} | {fmt_ms(*e['final_mean_std'])} | "
-                             f"{e['labels_to_random_final'] if e['labels_to_random_final'] is not None else 'not reached'} "
-                             f"| {_p(vs)} | {_p(vs, 'p_wilcoxon')} |")
+        lines += _al_table(r)
         lines.append("")
         lines.append(_img(out, md_dir, f"al-curve-{name}.png"))
+        # Runs kept in subfolders (controls, ablations) beside the main one, each with its own settings.
+        for sub in sorted(out.glob("al-curve-*/al-curve.json")):
+            other = json.loads(sub.read_text())
+            if name not in other.get("results", {}):
+                continue
+            rel = sub.parent.relative_to(out).as_posix()
+            lines.append(f"\nAlso run, in `{rel}/` ({other['seeds']} seeds, strategies "
+                         f"{', '.join(other.get('strategies', []))}; regularisers: {_extra(other['settings'])}):\n")
+            lines += _al_table(other["results"][name])
         if name == "mnist":
             for key in ("digit", "thickness", "overall"):
                 if key not in r["summary"]:

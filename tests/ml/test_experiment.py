@@ -169,8 +169,14 @@ def test_al_curve_runs_the_bald_batch_variants(tmp_path: Path) -> None:
 
 
 def test_report_and_cli(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A control run kept in a subfolder is reported beside the main al-curve run.
+    (out / "al-curve-control").mkdir(exist_ok=True)
+    control = json.loads((out / "al-curve.json").read_text())
+    control["strategies"] = ["typiclust", "random"]
+    (out / "al-curve-control" / "al-curve.json").write_text(json.dumps(control))
     md = write_report(out, tmp_path / "EXPERIMENTS.md")
     text = md.read_text()
+    assert "Also run, in `al-curve-control/` (2 seeds, strategies typiclust, random" in text
     for heading in ("## Figure 8", "## Table 1", "## Table 2", "## The lens on a classifier"):
         assert heading in text
     assert "| ILVM |" in text and "Not run yet" not in text
