@@ -305,8 +305,6 @@ def _diverse(
     from sklearn.cluster import KMeans
 
     idx = np.flatnonzero(allowed)
-    if idx.size <= k:
-        return idx[np.argsort(-scores[idx], kind="stable")]
     # The prefilter keeps the informative items; k-means weighted by the score then places one
     # centre per batch slot among them, so the batch covers k regions instead of piling into the
     # single most ambiguous one (Zhdanov 2019, "Diverse mini-batch active learning").
@@ -356,8 +354,6 @@ def _cover(
     from sklearn.cluster import KMeans
 
     idx = np.flatnonzero(allowed)
-    if idx.size <= k:
-        return idx[np.argsort(-scores[idx], kind="stable")]
     X = _standardised(features)
     # One region per item already covered plus one per batch slot (TypiClust, Hacohen et al. 2022):
     # with few labels, a batch that reaches regions no label speaks for yet teaches the lens more
@@ -525,6 +521,8 @@ def select_batch(
         _require_weights(scores, method)
         if k == 0:
             return np.empty(0, dtype=np.int64)
+        if allowed.sum() <= k:  # nothing to choose: every free item, best first
+            return _topk(scores, k, allowed).astype(np.int64)
         if method == "cover":
             return _cover(scores, k, allowed, feats, int(neighbours), rng)
         return _diverse(scores, k, allowed, feats, int(prefilter), rng).astype(np.int64)
