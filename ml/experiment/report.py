@@ -101,17 +101,17 @@ def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
              "after every fit. AUC = mean score over the label range (trapezoids); 'labels → random final' = the first "
              "label count at which the strategy's mean curve reaches random acquisition's final mean score; p = paired "
              "t-test (Wilcoxon beside it) of the per-seed AUCs against random's.\n"]
+    # Runs kept in subfolders (controls, ablations) beside the main one, each with its own settings.
+    others = [(sub.parent.relative_to(out).as_posix(), json.loads(sub.read_text()))
+              for sub in sorted(out.glob("al-curve-*/al-curve.json"))]
     for name, r in res["results"].items():
         lines.append(f"### {name}\n\n{r['notes']}.\n")
         lines += _al_table(r)
         lines.append("")
         lines.append(_img(out, md_dir, f"al-curve-{name}.png"))
-        # Runs kept in subfolders (controls, ablations) beside the main one, each with its own settings.
-        for sub in sorted(out.glob("al-curve-*/al-curve.json")):
-            other = json.loads(sub.read_text())
+        for rel, other in others:
             if name not in other.get("results", {}):
                 continue
-            rel = sub.parent.relative_to(out).as_posix()
             lines.append(f"\nAlso run, in `{rel}/` ({other['seeds']} seeds, strategies "
                          f"{', '.join(other.get('strategies', []))}; regularisers: {_extra(other['settings'])}):\n")
             lines += _al_table(other["results"][name])

@@ -215,17 +215,21 @@ def test_diverse_batch_takes_one_item_per_region_where_topk_piles_into_one():
     assert excl.min() >= 40 and len(set(excl.tolist())) == 5
 
 
-def test_diverse_batch_rejects_missing_or_misshapen_features():
+@pytest.mark.parametrize("method", ["diverse", "cover"])
+def test_feature_batches_reject_missing_or_misshapen_features_and_negative_scores(method: str):
     scores = np.ones(10)
-    with pytest.raises(ValueError, match="needs features"):
-        select_batch(scores, 2, "diverse")
+    with pytest.raises(ValueError, match=f"'{method}' needs features"):
+        select_batch(scores, 2, method)
     with pytest.raises(ValueError, match=r"features: expected shape \[10, D\]"):
-        select_batch(scores, 2, "diverse", features=np.ones((9, 2)))
+        select_batch(scores, 2, method, features=np.ones((9, 2)))
+    with pytest.raises(ValueError, match=f"the {method} batch weights items by score and needs finite non-negative scores"):
+        select_batch(-scores, 2, method, features=np.ones((10, 2)))
+    assert select_batch(scores, 20, method, features=np.eye(10)).size == 10
+
+
+def test_diverse_batch_rejects_a_bad_prefilter():
     with pytest.raises(ValueError, match="prefilter"):
-        select_batch(scores, 2, "diverse", features=np.ones((10, 2)), prefilter=0)
-    with pytest.raises(ValueError, match="non-negative"):
-        select_batch(-scores, 2, "diverse", features=np.ones((10, 2)))
-    assert select_batch(scores, 20, "diverse", features=np.eye(10)).size == 10
+        select_batch(np.ones(10), 2, "diverse", features=np.ones((10, 2)), prefilter=0)
 
 
 def test_cover_batch_reaches_regions_no_label_covers_where_topk_stays_by_the_labels():
@@ -278,16 +282,9 @@ def test_cover_batch_fills_up_when_the_free_items_sit_in_few_regions():
     assert got.tolist() == [4, 5, 6, 9]
 
 
-def test_cover_batch_rejects_bad_features_neighbours_and_negative_scores():
-    scores = np.ones(10)
-    with pytest.raises(ValueError, match="'cover' needs features"):
-        select_batch(scores, 2, "cover")
-    with pytest.raises(ValueError, match=r"features: expected shape \[10, D\]"):
-        select_batch(scores, 2, "cover", features=np.ones((9, 2)))
+def test_cover_batch_rejects_a_bad_neighbour_count():
     with pytest.raises(ValueError, match="neighbours must be a positive integer, got 0"):
-        select_batch(scores, 2, "cover", features=np.ones((10, 2)), neighbours=0)
-    with pytest.raises(ValueError, match="cover batch weights"):
-        select_batch(-scores, 2, "cover", features=np.ones((10, 2)))
+        select_batch(np.ones(10), 2, "cover", features=np.ones((10, 2)), neighbours=0)
 
 
 def _naive_batchbald(probs: np.ndarray, k: int) -> list[int]:
