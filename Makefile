@@ -7,6 +7,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
+PYTEST_ARGS ?=
 
 .PHONY: install demo serve test lint bench clean
 
@@ -24,7 +25,7 @@ demo: install
 	$(VENV)/bin/lenslab demo
 
 test: install
-	bash scripts/test.sh
+	bash scripts/test.sh $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.pool import QueuePool
 
 from app import __doc__ as app_doc
@@ -51,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="lenslab", version="1", description=(app_doc or "").strip(), lifespan=lifespan,
-        docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+        docs_url=None, redoc_url=None, openapi_url="/openapi.json",
     )
     app.state.settings = settings
     app.state.db = db
@@ -64,6 +66,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     pages.install(app)  # browser UI: /static, pages, htmx partials
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        # Swagger UI from static/vendor (no CDN): the docs render on a machine without internet.
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="lenslab API",
+                                   swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> RedirectResponse:
+        # Browsers ask for /favicon.ico on pages that name no icon (JSON, the docs' assets): no 404s.
+        return RedirectResponse("/static/favicon.svg", status_code=301)
 
     @app.get("/healthz", tags=["meta"], include_in_schema=False)
     def healthz() -> dict[str, str]:

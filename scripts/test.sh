@@ -45,7 +45,8 @@ fi
 
 echo "== pytest"
 set +e
-python -m pytest "$@"
+# The slowest tests are listed in every log, so a test that grows past its share is seen.
+python -m pytest --durations=15 "$@"
 rc=$?
 set -e
 # pytest's 5 means "no tests collected": a failure here, never a silent pass.

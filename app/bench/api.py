@@ -10,8 +10,6 @@ Reports p50/p90/p99/max per operation and the error count; writes JSON.
 
 from __future__ import annotations
 
-import os
-import platform
 import random
 import statistics
 import tempfile
@@ -22,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from ml.bench.common import machine
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "api.json"
 TARGET_P99_MS = 50.0
@@ -138,7 +138,7 @@ def run_api_bench(*, clients: int = 32, rounds: int = 40, warmup: int = 3, think
         "requests_per_s": round(2 * clients * (rounds + warmup) / wall, 1), "errors": len(errors),
         "error_samples": errors[:5], "operations": ops, "target_p99_ms": TARGET_P99_MS,
         "meets_target": len(errors) == 0 and all(o["p99_ms"] < TARGET_P99_MS for o in ops.values()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
     }
     publish(result, format_table(result), out, quiet=quiet)
     return result

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import httpx
 import numpy as np
 
 from app.bench.api import _percentile
+from ml.bench.common import machine
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
@@ -50,6 +50,9 @@ class ExpertLog:
     acked: dict[int, dict[str, Any]] = field(default_factory=dict)  # label id → {item_id, values, key}
     retracted: dict[int, int] = field(default_factory=dict)  # retraction id → retracted label id
     handed: list[str] = field(default_factory=list)  # lease ids received
+    # lease id → [item id, wall time the grant was received, expiry, wall time its end was requested]:
+    # the span in which the lease was certainly live, as this client saw it.
+    held: dict[str, list[Any]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     slow: list[tuple[float, str, float, int]] = field(default_factory=list)  # (wall time, op, ms, status) > 2 s
     retried_503: int = 0
@@ -142,8 +145,11 @@ def _expert(k: int, base: str, token: str, pid: int, truth: dict[int, str], star
                 continue
             it = items[0]
             log.handed.append(it["lease_id"])
+            expires = _utc_timestamp(it["expires_at"])
+            log.held[it["lease_id"]] = [it["item_id"], time.time(), expires, None]
             time.sleep(rng.uniform(0.5, 1.5) * think_ms / 1000)
             action = rng.random()
+            log.held[it["lease_id"]][3] = time.time()  # release or label: the lease ends after this
             if action < 0.1:
                 r = call("lease_release", "POST", f"/api/v1/leases/{it['lease_id']}/release")
                 if r is None or r.status_code != 200:
@@ -206,15 +212,6 @@ def reconcile(database_url: str, pid: int, logs: list[ExpertLog]) -> dict[str, A
     stored_keys = {k for _, k in keys}
     missing_retractions = [rid for rid, lid in retracted.items()
                            if rid not in labels or labels[rid].retracts_id != lid]
-    by_item: dict[int, list[Any]] = defaultdict(list)
-    for lease in leases:
-        by_item[lease.item_id].append(lease)
-    overlaps = 0
-    for rows in by_item.values():
-        rows.sort(key=lambda r: r.created_at)
-        for a, b in itertools.pairwise(rows):
-            if (a.ended_at or a.expires_at) > b.created_at:
-                overlaps += 1
     handed = [lid for log in logs for lid in log.handed]
     return {
         "acknowledged_labels": len(acked), "acknowledged_undos": len(retracted),
@@ -226,10 +223,35 @@ def reconcile(database_url: str, pid: int, logs: list[ExpertLog]) -> dict[str, A
         "undos_missing": len(missing_retractions),
         "leases_handed_out": len(handed), "lease_rows": len(leases),
         "duplicate_lease_ids_handed": len(handed) - len(set(handed)),
-        "items_under_two_live_leases": overlaps,
+        "items_under_two_live_leases": client_seen_overlaps(logs),
         "jobs": {f"{kind}:{status}": int(n) for kind, status, n in jobs}, "failed_jobs": failed, "job_timeline": timeline,
         "model_versions": len(versions), "active_model_versions": sum(1 for v in versions if v.active),
     }
+
+
+def _utc_timestamp(iso: str) -> float:
+    """Seconds since the epoch of the server's ISO time (UTC when it carries no offset)."""
+    t = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+def client_seen_overlaps(logs: list[ExpertLog]) -> int:
+    """Items that two clients held at once, from the clients' own logs (not the server's lease rows).
+
+    A lease is certainly live from the moment its grant reached the client until the client asked to
+    end it (or it expired): the server granted it before the first and ended it after the second. Two
+    such spans of one item that overlap are a double hand-out, whatever the server recorded.
+    """
+    spans: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for log in logs:
+        for item_id, got, expires, ended in log.held.values():
+            spans[item_id].append((got, min(expires, ended) if ended is not None else expires))
+    overlaps = 0
+    for rows in spans.values():
+        rows.sort()
+        for (_, end_a), (start_b, _) in itertools.pairwise(rows):
+            overlaps += end_a > start_b
+    return overlaps
 
 
 def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float = 1000.0,
@@ -301,7 +323,7 @@ def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float 
                                 for log in logs for t, op, ms, st in log.slow)[:20], "server_tracebacks": server_errors_logged,
         "server_503_logged": lock_waits, "worker_warnings": worker_warnings,
         "reconciliation": checks, "reconciled": not bad and checks["active_model_versions"] <= 1,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
     }
     publish(result, format_table(result), out, quiet=quiet)
     return result

@@ -1,4 +1,5 @@
-"""``lenslab bench train``: wall time of the worker's pretrain (digits VAE) and of a warm-started retrain.
+"""``lenslab bench train``: wall time of the worker's pretrain (digits VAE), of a warm-started retrain,
+and of cancelling a running retrain.
 
 Runs the real jobs through ``app.worker`` on a fresh SQLite database, CPU only: create the demo's
 digits project, run its pretrain, import ground-truth labels (150 training + 100 eval), run a cold
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-TARGETS_S = {"pretrain": 60.0, "retrain_warm": 15.0}
+TARGETS_S = {"pretrain": 60.0, "retrain_warm": 15.0, "cancel": 2.0}
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "train.json"
 
 
@@ -40,6 +41,41 @@ def _run_job(worker: Any, db: Any, job_id: int) -> dict[str, Any]:
         if status != "succeeded":
             raise RuntimeError(f"job {job_id} ({job.kind}) {status}: {job.message}")
         return {"seconds": round(seconds, 2), "result": job.result, "message": job.message}
+
+
+def _cancel_latency(worker: Any, db: Any, pid: int) -> float:
+    """Seconds from a cancel request to the end of a retrain that is fitting (and would run for hours)."""
+    import threading
+
+    from app.db.models import Job
+    from app.services import jobs
+    from app.worker.runner import claim
+
+    with db.session() as s:
+        jid = jobs.enqueue(session=s, project_id=pid, kind="retrain", params={"lens": {"warm_epochs": 100_000}}).id
+    claimed = claim(db, worker.worker_id, max_attempts=1)
+    if claimed is None or claimed.job_id != jid:
+        raise RuntimeError(f"expected to claim job {jid}, got {claimed}")
+    outcome: list[str] = []
+    runner = threading.Thread(target=lambda: outcome.append(worker.execute(claimed)))
+    runner.start()
+    deadline = time.monotonic() + 600
+    while True:  # wait until the fit reports a loss: the cancel then lands in the training loop
+        with db.session(write=False) as s:
+            job = s.get(Job, jid)
+            if job.stage == "fit" and job.loss is not None:
+                break
+        if time.monotonic() > deadline or not runner.is_alive():
+            raise RuntimeError(f"retrain {jid} never reached its fit ({job.status}: {job.message})")
+        time.sleep(0.05)
+    t0 = time.perf_counter()
+    with db.session() as s:
+        jobs.cancel(session=s, job=s.get(Job, jid))
+    runner.join()
+    seconds = time.perf_counter() - t0
+    if outcome != ["cancelled"]:
+        raise RuntimeError(f"retrain {jid} ended {outcome}, not cancelled")
+    return round(seconds, 2)
 
 
 def run_train_bench(*, out: Path = DEFAULT_OUT, threads: int | None = None,
@@ -102,6 +138,7 @@ def run_train_bench(*, out: Path = DEFAULT_OUT, threads: int | None = None,
             cold = retrain()
             add_labels(_labels(range(150, 200), digit, thick, eval_=False))
             warm = retrain()
+            cancel_s = _cancel_latency(worker, db, pid)
         finally:
             db.dispose()
 
@@ -112,10 +149,13 @@ def run_train_bench(*, out: Path = DEFAULT_OUT, threads: int | None = None,
          "detail": cold["message"]},
         {"job": "retrain, warm (200 labels)", "seconds": warm["seconds"], "target_s": TARGETS_S["retrain_warm"],
          "ok": warm["seconds"] < TARGETS_S["retrain_warm"], "detail": warm["message"]},
+        {"job": "cancel of a running retrain", "seconds": cancel_s, "target_s": TARGETS_S["cancel"],
+         "ok": cancel_s < TARGETS_S["cancel"], "detail": "request → job stopped (status cancelled)"},
     ]
     payload = {"benchmark": "train", "machine": machine(), "torch_threads": torch.get_num_threads(),
                "cpu_count": os.cpu_count(), "representation": rep, "lens": lens or "product defaults",
-               "rows": rows, "pretrain": pretrain, "retrain_cold": cold, "retrain_warm": warm}
+               "rows": rows, "pretrain": pretrain, "retrain_cold": cold, "retrain_warm": warm,
+               "cancel_s": cancel_s}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     if not quiet:

@@ -45,6 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ld.add_argument("--out", default=None, help="default: benchmarks/results/load_<database>.json")
     ld.set_defaults(func=_load)
 
+    dt = bsub.add_parser("data", help="throughput of sprite generation and stroke-thickness measurement")
+    dt.add_argument("--data-dir", default="../shared/data", help="folder holding mnist/ (for thickness)")
+    dt.add_argument("--repeats", type=int, default=3)
+    dt.add_argument("--out-dir", default="benchmarks/results")
+    dt.set_defaults(func=_data)
+
     t = bsub.add_parser("train", help="wall time of pretrain (digits VAE, CPU) and of a warm-started retrain")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     t.add_argument("--out", default="benchmarks/results/train.json")
@@ -63,6 +69,14 @@ def _scoring(args: argparse.Namespace) -> int:
     _positive("rss-n", args.rss_n)
     _positive("repeats", args.repeats)
     run(n=args.n, rss_n=args.rss_n, repeats=args.repeats, out_dir=args.out_dir)
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from ml.bench.data import run
+
+    _positive("repeats", args.repeats)
+    run(data_dir=args.data_dir, repeats=args.repeats, out_dir=args.out_dir)
     return 0
 
 

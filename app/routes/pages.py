@@ -444,6 +444,12 @@ def create_user(request: Request, principal: AdminPage, session: SessionDep,
     return _see_other("/admin/users")
 
 
+@router.get("/admin/tokens")
+def tokens_page(principal: AdminPage) -> Response:
+    """Tokens are listed on the users page (reloading the page a new token was shown on lands here)."""
+    return _see_other("/admin/users")
+
+
 @router.post("/admin/tokens")
 def create_token(request: Request, principal: AdminPage, session: SessionDep,
                  user_id: Annotated[int, Form()], name: Annotated[str, Form(max_length=100)] = "") -> Response:

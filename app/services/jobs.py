@@ -9,7 +9,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import JOB_KINDS, Job, JobRun, Label
+from app.db.models import JOB_KINDS, STRATEGIES, Job, JobRun, Label, ModelVersion
 from app.services.errors import Conflict, Invalid, NotFound
 from ml.pipeline import lens_params
 
@@ -41,6 +41,42 @@ def _queued(session: Session, project_id: int, kind: str) -> Job | None:
                                                Job.status == "queued"))
 
 
+# The parameters each job kind reads (app/worker/tasks.py); anything else is refused when queued,
+# not ignored when run. "since_label_id" is the retrain's bookmark for counting new labels.
+JOB_PARAMS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("reason",),
+    "retrain": ("reason", "lens", "strategy", "since_label_id"),
+    "score": ("reason", "model_id", "strategy"),
+    "evaluate": ("reason", "model_id"),
+}
+
+
+def check_params(*, session: Session, project_id: int, kind: str, params: Any) -> None:
+    """Refuse (Invalid, naming the key, the value and what is allowed) parameters a job would not honour."""
+    if not isinstance(params, dict):
+        raise Invalid(f"params: must be an object, got {type(params).__name__}")
+    allowed = JOB_PARAMS.get(kind, ())
+    for key, value in params.items():
+        if key not in allowed:
+            raise Invalid(f"params.{key}: not a parameter of {kind} jobs (value {value!r}); "
+                          f"allowed: {list(allowed) or 'none'}")
+        if key == "reason" and not (isinstance(value, str) and len(value) <= 200):
+            raise Invalid(f"params.reason: must be a string of at most 200 characters, got {value!r}")
+        if key == "strategy" and value not in STRATEGIES:
+            raise Invalid(f"params.strategy: must be one of {list(STRATEGIES)}, got {value!r}")
+        if key in ("model_id", "since_label_id") and (isinstance(value, bool) or not isinstance(value, int)
+                                                      or value < 0):
+            raise Invalid(f"params.{key}: must be a non-negative integer, got {value!r}")
+        if key == "model_id" and session.scalar(sa.select(ModelVersion.id).where(
+                ModelVersion.id == value, ModelVersion.project_id == project_id)) is None:
+            raise Invalid(f"params.model_id: no model version {value} in project {project_id}")
+        if key == "lens" and value is not None:
+            try:
+                lens_params(value, where="params.lens")
+            except ValueError as exc:
+                raise Invalid(str(exc)) from None
+
+
 def enqueue(*, session: Session, project_id: int, kind: str, params: dict[str, Any] | None = None,
             created_by: int | None = None, commit: bool = True) -> Job:
     """Queue a job, or return the already-queued job of the same kind for this project."""
@@ -48,11 +84,7 @@ def enqueue(*, session: Session, project_id: int, kind: str, params: dict[str, A
         raise Invalid(f"kind: must be one of {list(RUNNABLE_KINDS)}, got {kind!r}")
     if kind not in RUNNABLE_KINDS:
         raise Invalid(f"kind: {kind!r} jobs are not available yet; runnable kinds: {list(RUNNABLE_KINDS)}")
-    if isinstance(params, dict) and params.get("lens") is not None:
-        try:
-            lens_params(params["lens"], where="params.lens")  # refused now, not when the job runs
-        except ValueError as exc:
-            raise Invalid(str(exc)) from None
+    check_params(session=session, project_id=project_id, kind=kind, params=params or {})
     existing = _queued(session, project_id, kind)
     if existing is not None:
         return existing

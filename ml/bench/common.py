@@ -15,11 +15,15 @@ from typing import Any
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on, and from which code: the commit, whether the tree had
+    uncommitted changes, and the command that produced them (so a stale result can be told apart)."""
     import numpy as np
     import torch
 
     return {
+        **source_revision(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -28,6 +32,36 @@ def machine() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def source_revision() -> dict[str, Any]:
+    """``{"commit", "dirty"}`` of the checkout this code runs from (None when it is not a git checkout).
+
+    ``dirty`` ignores ``benchmarks/``: result files written by an earlier run do not change the code.
+    """
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks")
+    return {"commit": commit, "dirty": None if commit is None or status is None else bool(status)}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux), since kernels and rounding differ between CPUs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def peak_rss_mb() -> float:

@@ -14,6 +14,8 @@ scale, for a machine with a GPU or hours of CPU).
 from __future__ import annotations
 
 import csv
+import hashlib
+import importlib
 import json
 import math
 import os
@@ -331,13 +333,36 @@ def cached_healthy(path: Path, loader: Callable[[Path], Any], factory: Callable[
     return model
 
 
+# The modules whose code defines each cached model: a change to any of them trains the model anew.
+MODEL_CODE = {
+    "vae": ("ml.vae", "ml.device"),
+    "jlvm": ("ml.jlvm", "ml.vae", "ml.attributes", "ml.device"),
+}
+
+
+def model_key(kind: str, data: Prepared, **settings: Any) -> str:
+    """A short hash of the code, settings and pool images that produce a cached model of ``kind``.
+
+    Cached models are reused across runs; naming them by data set, profile and seed alone would let a
+    rerun after a change to the model's code (or to its settings) silently load the old model.
+    """
+    h = hashlib.sha256()
+    for name in MODEL_CODE[kind]:
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    h.update(json.dumps({"settings": settings, "vae_kwargs": data.vae_kwargs}, sort_keys=True,
+                        default=str).encode())
+    h.update(np.ascontiguousarray(data.X_pool).tobytes())  # the images it is trained on
+    return h.hexdigest()[:10]
+
+
 def base_vae(data: Prepared, profile: Profile, seed: int, cache_dir: Path, progress: Progress | None = None) -> Any:
     """The base VAE of (dataset, seed, profile), trained once (with the collapse check) and cached."""
     from ml.vae import VAE
 
     epochs = profile.sizes[data.name].vae_epochs
-    # The training length is part of the name, so a profile whose epochs change trains anew.
-    return cached_healthy(cache_dir / f"vae-{data.name}-{profile.name}-e{epochs}-seed{seed}.pt",
+    # The training length is in the name for a reader; the key changes with the code and settings.
+    key = model_key("vae", data, epochs=epochs)
+    return cached_healthy(cache_dir / f"vae-{data.name}-{profile.name}-e{epochs}-seed{seed}-{key}.pt",
                           lambda p: VAE.load(p, device="cpu"),
                           lambda s: VAE(**data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
                           data, seed, f"VAE {data.name}", progress)

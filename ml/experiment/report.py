@@ -8,12 +8,15 @@ The reproduction checks (acquisition beats random, lens beats raw z, lens beats 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from ml.experiment.common import fmt_ms, paired_test
+
+SIGNIFICANCE = 0.05  # a paired t-test p below this counts as a win
 
 # The paper's numbers (ICML 2018, Table 1 and appendix Table 2, MNIST rows).
 PAPER_TABLE1_MNIST = {"ILVM": 95.2, "JLVM": 89.8, "InfoGAN": 83.3}
@@ -53,9 +56,13 @@ def _img(out: Path, md_dir: Path, name: str) -> str:
 
 def _run_line(res: dict[str, Any]) -> str:
     m = res["machine"]
+    if m.get("commit"):
+        source = f"code at commit `{m['commit'][:12]}`" + (" with uncommitted changes" if m.get("dirty") else "")
+    else:
+        source = "commit not recorded (measured before results kept their provenance)"
     return (f"Profile `{res['profile']}`, {res['seeds']} seeds, data sets {', '.join(res['datasets'])}; "
             f"{res['wall_s'] / 60:.1f} min wall on {m['cpu_count']} CPU(s) ({m['platform']}, torch {m['torch']}), "
-            f"measured {m['measured_at']}.")
+            f"measured {m['measured_at']}; {source}.")
 
 
 def _variants(s: dict[str, Any], strategies: list[str]) -> str:
@@ -124,16 +131,46 @@ def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
                 for st, b in summ.items():
                     if not st.startswith("ilvm-bald") or not rnd:
                         continue
-                    auc_ok = b["auc_mean_std"][0] > rnd["auc_mean_std"][0]
                     lb, lr = b["labels_to_random_final"], rnd["labels_to_random_final"]
                     fewer = lb is not None and lr is not None and lb < lr
                     checks.append(
                         f"- MNIST {key}: `{st}` mean AUC {b['auc_mean_std'][0]:.1f} vs random {rnd['auc_mean_std'][0]:.1f} "
-                        f"(paired t p = {_p(b.get('vs_random_auc'))}) — {'**met**' if auc_ok else '**not met**'}; "
+                        f"(paired t p = {_p(b.get('vs_random_auc'))}) — "
+                        f"{verdict(b['auc_mean_std'][0], rnd['auc_mean_std'][0], b.get('vs_random_auc'))}; "
                         f"labels to reach random's final score: {lb if lb is not None else 'not reached'} vs random {lr} "
                         f"— {'**met**' if fewer else '**not met**'}."
                     )
     return "\n".join(lines) + "\n"
+
+
+def verdict(ours: float, theirs: float, test: dict[str, Any] | None) -> str:
+    """'met' only for a higher mean whose paired t-test is significant: a tie is not a win."""
+    p = (test or {}).get("p_ttest")
+    if ours > theirs and p is not None and p < SIGNIFICANCE:
+        return "**met**"
+    if ours > theirs:
+        return "**not met** (ahead, but not significantly: a tie)"
+    return "**not met**"
+
+
+# Which method a cached model's name belongs to (table 1's collapse records).
+_MODEL_METHODS = {"betavae-": ("beta-VAE",), "jlvm-": ("JLVM",), "vae-": ("ILVM", "no lens (VAE z)")}
+
+
+def still_collapsed(result: dict[str, Any]) -> dict[str, int]:
+    """Methods whose model stayed collapsed after its retry (mean KL below the threshold): seeds each."""
+    from ml.experiment.common import COLLAPSE_KL_NATS
+
+    counts: dict[str, int] = {}
+    for c in result.get("collapsed_and_retrained", []):
+        if c.get("mean_kl", math.inf) >= COLLAPSE_KL_NATS:
+            continue
+        for prefix, methods in _MODEL_METHODS.items():
+            if c["model"].startswith(prefix):
+                for m in methods:
+                    counts[m] = counts.get(m, 0) + 1
+                break
+    return counts
 
 
 def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: list[str]) -> str:
@@ -159,15 +196,19 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
             lines.append("")
         lines.append("| method | " + " | ".join(keys) + (" | paper (MNIST) |" if name == "mnist" else " |"))
         lines.append("|---|" + "---|" * len(keys) + ("---|" if name == "mnist" else ""))
+        collapsed = still_collapsed(r)
         for m in ("ILVM", "JLVM", "beta-VAE", "no lens (VAE z)"):
-            cells = [fmt_ms(*summ[k]["mean_std"][m]) + (" *" if summ[k]["significant"] and summ[k]["best"] == m else "")
-                     for k in keys]
+            if m in collapsed:  # a model whose z carries nothing is not a competitor: reported, not ranked
+                cells = [f"collapsed on {collapsed[m]} of {res['seeds']} seeds (not ranked)" for _ in keys]
+            else:
+                cells = [fmt_ms(*summ[k]["mean_std"][m]) + (" *" if summ[k]["significant"] and summ[k]["best"] == m
+                                                              else "") for k in keys]
             paper = {"ILVM": "95.2", "JLVM": "89.8", "beta-VAE": "–", "no lens (VAE z)": "–"}[m] if name == "mnist" else None
             lines.append(f"| {m} | " + " | ".join(cells) + (f" | {paper} |" if paper is not None else " |"))
         if name == "mnist":
             lines.append("| InfoGAN (paper only) | " + " | ".join("–" for _ in keys) + " | 83.3 |")
         lines.append("")
-        best_p = {k: summ[k]["best_vs"] for k in keys}
+        best_p = {k: {m: t for m, t in summ[k]["best_vs"].items() if m not in collapsed} for k in keys}
         lines.append("Paired t-tests of the best method against the others (p): " + "; ".join(
             f"{k}: best {summ[k]['best']} — " + ", ".join(f"{m} {_p(t)}" for m, t in best_p[k].items()) for k in keys) + ".\n")
         if name == "mnist":
@@ -179,10 +220,14 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
                 checks.append(f"- MNIST {key}: ILVM {ilvm:.1f} vs raw z {raw:.1f} (+{ilvm - raw:.1f} points, paired t "
                               f"p = {_p(t)}; need +15) — {'**met**' if ilvm >= raw + 15 else '**not met**'}.")
             for key in ("overall", "digit", "thickness"):
+                if "beta-VAE" in collapsed:
+                    checks.append(f"- MNIST {key}: ILVM vs β-VAE — not compared: the β-VAE collapsed on "
+                                  f"{collapsed['beta-VAE']} of {res['seeds']} seeds.")
+                    continue
                 ilvm, bv = summ[key]["mean_std"]["ILVM"][0], summ[key]["mean_std"]["beta-VAE"][0]
                 t = paired_test(summ[key]["per_seed"]["ILVM"], summ[key]["per_seed"]["beta-VAE"])
                 checks.append(f"- MNIST {key}: ILVM {ilvm:.1f} vs β-VAE {bv:.1f} (paired t p = {_p(t)}) — "
-                              f"{'**met**' if ilvm >= bv else '**not met**'}.")
+                              f"{verdict(ilvm, bv, t)}.")
     lines.append(_img(out, md_dir, "table1.png"))
     return "\n".join(lines) + "\n"
 

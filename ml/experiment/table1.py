@@ -30,6 +30,7 @@ from ml.experiment.common import (
     make_lens,
     mean_std,
     metric,
+    model_key,
     paired_test,
     prepare,
     pyplot,
@@ -44,7 +45,9 @@ ALPHA = 0.05
 
 def jlvm_path(cache: Path, data: Prepared, profile: Profile, seed: int, beta: float) -> Path:
     """Where the JLVM of (data set, profile, seed, β) is cached (table 2 reads it back)."""
-    return cache / f"jlvm-{data.name}-{profile.name}-e{profile.sizes[data.name].vae_epochs}-seed{seed}-beta{beta:g}.pt"
+    epochs = profile.sizes[data.name].vae_epochs
+    key = model_key("jlvm", data, epochs=epochs, beta=beta, model="jlvm")
+    return cache / f"jlvm-{data.name}-{profile.name}-e{epochs}-seed{seed}-beta{beta:g}-{key}.pt"
 
 
 def fit_jlvm(data: Prepared, profile: Profile, seed: int, beta: float, S: dict[str, np.ndarray], cache: Path,
@@ -69,7 +72,8 @@ def fit_beta_vae(data: Prepared, profile: Profile, seed: int, cache: Path, progr
 
     epochs = profile.sizes[data.name].vae_epochs
     return cached_healthy(
-        cache / f"betavae-{data.name}-{profile.name}-e{epochs}-seed{seed}-beta{profile.beta_vae_beta:g}.pt",
+        cache / (f"betavae-{data.name}-{profile.name}-e{epochs}-seed{seed}-beta{profile.beta_vae_beta:g}-"
+                 f"{model_key('jlvm', data, epochs=epochs, beta=profile.beta_vae_beta, model='beta-vae')}.pt"),
         lambda p: JLVM.load(p, device="cpu"),
         lambda s: BetaVAE(profile.beta_vae_beta, **data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
         data, seed, f"β-VAE {data.name}", progress)

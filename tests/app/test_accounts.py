@@ -165,5 +165,18 @@ def test_demo_sets_up_an_admin_and_a_digits_project_with_a_queued_pretrain(cli_e
     assert count(db, "jobs", "kind = 'pretrain' AND status = 'queued'") == 1
     names = db.execute(sa.text("SELECT name, kind FROM attributes ORDER BY position")).all()
     assert [tuple(r) for r in names] == [("digit", "categorical"), ("thickness", "ordinal")]
+    assert "project 'digits': id 1, created, pretrain job 1 queued" in out
+    capsys.readouterr()
     assert cli.main(["demo", "--no-serve"]) == 0  # a second run finds both and changes nothing
     assert count(db, "items") == 1797 and count(db, "users") == 1
+    again = capsys.readouterr().out
+    # It says what it found, and how to get at the admin account without the first run's output.
+    assert "shown once" not in again and "lenslab users passwd admin" in again
+    assert "project 'digits': id 1, exists, pretrain job 1 queued" in again
+    assert count(db, "jobs") == 1  # no second pretrain queued
+    # LENSLAB_ADMIN_PASSWORD is honoured for an existing admin too.
+    monkeypatch.setenv("LENSLAB_ADMIN_PASSWORD", "a new demo password")
+    assert cli.main(["demo", "--no-serve"]) == 0
+    assert "password set from LENSLAB_ADMIN_PASSWORD" in capsys.readouterr().out
+    assert _login(client, "admin", "a new demo password").status_code == 200
+    assert _login(client, "admin", password).status_code != 200

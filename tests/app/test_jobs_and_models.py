@@ -15,12 +15,28 @@ def test_posting_a_job_returns_the_already_queued_one_of_that_kind(client, admin
     pid = project["id"]
     r = client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "pretrain"}, headers=admin)
     assert r.status_code == 202 and r.json()["id"] == project["job"]["id"]
-    r2 = client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "score", "params": {"x": 1}}, headers=admin)
-    assert r2.status_code == 202 and r2.json()["kind"] == "score" and r2.json()["params"] == {"x": 1}
+    r2 = client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "score", "params": {"reason": "by hand"}},
+                     headers=admin)
+    assert r2.status_code == 202 and r2.json()["kind"] == "score" and r2.json()["params"] == {"reason": "by hand"}
     assert count(db, "jobs") == 2
     listed = client.get(f"/api/v1/projects/{pid}/jobs", headers=admin).json()["jobs"]
     assert [j["kind"] for j in listed] == ["score", "pretrain"]
     assert client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "dance"}, headers=admin).status_code == 422
+
+
+@pytest.mark.parametrize(("kind", "params", "message"), [
+    ("retrain", {"strategy": "magic"}, "params.strategy: must be one of ['bald', 'max_entropy', 'random'], got 'magic'"),
+    ("score", {"x": 1}, "params.x: not a parameter of score jobs (value 1); allowed: ['reason', 'model_id', 'strategy']"),
+    ("pretrain", {"lens": {}}, "params.lens: not a parameter of pretrain jobs"),
+    ("evaluate", {"model_id": 999}, "params.model_id: no model version 999 in project"),
+    ("score", {"model_id": "one"}, "params.model_id: must be a non-negative integer, got 'one'"),
+    ("retrain", {"lens": {"alpha": -2}}, "alpha"),
+])
+def test_unknown_job_parameters_and_values_are_refused_naming_key_value_and_allowed(client, admin, project, db,
+                                                                                     kind, params, message):
+    r = client.post(f"/api/v1/projects/{project['id']}/jobs", json={"kind": kind, "params": params}, headers=admin)
+    assert r.status_code == 422 and message in r.text, r.text
+    assert count(db, "jobs") == 1  # only the project's own pretrain: nothing was queued
 
 
 def test_enqueue_races_never_leave_two_queued_jobs_of_one_kind(app, project):

@@ -232,3 +232,11 @@ def _fit(app: Any, client: Any, pid: int) -> dict[str, Any]:
         s.commit()
     pos = {int(i): k for k, i in enumerate(ids)}
     return {"Z": Z, "lens": lens, "rows": lambda item_ids: [pos[int(i)] for i in item_ids]}
+
+
+def test_reloading_the_page_a_token_was_shown_on_leads_back_to_the_users_page(client, accounts):
+    """Creating a token leaves /admin/tokens in the address bar; a reload (a GET) must not be a 405."""
+    assert sign_in(client, "admin").status_code == 303
+    r = client.get("/admin/tokens", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/admin/users"
+    assert client.get("/admin/tokens").status_code == 200

@@ -50,9 +50,9 @@ def test_a_burst_above_the_pool_and_thread_counts_is_served_without_a_stall_or_5
         for t in threads:
             t.join()
     statuses = [s for s, _ in results]
+    # Before the fix the slowest waited out the 10 s lock timeout and got a 503: every answer being a
+    # 200 is what catches it. Latency under load is `lenslab bench api`'s figure, not an assert here.
     assert statuses.count(200) == n, sorted(set(statuses))
-    # Before the fix the slowest waited out the 10 s lock timeout; served in turn they take a few seconds.
-    assert max(t for _, t in results) < 8.0, max(t for _, t in results)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -74,3 +74,21 @@ def test_a_short_load_run_reconciles_every_acknowledged_label_and_lease(backend,
     assert c["active_model_versions"] <= 1
     for op in ("queue_next", "label_submit"):
         assert result["operations"][op]["n"] > 0
+
+
+def test_double_hand_outs_are_counted_from_what_the_clients_held_not_from_the_lease_rows():
+    from app.bench.load import ExpertLog, client_seen_overlaps
+
+    a, b = ExpertLog(), ExpertLog()
+    # Item 1: a held it from t=10 until it asked to end it at t=20; b got it at t=21: one after the other.
+    a.held["l1"] = [1, 10.0, 1000.0, 20.0]
+    b.held["l2"] = [1, 21.0, 1000.0, 30.0]
+    assert client_seen_overlaps([a, b]) == 0
+    # Item 2: b was handed it at t=15 while a still held it (a asked to end it only at t=18).
+    a.held["l3"] = [2, 10.0, 1000.0, 18.0]
+    b.held["l4"] = [2, 15.0, 1000.0, 25.0]
+    assert client_seen_overlaps([a, b]) == 1
+    # Item 3: a's lease had expired (t=12) before b got it; a's late request to end it does not count.
+    a.held["l5"] = [3, 10.0, 12.0, 40.0]
+    b.held["l6"] = [3, 13.0, 1000.0, None]  # still held when the run ended
+    assert client_seen_overlaps([a, b]) == 1

@@ -90,8 +90,12 @@ def test_two_worker_processes_share_five_retrains_and_each_runs_exactly_once(cli
         pytest.skip("scale-out with several worker processes is a PostgreSQL deployment")
     from app.db.models import Job, JobRun
 
+    # p0's retrain is long (4,000 epochs, many seconds): whichever worker claims it is busy while the
+    # four short ones queue, so the other worker must take them. Both taking work then does not hang
+    # on which process happens to poll first.
     pids = [embeddings_project(client, admin, tmp_path / "imports", f"p{i}", n=200, n_train=80, n_eval=20,
-                               lens={"epochs": 60, "n_flows": 4, "hidden": 32})["id"] for i in range(5)]
+                               lens={"epochs": 4000 if i == 0 else 60, "n_flows": 4, "hidden": 32})["id"]
+            for i in range(5)]
     _drain(app)
     workers = [worker_process(db_url, tmp_path / f"w{i}.log", worker_id=f"w{i}") for i in range(2)]
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
-import time
+import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
@@ -256,10 +256,16 @@ def test_zip_bomb_is_refused_without_expanding_it(tmp_path):
             for _ in range(64):  # 64 MiB of zeros, about 64 KiB compressed
                 f.write(zero)
     assert path.stat().st_size < 1 << 20
-    start = time.perf_counter()
-    with pytest.raises(ValueError, match="above the 8,388,608 byte limit"):
-        data.load_image_folder(path, max_total_bytes=8 << 20)
-    assert time.perf_counter() - start < 2.0
+    # "Without expanding it" measured as memory, not time: the peak of Python allocations stays far
+    # below the 64 MiB the bomb expands to (it reads at most the 8 MiB limit, in chunks).
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="above the 8,388,608 byte limit"):
+            data.load_image_folder(path, max_total_bytes=8 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak / 2**20:.1f} MiB"  # measured 0.06 MiB (refused from its headers)
 
 
 def test_zip_whose_headers_understate_the_size_is_not_expanded(tmp_path):
@@ -274,9 +280,13 @@ def test_zip_whose_headers_understate_the_size_is_not_expanded(tmp_path):
     for offset in (i for i in range(len(blob) - 3) if blob[i : i + 4] == real):
         blob[offset : offset + 4] = struct.pack("<I", 1024)  # local and central headers
     path.write_bytes(bytes(blob))
-    start = time.perf_counter()
-    ds = data.load_image_folder(path, max_total_bytes=8 << 20)
-    assert time.perf_counter() - start < 2.0
+    tracemalloc.start()
+    try:
+        ds = data.load_image_folder(path, max_total_bytes=8 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak / 2**20:.1f} MiB"  # measured 8.1 MiB; never the 32 MiB payload
     assert ds.external_ids == ["ok.png"]
     assert any(e.startswith("bomb.png:") for e in ds.errors)
 
@@ -353,10 +363,8 @@ def shapes() -> data.Dataset:
     return data.make_shapes(3000, seed=1)
 
 
-def test_shapes_are_fast_deterministic_and_in_range():
-    start = time.perf_counter()
-    ds = data.make_shapes(5000, seed=0)
-    assert time.perf_counter() - start < 2.0
+def test_shapes_are_deterministic_and_in_range():
+    ds = data.make_shapes(5000, seed=0)  # its speed is measured by `lenslab bench data`
     assert ds.images.shape == (5000, 1, 32, 32) and ds.images.dtype == np.float32
     assert ds.images.min() == 0.0 and ds.images.max() == 1.0
     np.testing.assert_array_equal(ds.images[:50], data.make_shapes(50, seed=0).images)  # prefix-stable
@@ -512,15 +520,11 @@ def test_thickness_of_empty_image_is_zero_and_shapes_are_checked():
 
 
 @needs_mnist
-def test_mnist_thickness_tracks_ink_per_skeleton_length_and_is_fast(mnist_test):
+def test_mnist_thickness_tracks_ink_per_skeleton_length(mnist_test):
     from skimage.morphology import skeletonize
 
     images = mnist_test.images[:1000]
-    start = time.perf_counter()
-    thickness = data.stroke_thickness(images)
-    elapsed = time.perf_counter() - start
-    # scikit-image's medial_axis alone takes ≈15 ms an image; the cached tables must do far better.
-    assert elapsed < 5.0, f"{len(images) / elapsed:.0f} images/s"
+    thickness = data.stroke_thickness(images)  # its speed is measured by `lenslab bench data`
     assert 1.5 < np.median(thickness) < 3.5  # MNIST strokes are 2–3 px wide
     ratio = []
     for image in images[:300]:

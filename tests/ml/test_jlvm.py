@@ -9,6 +9,7 @@ import torch
 from ml.attributes import Attribute
 from ml.data import load_digits
 from ml.jlvm import JLVM, BetaVAE, kl_diag_gaussians
+from tests.quality import SEED, THREADS, at_least, at_most
 
 DIGIT = Attribute("digit", "categorical", tuple(str(i) for i in range(10)))
 SMALL = {"image_shape": (1, 8, 8), "hidden": 128, "latent_dim": 6, "device": "cpu"}
@@ -22,11 +23,14 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def fitted(digits: tuple[np.ndarray, np.ndarray]) -> JLVM:
-    torch.set_num_threads(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
     X, y = digits
     labels = np.full(1200, -1)
     labels[:300] = y[:300]  # 300 of 1,200 labelled
-    return JLVM([DIGIT], beta=1.0, epochs=15, seed=0, **SMALL).fit(X[:1200], {"digit": labels})
+    model = JLVM([DIGIT], beta=1.0, epochs=15, seed=SEED, **SMALL).fit(X[:1200], {"digit": labels})
+    torch.set_num_threads(before)
+    return model
 
 
 def test_kl_between_diagonal_gaussians_matches_torch() -> None:
@@ -39,19 +43,21 @@ def test_kl_between_diagonal_gaussians_matches_torch() -> None:
     assert torch.allclose(kl_diag_gaussians(mu, lv, m, lv2), ref, atol=1e-5)
 
 
+@pytest.mark.quality
 def test_the_supervised_head_predicts_held_out_digits_far_above_chance(
     fitted: JLVM, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
     X, y = digits
     proba = fitted.predict_proba(X[1200:])["digit"]  # items never seen in training
     accuracy = float(np.mean(proba.argmax(1) == y[1200:]))
-    # Chance is 0.1; ten classes read linearly from one z* dimension (measured 0.27 here). Without
+    # Chance is 0.1; ten classes read linearly from one z* dimension (measured ACC_JLVM). Without
     # the supervised term of eq. (13) the head is never trained and stays near chance.
-    assert accuracy > 0.2, accuracy
+    at_least("JLVM head held-out digit accuracy", accuracy, 0.2)
     assert fitted.transform(X[:5]).shape == (5, 6)
     assert fitted.history_[-1] < fitted.history_[0]
 
 
+@pytest.mark.quality
 def test_designated_dimension_carries_the_digit(fitted: JLVM, digits: tuple[np.ndarray, np.ndarray]) -> None:
     from ml.metrics import mutual_info_histogram
 
@@ -64,30 +70,37 @@ def test_designated_dimension_carries_the_digit(fitted: JLVM, digits: tuple[np.n
 def test_round_trip_through_bytes_keeps_every_output(fitted: JLVM, digits: tuple[np.ndarray, np.ndarray]) -> None:
     X, _ = digits
     back = JLVM.from_bytes(fitted.to_bytes(), device="cpu")
-    np.testing.assert_array_equal(back.transform(X[:50]), fitted.transform(X[:50]))
+    # Same computation, same shapes; freshly allocated weights may take another SIMD path, so a
+    # float32 tolerance: a lost or mis-loaded weight moves z* by far more than 1e-5.
+    np.testing.assert_allclose(back.transform(X[:50]), fitted.transform(X[:50]), rtol=0, atol=1e-5)
     np.testing.assert_allclose(back.decode(np.zeros((2, 6), np.float32)), fitted.decode(np.zeros((2, 6), np.float32)))
     assert back.test_log_likelihood(X[:50], k=5, seed=1) == pytest.approx(fitted.test_log_likelihood(X[:50], k=5, seed=1))
     assert back.beta == 1.0 and back.lam_ == fitted.lam_
 
 
+@pytest.mark.quality
 def test_importance_weighted_bound_tightens_with_k(fitted: JLVM, digits: tuple[np.ndarray, np.ndarray]) -> None:
     X, _ = digits
     ll1 = fitted.test_log_likelihood(X[1200:1500], k=1, seed=0)
     ll50 = fitted.test_log_likelihood(X[1200:1500], k=50, seed=0)
     assert np.isfinite(ll1) and ll1 < 0
-    assert ll50 > ll1  # IWAE: the bound is non-decreasing in k (Burda et al. 2016)
+    # IWAE: the bound is non-decreasing in k (Burda et al. 2016). Gap measured GAP_JLVM; a bound
+    # that ignores k shows none.
+    at_least("JLVM IWAE k=50 - k=1", ll50 - ll1, 0.0, (ll1, ll50))
 
 
+@pytest.mark.quality
 def test_beta_vae_with_larger_beta_encodes_less_information(digits: tuple[np.ndarray, np.ndarray]) -> None:
     X, _ = digits
 
     def mean_kl(beta: float) -> float:
-        m = BetaVAE(beta, epochs=6, seed=0, **SMALL).fit(X[:800])
+        m = BetaVAE(beta, epochs=6, seed=SEED, **SMALL).fit(X[:800])
         mu, lv = m.vae_.encode_stats(X[800:1200])
         return float(np.mean(0.5 * (mu**2 + np.exp(lv) - 1 - lv).sum(1)))
 
     kl1, kl8 = mean_kl(1.0), mean_kl(8.0)
-    assert kl8 < 0.7 * kl1, (kl1, kl8)
+    # Measured KL ratio RATIO_BETA; a β that is not applied gives about 1.
+    at_most("beta-VAE KL(beta=8) / KL(beta=1)", kl8 / kl1, 0.7, (kl1, kl8))
     back = JLVM.from_bytes(BetaVAE(2.0, epochs=1, seed=0, **SMALL).fit(X[:100]).to_bytes(), device="cpu")
     assert isinstance(back, BetaVAE) and back.kl_weight == 2.0
 

@@ -12,14 +12,15 @@ from ml import lens_selection
 from ml.lens import InterpretableLens
 from ml.lens_selection import ALPHA_CANDIDATES, FLOW_CANDIDATES
 from tests.ml.test_lens import CLS, LEV, entangled_problem, split
+from tests.quality import SEED, THREADS, at_least, at_most
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def problem():
-    z, cls, lev, _ = entangled_problem(n=1500)
-    lab, _, _ = split(len(z), 120)
+    z, cls, lev, _ = entangled_problem(n=1500, seed=SEED)
+    lab, _, _ = split(len(z), 120, seed=SEED)
     s = {"cls": np.full(len(z), -1), "lev": np.full(len(z), -1)}
     s["cls"][lab], s["lev"][lab] = cls[lab], lev[lab]
     return z, s, cls, lab
@@ -36,12 +37,15 @@ def _step_budgets(mp: pytest.MonkeyPatch, screen: int, patience: int, length: in
 
 @pytest.fixture(scope="module")
 def auto_lens(problem):
-    torch.set_num_threads(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
     z, s, _, _ = problem
     with pytest.MonkeyPatch.context() as mp:
         _step_budgets(mp, 200, 50)
-        return InterpretableLens([CLS, LEV], flow="auto", alpha="auto", n_flows=4, hidden=32, device="cpu",
-                                 seed=0, selection_pool=400, selection_folds=3).fit(z, s)
+        lens = InterpretableLens([CLS, LEV], flow="auto", alpha="auto", n_flows=4, hidden=32, device="cpu",
+                                 seed=SEED, selection_pool=400, selection_folds=3).fit(z, s)
+    torch.set_num_threads(before)
+    return lens
 
 
 def test_selection_tries_every_candidate_and_keeps_the_best_held_out_likelihood(auto_lens) -> None:
@@ -63,9 +67,10 @@ def test_selection_tries_every_candidate_and_keeps_the_best_held_out_likelihood(
     assert sel["selection_items"] == {"labelled": 120, "unlabelled": 400}
 
 
+@pytest.mark.quality
 def test_cross_validated_likelihood_predicts_the_likelihood_on_unseen_labels(auto_lens, problem) -> None:
     z, _, cls, lab = problem
-    lev = entangled_problem(n=1500)[2]
+    lev = entangled_problem(n=1500, seed=SEED)[2]
     unseen = np.setdiff1d(np.arange(len(z)), lab)
     p = auto_lens.predict_proba(z[unseen])
     rows = np.arange(len(unseen))
@@ -74,8 +79,10 @@ def test_cross_validated_likelihood_predicts_the_likelihood_on_unseen_labels(aut
     # The k-fold estimate (Σ_j log p(s_j | f(z)) on hidden labels) is an honest one: close to what the
     # final lens achieves on labels nobody gave it, not the optimistic value of its own labelled items.
     best = max(c["score"] for c in auto_lens.selection_["candidates"])
-    assert abs(heldout - best) < 0.3, (heldout, best)
-    assert np.mean(p["cls"].argmax(1) == cls[unseen]) >= 0.85
+    # Measured |gap| GAP_CV nats; the training labels' own (optimistic) likelihood is far higher.
+    at_most("|k-fold estimate - unseen log-likelihood|", abs(heldout - best), 0.3, (heldout, best))
+    # Measured ACC_CV; chance 1/3.
+    at_least("auto lens cls accuracy on unseen items", np.mean(p["cls"].argmax(1) == cls[unseen]), 0.85)
 
 
 def test_auto_settings_survive_a_checkpoint_and_a_warm_start_keeps_the_choice(auto_lens, problem) -> None:
@@ -160,12 +167,13 @@ def test_the_app_accepts_exactly_the_lens_flow_families() -> None:
     assert (*FLOW_FAMILIES, "auto") == pipeline.FLOW_FAMILIES
 
 
+@pytest.mark.quality
 def test_a_winner_still_improving_at_the_budget_gets_its_length_measured_again(problem) -> None:
     z, s, _, _ = problem
     with pytest.MonkeyPatch.context() as mp:
         # A screening budget far too short for this problem: every fit is still improving at its end.
         _step_budgets(mp, 12, 4, length=240, length_patience=60)
-        lens = InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=0,
+        lens = InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=SEED,
                                  selection_pool=300, selection_folds=2).fit(z, s)
     sel = lens.selection_
     best = max(sel["candidates"], key=lambda c: c["score"])
@@ -174,8 +182,10 @@ def test_a_winner_still_improving_at_the_budget_gets_its_length_measured_again(p
     assert length is not None and length["settings"] == best["settings"]
     # The longer budget found a better held-out likelihood, later than the screening budget allowed,
     # and the final fit's length follows it, not the screening fits.
-    assert length["score"] > best["score"]
-    assert max(length["best_steps"]) > 3 * max(best["best_steps"])
+    # Measured gain LEN_GAIN nats and step ratio LEN_RATIO; a length stage that reuses the screening
+    # fit gains 0 at a ratio of 1.
+    at_least("length stage score gain", length["score"] - best["score"], 0.0)
+    at_least("length stage best steps / screening", max(length["best_steps"]) / max(best["best_steps"]), 3.0)
     # 120 labels, 60 per fold fit: fewer than the labelled minibatch (128), so every step of a fold
     # fit and of the final fit passes over all their labels, and the step count carries over as is.
     assert sel["selection_items"]["labelled"] == 120 and lens.labelled_batch_size == 128

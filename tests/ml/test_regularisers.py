@@ -12,6 +12,7 @@ from ml.attributes import Attribute
 from ml.lens import InterpretableLens, LensConfig, LensModule
 from ml.metrics import interpretability_score
 from ml.regularisers import consistency_terms, mixup_terms, propagate_labels
+from tests.quality import SEED, at_least
 
 MOON = Attribute("moon", "categorical", ("a", "b"))
 
@@ -19,25 +20,34 @@ MOON = Attribute("moon", "categorical", ("a", "b"))
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.quality
 def test_propagation_follows_the_data_manifold_where_nearest_labels_do_not() -> None:
-    X, y = make_moons(1500, noise=0.06, random_state=0)
-    rng = np.random.default_rng(0)
-    lab = np.concatenate([rng.choice(np.flatnonzero(y == c), 2, replace=False) for c in (0, 1)])
-    s = np.full(len(y), -1)
-    s[lab] = y[lab]
-    soft = propagate_labels((X - X.mean(0)) / X.std(0), {"moon": s}, [MOON])
-    targets, weights = soft["moon"]
-    unl = s < 0
-    prop_acc = np.mean(targets[unl].argmax(1) == y[unl])
-    knn_acc = np.mean(KNeighborsClassifier(1).fit(X[lab], y[lab]).predict(X[unl]) == y[unl])
-    # Measured: 0.92 vs 0.87 for the nearest labelled item (2 labels per moon).
-    assert prop_acc >= 0.9 and prop_acc > knn_acc + 0.03, (prop_acc, knn_acc)
-    np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-5)
-    assert weights.min() >= 0 and weights.max() <= 1
-    assert np.all(weights[lab] == 0)  # labelled items are trained by the supervised term
-    # Certainty tracks correctness: right soft labels are the more certain ones on average.
-    right = targets[unl].argmax(1) == y[unl]
-    assert weights[unl][right].mean() > weights[unl][~right].mean()
+    X, y = make_moons(1500, noise=0.06, random_state=SEED)
+    edges, accs = [], []
+    # 2 labels per moon: which 4 items carry them swings both rules by ±0.1, so the claim is on the
+    # mean over 10 label draws (one draw measured edges from −0.05 to +0.12 over seeds 0-4).
+    for draw in range(10):
+        rng = np.random.default_rng(1000 * SEED + draw)
+        lab = np.concatenate([rng.choice(np.flatnonzero(y == c), 2, replace=False) for c in (0, 1)])
+        s = np.full(len(y), -1)
+        s[lab] = y[lab]
+        soft = propagate_labels((X - X.mean(0)) / X.std(0), {"moon": s}, [MOON])
+        targets, weights = soft["moon"]
+        unl = s < 0
+        prop_acc = np.mean(targets[unl].argmax(1) == y[unl])
+        knn_acc = np.mean(KNeighborsClassifier(1).fit(X[lab], y[lab]).predict(X[unl]) == y[unl])
+        edges.append(prop_acc - knn_acc)
+        accs.append(prop_acc)
+        np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-5)
+        assert weights.min() >= 0 and weights.max() <= 1
+        assert np.all(weights[lab] == 0)  # labelled items are trained by the supervised term
+        # Certainty tracks correctness: right soft labels are the more certain ones on average.
+        right = targets[unl].argmax(1) == y[unl]
+        assert weights[unl][right].mean() > weights[unl][~right].mean()
+    # Mean edge over the nearest labelled item, measured EDGE_PROP; propagation that ignores the
+    # graph is the nearest-label rule itself (edge 0). Mean accuracy measured ACC_PROP; chance 0.5.
+    at_least("propagation - 1-NN accuracy (mean of 10 draws)", float(np.mean(edges)), 0.02, edges)
+    at_least("propagation accuracy (mean of 10 draws)", float(np.mean(accs)), 0.8, accs)
 
 
 def test_propagation_skips_continuous_and_single_level_attributes() -> None:
@@ -76,23 +86,34 @@ def test_mixup_term_vanishes_for_a_linear_prediction_and_not_for_a_curved_one() 
     assert float(mixup_terms(mod, 3 * torch.randn(64, 4)).detach().mean()) > 1e-3
 
 
+@pytest.mark.quality
 def test_propagation_lifts_a_lens_trained_on_few_labels() -> None:
-    X, y = make_moons(2000, noise=0.06, random_state=1)
-    rng = np.random.default_rng(1)
-    Z = np.c_[X, 0.3 * rng.normal(size=(len(X), 2))]
-    lab = np.concatenate([rng.choice(np.flatnonzero(y == c), 4, replace=False) for c in (0, 1)])
-    s = np.full(len(y), -1)
-    s[lab] = y[lab]
-    rest = np.setdiff1d(np.arange(len(y)), lab)
-    fit_i, test_i = rest[::2], rest[1::2]
+    X, y = make_moons(2000, noise=0.06, random_state=1 + SEED)
+    Z = np.c_[X, 0.3 * np.random.default_rng(1 + SEED).normal(size=(len(X), 2))]
+    lifts, propagated_accs = [], []
+    # 4 labels per moon; the median over 3 label draws (one draw measured lifts of 0.009 to 0.17).
+    for draw in range(3):
+        rng = np.random.default_rng(1 + SEED + 100 * draw)
+        lab = np.concatenate([rng.choice(np.flatnonzero(y == c), 4, replace=False) for c in (0, 1)])
+        s = np.full(len(y), -1)
+        s[lab] = y[lab]
+        rest = np.setdiff1d(np.arange(len(y)), lab)
+        fit_i, test_i = rest[::2], rest[1::2]
 
-    def acc(**kw: float) -> float:
-        lens = InterpretableLens([MOON], n_flows=8, hidden=32, epochs=25, alpha=10.0, device="cpu", seed=0, **kw)
-        lens.fit(Z, {"moon": s})
-        zs = lens.transform(Z)
-        r = interpretability_score(zs[fit_i], {"moon": y[fit_i]}, zs[test_i], {"moon": y[test_i]}, [MOON])
-        return r["attributes"]["moon"]["accuracy"]
+        def acc(**kw: float) -> float:
+            lens = InterpretableLens([MOON], n_flows=8, hidden=32, epochs=25, alpha=10.0, device="cpu", seed=SEED,
+                                     **kw)
+            lens.fit(Z, {"moon": s})  # noqa: B023  (used within this iteration)
+            zs = lens.transform(Z)
+            r = interpretability_score(zs[fit_i], {"moon": y[fit_i]}, zs[test_i], {"moon": y[test_i]}, [MOON])  # noqa: B023
+            return r["attributes"]["moon"]["accuracy"]
 
-    # The soft labels must outweigh α on the 8 labelled items, or the lens fits those and little else.
-    plain, propagated = acc(), acc(propagation_weight=300.0)
-    assert propagated >= plain + 0.05 and propagated >= 0.9, (plain, propagated)
+        # The soft labels must outweigh α on the 8 labelled items, or the lens fits those and little else.
+        plain, propagated = acc(), acc(propagation_weight=300.0)
+        lifts.append(propagated - plain)
+        propagated_accs.append(propagated)
+    # Median lift measured LIFT_PROP. A propagation term with no effect lifts exactly 0: both fits
+    # share the seed, so they are the same fit. Median accuracy measured ACC_LENS_PROP; chance 0.5.
+    at_least("propagation lift of lens accuracy (median of 3 draws)", float(np.median(lifts)), 0.02, lifts)
+    at_least("propagated lens accuracy (median of 3 draws)", float(np.median(propagated_accs)), 0.8,
+             propagated_accs)

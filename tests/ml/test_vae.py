@@ -16,6 +16,7 @@ import ml.vae
 from ml.control import Stopped, Throttle, check_stop
 from ml.device import resolve_device
 from ml.vae import VAE, ConvVAE, VAEConfig
+from tests.quality import SEED, THREADS, at_least, at_most
 
 SMALL = {"hidden": 64, "channels": (16, 32)}  # where Table 1's widths are not the point
 
@@ -24,7 +25,7 @@ SMALL = {"hidden": 64, "channels": (16, 32)}  # where Table 1's widths are not t
 def one_torch_thread():
     """Small models on a shared CI box: one thread avoids OpenMP oversubscription (4× slower when loaded)."""
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(n)
 
@@ -37,41 +38,58 @@ def digits() -> np.ndarray:
 @pytest.fixture(scope="module")
 def fitted(digits: np.ndarray) -> VAE:
     """Table 1's MNIST architecture (64/128 convs, FC 1024) on the digits, 10 epochs."""
-    return VAE(image_shape=(1, 8, 8), epochs=10).fit(digits)
+    return VAE(image_shape=(1, 8, 8), epochs=10, seed=SEED).fit(digits)
 
 
 # ----------------------------------------------------------------------------- training and bounds
 
 
+@pytest.mark.quality
 def test_training_lowers_the_negative_elbo_by_at_least_a_fifth(digits: np.ndarray, fitted: VAE) -> None:
-    untrained = VAE(image_shape=(1, 8, 8)).fit(digits, epochs=0)
+    untrained = VAE(image_shape=(1, 8, 8), seed=SEED).fit(digits, epochs=0)
     before, after = -untrained.elbo(digits), -fitted.elbo(digits)
-    assert after <= 0.8 * before, (before, after)
+    # −ELBO after / before, measured RATIO_ELBO; a model that does not learn stays near 1.
+    at_most("VAE -ELBO trained / untrained", after / before, 0.8, (before, after))
     assert fitted.loss_history_[-1] < fitted.loss_history_[0]
     assert len(fitted.loss_history_) == fitted.n_epochs_ == 10
 
 
+@pytest.mark.quality
 def test_iwae_bound_equals_the_elbo_at_k1_and_tightens_with_k(digits: np.ndarray, fitted: VAE) -> None:
-    X = digits[:600]  # measured over seeds: |ll1 − elbo| ≤ 0.13, ll50 − ll5 ≈ 0.05–0.08, ll5 − ll1 ≈ 0.3
+    # Every image: the k = 50 − k = 5 gap (about 0.06 nats) is small, so the Monte-Carlo noise of
+    # each bound has to be smaller still. Measured over seeds × threads: |ll1 − elbo| ABS_LL1,
+    # ll5 − ll1 GAP_1_5, ll50 − ll5 GAP_5_50.
+    X = digits
     elbo = fitted.elbo(X)  # analytic KL, one sample
     ll1 = fitted.test_log_likelihood(X, k=1)  # Monte-Carlo KL, one sample: same quantity
     ll5 = fitted.test_log_likelihood(X, k=5)
     ll50 = fitted.test_log_likelihood(X, k=50)
-    assert abs(ll1 - elbo) < 0.3, (ll1, elbo)  # a wrong log q(z|x) or log p(z) would break this
-    assert ll1 < ll5 < ll50, (ll1, ll5, ll50)
+    at_most("|IWAE k=1 - ELBO|", abs(ll1 - elbo), 0.3)  # a wrong log q(z|x) or log p(z) would break this
+    # A bound that ignores k (or averages weights instead of log-mean-exp) shows no gap.
+    at_least("IWAE k=5 - k=1", ll5 - ll1, 0.1, (ll1, ll5, ll50))
+    at_least("IWAE k=50 - k=5", ll50 - ll5, 0.0, (ll1, ll5, ll50))
     assert ll50 - elbo < 5.0  # a bound on the same model, not a different quantity
 
 
+@pytest.mark.quality
 def test_binarised_log_likelihood_is_a_log_probability(digits: np.ndarray, fitted: VAE) -> None:
-    ll = fitted.test_log_likelihood(digits[:200], k=10, binarize=True)
-    assert -64 * math.log(2) * 2 < ll < 0.0  # discrete data: log p(x) ≤ 0; far better than a broken model
+    X = digits[:200]
+    ll = fitted.test_log_likelihood(X, k=10, binarize=True)
+    assert ll < 0.0  # discrete data: log p(x) ≤ 0
+    # The best model that ignores its input: one Bernoulli per pixel at that pixel's mean over these
+    # very images (a decoder that outputs 0.5 everywhere does worse still: 64·log 2 = 44.4 nats).
+    xb = (X >= 0.5).astype(np.float64).reshape(len(X), -1)
+    p = xb.mean(0).clip(1e-6, 1 - 1e-6)
+    constant = float((xb * np.log(p) + (1 - xb) * np.log(1 - p)).sum(1).mean())
+    # Measured ll − constant: LL_OVER_CONST nats.
+    at_least("binarised IWAE - best constant decoder (nats)", ll - constant, 1.0, (ll, constant))
 
 
 def test_test_log_likelihood_is_repeatable_and_chunking_free(digits: np.ndarray, fitted: VAE) -> None:
     a = fitted.test_log_likelihood(digits[:100], k=8)
     b = fitted.test_log_likelihood(digits[:100], k=8)
     c = fitted.test_log_likelihood(digits[:100], k=8, batch_size=8)  # one image per chunk
-    assert a == b
+    assert a == b  # bit equality kept: the same call on the same input with the same seed (documented)
     assert abs(a - c) < 1.0  # other noise draws, same bound
 
 
@@ -114,7 +132,7 @@ def test_same_seed_gives_the_same_model_and_another_seed_does_not(digits: np.nda
         return VAE(image_shape=(1, 8, 8), epochs=1, seed=seed, **SMALL).fit(digits[:300]).encode(digits[:50])
 
     a, b, c = fit(0), fit(0), fit(1)
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, b)  # bit equality kept: the same calls, in the same process
     assert not np.allclose(a, c)
 
 
@@ -125,17 +143,22 @@ def test_decode_gives_images_in_the_unit_interval(fitted: VAE) -> None:
     assert X.min() >= 0.0 and X.max() <= 1.0 and X.std() > 0.01
 
 
+@pytest.mark.quality
 def test_z_carries_the_digit_and_reconstructions_resemble_their_input(digits: np.ndarray, fitted: VAE) -> None:
     # Bernoulli on grey values leaves few nats worth encoding on 8×8 digits (KL ≈ 1–3 nats), but
-    # the digit's identity must survive: 5-NN on z far above chance (0.1); measured ≈ 0.74.
+    # the digit's identity must survive: 5-NN on z far above chance (0.1); measured KNN_Z.
     target = load_digits().target
     Z = fitted.encode(digits)
     acc = cross_val_score(KNeighborsClassifier(5), Z, target, cv=3).mean()
-    assert acc > 0.6, acc
-    recon = fitted.decode(Z[:300])
-    own = np.abs(recon - digits[:300]).mean()
-    other = np.abs(recon - digits[300:600]).mean()
-    assert own < 0.9 * other, (own, other)
+    at_least("5-NN digit accuracy on VAE z", acc, 0.6)
+    # Each reconstruction is closer to its own image than to another one, for most images. (The
+    # mean error ratio own / other over 300 images, asserted < 0.9 before, measured 0.81-0.91 over
+    # seeds 0-4: too close to its bound.) Fraction measured FRAC_RECON; a decoder that ignores z
+    # gives one image for all, which is as close to any image as to its own: 0.5.
+    recon = fitted.decode(Z)
+    own = np.abs(recon - digits).mean((1, 2, 3))
+    other = np.abs(recon - digits[np.random.default_rng(0).permutation(len(digits))]).mean((1, 2, 3))
+    at_least("fraction of reconstructions closer to their own image", float(np.mean(own < other)), 0.65)
 
 
 def test_gaussian_likelihood_trains_and_decodes_clipped_means(digits: np.ndarray) -> None:
@@ -219,7 +242,9 @@ def test_should_stop_stops_within_one_batch_and_keeps_the_old_state(digits: np.n
 
     with pytest.raises(Stopped):
         vae.fit(digits, should_stop=should_stop, epochs=50)
-    assert len(polls) == 3  # polled before every batch, raised at once
+    # A count of calls, not of time: polled before every batch, raised at the first yes (a fit that
+    # took one more batch first would poll a fourth time), on any machine.
+    assert len(polls) == 3
     assert vae.model_ is before and vae.n_epochs_ == 0
 
 
@@ -235,10 +260,13 @@ def test_progress_fractions_increase_to_one(monkeypatch, digits: np.ndarray) -> 
     assert all(math.isfinite(i["loss"]) for _, i in calls)
 
 
-def test_default_progress_is_throttled_but_always_ends_at_one(digits: np.ndarray) -> None:
+def test_default_progress_is_throttled_but_always_ends_at_one(monkeypatch, digits: np.ndarray) -> None:
+    # An interval no fit outlasts, so the count does not depend on the machine's speed: the first
+    # report goes through, the rest are throttled, and the final one is always sent.
+    monkeypatch.setattr(ml.vae, "PROGRESS_INTERVAL_S", 1e9)
     calls: list[float] = []
     VAE(image_shape=(1, 8, 8), epochs=2, **SMALL).fit(digits[:300], progress=lambda f, i: calls.append(f))
-    assert 1 <= len(calls) <= 4 and calls[-1] == 1.0
+    assert len(calls) == 2 and calls[-1] == 1.0
 
 
 def test_throttle_rate_limits_and_never_goes_backwards() -> None:
