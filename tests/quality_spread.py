@@ -34,14 +34,16 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             env = {**os.environ, "LENSLAB_TEST_SEED": str(seed), "LENSLAB_TEST_THREADS": str(threads),
                    "LENSLAB_QUALITY_LOG": str(log), "OMP_NUM_THREADS": str(threads)}
-            cmd = [sys.executable, "-m", "pytest", "-q", "-m", "quality", "-p", "no:cacheprovider", "--no-header"]
+            cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-m", "quality", "-p", "no:cacheprovider",
+                   "--no-header"]
             if args.k:
                 cmd += ["-k", args.k]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]
             print(f"seed {seed}, threads {threads}: {summary}", flush=True)
             if out.returncode != 0:
-                failed.append(f"seed {seed} threads {threads}: {summary}")
+                names = [line.split(" - ")[0] for line in out.stdout.splitlines() if line.startswith("FAILED ")]
+                failed.append(f"seed {seed} threads {threads}: {summary}" + "".join(f"\n    {n}" for n in names))
     rows: dict[str, list[dict]] = defaultdict(list)
     for line in log.read_text().splitlines():
         r = json.loads(line)

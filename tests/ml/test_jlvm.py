@@ -50,9 +50,9 @@ def test_the_supervised_head_predicts_held_out_digits_far_above_chance(
     X, y = digits
     proba = fitted.predict_proba(X[1200:])["digit"]  # items never seen in training
     accuracy = float(np.mean(proba.argmax(1) == y[1200:]))
-    # Chance is 0.1; ten classes read linearly from one z* dimension (measured ACC_JLVM). Without
+    # Chance is 0.1; ten classes read linearly from one z* dimension (measured 0.236 / 0.276 / 0.288 over seeds 0-4 × threads 1, 2). Without
     # the supervised term of eq. (13) the head is never trained and stays near chance.
-    at_least("JLVM head held-out digit accuracy", accuracy, 0.2)
+    at_least("JLVM head held-out digit accuracy", accuracy, 0.17)
     assert fitted.transform(X[:5]).shape == (5, 6)
     assert fitted.history_[-1] < fitted.history_[0]
 
@@ -84,9 +84,9 @@ def test_importance_weighted_bound_tightens_with_k(fitted: JLVM, digits: tuple[n
     ll1 = fitted.test_log_likelihood(X[1200:1500], k=1, seed=0)
     ll50 = fitted.test_log_likelihood(X[1200:1500], k=50, seed=0)
     assert np.isfinite(ll1) and ll1 < 0
-    # IWAE: the bound is non-decreasing in k (Burda et al. 2016). Gap measured GAP_JLVM; a bound
+    # IWAE: the bound is non-decreasing in k (Burda et al. 2016). Gap measured 1.03 / 1.32 / 1.58 nats; a bound
     # that ignores k shows none.
-    at_least("JLVM IWAE k=50 - k=1", ll50 - ll1, 0.0, (ll1, ll50))
+    at_least("JLVM IWAE k=50 - k=1", ll50 - ll1, 0.3, (ll1, ll50))
 
 
 @pytest.mark.quality
@@ -99,7 +99,7 @@ def test_beta_vae_with_larger_beta_encodes_less_information(digits: tuple[np.nda
         return float(np.mean(0.5 * (mu**2 + np.exp(lv) - 1 - lv).sum(1)))
 
     kl1, kl8 = mean_kl(1.0), mean_kl(8.0)
-    # Measured KL ratio RATIO_BETA; a β that is not applied gives about 1.
+    # Measured KL ratio 0.12 / 0.16 / 0.35 (seeds 0-4 × threads 1, 2); a β that is not applied gives about 1.
     at_most("beta-VAE KL(beta=8) / KL(beta=1)", kl8 / kl1, 0.7, (kl1, kl8))
     back = JLVM.from_bytes(BetaVAE(2.0, epochs=1, seed=0, **SMALL).fit(X[:100]).to_bytes(), device="cpu")
     assert isinstance(back, BetaVAE) and back.kl_weight == 2.0

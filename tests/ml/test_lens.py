@@ -69,13 +69,14 @@ def test_lens_makes_each_attribute_readable_from_its_designated_dimension(fitted
 
     raw, lensed = metric(z), metric(zs)
     # 150 labels (5%): the metric is fitted and scored on items the lens never trained on.
-    # Gain over raw z, seeds 0-4 × threads 1, 2: cls GAIN_CLS, lev GAIN_LEV (min / median / max).
+    # Gain over raw z, seeds 0-4 × threads 1, 2 (min / median / max): cls 29.5 / 42.0 / 54.1,
+    # lev 40.4 / 48.8 / 50.9.
     # A lens that learns nothing (identity or untrained flows) gains about 0 and fails by far.
     for name in ("cls", "lev"):
         gain = lensed["attributes"][name]["score"] - raw["attributes"][name]["score"]
         at_least(f"lens {name} score gain over raw z", gain, 15, (raw, lensed))
         assert lensed["attributes"][name]["dim"] == lens.attribute_dims_[name][0]
-    # Measured: ACC_CLS; raw z's one best dimension gives RAW_ACC_CLS.
+    # Measured 0.983 / 0.993 / 0.996; raw z's one best dimension gives 0.61 / 0.72 / 0.83.
     at_least("lens cls accuracy", lensed["attributes"]["cls"]["accuracy"], 0.9, lensed["attributes"]["cls"])
     record("raw z cls accuracy", raw["attributes"]["cls"]["accuracy"], 0.0, "info")
 
@@ -156,7 +157,7 @@ def test_bald_is_highest_where_the_sampled_predictions_split_between_classes(fit
     scores = bald(probs)
     top2 = np.sort(probs.mean(1), axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]  # 0 = split between two classes, 1 = one class for sure
-    # Spearman of BALD with −margin, measured RHO_BALD; a score that ignores the samples' disagreement
+    # Spearman of BALD with −margin, measured 0.50 / 0.80 / 0.88 (seeds 0-4 × threads 1, 2); a score that ignores the samples' disagreement
     # (constant, random) gives about 0, one with its sign flipped a negative value.
     at_least("Spearman(BALD, -margin of the sampled prediction)", spearmanr(scores, -margin).statistic, 0.3)
 
@@ -178,7 +179,7 @@ def test_warm_start_continues_from_the_fitted_state(fitted) -> None:
     mean_before = clone.z_mean_.copy()
     clone.fit(z, s, warm_start=True)
     fresh = InterpretableLens([CLS, LEV], n_flows=8, epochs=1, device="cpu", seed=SEED).fit(z, s)
-    # First-epoch loss, warm / cold, measured RATIO_WARM; a warm start that re-initialises gives about 1.
+    # First-epoch loss, warm / cold, measured 0.182 / 0.189 / 0.193; a warm start that re-initialises gives about 1.
     at_most("warm / cold first-epoch loss", clone.history_[0] / fresh.history_[0], 0.8)
     assert np.array_equal(clone.z_mean_, mean_before)  # the meaning of z* is kept
 
@@ -193,7 +194,7 @@ def test_continuous_attribute_gets_a_gaussian_head() -> None:
     lens = InterpretableLens([VAL], n_flows=4, epochs=40, device="cpu", seed=SEED).fit(z, {"val": s})
     mean, var = lens.predict_proba(z[mte])["val"]
     assert mean.shape == var.shape == (len(mte),) and (var > 0).all()
-    # Measured CORR_VAL; an untrained head's mean is unrelated to the value (about 0).
+    # Measured 0.962 / 0.997 / 0.998 (seeds 0-4 × threads 1, 2); an untrained head's mean is unrelated to the value (about 0).
     at_least("continuous head correlation", np.corrcoef(mean, val[mte])[0, 1], 0.9)
     zs = lens.transform(z)
     assert (

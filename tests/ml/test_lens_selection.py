@@ -79,9 +79,10 @@ def test_cross_validated_likelihood_predicts_the_likelihood_on_unseen_labels(aut
     # The k-fold estimate (Σ_j log p(s_j | f(z)) on hidden labels) is an honest one: close to what the
     # final lens achieves on labels nobody gave it, not the optimistic value of its own labelled items.
     best = max(c["score"] for c in auto_lens.selection_["candidates"])
-    # Measured |gap| GAP_CV nats; the training labels' own (optimistic) likelihood is far higher.
+    # Measured |gap| 0.018 / 0.136 / 0.227 nats (min / median / max, seeds 0-2 × threads 1 and seed 0 ×
+    # threads 2; this fixture alone takes 2 minutes); the training labels' own (optimistic) likelihood is far higher.
     at_most("|k-fold estimate - unseen log-likelihood|", abs(heldout - best), 0.3, (heldout, best))
-    # Measured ACC_CV; chance 1/3.
+    # Measured 0.945 / 0.971 / 0.982; chance 1/3.
     at_least("auto lens cls accuracy on unseen items", np.mean(p["cls"].argmax(1) == cls[unseen]), 0.85)
 
 
@@ -182,9 +183,9 @@ def test_a_winner_still_improving_at_the_budget_gets_its_length_measured_again(p
     assert length is not None and length["settings"] == best["settings"]
     # The longer budget found a better held-out likelihood, later than the screening budget allowed,
     # and the final fit's length follows it, not the screening fits.
-    # Measured gain LEN_GAIN nats and step ratio LEN_RATIO; a length stage that reuses the screening
-    # fit gains 0 at a ratio of 1.
-    at_least("length stage score gain", length["score"] - best["score"], 0.0)
+    # Measured gain 0.93 / 1.04 / 1.05 nats and step ratio 20 (every run); a length stage that reuses
+    # the screening fit gains 0 at a ratio of 1.
+    at_least("length stage score gain", length["score"] - best["score"], 0.3)
     at_least("length stage best steps / screening", max(length["best_steps"]) / max(best["best_steps"]), 3.0)
     # 120 labels, 60 per fold fit: fewer than the labelled minibatch (128), so every step of a fold
     # fit and of the final fit passes over all their labels, and the step count carries over as is.

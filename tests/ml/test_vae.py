@@ -48,7 +48,7 @@ def fitted(digits: np.ndarray) -> VAE:
 def test_training_lowers_the_negative_elbo_by_at_least_a_fifth(digits: np.ndarray, fitted: VAE) -> None:
     untrained = VAE(image_shape=(1, 8, 8), seed=SEED).fit(digits, epochs=0)
     before, after = -untrained.elbo(digits), -fitted.elbo(digits)
-    # −ELBO after / before, measured RATIO_ELBO; a model that does not learn stays near 1.
+    # −ELBO after / before, measured 0.552 / 0.576 / 0.637 (seeds 0-4 × threads 1, 2); a model that does not learn stays near 1.
     at_most("VAE -ELBO trained / untrained", after / before, 0.8, (before, after))
     assert fitted.loss_history_[-1] < fitted.loss_history_[0]
     assert len(fitted.loss_history_) == fitted.n_epochs_ == 10
@@ -57,8 +57,8 @@ def test_training_lowers_the_negative_elbo_by_at_least_a_fifth(digits: np.ndarra
 @pytest.mark.quality
 def test_iwae_bound_equals_the_elbo_at_k1_and_tightens_with_k(digits: np.ndarray, fitted: VAE) -> None:
     # Every image: the k = 50 − k = 5 gap (about 0.06 nats) is small, so the Monte-Carlo noise of
-    # each bound has to be smaller still. Measured over seeds × threads: |ll1 − elbo| ABS_LL1,
-    # ll5 − ll1 GAP_1_5, ll50 − ll5 GAP_5_50.
+    # each bound has to be smaller still. Measured over seeds 0-4 × threads 1, 2 (min / median / max):
+    # |ll1 − elbo| 0.004 / 0.016 / 0.041, ll5 − ll1 0.19 / 0.30 / 0.35, ll50 − ll5 0.057 / 0.069 / 0.096.
     X = digits
     elbo = fitted.elbo(X)  # analytic KL, one sample
     ll1 = fitted.test_log_likelihood(X, k=1)  # Monte-Carlo KL, one sample: same quantity
@@ -67,7 +67,7 @@ def test_iwae_bound_equals_the_elbo_at_k1_and_tightens_with_k(digits: np.ndarray
     at_most("|IWAE k=1 - ELBO|", abs(ll1 - elbo), 0.3)  # a wrong log q(z|x) or log p(z) would break this
     # A bound that ignores k (or averages weights instead of log-mean-exp) shows no gap.
     at_least("IWAE k=5 - k=1", ll5 - ll1, 0.1, (ll1, ll5, ll50))
-    at_least("IWAE k=50 - k=5", ll50 - ll5, 0.0, (ll1, ll5, ll50))
+    at_least("IWAE k=50 - k=5", ll50 - ll5, 0.02, (ll1, ll5, ll50))
     assert ll50 - elbo < 5.0  # a bound on the same model, not a different quantity
 
 
@@ -81,8 +81,9 @@ def test_binarised_log_likelihood_is_a_log_probability(digits: np.ndarray, fitte
     xb = (X >= 0.5).astype(np.float64).reshape(len(X), -1)
     p = xb.mean(0).clip(1e-6, 1 - 1e-6)
     constant = float((xb * np.log(p) + (1 - xb) * np.log(1 - p)).sum(1).mean())
-    # Measured ll − constant: LL_OVER_CONST nats.
-    at_least("binarised IWAE - best constant decoder (nats)", ll - constant, 1.0, (ll, constant))
+    # Measured ll − constant: 0.18 / 0.55 / 0.94 nats (seeds 0-4 × threads 1, 2): a grey-trained VAE is
+    # only a little better than the oracle marginal on binarised digits; that decoder itself gives 0.00.
+    at_least("binarised IWAE - best constant decoder (nats)", ll - constant, 0.05, (ll, constant))
 
 
 def test_test_log_likelihood_is_repeatable_and_chunking_free(digits: np.ndarray, fitted: VAE) -> None:
@@ -146,14 +147,14 @@ def test_decode_gives_images_in_the_unit_interval(fitted: VAE) -> None:
 @pytest.mark.quality
 def test_z_carries_the_digit_and_reconstructions_resemble_their_input(digits: np.ndarray, fitted: VAE) -> None:
     # Bernoulli on grey values leaves few nats worth encoding on 8×8 digits (KL ≈ 1–3 nats), but
-    # the digit's identity must survive: 5-NN on z far above chance (0.1); measured KNN_Z.
+    # the digit's identity must survive: 5-NN on z far above chance (0.1); measured 0.63 / 0.72 / 0.75.
     target = load_digits().target
     Z = fitted.encode(digits)
     acc = cross_val_score(KNeighborsClassifier(5), Z, target, cv=3).mean()
-    at_least("5-NN digit accuracy on VAE z", acc, 0.6)
+    at_least("5-NN digit accuracy on VAE z", acc, 0.5)
     # Each reconstruction is closer to its own image than to another one, for most images. (The
     # mean error ratio own / other over 300 images, asserted < 0.9 before, measured 0.81-0.91 over
-    # seeds 0-4: too close to its bound.) Fraction measured FRAC_RECON; a decoder that ignores z
+    # seeds 0-4: too close to its bound.) Fraction measured 0.735 / 0.776 / 0.852; a decoder that ignores z
     # gives one image for all, which is as close to any image as to its own: 0.5.
     recon = fitted.decode(Z)
     own = np.abs(recon - digits).mean((1, 2, 3))
