@@ -8,7 +8,8 @@ import platform
 import resource
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,16 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
+    """The shortest wall time of ``repeats`` calls of ``fn`` (the least disturbed run), and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -98,6 +109,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, bool):  # before int: a bool is an int to Python
+        return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3g}"
     if isinstance(v, int):

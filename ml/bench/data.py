@@ -8,22 +8,12 @@ medial_axis alone takes about 15 ms an image, so 1,000 would take 15 s without t
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-from ml.bench.common import machine, table, write_results
+from ml.bench.common import best_of, machine, table, write_results
 
 TARGETS_S = {"make_shapes(5000)": 2.0, "stroke_thickness(1000 MNIST)": 5.0}
-
-
-def _best_of(repeats: int, fn: Any) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def run(*, data_dir: str = "../shared/data", repeats: int = 3, out_dir: str = "benchmarks/results") -> dict[str, Any]:
@@ -31,12 +21,12 @@ def run(*, data_dir: str = "../shared/data", repeats: int = 3, out_dir: str = "b
     from ml import data
 
     rows = []
-    shapes_s = _best_of(repeats, lambda: data.make_shapes(5000, seed=0))
+    shapes_s, _ = best_of(repeats, lambda: data.make_shapes(5000, seed=0))
     rows.append({"step": "make_shapes(5000)", "seconds": round(shapes_s, 3), "items_per_s": round(5000 / shapes_s)})
     mnist = Path(data_dir) / "mnist"
     if (mnist / "t10k-images-idx3-ubyte.gz").is_file():
         images = data.load_mnist(mnist, split="test").images[:1000]
-        thick_s = _best_of(repeats, lambda: data.stroke_thickness(images))
+        thick_s, _ = best_of(repeats, lambda: data.stroke_thickness(images))
         rows.append({"step": "stroke_thickness(1000 MNIST)", "seconds": round(thick_s, 3),
                      "items_per_s": round(1000 / thick_s)})
     else:

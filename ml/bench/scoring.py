@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from typing import Any
 
-from ml.bench.common import machine, peak_rss_mb, run_isolated, table, write_results
+from ml.bench.common import best_of, machine, peak_rss_mb, run_isolated, table, write_results
 
 
 def _measure(
@@ -39,13 +38,8 @@ def _measure(
     )
     Z = rng.normal(size=(n, d)).astype(np.float32)
     lens.acquisition_scores(Z[:4096], "bald", n_samples=n_samples)  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        scores = lens.acquisition_scores(Z, "bald", n_samples=n_samples)
-        times.append(time.perf_counter() - t0)
+    best, scores = best_of(repeats, lambda: lens.acquisition_scores(Z, "bald", n_samples=n_samples))
     assert scores.shape == (n,) and np.isfinite(scores).all()
-    best = min(times)
     return {
         "n": n,
         "threads": threads,
