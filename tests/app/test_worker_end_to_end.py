@@ -16,7 +16,7 @@ from tests.quality import at_least
 # a 4-epoch VAE and a 5-epoch lens, the stored lens's held-out digit log-likelihood was below uniform).
 REP = {"source": "vae", "latent_dim": 10, "epochs": 15}
 LENS = {"epochs": 30, "n_flows": 8, "hidden": 128}
-N_EVAL = 290  # every digit from 1500 on: held-out figures steady enough to assert on
+N_EVAL = 290  # the 290 digits from 1500 on: held-out figures steady enough to assert on
 
 
 def _ground_truth() -> tuple[np.ndarray, np.ndarray]:
