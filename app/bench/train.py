@@ -25,14 +25,21 @@ def _labels(indices: range, digit: Any, thick: Any, *, eval_: bool) -> list[dict
              "eval": eval_} for i in indices]
 
 
-def _run_job(worker: Any, db: Any, job_id: int) -> dict[str, Any]:
-    """Run the queued job ``job_id`` with ``worker`` and return its row's outcome and wall time."""
-    from app.db.models import Job
+def _claim(worker: Any, db: Any, job_id: int) -> Any:
+    """Claim the queued job ``job_id`` for ``worker`` (the only queued job of the bench's database)."""
     from app.worker.runner import claim
 
     claimed = claim(db, worker.worker_id, max_attempts=1)
     if claimed is None or claimed.job_id != job_id:
         raise RuntimeError(f"expected to claim job {job_id}, got {claimed}")
+    return claimed
+
+
+def _run_job(worker: Any, db: Any, job_id: int) -> dict[str, Any]:
+    """Run the queued job ``job_id`` with ``worker`` and return its row's outcome and wall time."""
+    from app.db.models import Job
+
+    claimed = _claim(worker, db, job_id)
     t0 = time.perf_counter()
     status = worker.execute(claimed)
     seconds = time.perf_counter() - t0
@@ -49,13 +56,10 @@ def _cancel_latency(worker: Any, db: Any, pid: int) -> float:
 
     from app.db.models import Job
     from app.services import jobs
-    from app.worker.runner import claim
 
     with db.session() as s:
         jid = jobs.enqueue(session=s, project_id=pid, kind="retrain", params={"lens": {"warm_epochs": 100_000}}).id
-    claimed = claim(db, worker.worker_id, max_attempts=1)
-    if claimed is None or claimed.job_id != jid:
-        raise RuntimeError(f"expected to claim job {jid}, got {claimed}")
+    claimed = _claim(worker, db, jid)
     outcome: list[str] = []
     runner = threading.Thread(target=lambda: outcome.append(worker.execute(claimed)))
     runner.start()
