@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(600, ge=5, le=7 * 24 * 3600)
     retrain_every: int = Field(50, ge=1)
     eval_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    # How long a skipped item stays away from the expert who skipped it, in hours (0: it may come straight
+    # back); unset means the rest of the day (UTC, the day of the labelling page's "mine today" counter).
+    skip_hours: float | None = Field(None, ge=0, le=30 * 24)
     max_upload_mb: float = Field(200.0, gt=0)
     # Server-side import paths must lie under DATA_DIR or one of these roots (comma-separated).
     import_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)

@@ -72,6 +72,9 @@ class ProjectSettingsIn(BaseModel):
     retrain_every: int | None = Field(None, ge=1)
     lease_seconds: int | None = Field(None, ge=5, le=7 * 24 * 3600)
     eval_fraction: float | None = Field(None, ge=0.0, le=1.0)
+    skip_hours: float | None = Field(
+        None, ge=0, le=30 * 24, description="How long a skipped item stays away from the expert who skipped it "
+        "(hours; 0: it may come straight back). Unset: the rest of the day (UTC).")
     lens: dict[str, Any] | None = Field(
         None, description="Lens hyper-parameters for retrains (checked when saved; 422 names a bad key or value): "
         "flow (planar | coupling | spline | auto), alpha (number ≥ 0 | auto), dims_per_attribute, n_flows, hidden, "

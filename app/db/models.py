@@ -142,6 +142,8 @@ class Item(Base):
     lease_id: Mapped[str | None] = mapped_column(sa.String(32))
     lease_expires_at: Mapped[datetime | None]
     label_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    # How often experts skipped it: an item many skip may be unjudgeable (the admin's list shows them).
+    skip_count: Mapped[int] = mapped_column(default=0, server_default="0")
     labelled: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -192,6 +194,24 @@ class Lease(Base):
     expires_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
     end_reason: Mapped[str | None] = mapped_column(sa.String(16))
+
+
+class Skip(Base):
+    """An expert skipped an item: the queue does not hand it to them again before ``until``."""
+
+    __tablename__ = "skips"
+    __table_args__ = (
+        sa.Index("ix_skips_project_user_until", "project_id", "user_id", "until"),
+        sa.Index("ix_skips_item_id", "item_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(_fk("projects.id"))
+    item_id: Mapped[int] = mapped_column(_fk("items.id"))
+    user_id: Mapped[int] = mapped_column(_fk("users.id"))
+    lease_id: Mapped[str | None] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    until: Mapped[datetime]
 
 
 class Job(Base):

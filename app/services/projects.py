@@ -16,7 +16,7 @@ from ml.attributes import Attribute as MlAttribute
 from ml.attributes import coerce_attributes
 from ml.pipeline import lens_params
 
-SETTING_DEFAULTS = ("retrain_every", "lease_seconds", "eval_fraction")
+SETTING_DEFAULTS = ("retrain_every", "lease_seconds", "eval_fraction", "skip_hours")
 
 
 def get(*, session: Session, project_id: int) -> Project | None:
@@ -44,7 +44,7 @@ def schema(project: Project) -> list[MlAttribute]:
 
 
 def effective_settings(project: Project, settings: Settings) -> dict[str, Any]:
-    """The project's settings over the global defaults (retrain_every, lease_seconds, eval_fraction)."""
+    """The project's settings over the global defaults (retrain_every, lease_seconds, eval_fraction, skip_hours)."""
     out = {k: getattr(settings, k) for k in SETTING_DEFAULTS}
     out.update({k: v for k, v in (project.settings or {}).items() if v is not None})
     return out

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.db.base import utcnow
-from app.db.models import Item, Lease, ModelVersion, Project, Score, User
+from app.db.models import Item, Lease, ModelVersion, Project, Score, Skip, User
 from app.services.errors import Conflict, Forbidden, NotFound
+from app.services.projects import effective_settings
 from app.services.users import has_role
 
 MAX_BATCH = 100
@@ -28,6 +30,19 @@ SLACK = 8
 def _free(project_id: int, now: datetime) -> sa.ColumnElement[bool]:
     return sa.and_(Item.project_id == project_id, Item.labelled.is_(False),
                    sa.or_(Item.lease_expires_at.is_(None), Item.lease_expires_at < now))
+
+
+def _not_skipped_by(project_id: int, user_id: int, now: datetime) -> sa.ColumnElement[bool]:
+    # Items this user skipped stay away from them until the skip lapses; other experts see them as usual.
+    return Item.id.not_in(sa.select(Skip.item_id).where(Skip.project_id == project_id, Skip.user_id == user_id,
+                                                        Skip.until > now))
+
+
+def skip_until(now: datetime, skip_hours: float | None) -> datetime:
+    """When a skip made at ``now`` lapses: after ``skip_hours``, or at the next midnight UTC when unset."""
+    if skip_hours is None:
+        return datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time.min, tzinfo=UTC)
+    return now + timedelta(hours=float(skip_hours))
 
 
 def _lock(q: sa.Select, session: Session) -> sa.Select:
@@ -117,7 +132,7 @@ def next_items(*, session: Session, project: Project, user: User, n: int, lease_
                 won += 1
         return won
 
-    free = _free(project.id, now)
+    free = sa.and_(_free(project.id, now), _not_skipped_by(project.id, user.id, now))
     got_eval = 0
     if n_eval:
         # Unfinished eval items (released, expired or retracted) first, so the held-out set fills up.
@@ -147,8 +162,13 @@ def next_items(*, session: Session, project: Project, user: User, n: int, lease_
     return out + [lease_out(lease) for lease in new_leases]
 
 
-def release(*, session: Session, lease_id: str, user: User) -> Lease:
-    """Give a leased item back to the pool (skip); the holder or an admin may. Committed."""
+def release(*, session: Session, lease_id: str, user: User, settings: Settings) -> Lease:
+    """Skip: give a leased item back to the pool; the holder or an admin may. Committed.
+
+    When the holder skips, the item's skip count goes up and they are not handed it again until
+    ``skip_until`` (the project's ``skip_hours``); other experts get it in the usual order meanwhile.
+    An admin ending someone else's lease frees the item without counting a skip.
+    """
     lease = session.get(Lease, lease_id)
     if lease is None:
         raise NotFound(f"no lease {lease_id!r}")
@@ -164,5 +184,51 @@ def release(*, session: Session, lease_id: str, user: User) -> Lease:
     lease.ended_at, lease.end_reason = now, "released"
     session.execute(sa.update(Item).where(Item.id == lease.item_id, Item.lease_id == lease.id)
                     .values(lease_id=None, lease_expires_at=None).execution_options(synchronize_session=False))
+    if lease.user_id == user.id:
+        project = session.get(Project, lease.project_id)
+        skip_hours = effective_settings(project, settings)["skip_hours"] if project is not None else None
+        session.execute(sa.update(Item).where(Item.id == lease.item_id).values(skip_count=Item.skip_count + 1)
+                        .execution_options(synchronize_session=False))
+        session.add(Skip(project_id=lease.project_id, item_id=lease.item_id, user_id=user.id, lease_id=lease.id,
+                         created_at=now, until=skip_until(now, skip_hours)))
     session.commit()
     return lease
+
+
+def my_skips(*, session: Session, project: Project, user: User, now: datetime | None = None) -> dict[str, Any]:
+    """How many unlabelled items ``user`` skipped that are still kept from them, and when the first returns."""
+    now = now or utcnow()
+    row = session.execute(
+        sa.select(sa.func.count(sa.distinct(Skip.item_id)), sa.func.min(Skip.until))
+        .join(Item, Item.id == Skip.item_id)
+        .where(Skip.project_id == project.id, Skip.user_id == user.id, Skip.until > now, Item.labelled.is_(False))
+    ).one()
+    return {"skipped": int(row[0] or 0), "next_return_at": row[1]}
+
+
+def labellers(*, session: Session, project: Project) -> list[int]:
+    """Ids of the project's active experts: active accounts allowed to label that have held one of its leases."""
+    q = (sa.select(User.id).where(User.active.is_(True), User.role.in_(("expert", "admin")),
+                                  User.id.in_(sa.select(Lease.user_id).where(Lease.project_id == project.id)))
+         .order_by(User.id))
+    return [int(i) for i in session.scalars(q)]
+
+
+def skipped_by_all(*, session: Session, project: Project, limit: int = 100) -> dict[str, Any]:
+    """Unlabelled items that every active expert of the project has skipped (at any time), most skipped first.
+
+    Such an item may be unjudgeable (blurred, off-topic, a missing level): the admin decides what to do.
+    """
+    experts = labellers(session=session, project=project)
+    out: dict[str, Any] = {"experts": len(experts), "items": []}
+    if not experts:
+        return out
+    skippers = sa.func.count(sa.distinct(Skip.user_id))
+    q = (sa.select(Item.id, Item.skip_count, Item.split, sa.func.max(Skip.created_at))
+         .join(Skip, Skip.item_id == Item.id)
+         .where(Item.project_id == project.id, Item.labelled.is_(False), Skip.user_id.in_(experts))
+         .group_by(Item.id, Item.skip_count, Item.split).having(skippers >= len(experts))
+         .order_by(Item.skip_count.desc(), Item.id).limit(limit))
+    out["items"] = [{"item_id": int(i), "skip_count": int(c), "split": split, "last_skipped_at": last,
+                     "image_url": f"/api/v1/items/{int(i)}/image.png"} for i, c, split, last in session.execute(q)]
+    return out

@@ -110,7 +110,8 @@ def project_in(form: FormData) -> tuple[ProjectIn | None, dict[str, str], dict[s
     if latent is not None:
         representation["latent_dim"] = latent
     settings: dict[str, Any] = {}
-    for key, integer in (("retrain_every", True), ("lease_seconds", True), ("eval_fraction", False)):
+    for key, integer in (("retrain_every", True), ("lease_seconds", True), ("eval_fraction", False),
+                         ("skip_hours", False)):
         v = _number(_text(form, key), key, errors, integer=integer)
         if v is not None:
             settings[key] = v
@@ -122,7 +123,7 @@ def project_in(form: FormData) -> tuple[ProjectIn | None, dict[str, str], dict[s
     shown = {k: _text(form, k) for k in ("name", "source", "source_path", "source_n", "source_size", "source_seed",
                                          "source_split", "source_limit", "source_mode", "source_images",
                                          "representation", "latent_dim", "strategy", "retrain_every",
-                                         "lease_seconds", "eval_fraction")}
+                                         "lease_seconds", "eval_fraction", "skip_hours")}
     shown["attributes"] = rows
     if errors:
         return None, errors, shown

@@ -31,6 +31,7 @@
   let active = 0;
   let filling = null;
   let emptyTimer = null;
+  let heldBack = null; // {n, at}: items I skipped that the queue keeps from me, and when the first returns
   let chain = Promise.resolve();
 
   // -- small helpers -------------------------------------------------------------------------------
@@ -101,6 +102,7 @@
         for (const it of data.items) {
           if (!held.has(it.lease_id) && !doneLeases.has(it.lease_id)) queue.push(entryFrom(it));
         }
+        if (data.skipped !== undefined) heldBack = { n: data.skipped, at: data.next_return_at ? parseUtc(data.next_return_at) : null };
         markPrefetch();
         return data.items.length;
       } catch (err) {
@@ -166,7 +168,12 @@
     leaseLeft.textContent = "—";
     evalBadge.hidden = true;
     note.hidden = false;
-    note.textContent = "The queue is empty: every item is labelled or leased to another expert. Checking again every 15 s.";
+    let why = "every item is labelled or leased to another expert";
+    if (heldBack && heldBack.n > 0) {
+      why = "every item is labelled, leased to another expert, or one of the " + heldBack.n +
+        " you skipped (kept for other experts" + (heldBack.at ? "; the first comes back to you at " + heldBack.at.toLocaleString() : "") + ")";
+    }
+    note.textContent = "The queue is empty: " + why + ". Checking again every 15 s.";
     emptyTimer = setTimeout(() => run(async () => { if (!current) { await fill(); await advance(); } }), 15000);
   }
 
@@ -280,7 +287,6 @@
         document.getElementById("c-labelled").textContent = c.labelled;
         document.getElementById("c-items").textContent = c.items;
         document.getElementById("c-eval-labelled").textContent = c.eval_labelled;
-        document.getElementById("c-eval-items").textContent = c.eval_items;
         root.dataset.countersAt = String(Date.now());
       } catch (err) { /* the optimistic counts stay until the next refresh */ }
     }, 150);
@@ -308,6 +314,13 @@
     label.then(() => fill()).then(() => { refreshCounters(); if (!current) advance(); });
   }
 
+  function skipReturn() {
+    const h = cfg.skip_hours;
+    if (h === null || h === undefined) return "tomorrow (UTC)";
+    if (h === 0) return "whenever the queue reaches it again";
+    return h < 1 ? "in " + Math.round(h * 60) + " min" : "in " + (Math.round(h * 10) / 10) + " h";
+  }
+
   async function skip() {
     if (!current) return;
     const e = current;
@@ -316,7 +329,7 @@
       ? api("POST", "/api/v1/leases/" + e.leaseId + "/release").catch((err) => say("Skip: " + err.message, "warn"))
       : Promise.resolve();
     await advance();
-    say("Skipped item " + e.itemId + "; it went back to the pool.");
+    say("Skipped item " + e.itemId + ": other experts get it; it comes back to you " + skipReturn() + ".");
     released.then(() => fill());
   }
 

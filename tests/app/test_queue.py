@@ -59,15 +59,80 @@ def test_submitting_a_label_ends_the_lease(client, expert, project, db):
     assert count(db, "items", "lease_id IS NOT NULL") == 0
 
 
-def test_release_returns_the_item_to_the_pool(client, admin, expert, db):
+def test_a_skipped_item_goes_to_other_experts_not_back_to_the_one_who_skipped(client, admin, accounts, expert, db):
     p = create_project(client, admin, name="tiny", dataset={"source": "shapes", "n": 1})
     item = _next(client, expert, p["id"])[0]
     assert client.post(f"/api/v1/projects/{p['id']}/queue/next", headers=expert).json()["items"][0]["resumed"]
     r = client.post(f"/api/v1/leases/{item['lease_id']}/release", headers=expert)
     assert r.status_code == 200 and r.json()["end_reason"] == "released"
-    again = _next(client, expert, p["id"])
+    # The only item is free again, but not for the expert who skipped it: the queue says why it is empty.
+    r = client.post(f"/api/v1/projects/{p['id']}/queue/next", headers=expert)
+    assert r.json()["items"] == [] and r.json()["skipped"] == 1 and r.json()["next_return_at"]
+    other = accounts.add("expert2", "expert")
+    again = _next(client, other, p["id"])
     assert again[0]["item_id"] == item["item_id"] and again[0]["lease_id"] != item["lease_id"]
     assert client.post(f"/api/v1/leases/{item['lease_id']}/release", headers=expert).status_code == 409
+    db.rollback()
+    assert db.execute(sa.text("SELECT skip_count FROM items WHERE id = :i"), {"i": item["item_id"]}).scalar() == 1
+
+
+def test_a_skip_lapses_after_the_projects_skip_hours(client, admin, expert, db):
+    p = create_project(client, admin, name="tiny", dataset={"source": "shapes", "n": 1},
+                       settings={"skip_hours": 0.5})
+    item = _next(client, expert, p["id"])[0]
+    client.post(f"/api/v1/leases/{item['lease_id']}/release", headers=expert)
+    assert _next(client, expert, p["id"]) == []
+    # Half an hour later (moved by hand) the item is back for them.
+    past = utcnow() - timedelta(seconds=1)
+    db.execute(sa.text("UPDATE skips SET until = :t"),
+               {"t": past.replace(tzinfo=None) if db.get_bind().dialect.name == "sqlite" else past})
+    db.commit()
+    assert [i["item_id"] for i in _next(client, expert, p["id"])] == [item["item_id"]]
+
+
+def test_skip_hours_zero_lets_an_item_come_straight_back(client, admin, expert):
+    p = create_project(client, admin, name="tiny", dataset={"source": "shapes", "n": 1}, settings={"skip_hours": 0})
+    item = _next(client, expert, p["id"])[0]
+    client.post(f"/api/v1/leases/{item['lease_id']}/release", headers=expert)
+    assert [i["item_id"] for i in _next(client, expert, p["id"])] == [item["item_id"]]
+
+
+def test_skip_lasts_the_rest_of_the_utc_day_by_default():
+    from datetime import UTC, datetime
+
+    from app.services.queue import skip_until
+
+    now = datetime(2026, 12, 4, 23, 15, tzinfo=UTC)
+    assert skip_until(now, None) == datetime(2026, 12, 5, tzinfo=UTC)
+    assert skip_until(now, 2) == datetime(2026, 12, 5, 1, 15, tzinfo=UTC)
+
+
+def test_items_skipped_by_every_active_expert_are_listed_for_the_admin(client, admin, accounts, expert):
+    p = create_project(client, admin, name="tiny", dataset={"source": "shapes", "n": 3})
+    other = accounts.add("expert2", "expert")
+    url = f"/api/v1/projects/{p['id']}/items/skipped"
+    assert client.get(url, headers=expert).status_code == 403
+    a = _next(client, expert, p["id"])[0]
+    b = _next(client, other, p["id"])[0]
+    client.post(f"/api/v1/leases/{a['lease_id']}/release", headers=expert)
+    # Only one of the two experts skipped it: not listed yet.
+    assert client.get(url, headers=admin).json() == {"experts": 2, "items": []}
+    a2 = _next(client, other, p["id"], 3)
+    assert a["item_id"] in {i["item_id"] for i in a2}
+    lease = next(i for i in a2 if i["item_id"] == a["item_id"])
+    client.post(f"/api/v1/leases/{lease['lease_id']}/release", headers=other)
+    listed = client.get(url, headers=admin).json()
+    assert listed["experts"] == 2
+    assert [(i["item_id"], i["skip_count"]) for i in listed["items"]] == [(a["item_id"], 2)]
+    assert b["item_id"] not in {i["item_id"] for i in listed["items"]}
+
+
+def test_an_admin_freeing_someone_elses_lease_is_not_their_skip(client, admin, expert, db):
+    p = create_project(client, admin, name="tiny", dataset={"source": "shapes", "n": 1})
+    item = _next(client, expert, p["id"])[0]
+    assert client.post(f"/api/v1/leases/{item['lease_id']}/release", headers=admin).status_code == 200
+    assert count(db, "skips") == 0
+    assert [i["item_id"] for i in _next(client, expert, p["id"])] == [item["item_id"]]
 
 
 def _expire(db, lease_id):
