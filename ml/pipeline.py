@@ -421,6 +421,33 @@ def score_pool(
 # --------------------------------------------------------------------------- evaluation
 
 
+def unscorable_reason(y: np.ndarray, attribute: Attribute, *, min_labels: int = MIN_EVAL_LABELS,
+                      folds: int = 2) -> str | None:
+    """Why the metric cannot score ``attribute`` from these eval labels (None when it can), in words that
+    say what would fix it.
+
+    The cross-validated metric fits on ``folds - 1`` of ``folds`` parts, and its Platt scaling needs two
+    or more train items per class, so a discrete attribute needs two levels with ``2 * folds`` labels
+    each; every attribute needs ``min_labels`` labels in all.
+    """
+    observed = np.asarray(y)[observed_mask(np.asarray(y), attribute)]
+    n = int(observed.size)
+    per_level = 2 * folds
+    if attribute.is_discrete:
+        _, counts = np.unique(observed, return_counts=True)
+        ready = int(np.sum(counts >= per_level))
+        if n < min_labels or ready < 2:
+            return (f"{n} eval label{'s' if n != 1 else ''}, {ready} level{'s' if ready != 1 else ''} with "
+                    f"{per_level} or more; needs {min_labels} eval labels covering two or more levels with "
+                    f"{per_level} or more each")
+        return None
+    if n < min_labels:
+        return f"{n} eval label{'s' if n != 1 else ''}; needs at least {min_labels}"
+    if np.unique(observed).size < 2:
+        return f"{n} eval labels, all with the same value; needs two or more distinct values"
+    return None
+
+
 def evaluate(
     lens: Any,
     Z_eval: np.ndarray,
@@ -456,13 +483,11 @@ def evaluate(
     skipped: dict[str, str] = {}
     scorable: list[Attribute] = []
     for a in attrs:
-        y = labels[a.name][observed_mask(labels[a.name], a)]
-        if y.size < min_labels:
-            skipped[a.name] = f"{y.size} eval label(s), need at least {min_labels}"
-        elif a.is_discrete and len(np.unique(y)) < 2:
-            skipped[a.name] = "eval labels cover a single level"
-        else:
+        reason = unscorable_reason(labels[a.name], a, min_labels=min_labels, folds=folds)
+        if reason is None:
             scorable.append(a)
+        else:
+            skipped[a.name] = reason
     out: dict[str, Any] = {"attributes": {}, "overall": None, "overall_accuracy": None, "baseline_overall": None,
                            "k_dims": {}, "overall_k": None, "overall_accuracy_k": None, "dims_per_attribute": None,
                            "mig": None, "sap": None, "mig_z": None, "sap_z": None,

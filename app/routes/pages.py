@@ -21,7 +21,7 @@ from app.api.deps import ProjectDep, RowId, SessionDep, SettingsDep, ViewerUser
 from app.db.models import ROLES, STRATEGIES, Job, MetricPoint, ModelVersion, Project, Representation, User
 from app.routes import auth as auth_routes
 from app.routes import projects as project_routes
-from app.services import imports, jobs, models, projects
+from app.services import imports, jobs, metric_reasons, models, projects, queue
 from app.services import sessions as session_service
 from app.services import tokens as token_service
 from app.services import users as user_service
@@ -145,11 +145,13 @@ def _project_rows(session: Any) -> list[dict[str, Any]]:
     for p in projects.list_all(session=session):
         s = projects.summary(session=session, project=p)
         last = session.execute(
-            sa.select(MetricPoint.overall, MetricPoint.n_labels)
+            sa.select(MetricPoint.overall, MetricPoint.n_labels, MetricPoint.extra)
             .where(MetricPoint.project_id == p.id).order_by(MetricPoint.id.desc()).limit(1)
         ).first()
         rows.append({"project": p, **s, "n_pool": s["n_items"] - s["n_eval"],
-                     "last_metric": last.overall if last else None, "last_metric_labels": last.n_labels if last else None})
+                     "last_metric": last.overall if last else None, "last_metric_labels": last.n_labels if last else None,
+                     "last_metric_why": metric_reasons.short_reason({"overall": last.overall, **(last.extra or {})})
+                     if last else None})
     return rows
 
 
@@ -170,11 +172,13 @@ def label_page(request: Request, pid: RowId, principal: ExpertPage, session: Ses
     config = {
         "project_id": project.id, "attributes": labelling.attribute_controls(project),
         "image": labelling.image_geometry(session, project), "lease_seconds": eff["lease_seconds"],
+        "skip_hours": eff["skip_hours"],
         "counters_url": f"/projects/{project.id}/label/counters",
     }
     return render(request, "label.html", {
         "project": project, "config": config, "attributes": config["attributes"],
         "counters": labelling.counters(session=session, project=project, user=principal.user),
+        "eval_every": round(1 / eff["eval_fraction"]) if eff["eval_fraction"] > 0 else None,
     })
 
 
@@ -186,9 +190,21 @@ def label_counters(pid: RowId, principal: ExpertPage, session: SessionDep) -> di
 
 # -- insights ---------------------------------------------------------------------------------------
 
-def _insights_context(session: Any, project: Project) -> dict[str, Any]:
+def _curve_empty_reason(points: list[dict[str, Any]], mv: ModelVersion | None, eff: dict[str, Any]) -> str:
+    """Why the interpretability curve has no point to draw yet (shown only while it has none)."""
+    if not points:
+        if mv is None:
+            return (f"No retrain has finished yet: the first starts after {eff['retrain_every']} labels "
+                    "(or when an admin starts one), and its evaluation adds the first point.")
+        return "No evaluation has been stored for this project's models yet."
+    return (metric_reasons.why_unscored(points[-1], eval_fraction=eff["eval_fraction"])
+            or "No metric points with a score yet.")
+
+
+def _insights_context(session: Any, project: Project, settings: Any) -> dict[str, Any]:
     mv = models.active(session=session, project_id=project.id)
     points = models.metric_points(session=session, project_id=project.id)
+    eff = projects.effective_settings(project, settings)
     last = next((p for p in reversed(points) if mv is not None and p.get("model_id") == mv.id), None)
     rep_source = session.scalar(sa.select(Representation.source).where(
         Representation.project_id == project.id, Representation.active))
@@ -197,11 +213,14 @@ def _insights_context(session: Any, project: Project) -> dict[str, Any]:
             "can_traverse": mv is not None and rep_source == "vae", "rep_source": rep_source,
             "table": insights.metric_table(mv, project, last, designated), "designated": designated,
             "has_grid": any(len(dims) >= 2 for dims in designated.values()),
+            "curve_empty": _curve_empty_reason(points, mv, eff),
+            "unscored": metric_reasons.why_unscored(mv.metrics, eval_fraction=eff["eval_fraction"])
+            if mv is not None else None,
             "versions": models.list_versions(session=session, project_id=project.id)}
 
 
 @router.get("/projects/{pid}/insights")
-def insights_page(request: Request, pid: RowId, principal: ViewerPage, session: SessionDep,
+def insights_page(request: Request, pid: RowId, principal: ViewerPage, session: SessionDep, settings: SettingsDep,
                   since: int | None = Query(None, description="the active model id the page shows")) -> Response:
     """Traversals, metric curves, the z / z* scatter and the metric table of the active model.
 
@@ -212,7 +231,7 @@ def insights_page(request: Request, pid: RowId, principal: ViewerPage, session: 
         mv = models.active(session=session, project_id=project.id)
         if (mv.id if mv else 0) == since:
             return Response(status_code=204)
-    ctx = _insights_context(session, project)
+    ctx = _insights_context(session, project, settings)
     if is_htmx(request):
         return render(request, "partials/insights_body.html", ctx)
     return render(request, "insights.html", ctx)
@@ -230,7 +249,8 @@ def get_scatter(user: ViewerUser, project: ProjectDep, session: SessionDep,
 
 def _new_project_defaults() -> dict[str, Any]:
     return {"name": "", "source": "digits", "representation": "vae", "latent_dim": "10", "strategy": "bald",
-            "retrain_every": "", "lease_seconds": "", "eval_fraction": "", "source_split": "train",
+            "retrain_every": "", "lease_seconds": "", "eval_fraction": "", "skip_hours": "",
+            "source_split": "train",
             "source_mode": "L",
             "attributes": [{"name": "", "kind": "categorical", "levels": "", "low": "", "high": ""}]}
 
@@ -275,6 +295,7 @@ def _project_admin_context(session: Any, settings: Any, project: Project, *, rep
     return {"project": project, "summary": projects.summary(session=session, project=project),
             "effective": projects.effective_settings(project, settings), "report": report, "created": created,
             "import_errors": import_errors or {}, "sources": forms.DATASET_SOURCES,
+            "skipped": queue.skipped_by_all(session=session, project=project),
             "values": {"source": "", "source_split": "train", "source_mode": "L"}}
 
 
@@ -341,6 +362,7 @@ def _jobs_context(session: Any, project: Project) -> dict[str, Any]:
     active = next((v for v in versions if v.active), None)
     return {"project": project, "jobs": [jobs.job_out(j) for j in rows], "versions": versions,
             "lens_of": {v.id: models.lens_summary(v.stats) for v in versions},
+            "unscored_of": {v.id: metric_reasons.short_reason(v.metrics) for v in versions},
             "active_version": active, "startable": JOB_KINDS_STARTABLE}
 
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.db.models import Item, ModelVersion, Project
-from app.services import labels, models
+from app.services import labels, metric_reasons, models
 from app.services.errors import NotFound, ServiceError
 
 MAX_POINTS = 2000
@@ -96,39 +96,56 @@ def _get(d: Any, *keys: str) -> Any:
 
 def metric_table(mv: ModelVersion | None, project: Project, last_point: dict[str, Any] | None,
                  designated: dict[str, list[int]] | None = None) -> dict[str, Any]:
-    """Rows (one per attribute) of score, accuracy, MIG, SAP and chosen dims, from the model's metrics.
+    """Rows (one per attribute) of score, accuracy, chance, raw-z score and chosen dims, from the model's metrics.
+
+    MIG and SAP are single numbers over all attributes (``ml.metrics.mig`` / ``sap``): the footer shows them.
 
     With k > 1 designated dims per attribute, ``k`` and each row's ``score_k`` / ``accuracy_k`` (and
     ``overall_k``) carry the metric on k dims beside the paper's one-dimension score.
 
     Reads what the evaluation stored: ``metrics["attributes"][name]`` first, then the latest metric
-    point of that model; MIG and SAP may be stored per attribute or as ``metrics["mig"][name]``.
+    point of that model.
     """
     metrics = dict(mv.metrics or {}) if mv is not None else {}
     point = last_point or {}
+    reasons = metric_reasons.attribute_reasons(metrics or point)
     rows = []
     for a in project.attributes:
         m = _get(metrics, "attributes", a.name) or _get(point, "attributes", a.name) or {}
         dim = m.get("dim", m.get("dims"))
+        chosen = [int(x) for x in (dim if isinstance(dim, list) else [dim])] if dim is not None else []
+        own = (designated or {}).get(a.name) or []
         rows.append({
             "name": a.name, "kind": a.kind, "score": m.get("score"), "accuracy": m.get("accuracy"),
             "score_k": m.get("score_k"), "accuracy_k": m.get("accuracy_k"),
-            "chance": m.get("chance_score"),
-            "mig": m.get("mig", _get(metrics, "mig", a.name)), "sap": m.get("sap", _get(metrics, "sap", a.name)),
+            "chance": m.get("chance_score"), "z_score": m.get("z_score"),
             "dim": ", ".join(str(x) for x in dim) if isinstance(dim, list) else dim,
-            "designated": ", ".join(str(x) for x in (designated or {}).get(a.name, [])) or None,
+            "designated": ", ".join(str(x) for x in own) or None,
+            # The attribute landed in its own dimension when the metric's choice is one the lens reserved
+            # for it; None when either is unknown (not scored, or no loadable lens).
+            "in_own_dim": (set(chosen) <= set(own)) if chosen and own else None,
+            "why_unscored": reasons.get(a.name) if m.get("score") is None else None,
         })
     overall = metrics.get("overall", point.get("overall"))
     mig = metrics.get("mig") if not isinstance(metrics.get("mig"), dict) else _get(metrics, "mig", "mean")
     sap = metrics.get("sap") if not isinstance(metrics.get("sap"), dict) else _get(metrics, "sap", "mean")
     k = metrics.get("dims_per_attribute", point.get("dims_per_attribute"))
-    return {"rows": rows, "overall": overall, "overall_accuracy": metrics.get("overall_accuracy"),
+    k = k if isinstance(k, int) and k > 1 else None
+    chances = [r["chance"] for r in rows if r["chance"] is not None and r["score"] is not None]
+    has_z = any(r["z_score"] is not None for r in rows)
+    return {"rows": rows,
+            # Chance and raw z averaged like "overall": over the attributes that were scored.
+            "chance": sum(chances) / len(chances) if chances else None, "has_z": has_z,
+            "baseline_overall": metrics.get("baseline_overall", point.get("baseline_overall")),
+            "columns": 5 + (2 if k else 0) + (1 if has_z else 0),
+            "overall": overall, "overall_accuracy": metrics.get("overall_accuracy"),
             # k > 1 designated dims per attribute: the table also shows the metric on k dims.
-            "k": k if isinstance(k, int) and k > 1 else None,
+            "k": k,
             "overall_k": metrics.get("overall_k", point.get("overall_k")),
             "overall_accuracy_k": metrics.get("overall_accuracy_k", point.get("overall_accuracy_k")),
             "mig": mig, "sap": sap, "test_ll": metrics.get("test_ll", point.get("test_ll")),
-            "n_labels": mv.n_labels if mv is not None else None}
+            "n_labels": mv.n_labels if mv is not None else None,
+            "mismatches": [r["name"] for r in rows if r["in_own_dim"] is False]}
 
 
 def designated_dims(*, session: Session, mv: ModelVersion | None) -> dict[str, list[int]]:

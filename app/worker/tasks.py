@@ -22,6 +22,7 @@ from app.db.base import utcnow
 from app.db.models import Item, Job, JobRun, Label, MetricPoint, ModelVersion, Project, Representation, Score
 from app.services import jobs as job_service
 from app.services import labels as label_service
+from app.services import metric_reasons
 from app.services.projects import schema
 from app.worker.progress import JobContext
 from ml import pipeline
@@ -413,8 +414,12 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
                       "flow": stats.get("flow"), "warm_start": stats["warm_start"],
                       "fit_seconds": stats["seconds"], "n_scored": len(pool_ids)}
             params = {**ctx.params, "since_label_id": max(int(ctx.params.get("since_label_id", 0)), top)}
-            overall = f"{metrics['overall']:.1f}" if metrics["overall"] is not None else "n/a"
-            _succeed(s, ctx, result, f"version {version} active: {n_lab} labelled items, metric {overall}",
+            why = metric_reasons.short_reason(metrics)
+            if metrics["overall"] is not None:
+                measured = f"metric {metrics['overall']:.1f}" + (f" (not scored: {why})" if why else "")
+            else:
+                measured = f"no metric yet ({why or 'not computed'})"
+            _succeed(s, ctx, result, f"version {version} active: {n_lab} labelled items, {measured}",
                      params=params)
             s.commit()
             return

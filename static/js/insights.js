@@ -47,6 +47,14 @@
       defs.push({ label: "overall", pick: (p) => p.overall });
       attributes.forEach((a) => defs.push({ label: a, pick: (p) => (p.attributes && p.attributes[a] ? p.attributes[a].score : undefined) }));
     }
+    if (metric !== "test_ll") {
+      // Chance: the score a classifier reaches from the label frequencies alone, averaged like "overall".
+      defs.push({ label: "chance (overall)", chance: true, pick: (p) => {
+        const cs = attributes.map((a) => (p.attributes && p.attributes[a] ? p.attributes[a].chance_score : undefined))
+          .filter((v) => v !== undefined && v !== null && isFinite(v));
+        return cs.length ? cs.reduce((s, v) => s + Number(v), 0) / cs.length : undefined;
+      } });
+    }
     const data = [xs];
     for (const d of defs) {
       const ys = xs.map(() => null);
@@ -65,23 +73,27 @@
     let points;
     try { points = (await getJson(el.dataset.url)).points; } catch (err) { note(el, "Metrics unavailable: " + err.message); return; }
     const { defs, data } = seriesOf(points, attributes, metric);
-    const filled = data.slice(1).map((ys) => ys.filter((v) => v !== null).length);
+    const filled = data.slice(1).map((ys, i) => (defs[i].chance ? 0 : ys.filter((v) => v !== null).length));
     el.dataset.points = String(Math.max(0, ...filled));
     if (!points.length || !filled.some((n) => n > 0)) {
-      note(el, metric === "test_ll" ? "No test log-likelihood yet." : "No metric points yet: they appear after each retrain's evaluation.");
+      // The server says why (the evaluation's reasons for the latest point, or what must happen first).
+      note(el, el.dataset.emptyReason || (metric === "test_ll" ? "No test log-likelihood yet." : "No metric points yet."));
+      el.dataset.empty = "true";
       return;
     }
+    el.dataset.empty = "false";
     const width = Math.max(280, el.clientWidth || 480);
     const opts = {
       width: width, height: 260,
       scales: { x: { time: false } },
       axes: [{ label: "number of labels" }, { label: metric === "test_ll" ? "test LL (nats)" : "score (%)" }],
-      series: [{ label: "labels" }].concat(defs.map((d, i) => ({
-        label: d.label, stroke: TAB10[i % TAB10.length], width: i === 0 ? 2.5 : 1.5, spanGaps: true,
-        points: { show: true, size: 6 },
-      }))),
+      series: [{ label: "labels" }].concat(defs.map((d, i) => (d.chance
+        ? { label: d.label, stroke: "#888", width: 1.5, dash: [6, 4], spanGaps: true, points: { show: false } }
+        : { label: d.label, stroke: TAB10[i % TAB10.length], width: i === 0 ? 2.5 : 1.5, spanGaps: true,
+            points: { show: true, size: 6 } }))),
       legend: { live: true },
     };
+    el.dataset.chance = String(defs.some((d, i) => d.chance && data[i + 1].some((v) => v !== null)));
     el.replaceChildren();
     const plot = new uPlot(opts, data, el);
     el._plot = plot;

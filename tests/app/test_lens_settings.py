@@ -224,7 +224,7 @@ def test_models_table_shows_the_flow_family_and_what_selection_chose():
     v = SimpleNamespace(id=7, version=3, active=True, n_labels=80, metrics=metrics, stats=stats,
                         created_at=datetime(2024, 1, 1))
     html = templates.env.get_template("partials/models_table.html").render(
-        project=SimpleNamespace(id=1, name="p"), versions=[v], lens_of={7: lens_summary(stats)},
+        project=SimpleNamespace(id=1, name="p"), versions=[v], lens_of={7: lens_summary(stats)}, unscored_of={},
         active_version=v, csrf_token="t")
     text = " ".join(html.split())
     assert 'data-flow="coupling"' in html and "2 dims/attribute" in text and "α 30" in text

@@ -130,6 +130,14 @@ def server(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="session")
+def model_project(server: Server) -> dict[str, Any]:
+    """A project with two model versions and two metric points (seeded through ml/ and the services)."""
+    from tests.browser import seed
+
+    return seed.fitted_project(server)
+
+
+@pytest.fixture(scope="session")
 def browser(chromium_path: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

@@ -100,7 +100,8 @@ def fitted_project(server: Any, *, name: str = "shapes", n: int = 320) -> dict[s
             s.add(mv)
             s.flush()
             s.add(MetricPoint(project_id=pid, model_version_id=mv.id, n_labels=n_labels, overall=score["overall"],
-                              attributes={k: {"score": v["score"], "accuracy": v["accuracy"], "dim": v["dim"]}
+                              attributes={k: {"score": v["score"], "accuracy": v["accuracy"], "dim": v["dim"],
+                                              "chance_score": v["chance_score"]}
                                           for k, v in score["attributes"].items()}, test_ll=None))
         s.execute(sa.update(ModelVersion).where(ModelVersion.project_id == pid, ModelVersion.version == 2)
                   .values(active=True))
@@ -115,3 +116,76 @@ def fitted_project(server: Any, *, name: str = "shapes", n: int = 320) -> dict[s
                   .values(labelled=True, label_count=1))
         s.commit()
     return {"project_id": pid, "item_ids": ids}
+
+
+def unscored_project(server: Any, *, name: str = "shapes-unscored", n: int = 160, n_train: int = 40,
+                     n_eval: int = 3) -> dict[str, Any]:
+    """A shapes project whose only retrain was evaluated on too few eval labels: an active model, no score.
+
+    What a real first retrain leaves behind: the lens fitted on ``n_train`` labels and
+    ``ml.pipeline.evaluate`` run on ``n_eval`` labelled eval items, stored as the worker stores it.
+    """
+    from app.db.models import Item, Label, MetricPoint, ModelVersion, Representation
+    from app.services import imports, projects
+    from app.worker.tasks import POINT_EXTRA_KEYS
+    from ml import pipeline
+    from ml.data import make_shapes
+    from ml.lens import InterpretableLens
+    from ml.vae import VAE
+
+    ds = make_shapes(n=n, seed=1, size=16)
+    loaded = imports.load_spec({"source": "shapes", "n": n, "size": 16, "seed": 1}, server.settings)
+    vae = VAE(image_shape=(1, 16, 16), latent_dim=4, hidden=32, channels=(8, 16), epochs=3, device="cpu",
+              seed=0).fit(ds.images)
+    Z = vae.encode(ds.images).astype(np.float32)
+    levels = SHAPES_ATTRIBUTES[0]["levels"]
+    truth = {"shape": ds.factors["shape"].astype(np.int64), "x": ds.factors["x"].astype(np.float64)}
+    train, held = np.arange(n_train), np.arange(n_train, n_train + n_eval)
+    S = {"shape": np.full(n, -1, np.int64), "x": np.full(n, np.nan)}
+    for k in S:
+        S[k][train] = truth[k][train]
+    lens = InterpretableLens(SHAPES_ATTRIBUTES, n_flows=1, hidden=16, epochs=3, device="cpu", seed=0).fit(Z, S)
+    metrics = _plain(pipeline.evaluate(lens, Z[held], {k: v[held] for k, v in truth.items()}, SHAPES_ATTRIBUTES,
+                                       device="cpu"))
+    metrics["test_ll"] = None
+    with server.session() as s:
+        project = projects.create(session=s, name=name, attributes=SHAPES_ATTRIBUTES,
+                                  representation={"source": "vae", "latent_dim": 4}, strategy="bald",
+                                  settings={"eval_fraction": 0.1, "retrain_every": 100000}, loaded=None,
+                                  created_by_id=None)
+        imports.store(session=s, project=project, loaded=loaded)
+        pid = project.id
+        ids = np.asarray(s.scalars(sa.select(Item.id).where(Item.project_id == pid).order_by(Item.source_index)).all())
+        rep = Representation(project_id=pid, source="vae", checkpoint=vae.to_bytes(), z=_npy(Z), item_ids=_npy(ids),
+                             active=True, config={"latent_dim": 4})
+        s.add(rep)
+        s.flush()
+        mv = ModelVersion(project_id=pid, version=1, representation_id=rep.id, checkpoint=lens.to_bytes(),
+                          n_labels=n_train, metrics=metrics, active=True)
+        s.add(mv)
+        s.flush()
+        s.add(MetricPoint(project_id=pid, model_version_id=mv.id, n_labels=n_train, overall=metrics["overall"],
+                          attributes=metrics["attributes"], test_ll=None,
+                          extra={k: metrics.get(k) for k in POINT_EXTRA_KEYS}))
+        s.execute(sa.update(Item).where(Item.id.in_(ids[held].tolist())).values(split="eval"))
+        s.execute(sa.insert(Label), [
+            {"project_id": pid, "item_id": int(ids[i]), "user_id": None, "kind": "label",
+             "values": {"shape": levels[int(truth["shape"][i])], "x": float(truth["x"][i])}, "eval": bool(i >= n_train)}
+            for i in [*train, *held]])
+        s.execute(sa.update(Item).where(Item.id.in_(ids[[*train, *held]].tolist())).values(labelled=True, label_count=1))
+        s.commit()
+    return {"project_id": pid, "metrics": metrics}
+
+
+def tiny_project(server: Any, *, name: str, n: int = 3) -> int:
+    """A project of ``n`` items (digits attributes over shapes images): small enough to run out of items."""
+    from app.services import imports, projects
+
+    loaded = imports.load_spec({"source": "shapes", "n": n, "size": 16, "seed": 2}, server.settings)
+    with server.session() as s:
+        project = projects.create(session=s, name=name, attributes=DIGITS_ATTRIBUTES,
+                                  representation={"source": "vae", "latent_dim": 4}, strategy="bald",
+                                  settings={"eval_fraction": 0.0, "retrain_every": 100000}, loaded=None,
+                                  created_by_id=None)
+        imports.store(session=s, project=project, loaded=loaded)
+        return project.id

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -13,11 +11,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.browser.conftest import ROOT, Server, login, worker_present
+from tests.browser.conftest import Server, login, worker_present
 
 pytestmark = pytest.mark.browser
 
-DOCS = ROOT / "docs"
 READY = ("() => { const r = document.getElementById('labeller'); "
          "return r && r.dataset.state === 'ready' && r.dataset.prefetched === 'true'; }")
 # Layout shifts (CLS entries) since `since`, whether or not they followed input.
@@ -35,12 +32,8 @@ def project_id(server: Server, name: str) -> int:
 
 
 def screenshot(page: Any, artifacts: Path, name: str, *, full_page: bool = False) -> None:
-    """Write a screenshot to the artifacts dir (and docs/ when LENSLAB_UPDATE_DOCS=1)."""
-    path = artifacts / name
-    page.screenshot(path=str(path), full_page=full_page)
-    if os.environ.get("LENSLAB_UPDATE_DOCS") == "1":
-        DOCS.mkdir(exist_ok=True)
-        shutil.copy(path, DOCS / name)
+    """Write a screenshot to the artifacts dir (the README's come from the demo: scripts/screenshots.py)."""
+    page.screenshot(path=str(artifacts / name), full_page=full_page)
 
 
 def item_shown(page: Any) -> int | None:
@@ -61,7 +54,7 @@ def label_by_keys(page: Any, *keys: str) -> int:
 
 
 def counters(page: Any) -> dict[str, int]:
-    return {k: int(page.inner_text(f"#c-{k}")) for k in ("mine", "labelled", "items", "eval-labelled", "eval-items")}
+    return {k: int(page.inner_text(f"#c-{k}")) for k in ("mine", "labelled", "items", "eval-labelled")}
 
 
 def db_counts(server: Server, pid: int, username: str) -> dict[str, int]:
@@ -209,14 +202,6 @@ def test_labelling_page_weight_and_enter_to_paint_latency(browser, server, artif
         {"p50_ms": p50, "p95_ms": p95, "timings_ms": timings, "page_weight_bytes": weight}))
     assert len(timings) == 50 and all(t > 0 for t in timings)
     page.context.close()
-
-
-@pytest.fixture(scope="module")
-def model_project(server: Server) -> dict[str, Any]:
-    """A project with two model versions and two metric points (seeded through ml/ and the services)."""
-    from tests.browser import seed
-
-    return seed.fitted_project(server)
 
 
 def test_admin_starts_and_cancels_a_job_and_sees_model_versions(browser, server, model_project, artifacts_dir):
