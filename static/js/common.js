@@ -23,9 +23,14 @@
     const set = (sel, text) => { const el = row.querySelector(sel); if (el) el.textContent = text; };
     set("[data-field=status]", job.status);
     set("[data-field=percent]", pct + "%");
-    set("[data-field=stage]", job.stage || "—");
-    set("[data-field=eta]", fmtDuration(job.eta_seconds));
-    set("[data-field=loss]", job.loss === null || job.loss === undefined ? "—" : Number(job.loss).toFixed(4));
+    // Missing figures in words (the row template says the same): what the job is waiting for.
+    const queued = job.status === "queued", running = job.status === "running";
+    set("[data-field=stage]", job.stage || (queued ? "waiting for a worker" : running ? "starting" : "none"));
+    const eta = job.eta_seconds;
+    set("[data-field=eta]", eta === null || eta === undefined || !isFinite(eta)
+      ? (queued ? "once started" : running ? "estimating" : "none") : fmtDuration(eta));
+    set("[data-field=loss]", job.loss === null || job.loss === undefined
+      ? (queued || running ? "not yet" : "none (no training step)") : Number(job.loss).toFixed(4));
     set("[data-field=message]", job.message || "");
     row.dataset.jobStatus = job.status;
   }

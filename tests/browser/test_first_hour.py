@@ -130,3 +130,18 @@ def test_eval_counter_counts_labels_and_says_how_items_are_held_out(browser: Any
     assert page.inner_text("#c-eval-hint") == "(1 in 5 items is held out)"
     assert "held-out eval set" in page.get_attribute("#eval-badge", "title")
     page.context.close()
+
+
+def test_opening_the_address_after_creating_a_token_shows_the_users_page_not_raw_json(browser: Any, server: Server):
+    page = login(browser, server, "admin")
+    page.goto("/admin/users")
+    page.fill("#token-name", "reload check")
+    page.get_by_role("button", name="Create token").click()
+    page.wait_for_selector("code.secret")
+    assert page.url.endswith("/admin/tokens")
+    page.goto(page.url)  # Enter in the address bar: a GET of /admin/tokens
+    page.wait_for_url("**/admin/users")
+    assert "Method Not Allowed" not in page.content()
+    assert page.locator("h1", has_text="Users & API tokens").count() == 1
+    assert page.locator("code.secret").count() == 0  # the secret is shown once, never again
+    page.context.close()
