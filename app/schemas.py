@@ -6,7 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Strategy = Literal["bald", "max_entropy", "random"]
+from ml.strategies import STRATEGIES
+
+# The queue strategies of ml.strategies (Literal of a tuple: the same values, listed once).
+Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
 
 
 class Strict(BaseModel):

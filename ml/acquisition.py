@@ -30,19 +30,20 @@ import numpy as np
 import torch
 from scipy.special import xlogy
 
+from ml.strategies import BATCH_METHODS, STRATEGIES, scored_strategy
+
 __all__ = [
     "BATCH_METHODS",
     "STRATEGIES",
     "bald",
     "gaussian_bald",
     "gaussian_entropy",
+    "lens_scores",
     "max_entropy",
     "score_pool",
+    "scored_strategy",
     "select_batch",
 ]
-
-STRATEGIES: tuple[str, ...] = ("bald", "max_entropy", "random")
-BATCH_METHODS: tuple[str, ...] = ("topk", "batchbald", "power", "diverse", "cover")
 
 ArrayT: TypeAlias = np.ndarray | torch.Tensor
 # What ``prob_fn`` of ``score_pool`` may return for one attribute: probs [B, S, C] of a discrete
@@ -225,6 +226,41 @@ def score_pool(
         else:
             scores[start:stop] = _score_one(out, strategy, stop - start, f"prob_fn({start}, {stop})")
     return scores
+
+
+def lens_scores(
+    lens: Any,
+    Z: Any,
+    strategy: str = "bald",
+    n_samples: int = 32,
+    attribute: str | None = None,
+    chunk: int = 8192,
+    seed: int | None = 0,
+) -> np.ndarray:
+    """Acquisition score of every row of Z under a fitted lens (section 3): BALD (eq. 10), max-entropy
+    or random, float64 [N], streamed through ``score_pool`` in chunks of ``chunk`` items.
+
+    ``lens`` is anything with ``attributes_`` and ``predictive_samples(Z, n_samples)`` (the fitted
+    ``ml.lens.InterpretableLens``): acquisition reads the lens's predictive distribution, and the
+    lens knows nothing of acquisition. Several attributes: the sum of their scores, or one
+    ``attribute`` only. ``seed`` seeds the Monte-Carlo draws (and the random strategy).
+    """
+    names = [a.name for a in lens.attributes_] if hasattr(lens, "attributes_") else []
+    if not names:
+        raise ValueError("this lens is not fitted yet: call fit(Z, S) first")
+    if attribute is not None and attribute not in names:
+        raise ValueError(f"unknown attribute {attribute!r}; known: {names}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    Z = np.asarray(Z)
+    if strategy != "random" and seed is not None:
+        torch.manual_seed(seed)
+
+    def prob_fn(start: int, stop: int) -> Mapping[str, Any]:
+        out = lens.predictive_samples(Z[start:stop], n_samples)
+        return {k: v for k, v in out.items() if attribute is None or k == attribute}
+
+    return score_pool(prob_fn, len(Z), chunk=chunk, strategy=strategy, seed=seed)
 
 
 # --------------------------------------------------------------------------- batches

@@ -17,7 +17,6 @@ Conv(32, 4×4, s2) ReLU → Conv(64, 4×4, s2) ReLU → FC 256 ReLU → FC ``hid
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.control import ProgressFn, StopFn, Throttle, check_stop
-from ml.device import load_checkpoint, resolve_device, save_checkpoint, seeded
+from ml.device import resolve_device, seeded
+from ml.persistence import Checkpointed
 from ml.vae import check_images, check_positive_int, make_adam
 
 __all__ = ["HiddenLayerClassifier", "HiddenLayerNet"]
@@ -79,7 +79,7 @@ def _check_labels(y: Any, n_items: int, n_classes: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-class HiddenLayerClassifier:
+class HiddenLayerClassifier(Checkpointed):
     """A CNN classifier whose hidden layer is a base representation z (scikit-learn style).
 
     ``fit(X, y)`` with y class indices (-1 = unlabelled, ignored); ``transform(X)`` returns z
@@ -251,21 +251,9 @@ class HiddenLayerClassifier:
             "fitted": {"loss_history": [float(v) for v in self.loss_history_], "n_labelled": self.n_labelled_},
         }
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the fitted model to ``path`` (a dict of config + state_dict, loadable with weights_only)."""
-        save_checkpoint(self._checkpoint(), path)
-
-    def to_bytes(self) -> bytes:
-        """The checkpoint as bytes, e.g. for a database blob."""
-        out = save_checkpoint(self._checkpoint())
-        assert out is not None
-        return out
-
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | bytes, device: str = "auto") -> HiddenLayerClassifier:
-        """Read a checkpoint written by ``save``/``to_bytes`` onto ``device``."""
+    def _restore(cls, ckpt: dict[str, Any], device: str) -> HiddenLayerClassifier:
         dev = resolve_device(device)
-        ckpt = load_checkpoint(path, dev)
         if ckpt.get("kind") != CHECKPOINT_KIND:
             raise ValueError(f"not a classifier checkpoint (kind={ckpt.get('kind')!r})")
         params = dict(ckpt["config"])
@@ -280,10 +268,3 @@ class HiddenLayerClassifier:
         self.loss_history_ = list(fitted.get("loss_history", []))
         self.n_labelled_ = int(fitted.get("n_labelled", 0))
         return self
-
-    @classmethod
-    def from_bytes(cls, data: bytes, device: str = "auto") -> HiddenLayerClassifier:
-        """Inverse of ``to_bytes``."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise ValueError(f"from_bytes needs bytes, got {type(data).__name__}")
-        return cls.load(bytes(data), device=device)

@@ -8,7 +8,7 @@ together. Per image (eq. 13 of the paper, appendix eq. 13):
 with q(z*|x) the VAE encoder, r(z*) a learnt diagonal Gaussian (the variational marginal of the
 information-bottleneck bound, appendix eqs. 7–9) and q(s|z*) the linear heads of ``ml.heads`` on
 each attribute's designated z* dimensions (eq. 5 of the appendix bounds I(z*, s) with them). The
-supervised term only counts items whose label is observed; λ defaults to ``ml.lens.default_alpha``
+supervised term only counts items whose label is observed; λ defaults to ``ml.heads.default_alpha``
 (the same supervision weight as the lens, for the same reason: rare labels need a large weight).
 
 The β-VAE baseline (Higgins et al. 2017) is the same network with loss
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -33,9 +32,9 @@ from torch import nn
 
 from ml.attributes import Attribute, coerce_attributes, observed_mask, validate_labels
 from ml.control import ProgressFn, StopFn, Throttle, check_stop
-from ml.device import load_checkpoint, resolve_device, save_checkpoint, seeded
-from ml.heads import AttributeHead, ContinuousHead, make_head
-from ml.lens import default_alpha
+from ml.device import resolve_device, seeded
+from ml.heads import AttributeHead, ContinuousHead, default_alpha, make_head
+from ml.persistence import Checkpointed
 from ml.vae import VAE, ConvVAE, VAEConfig, check_images, make_adam
 
 __all__ = ["JLVM", "BetaVAE", "JointModule"]
@@ -101,7 +100,7 @@ class JointModule(nn.Module):
         return total
 
 
-class JLVM:
+class JLVM(Checkpointed):
     """scikit-learn-style JLVM: ``fit(X, S)``, ``transform(X)`` → z* means, ``decode``, IWAE test LL.
 
     ``attributes`` as for ``InterpretableLens`` (empty for the β-VAE baseline); S maps attribute
@@ -278,12 +277,11 @@ class JLVM:
         return out
 
     # -- persistence ------------------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        """A checkpoint (JSON config + state dict, loadable with weights_only) as bytes."""
+    def _checkpoint(self) -> dict[str, Any]:
         self._require_fitted()
         cfg = asdict(self.vae_.config_)
         cfg["image_shape"], cfg["channels"] = list(cfg["image_shape"]), list(cfg["channels"])
-        ckpt = {
+        return {
             "kind": CHECKPOINT_KIND,
             "class": type(self).__name__,
             "config": json.dumps(cfg),
@@ -291,20 +289,10 @@ class JLVM:
             "fitted": json.dumps({"history": self.history_, "lam": self.lam_, "n_labelled": self.n_labelled_}),
             "state": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()},
         }
-        out = save_checkpoint(ckpt)
-        assert out is not None
-        return out
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``to_bytes()`` to ``path``."""
-        with open(path, "wb") as f:
-            f.write(self.to_bytes())
 
     @classmethod
-    def from_bytes(cls, data: bytes | str | os.PathLike[str], device: str = "auto") -> JLVM:
-        """Inverse of ``to_bytes`` (also accepts a path written by ``save``)."""
+    def _restore(cls, ckpt: dict[str, Any], device: str) -> JLVM:
         dev = resolve_device(device)
-        ckpt = load_checkpoint(data if isinstance(data, str | os.PathLike) else bytes(data), dev)
         if ckpt.get("kind") != CHECKPOINT_KIND:
             raise ValueError(f"not a JLVM checkpoint (kind={ckpt.get('kind')!r})")
         cfg_d = json.loads(ckpt["config"])
@@ -324,8 +312,6 @@ class JLVM:
         mod.to(dev).eval()
         self._set_fitted(cfg, dev, mod, list(fitted["history"]), float(fitted["lam"]), int(fitted["n_labelled"]))
         return self
-
-    load = from_bytes
 
 
 class BetaVAE(JLVM):

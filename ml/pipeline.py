@@ -20,6 +20,7 @@ import numpy as np
 
 from ml.attributes import Attribute, coerce_attributes, observed_mask, validate_labels
 from ml.control import ProgressFn, StopFn, check_stop, sub_progress
+from ml.lens.config import STRUCTURAL, TRAINING, LensConfig
 
 REPRESENTATION_SOURCES = ("vae", "classifier", "torchscript", "embeddings")
 
@@ -27,18 +28,9 @@ REPRESENTATION_SOURCES = ("vae", "classifier", "torchscript", "embeddings")
 VAE_KEYS = ("latent_dim", "hidden", "channels", "epochs", "lr", "batch_size", "likelihood", "seed",
             "heldout_fraction", "test_ll_k", "test_ll_max_items")
 CLASSIFIER_KEYS = ("hidden_dim", "epochs", "lr", "batch_size", "seed", "attribute")
-LENS_KEYS = ("flow", "n_flows", "dims_per_attribute", "hidden", "epochs", "warm_epochs", "alpha", "lr",
-             "weight_decay", "batch_size", "labelled_batch_size", "seed", "pseudo_label_threshold",
-             "pseudo_label_weight", "consistency_weight", "consistency_noise", "mixup_weight",
-             "propagation_weight", "selection_folds", "selection_pool")
-# The lens's flow families (ml.flows.FLOW_FAMILIES, kept in step by a test) without importing torch here.
-FLOW_FAMILIES = ("planar", "coupling", "spline", "auto")
-# Settings that fix the lens's networks: a warm start cannot change them, so a change means a cold fit.
-LENS_ARCHITECTURE_KEYS = ("flow", "n_flows", "hidden", "dims_per_attribute")
-# Settings a warm start takes over from the request (they steer training, not the networks' shapes).
-LENS_TRAINING_KEYS = ("alpha", "lr", "weight_decay", "labelled_batch_size", "seed", "pseudo_label_threshold",
-                      "pseudo_label_weight", "consistency_weight", "consistency_noise", "mixup_weight",
-             "propagation_weight", "selection_folds", "selection_pool")
+# What a project's settings.lens may hold: every LensConfig setting, and warm_epochs (the length of a
+# warm-started retrain, a worker matter).
+LENS_KEYS = (*LensConfig.names(), "warm_epochs")
 # Images of at most this many pixels (8×8 digits, 16×16 sprites) get a smaller VAE by default: Table 1's
 # 1024-wide layers and (64, 128) channels cost ~15× more per step there for the same ELBO (measured on digits:
 # 27.6 vs 27.7 nats after 3 epochs), and the pretrain must finish in well under a minute on two cores.
@@ -214,56 +206,23 @@ def _run_torchscript(images: np.ndarray, encoder_bytes: bytes | None, progress: 
 # --------------------------------------------------------------------------- the lens
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) and math.isfinite(v)
-
-
-_INT_GE0 = (lambda v: _is_int(v) and v >= 0, "an integer ≥ 0")
-_INT_GE1 = (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1")
-_EPOCHS = (lambda v: v is None or (_is_int(v) and v >= 1), "an integer ≥ 1 or null")
-_WEIGHT = (lambda v: _is_number(v) and v >= 0, "a finite number ≥ 0")
-# What each lens setting accepts: a test, and the words the refusal uses.
-_LENS_VALUE_RULES: dict[str, tuple[Any, str]] = {
-    "flow": (lambda v: isinstance(v, str) and v in FLOW_FAMILIES, f"one of {list(FLOW_FAMILIES)}"),
-    "alpha": (lambda v: v is None or v == "auto" or (_is_number(v) and v >= 0),
-              'a finite number ≥ 0, "auto" or null'),
-    "n_flows": _INT_GE0, "seed": _INT_GE0,
-    "dims_per_attribute": _INT_GE1, "hidden": _INT_GE1, "batch_size": _INT_GE1, "labelled_batch_size": _INT_GE1,
-    "epochs": _EPOCHS, "warm_epochs": _EPOCHS,
-    "selection_folds": (lambda v: _is_int(v) and v >= 2, "an integer ≥ 2"),
-    "lr": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
-    "weight_decay": (lambda v: v == "auto" or (_is_number(v) and v >= 0), 'a finite number ≥ 0 or "auto"'),
-    "pseudo_label_weight": _WEIGHT, "consistency_weight": _WEIGHT, "mixup_weight": _WEIGHT,
-    "consistency_noise": _WEIGHT, "propagation_weight": _WEIGHT, "selection_pool": _INT_GE1,
-    "pseudo_label_threshold": (lambda v: v is None or (_is_number(v) and 0.0 < v < 1.0),
-                               "a number in (0, 1) or null"),
-}
-
-
-def _check_lens_value(key: str, v: Any, where: str) -> None:
-    """ValueError naming ``<where>.<key>`` and the value when ``v`` is not a valid setting."""
-    rule = _LENS_VALUE_RULES.get(key)
-    if rule is not None and not rule[0](v):
-        raise ValueError(f"{where}.{key} must be {rule[1]}, got {v!r}")
-
-
 def lens_params(params: Mapping[str, Any] | None, where: str = "settings.lens") -> dict[str, Any]:
     """Lens hyper-parameters from a project's ``settings.lens``, checked (ValueError names the key and value).
 
     Checked here rather than only by the lens's constructor so that a project's settings can be
     refused when they are saved, before any job runs with them. ``where`` names the settings in
-    messages (e.g. ``params.lens`` for a job's overrides).
+    messages (e.g. ``params.lens`` for a job's overrides). The rules are ``LensConfig``'s.
     """
     if params is not None and not isinstance(params, Mapping):
         raise ValueError(f"{where} must be an object of lens settings, got {params!r}")
     p = dict(params or {})
     _unknown_keys(p, LENS_KEYS, where)
     for key, value in p.items():
-        _check_lens_value(key, value, where)
+        if key == "warm_epochs":
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{where}.warm_epochs must be an integer ≥ 1 or null, got {value!r}")
+        else:
+            LensConfig.check_value(key, value, where)
     return p
 
 
@@ -307,27 +266,26 @@ def fit_lens(
     attrs = coerce_attributes(attributes)
     p = lens_params(params)
     warm_req = p.pop("warm_epochs", None)
-    _check_supported(InterpretableLens, p)
     Z = np.asarray(Z, dtype=np.float32)
     t0 = time.perf_counter()
     lens = None
     warm_note = None
     if warm_start_bytes:
         prev = InterpretableLens.from_bytes(warm_start_bytes, device=device)
-        changed = _architecture_change(prev, p, InterpretableLens)
-        if [a.to_dict() for a in prev.attributes] != [a.to_dict() for a in attrs]:
+        changed = _architecture_change(prev, p)
+        if [a.to_dict() for a in prev.attributes_] != [a.to_dict() for a in attrs]:
             warm_note = "attributes changed since the previous version: cold fit"
-        elif prev.config_.dim != Z.shape[1]:
+        elif prev.dim_ != Z.shape[1]:
             warm_note = "z dimension changed since the previous version: cold fit"
         elif changed:
             warm_note = f"{changed} changed since the previous version: cold fit"
         else:
             lens = prev
-            lens.epochs = warm_epochs(len(Z), lens.batch_size, warm_req)
-            for key in LENS_TRAINING_KEYS:
-                # "auto" was settled by the cold fit's model selection; a warm start keeps its choice.
-                if key in p and p[key] != "auto":
-                    setattr(lens, key, p[key])
+            # Every training setting asked for now applies ("auto" was settled by the cold fit's model
+            # selection: a warm start keeps its choice); the length is a warm start's own.
+            training = {k: p[k] for k in LensConfig.names(TRAINING) if k in p and p[k] != "auto" and k != "epochs"}
+            batch = int(training.get("batch_size", lens.batch_size))
+            lens.set_params(**training, epochs=warm_epochs(len(Z), batch, warm_req))
     warm = lens is not None
     if lens is None:
         lens = InterpretableLens(attrs, device=device, **p)
@@ -348,44 +306,43 @@ def fit_lens(
     return blob, stats
 
 
-def _check_supported(lens_class: Any, p: Mapping[str, Any]) -> None:
-    """ValueError naming the settings this build's lens does not take, rather than a TypeError mid-job."""
-    import inspect
+def _architecture_change(prev: Any, p: Mapping[str, Any]) -> str | None:
+    """The first requested structural setting that would change the previous lens's networks, or None.
 
-    accepted = set(inspect.signature(lens_class.__init__).parameters)
-    missing = sorted(k for k in p if k not in accepted)
-    if missing:
-        raise ValueError(f"settings.lens: {missing} not supported by this version of the lens")
-
-
-def _architecture_change(prev: Any, p: Mapping[str, Any], lens_class: Any) -> str | None:
-    """The first requested setting that would change the previous lens's networks, or None.
-
-    A key left out asks for the constructor's default, so removing a setting takes effect too. The
-    request is compared with what the previous version was *asked* for (a loaded lens keeps its
-    requested settings): ``flow: "auto"`` asked again keeps the family its selection chose, while
-    switching to or from "auto" refits from scratch.
+    A key left out asks for the default, so removing a setting takes effect too. The request is
+    compared with what the previous version was *asked* for (a loaded lens keeps its requested
+    settings): ``flow: "auto"`` asked again keeps the family its selection chose, while switching
+    to or from "auto" refits from scratch.
     """
-    import inspect
-
-    defaults = {k: v.default for k, v in inspect.signature(lens_class.__init__).parameters.items()
-                if v.default is not inspect.Parameter.empty}
+    defaults = LensConfig.defaults()
     config = getattr(prev, "config_", None)
-    for key in LENS_ARCHITECTURE_KEYS:
-        want = p.get(key, defaults.get(key, "planar" if key == "flow" else None))
-        if want is None:
-            continue
-        before = getattr(prev, key, getattr(config, key, "planar" if key == "flow" else None))
+    for key in LensConfig.names(STRUCTURAL):
+        want = p.get(key, defaults[key])
+        # A lens loaded from a checkpoint carries what it was asked for; checkpoints older than flow
+        # families were planar.
+        before = getattr(prev, key, getattr(config, key, defaults[key] if key == "flow" else None))
         if before is not None and want != before:
             return f"lens {key} ({before!r} → {want!r})"
     return None
 
 
-def _lens(lens: Any, device: str) -> Any:
+def load_lens(blob: bytes, device: str = "auto") -> Any:
+    """A fitted ``ml.lens.InterpretableLens`` from its checkpoint bytes (``fit_lens``'s output)."""
     from ml.lens import InterpretableLens
 
+    return InterpretableLens.from_bytes(bytes(blob), device=device)
+
+
+def load_vae(blob: bytes, device: str = "auto") -> Any:
+    """A fitted ``ml.vae.VAE`` (the base model that decodes z) from its checkpoint bytes."""
+    from ml.vae import VAE
+
+    return VAE.from_bytes(bytes(blob), device=device)
+
+
+def _lens(lens: Any, device: str) -> Any:
     if isinstance(lens, bytes | bytearray | memoryview):
-        return InterpretableLens.from_bytes(bytes(lens), device=device)
+        return load_lens(bytes(lens), device=device)
     return lens
 
 
@@ -406,13 +363,15 @@ def score_pool(
     ``lens``: a fitted ``InterpretableLens`` or its checkpoint bytes. Each chunk is seeded from
     ``seed`` and its position, so a pool scores the same however it is cut.
     """
+    from ml.acquisition import lens_scores
+
     model = _lens(lens, device)
     Z = np.asarray(Z, dtype=np.float32)
     out = np.empty(len(Z), dtype=np.float64)
     for i in range(0, len(Z), chunk):
         check_stop(should_stop)
-        out[i : i + chunk] = model.acquisition_scores(Z[i : i + chunk], strategy=strategy, n_samples=n_samples,
-                                                      seed=seed + i // chunk)
+        out[i : i + chunk] = lens_scores(model, Z[i : i + chunk], strategy=strategy, n_samples=n_samples,
+                                         seed=seed + i // chunk)
         if progress is not None:
             progress(min(1.0, (i + chunk) / max(1, len(Z))), {})
     return out

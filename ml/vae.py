@@ -26,7 +26,6 @@ Loss = negative ELBO, summed over pixels and latent dimensions, averaged over th
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -36,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.control import ProgressFn, StopFn, Stopped, Throttle, check_stop
-from ml.device import load_checkpoint, resolve_device, save_checkpoint, seeded
+from ml.device import resolve_device, seeded
+from ml.persistence import Checkpointed
 
 __all__ = ["LIKELIHOODS", "VAE", "ConvVAE", "Stopped", "VAEConfig", "check_images", "check_latents"]
 
@@ -246,7 +246,7 @@ class ConvVAE(nn.Module):
 # ----------------------------------------------------------------------------- estimator
 
 
-class VAE:
+class VAE(Checkpointed):
     """A fitted conv VAE as a base representation z (scikit-learn style: ``fit``, learnt state ``*_``).
 
     ``encode`` gives posterior means z, ``decode`` images in [0, 1]; ``test_log_likelihood`` is the
@@ -491,21 +491,9 @@ class VAE:
             "fitted": {"loss_history": [float(v) for v in self.loss_history_], "n_epochs": self.n_epochs_},
         }
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the fitted model to ``path`` (a dict of config + state_dict, loadable with weights_only)."""
-        save_checkpoint(self._checkpoint(), path)
-
-    def to_bytes(self) -> bytes:
-        """The checkpoint as bytes, e.g. for a database blob."""
-        out = save_checkpoint(self._checkpoint())
-        assert out is not None
-        return out
-
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | bytes, device: str = "auto") -> VAE:
-        """Read a checkpoint written by ``save``/``to_bytes`` onto ``device``."""
+    def _restore(cls, ckpt: dict[str, Any], device: str) -> VAE:
         dev = resolve_device(device)
-        ckpt = load_checkpoint(path, dev)
         if ckpt.get("kind") != CHECKPOINT_KIND:
             raise ValueError(f"not a VAE checkpoint (kind={ckpt.get('kind')!r})")
         params = dict(ckpt["config"])
@@ -523,10 +511,3 @@ class VAE:
         self.n_epochs_ = int(fitted.get("n_epochs", len(self.loss_history_)))
         self.image_shape_ = cfg.image_shape
         return self
-
-    @classmethod
-    def from_bytes(cls, data: bytes, device: str = "auto") -> VAE:
-        """Inverse of ``to_bytes``."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise ValueError(f"from_bytes needs bytes, got {type(data).__name__}")
-        return cls.load(bytes(data), device=device)

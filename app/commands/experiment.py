@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="label-curve only: run seeds FIRST_SEED … FIRST_SEED+SEEDS−1 (default 0)")
     p.add_argument("--strategies", default=None,
                    help="al-curve only: comma-separated acquisition strategies (default: the profile's; "
-                        "see ml.experiment.al_curve.STRATEGIES and OPTIONAL)")
+                        "see ml.experiment.al_curve.ARMS and OPTIONAL)")
     p.add_argument("--markdown", default="EXPERIMENTS.md", help="report only: where to write the markdown")
     p.set_defaults(func=_run)
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
 
 from app.db.base import Base, utcnow
+from ml.strategies import STRATEGIES  # the CHECK constraint's values (migration 5dfb178d06d5)
 
 ROLES = ("viewer", "expert", "admin")
 SPLITS = ("pool", "eval")
@@ -23,7 +24,6 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 # (lost), its worker shut down and handed it back (interrupted), or a newer queued twin took over (superseded).
 RUN_OUTCOMES = ("succeeded", "failed", "cancelled", "lost", "interrupted", "superseded")
 REPRESENTATION_SOURCES = ("vae", "classifier", "torchscript", "embeddings")
-STRATEGIES = ("bald", "max_entropy", "random")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import ProjectDep, SessionDep, ViewerUser
+from app.schemas import Strategy
 from app.services import models
 from app.services.errors import Invalid
 
@@ -15,7 +16,7 @@ router = APIRouter(prefix="/api/v1/projects/{pid}", tags=["models"])
 
 @router.get("/scores")
 def get_scores(user: ViewerUser, project: ProjectDep, session: SessionDep,
-               strategy: str | None = Query(None, pattern="^(bald|max_entropy|random)$"),
+               strategy: Strategy | None = Query(None),
                order: str = Query("desc", pattern="^(asc|desc)$"), limit: int = Query(100, ge=1, le=100_000),
                unlabelled: bool = False) -> dict[str, Any]:
     """The active model's acquisition score per item (409 before the first model)."""

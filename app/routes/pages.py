@@ -335,12 +335,12 @@ async def import_items(request: Request, pid: RowId, principal: AdminPage, sessi
             await run_in_threadpool(session.rollback)
             kind = await run_in_threadpool(imports.sniff_upload, upload.file)
             loaded = await run_in_threadpool(imports.load_upload, kind, upload.file, images_file, settings)
-            project_routes._check_dataset(representation, "embeddings" if loaded.embeddings is not None else "images")
+            projects.check_dataset(representation, "embeddings" if loaded.embeddings is not None else "images")
         else:
             body, errors = forms.import_spec(form)
             loaded = None
             if body is not None:
-                project_routes._check_dataset(representation, body.dataset.source)
+                projects.check_dataset(representation, body.dataset.source)
                 loaded = await run_in_threadpool(_load_spec, session, body.dataset.model_dump(), settings)
         if loaded is not None:
             report = await run_in_threadpool(_store_loaded, session, project_id, loaded, user_id)

@@ -42,12 +42,6 @@ def item_out(item: Item, current: dict[str, Any] | None = None) -> dict[str, Any
             "image_url": f"/api/v1/items/{item.id}/image.png" if item.content_hash else None}
 
 
-def _check_dataset(representation: dict[str, Any], source: str) -> None:
-    if (source == "embeddings") != (representation.get("source") == "embeddings"):
-        raise Invalid("dataset.source: an embeddings dataset goes with representation source 'embeddings' "
-                      "(and only it)")
-
-
 @router.get("/projects")
 def list_projects(user: ViewerUser, session: SessionDep) -> dict[str, Any]:
     """Every project with its counts."""
@@ -64,7 +58,7 @@ def create_project(user: AdminUser, body: ProjectIn, session: SessionDep, settin
     projects.validate_settings(body.settings.model_dump(exclude_none=True))  # before a slow import
     loaded: Loaded | None = None
     if body.dataset is not None:
-        _check_dataset(representation, body.dataset.source)
+        projects.check_dataset(representation, body.dataset.source)
         # Loading can take seconds: end the read transaction (and SQLite's write lock) first.
         session.rollback()
         loaded = imports.load_spec(body.dataset.model_dump(), settings)
@@ -148,11 +142,11 @@ async def import_items(user: AdminUser, project: ProjectDep, request: Request, s
             spec = _import_adapter.validate_python(payload)
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-        _check_dataset(representation, spec.dataset.source)
+        projects.check_dataset(representation, spec.dataset.source)
         loaded = await run_in_threadpool(imports.load_spec, spec.dataset.model_dump(), settings)
     elif ctype.startswith("multipart/form-data"):
         loaded = await _load_upload(request, settings)
-        _check_dataset(representation, "embeddings" if loaded.embeddings is not None else "images")
+        projects.check_dataset(representation, "embeddings" if loaded.embeddings is not None else "images")
     else:
         raise HTTPException(415, detail="send application/json {\"dataset\": {...}} or multipart/form-data with 'file'")
     return await run_in_threadpool(_store, session, project_id, loaded, user_id)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Item, MetricPoint, ModelVersion, Project, Representation, Score
 from app.services.errors import Conflict, Invalid, NotFound
+from ml.strategies import scored_strategy
 
 
 class _LRU:
@@ -87,7 +88,23 @@ def active_or_raise(*, session: Session, project_id: int) -> ModelVersion:
 
 def scoring_strategy(project: Project) -> str:
     """The strategy whose scores order the queue (BALD for "random" projects, for the REST scores)."""
-    return project.strategy if project.strategy in ("bald", "max_entropy") else "bald"
+    return scored_strategy(project.strategy)
+
+
+def ensure_scores(*, session: Session, project: Project, model: ModelVersion, reason: str) -> bool:
+    """Queue a ``score`` job (uncommitted) when ``model`` has no scores for the project's strategy.
+
+    Until it finishes the queue hands out in random order; returns whether a job was queued.
+    """
+    has_scores = session.scalar(sa.select(Score.item_id).where(Score.model_version_id == model.id,
+                                                               Score.strategy == scoring_strategy(project)).limit(1))
+    if has_scores is not None:
+        return False
+    from app.services import jobs
+
+    jobs.enqueue(session=session, project_id=project.id, kind="score", params={"model_id": model.id, "reason": reason},
+                 commit=False)
+    return True
 
 
 def activate(*, session: Session, model: ModelVersion) -> ModelVersion:
@@ -113,13 +130,7 @@ def activate(*, session: Session, model: ModelVersion) -> ModelVersion:
     session.flush()
     project = session.get(Project, model.project_id)
     assert project is not None
-    has_scores = session.scalar(sa.select(Score.item_id).where(Score.model_version_id == model.id,
-                                                               Score.strategy == scoring_strategy(project)).limit(1))
-    if has_scores is None:
-        from app.services import jobs
-
-        jobs.enqueue(session=session, project_id=model.project_id, kind="score",
-                     params={"model_id": model.id, "reason": f"activated version {model.version}"}, commit=False)
+    ensure_scores(session=session, project=project, model=model, reason=f"activated version {model.version}")
     session.commit()
     return model
 
@@ -153,7 +164,7 @@ def scores(*, session: Session, project: Project, strategy: str | None, order: s
            unlabelled_only: bool = False) -> dict[str, Any]:
     """The active model's acquisition score per item, sorted."""
     mv = active_or_raise(session=session, project_id=project.id)
-    strategy = strategy or (project.strategy if project.strategy != "random" else "bald")
+    strategy = strategy or scoring_strategy(project)
     col = Score.score.desc() if order == "desc" else Score.score.asc()
     q = (sa.select(Score.item_id, Score.score).where(Score.model_version_id == mv.id, Score.strategy == strategy)
          .order_by(col, Score.item_id).limit(limit))
@@ -214,12 +225,12 @@ def z_of(*, session: Session, rep: Representation, item_ids: list[int]) -> np.nd
 def load_lens(*, session: Session, mv: ModelVersion) -> Any:
     """The fitted ``ml.lens.InterpretableLens`` of a model version (cached)."""
     def load() -> Any:
-        from ml.lens import InterpretableLens
+        from ml.pipeline import load_lens as load_checkpoint
 
         blob = session.scalar(sa.select(ModelVersion.checkpoint).where(ModelVersion.id == mv.id))
         if not blob:
             raise Conflict(f"model version {mv.version} has no checkpoint")
-        return InterpretableLens.from_bytes(blob)
+        return load_checkpoint(blob)
     return _cache_for(session).get(("lens", mv.id), load)
 
 
@@ -229,12 +240,12 @@ def load_decoder(*, session: Session, rep: Representation) -> Any:
         raise Conflict(f"the {rep.source} representation has no decoder: traversals need source 'vae'")
 
     def load() -> Any:
-        from ml.vae import VAE
+        from ml.pipeline import load_vae
 
         blob = session.scalar(sa.select(Representation.checkpoint).where(Representation.id == rep.id))
         if not blob:
             raise Conflict(f"representation {rep.id} has no checkpoint")
-        return VAE.from_bytes(blob)
+        return load_vae(blob)
     return _cache_for(session).get(("vae", rep.id), load)
 
 

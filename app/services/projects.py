@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Attribute, Item, Label, ModelVersion, Project
-from app.services import jobs
+from app.services import jobs, models
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.imports import Loaded, store
 from ml.attributes import Attribute as MlAttribute
@@ -48,6 +48,13 @@ def effective_settings(project: Project, settings: Settings) -> dict[str, Any]:
     out = {k: getattr(settings, k) for k in SETTING_DEFAULTS}
     out.update({k: v for k, v in (project.settings or {}).items() if v is not None})
     return out
+
+
+def check_dataset(representation: dict[str, Any], source: str) -> None:
+    """Invalid (422) unless an embeddings dataset goes with an embeddings representation, and only with it."""
+    if (source == "embeddings") != (representation.get("source") == "embeddings"):
+        raise Invalid("dataset.source: an embeddings dataset goes with representation source 'embeddings' "
+                      "(and only it)")
 
 
 def validate_attributes(attributes: list[dict[str, Any]]) -> list[MlAttribute]:
@@ -105,6 +112,7 @@ def update(*, session: Session, project: Project, changes: dict[str, Any]) -> Pr
         if session.scalar(sa.select(Project.id).where(Project.name == changes["name"])) is not None:
             raise Conflict(f"a project named {changes['name']!r} already exists")
         project.name = changes["name"]
+    rescore = "strategy" in changes and changes["strategy"] != project.strategy
     if "strategy" in changes:
         project.strategy = changes["strategy"]
     if "settings" in changes:
@@ -127,6 +135,13 @@ def update(*, session: Session, project: Project, changes: dict[str, Any]) -> Pr
         project.attributes.clear()
         session.flush()
         project.attributes.extend(_attribute_rows(new))
+    if rescore:
+        # The queue orders by the active model's scores for the project's strategy: a new strategy
+        # needs them computed, or the queue would fall back to random order until the next retrain.
+        mv = models.active(session=session, project_id=project.id)
+        if mv is not None:
+            models.ensure_scores(session=session, project=project, model=mv,
+                                 reason=f"strategy changed to {project.strategy}")
     session.commit()
     return project
 

@@ -28,6 +28,7 @@ from app.worker.progress import JobContext
 from ml import pipeline
 from ml.attributes import MISSING_LEVEL, Attribute
 from ml.control import Stopped
+from ml.strategies import scored_strategy
 
 log = logging.getLogger("lenslab.worker")
 
@@ -139,9 +140,7 @@ def _rows_of(table_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _scoring_strategy(project: Project, params: dict[str, Any]) -> str:
-    # "random" hands out in random order without scores; BALD scores are still kept for the REST API.
-    strategy = params.get("strategy") or project.strategy
-    return strategy if strategy in ("bald", "max_entropy") else "bald"
+    return scored_strategy(params.get("strategy") or project.strategy)
 
 
 # --------------------------------------------------------------------------- writing
@@ -374,9 +373,7 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
     except ValueError as exc:
         raise TaskError(f"retrain: {exc}") from None
     ctx.stage("score", fit_hi, 0.9)
-    from ml.lens import InterpretableLens
-
-    lens = InterpretableLens.from_bytes(blob, device=ctx.device)
+    lens = pipeline.load_lens(blob, device=ctx.device)
     scores = pipeline.score_pool(lens, Z_pool, strategy, N_SAMPLES, chunk=SCORE_CHUNK, progress=ctx.progress,
                                  should_stop=ctx.should_stop, device=ctx.device)
     ctx.stage("evaluate", 0.9, 0.97)
@@ -444,8 +441,6 @@ def _model_for(s: Session, ctx: JobContext) -> ModelVersion:
 
 def run_score(ctx: JobContext, settings: Settings) -> None:
     """(Re)compute the acquisition scores of the pool under a model version (default: the active one)."""
-    from ml.lens import InterpretableLens
-
     ctx.stage("load", 0.0, 0.05)
     with ctx.db.session(write=False) as s:
         project = _project(s, ctx.project_id)
@@ -459,7 +454,7 @@ def run_score(ctx: JobContext, settings: Settings) -> None:
     table_ids, Z_all = _z_table(ctx.db, rep_id)
     rows, pool_ids = _rows_of(table_ids, item_ids[splits == "pool"])
     ctx.stage("score", 0.05, 0.95)
-    lens = InterpretableLens.from_bytes(blob, device=ctx.device)
+    lens = pipeline.load_lens(blob, device=ctx.device)
     scores = pipeline.score_pool(lens, Z_all[rows], strategy, N_SAMPLES, chunk=SCORE_CHUNK, progress=ctx.progress,
                                  should_stop=ctx.should_stop, device=ctx.device)
     _check(ctx)
@@ -475,8 +470,6 @@ def run_score(ctx: JobContext, settings: Settings) -> None:
 
 def run_evaluate(ctx: JobContext, settings: Settings) -> None:
     """Measure a model version (default: the active one) on the current eval labels: a new metric point."""
-    from ml.lens import InterpretableLens
-
     ctx.stage("load", 0.0, 0.1)
     with ctx.db.session(write=False) as s:
         project = _project(s, ctx.project_id)
@@ -490,7 +483,7 @@ def run_evaluate(ctx: JobContext, settings: Settings) -> None:
         raise TaskError(f"model version {mv_id} has no checkpoint or representation to evaluate")
     _, _, _, _, Z_eval, S_eval, _ = _training_data(ctx, attrs, rep_id)
     ctx.stage("evaluate", 0.1, 0.95)
-    metrics = pipeline.evaluate(InterpretableLens.from_bytes(blob, device=ctx.device), Z_eval, S_eval, attrs,
+    metrics = pipeline.evaluate(pipeline.load_lens(blob, device=ctx.device), Z_eval, S_eval, attrs,
                                 should_stop=ctx.should_stop, device=ctx.device)
     _check(ctx)
     with ctx.db.session() as s:

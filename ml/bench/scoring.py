@@ -24,6 +24,7 @@ def _measure(
     import torch
 
     torch.set_num_threads(threads)
+    from ml.acquisition import lens_scores
     from ml.attributes import Attribute
     from ml.lens import InterpretableLens
 
@@ -37,8 +38,8 @@ def _measure(
         fit_z, {"a": labels}
     )
     Z = rng.normal(size=(n, d)).astype(np.float32)
-    lens.acquisition_scores(Z[:4096], "bald", n_samples=n_samples)  # warm-up
-    best, scores = best_of(repeats, lambda: lens.acquisition_scores(Z, "bald", n_samples=n_samples))
+    lens_scores(lens, Z[:4096], "bald", n_samples=n_samples)  # warm-up
+    best, scores = best_of(repeats, lambda: lens_scores(lens, Z, "bald", n_samples=n_samples))
     assert scores.shape == (n,) and np.isfinite(scores).all()
     return {
         "n": n,

@@ -35,8 +35,11 @@ from ml.experiment.common import (
     reveal,
     save_outputs,
 )
+from ml.strategies import STRATEGIES
 
-STRATEGIES = ("ilvm-bald", "max-entropy", "random")
+# Experiment arms: ``<model>-<strategy>[-<batch method>]``, built from ``ml.strategies`` (per-item
+# scores, batch rules); the names label stored results, so they stay as first published.
+ARMS = ("ilvm-bald", "max-entropy", "random")
 # BALD scores with another batch rule: "-power" draws the batch ∝ score^β (Kirsch et al. 2023),
 # "-diverse" takes one item per k-means cluster of the best-scored items in z (Zhdanov 2019),
 # "-cover" one item per region of z no label covers yet, by BALD × density (Hacohen et al. 2022;
@@ -44,8 +47,10 @@ STRATEGIES = ("ilvm-bald", "max-entropy", "random")
 # the cover rule without BALD (density alone; Hacohen et al. 2022), the control that tells what
 # BALD adds to the coverage.
 OPTIONAL = ("ilvm-bald-power", "ilvm-bald-diverse", "ilvm-bald-cover", "batchbald", "typiclust")
+# Each arm's per-item scores (ml.strategies.STRATEGIES); its batch rule follows its suffix.
 _ACQ = {"ilvm-bald": "bald", "ilvm-bald-power": "bald", "ilvm-bald-diverse": "bald", "ilvm-bald-cover": "bald",
         "max-entropy": "max_entropy", "random": "random"}
+assert set(_ACQ.values()) <= set(STRATEGIES)
 
 
 def area_under_curve(x: np.ndarray, y: np.ndarray) -> float:
@@ -64,7 +69,7 @@ def labels_to_reach(x: np.ndarray, y: np.ndarray, target: float) -> int | None:
 
 def _acquire(lens: Any, strategy: str, Z: np.ndarray, labelled: np.ndarray, k: int, seed: int,
              profile: Profile, data: Prepared) -> np.ndarray:
-    from ml.acquisition import select_batch
+    from ml.acquisition import lens_scores, select_batch
 
     if strategy == "typiclust":
         return select_batch(np.ones(len(Z)), k, "cover", features=Z, exclude=labelled, seed=seed)
@@ -72,7 +77,7 @@ def _acquire(lens: Any, strategy: str, Z: np.ndarray, labelled: np.ndarray, k: i
         attr = data.attributes[0].name
         probs = lens.sample_probs(Z, n_samples=profile.n_samples, seed=seed)[attr]
         return select_batch(probs, k, "batchbald", exclude=labelled, seed=seed)
-    scores = lens.acquisition_scores(Z, _ACQ[strategy], n_samples=profile.n_samples, seed=seed)
+    scores = lens_scores(lens, Z, _ACQ[strategy], n_samples=profile.n_samples, seed=seed)
     # A top-k batch of 50 can pile into one ambiguous region of z; the variants spread it.
     if strategy.endswith("-power"):
         return select_batch(scores, k, "power", beta=profile.al_power_beta, exclude=labelled, seed=seed)
@@ -170,9 +175,9 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
     strategies = tuple(profile.al_strategies if strategies is None else strategies)
     if not strategies or len(set(strategies)) != len(strategies):
         raise ValueError(f"strategies must be distinct and non-empty, got {list(strategies)}")
-    unknown = set(strategies) - set(STRATEGIES) - set(OPTIONAL)
+    unknown = set(strategies) - set(ARMS) - set(OPTIONAL)
     if unknown:
-        raise ValueError(f"unknown strategies {sorted(unknown)}; choose from {STRATEGIES + OPTIONAL}")
+        raise ValueError(f"unknown strategies {sorted(unknown)}; choose from {ARMS + OPTIONAL}")
     if "random" not in strategies:
         raise ValueError("the strategies must include 'random' (the baseline every curve is compared with)")
     started = time.perf_counter()

@@ -64,7 +64,7 @@ class Profile:
     n_flows: int
     lens_hidden: int
     al_rounds: int
-    lens_alpha: float | None = None  # None: ml.lens.default_alpha from the labelled fraction
+    lens_alpha: float | None = None  # None: ml.heads.default_alpha from the labelled fraction
     # The lens's semi-supervised regulariser(s) (``InterpretableLens`` keyword arguments).
     lens_extra: Mapping[str, Any] = field(default_factory=lambda: {"pseudo_label_threshold": 0.9})
     al_pool: int | None = None  # AL pool: the first al_pool pool items (None: the whole pool)
@@ -336,7 +336,7 @@ def cached_healthy(path: Path, loader: Callable[[Path], Any], factory: Callable[
 # The modules whose code defines each cached model: a change to any of them trains the model anew.
 MODEL_CODE = {
     "vae": ("ml.vae", "ml.device"),
-    "jlvm": ("ml.jlvm", "ml.vae", "ml.attributes", "ml.device"),
+    "jlvm": ("ml.jlvm", "ml.vae", "ml.heads", "ml.attributes", "ml.device"),
 }
 
 

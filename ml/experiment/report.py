@@ -36,7 +36,7 @@ def _p(test: dict[str, Any] | None, key: str = "p_ttest") -> str:
 
 def _alpha(settings: dict[str, Any]) -> str:
     a = settings.get("alpha")
-    return "from the labelled fraction (`ml.lens.default_alpha`)" if a is None else f"{a:g}"
+    return "from the labelled fraction (`ml.heads.default_alpha`)" if a is None else f"{a:g}"
 
 
 def _extra(settings: dict[str, Any]) -> str:

@@ -196,3 +196,24 @@ def test_an_uploaded_torchscript_encoder_gives_every_item_its_z(client, admin, a
     png = client.get(f"/api/v1/items/{iid}/image.png", headers=admin).content
     x = torch.from_numpy(np.asarray(Image.open(io.BytesIO(png)), np.float32)[None, None] / 255.0)
     assert np.allclose(z, encoder(x).detach().numpy()[0], atol=1e-5)
+
+
+def test_changing_the_strategy_scores_the_pool_for_it_and_the_queue_follows(client, admin, expert, app, tmp_path):
+    p = embeddings_project(client, admin, tmp_path / "imports", "restrategy")
+    with worker_thread(app):
+        _ready(client, admin, p["id"])
+        wait_job(client, admin, _retrain(client, admin, p["id"]))
+        r = client.patch(f"/api/v1/projects/{p['id']}", json={"strategy": "max_entropy"}, headers=admin)
+        assert r.status_code == 200, r.text
+        jobs = client.get(f"/api/v1/projects/{p['id']}/jobs", headers=admin).json()["jobs"]
+        score = next(j for j in jobs if j["kind"] == "score")
+        assert "strategy changed to max_entropy" in score["params"]["reason"]
+        wait_job(client, admin, score["id"])
+    top = client.get(f"/api/v1/projects/{p['id']}/scores?unlabelled=true&limit=4", headers=admin).json()
+    assert top["strategy"] == "max_entropy" and len(top["items"]) == 4
+    handed = client.post(f"/api/v1/projects/{p['id']}/queue/next?n=4", headers=expert).json()["items"]
+    assert [h["item_id"] for h in handed] == [t["item_id"] for t in top["items"]]
+    # Back to a strategy whose scores exist: nothing more to compute.
+    client.patch(f"/api/v1/projects/{p['id']}", json={"strategy": "bald"}, headers=admin)
+    kinds = [j["kind"] for j in client.get(f"/api/v1/projects/{p['id']}/jobs", headers=admin).json()["jobs"]]
+    assert kinds.count("score") == 1

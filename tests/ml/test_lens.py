@@ -7,10 +7,11 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from ml.acquisition import bald, max_entropy
+from ml.acquisition import bald, lens_scores, max_entropy
 from ml.attributes import Attribute
 from ml.control import Stopped
-from ml.lens import InterpretableLens, default_alpha
+from ml.heads import default_alpha
+from ml.lens import InterpretableLens
 from ml.metrics import interpretability_score
 from tests.quality import SEED, THREADS, at_least, at_most, record
 
@@ -129,16 +130,16 @@ def test_predict_proba_and_sample_probs_are_distributions(fitted) -> None:
 
 def test_acquisition_scores_equal_bald_of_the_sampled_probabilities(fitted) -> None:
     lens, z, *_ = fitted
-    scores = lens.acquisition_scores(z[:300], "bald", n_samples=32, seed=11)
+    scores = lens_scores(lens, z[:300], "bald", n_samples=32, seed=11)
     probs = lens.sample_probs(z[:300], n_samples=32, seed=11)
     expected = bald(probs["cls"]) + bald(probs["lev"])
     assert np.allclose(scores, expected, atol=1e-5)
     assert (scores >= 0).all() and scores.std() > 0
-    me = lens.acquisition_scores(z[:300], "max_entropy", n_samples=32, seed=11)
+    me = lens_scores(lens, z[:300], "max_entropy", n_samples=32, seed=11)
     assert np.allclose(me, max_entropy(probs["cls"]) + max_entropy(probs["lev"]), atol=1e-5)
-    one = lens.acquisition_scores(z[:300], "bald", n_samples=32, seed=11, attribute="cls")
+    one = lens_scores(lens, z[:300], "bald", n_samples=32, seed=11, attribute="cls")
     assert np.allclose(one, bald(probs["cls"]), atol=1e-5)
-    rnd = lens.acquisition_scores(z[:300], "random", seed=1)
+    rnd = lens_scores(lens, z[:300], "random", seed=1)
     assert rnd.shape == (300,) and rnd.min() >= 0 and rnd.max() <= 1
 
 
@@ -164,8 +165,8 @@ def test_bald_is_highest_where_the_sampled_predictions_split_between_classes(fit
 
 def test_scoring_streams_in_chunks_of_any_size(fitted) -> None:
     lens, z, *_ = fitted
-    a = lens.acquisition_scores(z[:500], "bald", chunk=64, seed=0, n_samples=256)
-    b = lens.acquisition_scores(z[:500], "bald", chunk=10_000, seed=0, n_samples=256)
+    a = lens_scores(lens, z[:500], "bald", chunk=64, seed=0, n_samples=256)
+    b = lens_scores(lens, z[:500], "bald", chunk=10_000, seed=0, n_samples=256)
     # Different noise draws per chunking, the same estimator: equal up to Monte-Carlo error.
     assert abs(a.mean() - b.mean()) < 0.05 * b.mean()
     assert np.corrcoef(a, b)[0, 1] > 0.9
@@ -201,7 +202,7 @@ def test_continuous_attribute_gets_a_gaussian_head() -> None:
         abs(np.corrcoef(zs[mte, 0], val[mte])[0, 1])
         > abs(np.corrcoef(z[mte], val[mte], rowvar=False)[-1, :-1]).max()
     )
-    sc = lens.acquisition_scores(z[:100], "bald")
+    sc = lens_scores(lens, z[:100], "bald")
     assert np.isfinite(sc).all() and (sc >= 0).all()
 
 
@@ -263,7 +264,7 @@ def test_use_before_fit_and_wrong_width_are_refused(fitted) -> None:
     with pytest.raises(ValueError, match="d=6"):
         lens.transform(np.zeros((2, 5)))
     with pytest.raises(ValueError, match="strategy"):
-        lens.acquisition_scores(np.zeros((2, 6)), "greedy")
+        lens_scores(lens, np.zeros((2, 6)), "greedy")
     with pytest.raises(ValueError, match="n_flows"):
         InterpretableLens([CLS], n_flows=-1)
 

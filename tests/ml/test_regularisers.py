@@ -10,8 +10,8 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from ml.attributes import Attribute
 from ml.lens import InterpretableLens, LensConfig, LensModule
+from ml.lens.regularisers import consistency_terms, mixup_terms, propagate_labels
 from ml.metrics import interpretability_score
-from ml.regularisers import consistency_terms, mixup_terms, propagate_labels
 from tests.quality import SEED, at_least
 
 MOON = Attribute("moon", "categorical", ("a", "b"))
@@ -66,8 +66,8 @@ def test_propagation_skips_continuous_and_single_level_attributes() -> None:
 
 def _module(d: int = 4) -> LensModule:
     torch.manual_seed(0)
-    cfg = LensConfig(attributes=[MOON.to_dict()], dim=d, n_flows=4, hidden=16)
-    return LensModule(cfg, [MOON], {"moon": [0]})
+    cfg = LensConfig(n_flows=4, hidden=16)
+    return LensModule(cfg, d, [MOON], {"moon": [0]})
 
 
 def test_consistency_is_zero_without_noise_and_positive_with_it() -> None:

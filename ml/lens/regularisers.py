@@ -33,7 +33,7 @@ import torch
 from ml.attributes import Attribute, observed_mask
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ml.lens import LensModule
+    from ml.lens.model import LensModule
 
 # Neighbours of the propagation graph and the spreading's clamping factor: label spreading keeps
 # (1 − α) of the initial labels each iteration; 0.8 was the most accurate of 0.2/0.8/0.99 on

@@ -20,17 +20,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
+import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from ml.attributes import observed_mask
+from ml.attributes import Attribute, observed_mask
 from ml.control import ProgressFn, StopFn, sub_progress
-from ml.lens import AUTO, default_alpha
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ml.lens import InterpretableLens
+from ml.heads import default_alpha
+from ml.lens.config import AUTO, LensConfig
+from ml.lens.train import train
 
 # Candidate (flow family, depth) pairs when ``flow="auto"``. Planar keeps the requested depth; the
 # coupling depths are the ones first measured on MNIST (8 affine, 4 spline couplings).
@@ -40,7 +41,7 @@ FLOW_CANDIDATES: tuple[tuple[str, int | None], ...] = (
     ("coupling", 8),
     ("spline", 4),
 )
-# α candidates when ``alpha="auto"``: around M2's 0.1·N weighting (see ``ml.lens.default_alpha``).
+# α candidates when ``alpha="auto"``: around M2's 0.1·N weighting (see ``ml.heads.default_alpha``).
 ALPHA_CANDIDATES = (100.0, 300.0, 1000.0)
 WEIGHT_DECAY_CANDIDATES = (0.0, 1e-4, 1e-3)
 # Early stopping, counted in Adam steps (each sees one minibatch of the pool and one of the labelled
@@ -59,11 +60,11 @@ SELECTION_MIN_EPOCHS = 5
 
 
 def _folds(
-    labels: Mapping[str, np.ndarray], lens: InterpretableLens, lab_idx: np.ndarray, k: int, seed: int
+    labels: Mapping[str, np.ndarray], attributes: list[Attribute], lab_idx: np.ndarray, k: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """k (train, held-out) splits of the labelled items, stratified by the first discrete attribute."""
     strata = None
-    for a in lens.attributes:
+    for a in attributes:
         if a.is_discrete:
             y = labels[a.name][lab_idx]
             if observed_mask(y, a).all() and np.unique(y, return_counts=True)[1].min() >= k:
@@ -77,10 +78,10 @@ def _folds(
 
 
 def _hide(
-    labels: Mapping[str, np.ndarray], lens: InterpretableLens, rows: np.ndarray
+    labels: Mapping[str, np.ndarray], attributes: list[Attribute], rows: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Labels restricted to ``rows`` (a subset of items, in that order)."""
-    return {a.name: np.asarray(labels[a.name])[rows] for a in lens.attributes}
+    return {a.name: np.asarray(labels[a.name])[rows] for a in attributes}
 
 
 def labelled_pass_steps(
@@ -150,14 +151,18 @@ def staged_search(
 
 
 def select_settings(
-    lens: InterpretableLens,
+    cfg: LensConfig,
+    attributes: list[Attribute],
     Z: np.ndarray,
     labels: Mapping[str, np.ndarray],
     *,
+    device: torch.device,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> dict[str, Any]:
-    """Choose ``lens``'s "auto" settings and its epochs by k-fold CV; a JSON-able record of the search.
+    """Choose ``cfg``'s "auto" settings and its epochs by k-fold CV; a JSON-able record of the search.
+
+    Every fold fit is a call of ``ml.lens.train.train`` with concrete settings.
 
     Returns {"chosen": {setting: value, ..., "epochs": E}, "folds": k, "criterion", "candidates":
     [{"settings", "score", "fold_scores", "best_epochs", "best_steps", "ran_out"}], "length" (the
@@ -167,42 +172,42 @@ def select_settings(
     """
     t0 = time.perf_counter()
     n = len(Z)
-    k = lens.selection_folds
+    k = cfg.selection_folds
     labelled = np.zeros(n, bool)
-    for a in lens.attributes:
+    for a in attributes:
         labelled |= observed_mask(labels[a.name], a)
     lab_idx = np.flatnonzero(labelled)
     if len(lab_idx) < 2 * k:
         raise ValueError(
             f"selection_folds={k}: automatic settings need at least {2 * k} labelled items, got {len(lab_idx)}"
         )
-    rng = np.random.default_rng(lens.seed)
+    rng = np.random.default_rng(cfg.seed)
     unlab = np.flatnonzero(~labelled)
-    if len(unlab) > lens.selection_pool:
-        unlab = np.sort(rng.choice(unlab, lens.selection_pool, replace=False))
-    folds = _folds(labels, lens, lab_idx, k, lens.seed)
+    if len(unlab) > cfg.selection_pool:
+        unlab = np.sort(rng.choice(unlab, cfg.selection_pool, replace=False))
+    folds = _folds(labels, attributes, lab_idx, k, cfg.seed)
 
     # α at the labelled fraction of the whole pool, as the final fit would use: each selection fit
     # sees a subsample, where ``default_alpha`` would give another value.
-    base: dict[str, Any] = {"alpha": default_alpha(n, len(lab_idx))} if lens.alpha is None else {}
+    base: dict[str, Any] = {"alpha": default_alpha(n, len(lab_idx))} if cfg.alpha is None else {}
     stages: list[list[dict[str, Any]]] = []
-    if lens.flow == AUTO:
+    if cfg.flow == AUTO:
         stages.append(
-            [{"flow": f, "n_flows": lens.n_flows if depth is None else depth} for f, depth in FLOW_CANDIDATES]
+            [{"flow": f, "n_flows": cfg.n_flows if depth is None else depth} for f, depth in FLOW_CANDIDATES]
         )
     else:
-        base["flow"] = lens.flow
-    if lens.alpha == AUTO:
+        base["flow"] = cfg.flow
+    if cfg.alpha == AUTO:
         stages.append([{"alpha": a} for a in ALPHA_CANDIDATES])
         # Earlier stages run at the labelled-fraction default, as a fit without selection would.
         base["alpha"] = default_alpha(n, len(lab_idx))
-    if lens.weight_decay == AUTO:
+    if cfg.weight_decay == AUTO:
         stages.append([{"weight_decay": w} for w in WEIGHT_DECAY_CANDIDATES])
         base["weight_decay"] = 0.0
     if not stages:
         stages.append([{}])  # only the epochs are chosen
 
-    length_stage = lens.epochs is None
+    length_stage = cfg.epochs is None
     n_fits = (sum(len(s) for s in stages) + int(length_stage)) * k
     done = 0
 
@@ -212,22 +217,22 @@ def select_settings(
         fold_scores, best_steps, best_epochs, ran_out = [], [], [], []
         for tr, te in folds:
             rows = np.concatenate([tr, unlab])
-            child = lens._concrete({**settings, "epochs": None})
-            steps_per_epoch = max(1, math.ceil(len(rows) / child.batch_size))
-            epochs = lens.epochs or max(SELECTION_MIN_EPOCHS, math.ceil(max_steps / steps_per_epoch))
+            steps_per_epoch = max(1, math.ceil(len(rows) / cfg.batch_size))
+            epochs = cfg.epochs or max(SELECTION_MIN_EPOCHS, math.ceil(max_steps / steps_per_epoch))
             patience = max(2, math.ceil(patience_steps / steps_per_epoch))
-            child.epochs = epochs
+            child = replace(cfg, **settings, epochs=epochs).check()
             sub = sub_progress(progress, done / n_fits, (done + 1) / n_fits, candidate=settings)
-            curve = child._fit_fixed(
+            curve = train(
                 Z[rows],
-                _hide(labels, lens, rows),
-                child._config(Z.shape[1]),
-                reuse=False,
+                _hide(labels, attributes, rows),
+                attributes,
+                child,
+                device=device,
                 progress=sub,
                 should_stop=should_stop,
-                validation=(Z[te], _hide(labels, lens, te)),
+                validation=(Z[te], _hide(labels, attributes, te)),
                 patience=patience,
-            )
+            ).val_history
             done += 1
             e = int(np.nanargmax(curve)) if np.isfinite(curve).any() else len(curve) - 1
             fold_scores.append(float(curve[e]))
@@ -254,17 +259,17 @@ def select_settings(
         length = cross_validate(best["settings"], LENGTH_MAX_STEPS, LENGTH_PATIENCE_STEPS)
     if progress is not None:
         progress(1.0, {"stage": "selection done"})  # also when fits were skipped or not needed
-    final_steps, epochs = None, lens.epochs
+    final_steps, epochs = None, cfg.epochs
     if epochs is None:
-        alpha = best["settings"].get("alpha", lens.alpha)
+        alpha = best["settings"].get("alpha", cfg.alpha)
         final_steps = labelled_pass_steps(
             (length or best)["best_steps"],
             [len(tr) for tr, _ in folds],
             len(lab_idx),
-            lens.labelled_batch_size if alpha else 0,
+            cfg.labelled_batch_size if alpha else 0,
         )
         # The chosen number of optimiser steps, as epochs over the whole pool the final fit sees.
-        epochs = int(max(1, math.ceil(final_steps / max(1, math.ceil(n / lens.batch_size)))))
+        epochs = int(max(1, math.ceil(final_steps / max(1, math.ceil(n / cfg.batch_size)))))
     chosen = {**best["settings"], "epochs": epochs}
     return {
         "chosen": chosen,

@@ -1,0 +1,334 @@
+"""``InterpretableLens``: the lens as a scikit-learn-style estimator (fit, transform, predictive samples).
+
+The deterministic lens map is the flow stack applied to z itself (eq. 5): ``transform(Z) = f(z)``
+and ``inverse_transform`` is its exact inverse, so z is always recoverable. Since the map never
+reads s, an item's z* cannot carry its own labels into the metric. The settings are the fields of
+``LensConfig`` (one table: defaults, kinds, checks); training is ``ml.lens.train.train``, model
+selection ``ml.lens.selection``; acquisition scores are ``ml.acquisition.lens_scores``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml.attributes import Attribute, coerce_attributes, validate_labels
+from ml.control import ProgressFn, StopFn, sub_progress
+from ml.device import resolve_device
+from ml.flows import FlowStack, PlanarFlowStack
+from ml.heads import AttributeHead, ContinuousHead
+from ml.lens.config import SELECTION, STRUCTURAL, LensConfig
+from ml.lens.model import LensModule
+from ml.lens.selection import select_settings
+from ml.lens.train import Fit, assign_dims, check_label_support, train
+from ml.persistence import Checkpointed
+
+FORMAT_VERSION = 1
+
+
+class InterpretableLens(Checkpointed):
+    """scikit-learn-style ILVM: ``fit(Z, S)``, ``transform``, ``inverse_transform``, predictive samples.
+
+    ``attributes``: the attributes (``ml.attributes.Attribute`` or dicts); ``device``: where to
+    train; every other parameter is a ``LensConfig`` setting, with its default there. ``Z`` is
+    [N, d] (the base model's representation); ``S`` maps attribute name → array of length N: level
+    indices (−1 = missing) for categorical/ordinal attributes, values (NaN = missing) for continuous
+    ones. Learnt state ends with ``_``. ``flow``, ``alpha`` and ``weight_decay`` may be ``"auto"``:
+    they are then chosen, with the number of epochs, by ``selection_folds``-fold cross-validation on
+    the labelled items alone; the outcome is kept in ``selection_``.
+
+    The constructor stores its arguments unchanged (so ``sklearn.base.clone`` works) and checks the
+    settings at once, so a bad value is refused where it was typed; ``fit`` checks them again after
+    any ``set_params``.
+    """
+
+    def __init__(self, attributes: Sequence[Attribute | Mapping[str, Any]], device: str = "auto",
+                 **settings: Any) -> None:
+        unknown = sorted(set(settings) - set(LensConfig.names()))
+        if unknown:
+            raise TypeError(f"InterpretableLens got unknown setting(s) {unknown}; known: {list(LensConfig.names())}")
+        self.attributes = attributes
+        self.device = device
+        for key, value in {**LensConfig.defaults(), **settings}.items():
+            setattr(self, key, value)
+        self.settings()
+
+    # -- parameters (scikit-learn conventions) -----------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments, as given."""
+        return {"attributes": self.attributes, "device": self.device,
+                **{k: getattr(self, k) for k in LensConfig.names()}}
+
+    def set_params(self, **params: Any) -> InterpretableLens:
+        """Change constructor arguments (checked); the fitted state is kept until the next ``fit``."""
+        known = {"attributes", "device", *LensConfig.names()}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"invalid parameter(s) {unknown} for InterpretableLens; known: {sorted(known)}")
+        for key, value in params.items():
+            setattr(self, key, value)
+        self.settings()
+        return self
+
+    def settings(self) -> LensConfig:
+        """The current settings as a checked ``LensConfig`` (ValueError naming a bad one)."""
+        return LensConfig(**{k: getattr(self, k) for k in LensConfig.names()}).check("InterpretableLens")
+
+    @property
+    def needs_selection(self) -> bool:
+        """Whether ``fit`` chooses some setting by cross-validation (a setting is ``"auto"``)."""
+        return self.settings().needs_selection
+
+    # -- checks --------------------------------------------------------------------------------------
+    def _check_Z(self, Z: Any, *, fitted: bool) -> np.ndarray:
+        Z = np.asarray(Z)
+        if Z.ndim != 2:
+            raise ValueError(f"Z must be a 2-d array [N, d], got shape {Z.shape}")
+        if Z.dtype.kind not in "fiu":
+            raise ValueError(f"Z must be numeric, got dtype {Z.dtype}")
+        if not np.isfinite(Z).all():
+            bad = np.argwhere(~np.isfinite(Z))[0]
+            raise ValueError(f"Z contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})")
+        if fitted and Z.shape[1] != self.dim_:
+            raise ValueError(f"Z has {Z.shape[1]} columns but the lens was fitted on d={self.dim_}")
+        return Z
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "module_"):
+            raise ValueError("this InterpretableLens is not fitted yet: call fit(Z, S) first")
+
+    # -- fitting --------------------------------------------------------------------------------------
+    def fit(self, Z: Any, S: Mapping[str, Any] | None = None, warm_start: bool = False,
+            progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> InterpretableLens:
+        """Fit the lens by stochastic maximisation of the ELBO (7)/(8) + α·supervision (Adam).
+
+        Settings given as ``"auto"`` are first chosen by k-fold cross-validation on the labelled
+        items (``ml.lens.selection``). A warm start continues from the current weights with the
+        current training settings; it refuses a change of a structural setting (flow, n_flows,
+        hidden, dims_per_attribute), which needs a cold fit. Settings left "auto" keep the value
+        the last selection chose.
+        """
+        requested = self.settings()
+        attrs = coerce_attributes(self.attributes)
+        Z = self._check_Z(Z, fitted=False)
+        n, d = Z.shape
+        if n < 2:
+            raise ValueError(f"need at least 2 items to fit, got {n}")
+        labels = validate_labels(S, attrs, n)
+        check_label_support(attrs, labels)
+        assign_dims(attrs, requested.dims_per_attribute, d)
+        device = resolve_device(self.device)
+        if warm_start and hasattr(self, "module_") and self.dim_ == d:
+            if [a.to_dict() for a in attrs] != [a.to_dict() for a in self.attributes_]:
+                raise ValueError("warm_start: the attributes changed since the last fit; fit without warm_start")
+            concrete = {k: v for k, v in requested.to_dict().items() if v != "auto"}
+            # Structural settings asked for "auto" keep the family the selection chose.
+            cfg = self.config_.with_changes(**{k: v for k, v in concrete.items() if k not in
+                                               LensConfig.names(STRUCTURAL) or requested.flow != "auto"})
+            changed = cfg.structural_changes(self.config_)
+            if changed:
+                raise ValueError(f"warm_start cannot change the networks' shape: {', '.join(changed)}; "
+                                 "fit without warm_start")
+            start = Fit(module=self.module_, z_mean=self.z_mean_, z_scale=self.z_scale_,
+                        attribute_dims=self.attribute_dims_)
+            self._set_fit(train(Z, labels, attrs, cfg, device=device, start=start, progress=progress,
+                                should_stop=should_stop), cfg, attrs, device, Z)
+            return self
+        selection = None
+        fit_progress = progress
+        if requested.needs_selection:
+            selection = select_settings(requested, attrs, Z, labels, device=device,
+                                        progress=sub_progress(progress, 0.0, 0.75, stage="selection"),
+                                        should_stop=should_stop)
+            fit_progress = sub_progress(progress, 0.75, 1.0)
+        cfg = requested.with_changes(**(selection["chosen"] if selection else {}))
+        self._set_fit(train(Z, labels, attrs, cfg, device=device, progress=fit_progress, should_stop=should_stop),
+                      cfg, attrs, device, Z)
+        self.selection_ = selection
+        return self
+
+    def _set_fit(self, fit: Fit, cfg: LensConfig, attrs: list[Attribute], device: torch.device,
+                 Z: np.ndarray) -> None:
+        self.module_, self.z_mean_, self.z_scale_ = fit.module, fit.z_mean, fit.z_scale
+        self.attribute_dims_, self.alpha_, self.n_labelled_ = fit.attribute_dims, fit.alpha, fit.n_labelled
+        self.history_, self.config_, self.attributes_ = fit.history, cfg, attrs
+        self.device_, self.dim_ = device, int(Z.shape[1])
+        # Training z* quantiles anchor the traversals (DESIGN.md: "over its training quantiles").
+        self.zstar_quantiles_ = np.quantile(self.transform(Z), [0.01, 0.05, 0.5, 0.95, 0.99], axis=0)
+
+    # -- the deterministic map (eq. 5) --------------------------------------------------------------
+    def _standardise(self, Z: np.ndarray) -> np.ndarray:
+        return (Z - self.z_mean_) / self.z_scale_
+
+    def transform(self, Z: Any, batch_size: int = 65536) -> np.ndarray:
+        """z* = f_T ∘ … ∘ f_1(z) (eq. 5), float64 [N, d].
+
+        Computed in float64: the round trip to z is exact to ~1e-10 even for strongly curved flows,
+        where float32 rounding of z* would be amplified by the inverse's conditioning.
+        """
+        self._require_fitted()
+        Z = self._check_Z(Z, fitted=True)
+        out = np.empty(Z.shape, dtype=np.float64)
+        with torch.no_grad():
+            flows64 = _as_double(self.module_.flows)
+            for i in range(0, len(Z), batch_size):
+                zt = torch.as_tensor(self._standardise(Z[i : i + batch_size]), dtype=torch.float64)
+                out[i : i + batch_size] = flows64(zt)[0].numpy()
+        return out
+
+    def inverse_transform(self, Zs: Any, batch_size: int = 65536) -> np.ndarray:
+        """z = f⁻¹(z*) with the flows' exact inverse (Rezende & Mohamed, App. A.1), float64 [N, d]."""
+        self._require_fitted()
+        Zs = self._check_Z(Zs, fitted=True)
+        flows64 = _as_double(self.module_.flows)
+        out = np.empty(Zs.shape, dtype=np.float64)
+        with torch.no_grad():
+            for i in range(0, len(Zs), batch_size):
+                y = torch.as_tensor(np.asarray(Zs[i : i + batch_size], dtype=np.float64))
+                out[i : i + batch_size] = flows64.inverse(y)[0].numpy()
+        return out * self.z_scale_ + self.z_mean_
+
+    # -- predictions ----------------------------------------------------------------------------------
+    def predict_proba(self, Z: Any) -> dict[str, Any]:
+        """p_ψ(s | z* = f(z)): {attr: [N, C] probabilities} or {attr: (mean [N], variance [N])}."""
+        Zs = self.transform(Z)
+        out: dict[str, Any] = {}
+        with torch.no_grad():
+            zs = torch.as_tensor(Zs, dtype=torch.float32, device=self.device_)
+            for a in self.attributes_:
+                head: AttributeHead = self.module_.heads[a.name]  # type: ignore[assignment]
+                if a.is_discrete:
+                    out[a.name] = head.probs(zs)  # type: ignore[attr-defined]
+                else:
+                    assert isinstance(head, ContinuousHead)
+                    m, v = head.mean_var(zs)
+                    out[a.name] = (head.unscale_mean(m), head.unscale_var(v))
+        return {k: _np(v) for k, v in out.items()}
+
+    def predict(self, Z: Any) -> dict[str, np.ndarray]:
+        """Most probable level index (discrete) or predicted mean (continuous) per attribute."""
+        return {a.name: (p.argmax(1) if a.is_discrete else p[0])
+                for a, p in zip(self.attributes_, self.predict_proba(Z).values(), strict=True)}
+
+    def predictive_samples(self, Z: Any, n_samples: int = 32) -> dict[str, Any]:
+        """Heads at z*_t ~ q(z*|z) as torch tensors on the lens's device: {attr: probs [N, S, C]} or
+        {attr: (means, variances) [N, S]} — what acquisition (``ml.acquisition.lens_scores``) reads.
+
+        Points are laid out as columns (d, N·S) and only the designated dims of z* are formed
+        (``PlanarFlowStack.project_columns``), the layout in which the small per-point operations
+        vectorise; the returned tensors are views in the usual (N, S, …) order. Antithetic pairs
+        (ε, −ε) halve the random draws and lower the variance of the mean predictive.
+        """
+        self._require_fitted()
+        Z = self._check_Z(Z, fitted=True)
+        mod = self.module_
+        with torch.no_grad():
+            z_std = torch.as_tensor(self._standardise(Z), dtype=torch.float32, device=self.device_)
+            n, d = z_std.shape
+            std = torch.exp(0.5 * mod.q0_log_var(z_std, mod.encode_s({}, n, z_std.device)))  # (N, d)
+            half = torch.randn(d, n, (n_samples + 1) // 2, device=z_std.device, dtype=z_std.dtype)
+            eps = torch.cat([half, -half], 2)[:, :, :n_samples]
+            z0 = torch.addcmul(z_std.T[:, :, None], std.T[:, :, None], eps).reshape(d, n * n_samples)
+            heads = [mod.heads[a.name] for a in self.attributes_]
+            wanted = torch.cat([h.dims for h in heads])
+            # One pass of the flows for every attribute's designated rows of z*.
+            if isinstance(mod.flows, PlanarFlowStack):
+                rows = mod.flows.project_columns(z0, wanted)  # (Σk, N·S)
+            else:
+                rows = mod.flows.transform(z0.T).index_select(1, wanted).T
+            out: dict[str, Any] = {}
+            start = 0
+            for a, head in zip(self.attributes_, heads, strict=True):
+                k = len(head.dims)
+                zd, start = rows[start : start + k], start + k
+                if a.is_discrete:
+                    out[a.name] = head.probs_columns(zd).reshape(-1, n, n_samples).permute(1, 2, 0)
+                else:
+                    assert isinstance(head, ContinuousHead)
+                    m, v = head.mean_var_columns(zd)
+                    out[a.name] = (head.unscale_mean(m).reshape(n, n_samples),
+                                   head.unscale_var(v).reshape(n, n_samples))
+        return out
+
+    def sample_probs(self, Z: Any, n_samples: int = 32, seed: int | None = None) -> dict[str, Any]:
+        """``predictive_samples`` as NumPy arrays: {attr: [N, S, C]} or {attr: (means [N, S], variances [N, S])}."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        return {k: _np(v) for k, v in self.predictive_samples(Z, n_samples).items()}
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def _checkpoint(self) -> dict[str, Any]:
+        self._require_fitted()
+        requested = {k: getattr(self, k) for k in ("flow", "n_flows", "epochs", "alpha", "weight_decay",
+                                                    *LensConfig.names(SELECTION))}
+        extra = {
+            "format": FORMAT_VERSION, "attribute_dims": self.attribute_dims_, "alpha": self.alpha_,
+            "n_labelled": self.n_labelled_, "history": self.history_, "device": self.device,
+            "selection": getattr(self, "selection_", None),
+            # What was asked for ("auto" included), so a cold refit of a loaded lens selects again.
+            "requested": requested,
+        }
+        config = {"attributes": [a.to_dict() for a in self.attributes_], "dim": self.dim_,
+                  **asdict(self.config_), "extra": {}}
+        return {
+            "config": json.dumps(config), "extra": json.dumps(extra),
+            "state": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()},
+            "z_mean": torch.as_tensor(self.z_mean_), "z_scale": torch.as_tensor(self.z_scale_),
+            "zstar_quantiles": torch.as_tensor(self.zstar_quantiles_),
+        }
+
+    @classmethod
+    def _restore(cls, ckpt: Mapping[str, Any], device: str) -> InterpretableLens:
+        try:
+            config = json.loads(ckpt["config"])
+            extra = json.loads(ckpt["extra"])
+            attributes, dim = config.pop("attributes"), int(config.pop("dim"))
+            config.pop("extra", None)
+            cfg = LensConfig(**config)
+        except (TypeError, KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not an InterpretableLens checkpoint: {exc}") from exc
+        if extra.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported lens checkpoint format {extra.get('format')!r} (expected {FORMAT_VERSION})")
+        lens = cls(attributes, device=device, **{**cfg.to_dict(), **(extra.get("requested") or {})})
+        attrs = coerce_attributes(attributes)
+        dims = {k: list(v) for k, v in extra["attribute_dims"].items()}
+        lens.device_ = resolve_device(device)
+        module = LensModule(cfg, dim, attrs, dims).to(lens.device_)
+        module.load_state_dict(ckpt["state"])
+        module.eval()
+        lens.module_, lens.config_, lens.attributes_, lens.dim_ = module, cfg, attrs, dim
+        lens.selection_ = extra.get("selection")
+        lens.attribute_dims_, lens.alpha_ = dims, float(extra["alpha"])
+        lens.n_labelled_, lens.history_ = int(extra["n_labelled"]), list(extra["history"])
+        lens.z_mean_ = ckpt["z_mean"].cpu().numpy()
+        lens.z_scale_ = ckpt["z_scale"].cpu().numpy()
+        lens.zstar_quantiles_ = ckpt["zstar_quantiles"].cpu().numpy()
+        return lens
+
+
+# The constructor's signature as tools see it (help(), IDEs, scikit-learn's get_params introspection):
+# every LensConfig setting with its default, keyword-only, taken from the one table.
+InterpretableLens.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     inspect.Parameter("attributes", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     inspect.Parameter("device", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="auto"),
+     *[inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in LensConfig.defaults().items()]]
+)
+
+
+def _as_double(flows: FlowStack) -> FlowStack:
+    """A float64 CPU copy of the flow stack (the exact map runs in double precision)."""
+    return copy.deepcopy(flows).to(device="cpu", dtype=torch.float64)
+
+
+def _np(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return tuple(_np(x) for x in v)
+    return v.detach().cpu().numpy()

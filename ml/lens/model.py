@@ -1,0 +1,181 @@
+"""The ILVM networks (paper section 2) and their per-item objectives, eq. (7) and (8).
+
+Generative model (Fig. 1): z* ~ N(0, I), z | z* ~ p_θ (a Gaussian MLP), s | z* ~ p_ψ (linear
+heads, ``ml.heads``). Recognition: q0(z0 | z, s) = N(z, diag σ²_φ(z, s)) pushed through the flow
+stack f = f_T ∘ … ∘ f_1, so q(z*|z, s) has the density of eq. (3). Centring q0 on z (only its
+spread is learnt) keeps the samples the ELBO trains on around the deterministic lens map f(z).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml.attributes import Attribute
+from ml.flows import FlowStack, build_flow_stack, log_normal_std
+from ml.heads import ContinuousHead, make_head
+from ml.lens.config import LensConfig
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class _MLP(nn.Sequential):
+    def __init__(self, d_in: int, hidden: int, d_out: int) -> None:
+        super().__init__(
+            nn.Linear(d_in, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(), nn.Linear(hidden, d_out)
+        )
+
+
+class LensModule(nn.Module):
+    """The ILVM networks: q0's spread σ_φ(z, s), the flows, p_θ(z|z*) and the heads p_ψ(s|z*)."""
+
+    def __init__(self, cfg: LensConfig, dim: int, attributes: list[Attribute], dims: dict[str, list[int]]) -> None:
+        super().__init__()
+        d = dim
+        self.attributes = attributes
+        self.s_width = sum(a.n_levels + 1 if a.is_discrete else 2 for a in attributes)
+        self.q0 = _MLP(d + self.s_width, cfg.hidden, d)  # log σ² of q0(z0 | z, s)
+        self.flows: FlowStack = build_flow_stack(cfg.flow, d, cfg.n_flows)
+        self.decoder = _MLP(d, cfg.hidden, 2 * d)  # p_θ(z | z*): mean and log σ²
+        self.heads = nn.ModuleDict({a.name: make_head(a, dims[a.name]) for a in attributes})
+        # Start q0 narrow so early training sees z* close to f(z).
+        last = self.q0[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.constant_(last.bias, -4.0)
+
+    # -- encodings ----------------------------------------------------------------------------
+    def encode_s(self, s: Mapping[str, torch.Tensor], n: int, device: torch.device) -> torch.Tensor:
+        """One-hot levels (+ a missing flag) or the scaled value (+ flag), zeros where missing."""
+        parts = []
+        for a in self.attributes:
+            v = s.get(a.name)
+            if a.is_discrete:
+                if v is None:
+                    oh = torch.zeros(n, a.n_levels, device=device)
+                    miss = torch.ones(n, 1, device=device)
+                else:
+                    known = v >= 0
+                    oh = F.one_hot(v.clamp_min(0), a.n_levels).float() * known[:, None]
+                    miss = (~known).float()[:, None]
+                parts += [oh, miss]
+            else:
+                if v is None:
+                    parts += [torch.zeros(n, 1, device=device), torch.ones(n, 1, device=device)]
+                else:
+                    known = ~torch.isnan(v)
+                    head = self.heads[a.name]
+                    assert isinstance(head, ContinuousHead)
+                    val = torch.where(known, head.scale(v), torch.zeros_like(v))
+                    parts += [val[:, None].float(), (~known).float()[:, None]]
+        return torch.cat(parts, 1)
+
+    def q0_log_var(self, z: torch.Tensor, s_enc: torch.Tensor) -> torch.Tensor:
+        return self.q0(torch.cat([z, s_enc], 1)).clamp(-12.0, 4.0)
+
+    # -- eq. (7)/(8) ----------------------------------------------------------------------------
+    def elbo(self, z: torch.Tensor, s: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per-item ELBO: labelled attributes as eq. (7), missing ones as eq. (8). (B,)"""
+        return self.elbo_and_sample(z, s)[0]
+
+    def elbo_and_sample(self, z: torch.Tensor, s: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-item ELBO (B,) and the z* ~ q(z*|z, s) it was estimated with (B, d).
+
+        The sample, drawn from q(z*|z, s_observed), is reused by the regularisers of unlabelled
+        attributes (only q0's spread reads the observed labels), which saves a pass of the flows.
+        """
+        n = z.shape[0]
+        s_enc = self.encode_s(s, n, z.device)
+        log_var = self.q0_log_var(z, s_enc)
+        eps = torch.randn_like(z)
+        z0 = z + eps * torch.exp(0.5 * log_var)
+        log_q0 = -0.5 * (eps * eps + log_var + _LOG_2PI).sum(1)
+        zs, log_det = self.flows(z0)
+        dec = self.decoder(zs)
+        mu, lv = dec.chunk(2, 1)
+        lv = lv.clamp(-9.0, 5.0)
+        log_pz = -0.5 * ((z - mu) ** 2 / lv.exp() + lv + _LOG_2PI).sum(1)
+        elbo = log_normal_std(zs) + log_pz - log_q0 + log_det  # eq. (3) inside (7)
+        with torch.no_grad():
+            zdet = self.flows.transform(z)  # q(s|z) for eq. (8): the head at the deterministic lens map
+        for a in self.attributes:
+            head = self.heads[a.name]
+            v = s.get(a.name)
+            if a.is_discrete:
+                logp = head.log_probs(zs)  # (B, C)
+                known = v >= 0 if v is not None else torch.zeros(n, dtype=torch.bool, device=z.device)
+                obs = (
+                    logp.gather(1, v.clamp_min(0)[:, None]).squeeze(1)
+                    if v is not None
+                    else torch.zeros(n, device=z.device)
+                )
+                # eq. (8): Σ_s q(s|z)[log p(s|z*) − log q(s|z)], q from the head at f(z).
+                q = head.log_probs(zdet).exp()
+                lat = (q * (logp - torch.log(q.clamp_min(1e-12)))).sum(1)
+            else:
+                assert isinstance(head, ContinuousHead)
+                known = (
+                    ~torch.isnan(v) if v is not None else torch.zeros(n, dtype=torch.bool, device=z.device)
+                )
+                val = (
+                    head.scale(torch.where(known, v, torch.zeros_like(v)))
+                    if v is not None
+                    else torch.zeros(n, device=z.device)
+                )
+                obs = head.log_prob(zs, val.float())
+                qm, qv = head.mean_var(zdet)
+                s_draw = qm + torch.randn_like(qm) * qv.sqrt()  # reparameterised s ~ q(s|z)
+                log_q = -0.5 * ((s_draw - qm) ** 2 / qv + torch.log(2 * math.pi * qv))
+                lat = head.log_prob(zs, s_draw) - log_q
+            elbo = elbo + torch.where(known, obs, lat)
+        return elbo, zs
+
+    def supervised_terms(self, z: torch.Tensor, s: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Σ_j log p_ψ(s_j | z*) over observed attributes, z* ~ q(z*|z, s): the α-weighted term. (B,)"""
+        n = z.shape[0]
+        log_var = self.q0_log_var(z, self.encode_s(s, n, z.device))
+        zs, _ = self.flows(z + torch.randn_like(z) * torch.exp(0.5 * log_var))
+        total = torch.zeros(n, device=z.device)
+        for a in self.attributes:
+            head = self.heads[a.name]
+            v = s[a.name]
+            if a.is_discrete:
+                known = v >= 0
+                obs = head.log_probs(zs).gather(1, v.clamp_min(0)[:, None]).squeeze(1)
+            else:
+                assert isinstance(head, ContinuousHead)
+                known = ~torch.isnan(v)
+                obs = head.log_prob(zs, head.scale(torch.where(known, v, torch.zeros_like(v))))
+            total = total + torch.where(known, obs, torch.zeros_like(obs))
+        return total
+
+    def sample_unlabelled(self, z: torch.Tensor) -> torch.Tensor:
+        """One z* ~ q(z*|z) per item with every attribute unobserved (reparameterised). (B, d)"""
+        log_var = self.q0_log_var(z, self.encode_s({}, z.shape[0], z.device))
+        return self.flows.transform(z + torch.randn_like(z) * torch.exp(0.5 * log_var))
+
+    def pseudo_label_terms(self, z: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Σ_j 1[max p(s_j|f(z)) ≥ τ]·log p_ψ(ŝ_j | z*), ŝ_j = argmax p(s_j|f(z)), z* ~ q(z*|z). (B,)
+
+        Confidence-thresholded pseudo-labels (FixMatch, Sohn et al. 2020) for discrete attributes of
+        unlabelled items: the deterministic lens map proposes, a noisy sample must agree. It pulls
+        decision boundaries into the low-density gaps of the pool (the cluster assumption).
+        """
+        n = z.shape[0]
+        with torch.no_grad():
+            zdet = self.flows.transform(z)
+        zs = self.sample_unlabelled(z)
+        total = torch.zeros(n, device=z.device)
+        for a in self.attributes:
+            if not a.is_discrete:
+                continue
+            head = self.heads[a.name]
+            with torch.no_grad():
+                conf, guess = head.probs(zdet).max(1)
+            logp = head.log_probs(zs).gather(1, guess[:, None]).squeeze(1)
+            total = total + torch.where(conf >= threshold, logp, torch.zeros_like(logp))
+        return total

@@ -1,0 +1,217 @@
+"""Training the lens: stochastic maximisation of ELBO (7)/(8) + α·log p_ψ(s|z*) with Adam.
+
+``train`` is the one training loop: the estimator's fits, warm starts and every fold of the model
+selection call it. It takes concrete settings (a ``LensConfig`` with no ``"auto"`` left) and returns
+a ``Fit``: the trained networks with the standardisation and the dimension assignment they work in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ml.attributes import Attribute, observed_mask
+from ml.control import ProgressFn, StopFn, Throttle, check_stop
+from ml.heads import ContinuousHead, default_alpha
+from ml.lens.config import AUTO, LensConfig
+from ml.lens.model import LensModule
+from ml.lens.regularisers import consistency_terms, mixup_terms, propagate_labels, soft_label_terms
+
+
+@dataclass
+class Fit:
+    """Trained networks and what they need: z's standardisation, the designated dims, the history."""
+
+    module: LensModule
+    z_mean: np.ndarray
+    z_scale: np.ndarray
+    attribute_dims: dict[str, list[int]]
+    alpha: float = 0.0
+    n_labelled: int = 0
+    history: list[float] = field(default_factory=list)
+    val_history: list[float] = field(default_factory=list)
+
+    def standardise(self, Z: np.ndarray) -> np.ndarray:
+        """The affine step before the flows, part of the exact lens map."""
+        return (Z - self.z_mean) / self.z_scale
+
+
+def assign_dims(attributes: list[Attribute], k: int, dim: int) -> dict[str, list[int]]:
+    """Attribute j owns z* dimensions [j·k, (j+1)·k) — its designated dims."""
+    need = k * len(attributes)
+    if need > dim:
+        raise ValueError(
+            f"{len(attributes)} attribute(s) × dims_per_attribute={k} need {need} z* dimensions, but Z has only {dim}"
+        )
+    return {a.name: list(range(j * k, (j + 1) * k)) for j, a in enumerate(attributes)}
+
+
+def check_label_support(attributes: list[Attribute], labels: Mapping[str, np.ndarray]) -> None:
+    """ValueError when a labelled attribute cannot be learnt: one categorical level, one continuous value."""
+    for a in attributes:
+        obs = labels[a.name][observed_mask(labels[a.name], a)]
+        if a.kind == "categorical":
+            if len(np.unique(obs)) < 2:
+                raise ValueError(
+                    f"attribute {a.name!r}: labelled items cover {len(np.unique(obs))} level(s); "
+                    "a categorical attribute needs at least 2 labelled levels"
+                )
+        elif a.kind == "continuous" and len(obs) and len(np.unique(obs)) < 2:
+            raise ValueError(f"attribute {a.name!r}: labelled values are all equal; need at least 2 distinct values")
+
+
+def auto_epochs(steps_per_epoch: int) -> int:
+    """Enough epochs for ~1,500 Adam steps on small pools, at least 10 passes on large ones."""
+    return int(min(200, max(10, math.ceil(1500 / steps_per_epoch))))
+
+
+def label_tensors(attributes: list[Attribute], labels: Mapping[str, np.ndarray],
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    st = {a.name: torch.as_tensor(labels[a.name], device=device) for a in attributes}
+    for a in attributes:
+        if not a.is_discrete:
+            st[a.name] = st[a.name].float()
+    return st
+
+
+def heldout_log_lik(mod: LensModule, attributes: list[Attribute], z_std: torch.Tensor,
+                    st: Mapping[str, torch.Tensor]) -> float:
+    """Mean over items of Σ_j log p_ψ(s_j | f(z)) on observed attributes (nats per item)."""
+    mod.eval()
+    with torch.no_grad():
+        zs = mod.flows.transform(z_std)
+        total = torch.zeros(len(z_std), dtype=torch.float64, device=z_std.device)
+        any_obs = torch.zeros(len(z_std), dtype=torch.bool, device=z_std.device)
+        for a in attributes:
+            head = mod.heads[a.name]
+            v = st[a.name]
+            if a.is_discrete:
+                known = v >= 0
+                lp = head.log_probs(zs).gather(1, v.clamp_min(0)[:, None]).squeeze(1)
+            else:
+                assert isinstance(head, ContinuousHead)
+                known = ~torch.isnan(v)
+                lp = head.log_prob(zs, head.scale(torch.where(known, v, torch.zeros_like(v))))
+            total += torch.where(known, lp, torch.zeros_like(lp)).double()
+            any_obs |= known
+    return float(total[any_obs].mean()) if bool(any_obs.any()) else float("nan")
+
+
+def regularisers(mod: LensModule, cfg: LensConfig, zb: torch.Tensor, zs_b: torch.Tensor, idx: torch.Tensor,
+                 soft: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The weighted semi-supervised terms (``ml.lens.regularisers``) of one minibatch, to maximise."""
+    out = torch.zeros((), device=zb.device)
+    if cfg.pseudo_label_threshold is not None and cfg.pseudo_label_weight > 0:
+        out = out + cfg.pseudo_label_weight * mod.pseudo_label_terms(zb, cfg.pseudo_label_threshold).mean()
+    if soft and cfg.propagation_weight > 0:
+        targets = {k: (p[idx], w[idx]) for k, (p, w) in soft.items()}
+        out = out + cfg.propagation_weight * soft_label_terms(mod, zs_b, targets).mean()
+    if cfg.consistency_weight > 0:
+        out = out - cfg.consistency_weight * consistency_terms(mod, zb, cfg.consistency_noise).mean()
+    if cfg.mixup_weight > 0:
+        out = out - cfg.mixup_weight * mixup_terms(mod, zb).mean()
+    return out
+
+
+def train(
+    Z: np.ndarray,
+    labels: Mapping[str, np.ndarray],
+    attributes: list[Attribute],
+    cfg: LensConfig,
+    *,
+    device: torch.device,
+    start: Fit | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    validation: tuple[np.ndarray, Mapping[str, np.ndarray]] | None = None,
+    patience: int | None = None,
+) -> Fit:
+    """Train with the concrete settings ``cfg``: from scratch, or on from ``start`` (a warm start).
+
+    ``validation`` (Z, labels): after every epoch, the mean over its labelled items of
+    Σ_j log p_ψ(s_j | f(z)) — the model-selection criterion — is appended to ``val_history``.
+    ``patience``: stop once that many epochs passed without a better value (early stopping); the
+    weights are those of the last epoch.
+    """
+    if cfg.needs_selection:
+        raise ValueError(f"train needs concrete settings; {AUTO!r} is left in {cfg.to_dict()}")
+    n, d = Z.shape
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    if start is None:
+        dims = assign_dims(attributes, cfg.dims_per_attribute, d)
+        std = Z.std(0)
+        fit = Fit(module=LensModule(cfg, d, attributes, dims).to(device), z_mean=Z.mean(0).astype(np.float64),
+                  z_scale=np.where(std > 1e-8, std, 1.0).astype(np.float64), attribute_dims=dims)
+    else:
+        fit = Fit(module=start.module.to(device), z_mean=start.z_mean, z_scale=start.z_scale,
+                  attribute_dims=start.attribute_dims)
+    mod = fit.module
+    labelled_any = np.zeros(n, bool)
+    for a in attributes:
+        labelled_any |= observed_mask(labels[a.name], a)
+    lab_idx = np.flatnonzero(labelled_any)
+    alpha = cfg.alpha if cfg.alpha is not None else default_alpha(n, len(lab_idx))
+    fit.alpha, fit.n_labelled = float(alpha), len(lab_idx)  # type: ignore[arg-type]
+
+    Z_std = fit.standardise(Z)
+    zt = torch.as_tensor(Z_std, dtype=torch.float32, device=device)
+    st = label_tensors(attributes, labels, device)
+    soft: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if cfg.propagation_weight > 0:
+        for name, (p_hat, w) in propagate_labels(Z_std, labels, attributes, seed=cfg.seed).items():
+            soft[name] = (torch.as_tensor(p_hat, device=device), torch.as_tensor(w, device=device))
+    val = None
+    if validation is not None:
+        val = (torch.as_tensor(fit.standardise(validation[0]), dtype=torch.float32, device=device),
+               label_tensors(attributes, validation[1], device))
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    epochs = cfg.epochs if cfg.epochs is not None else auto_epochs(steps_per_epoch)
+    total = epochs * steps_per_epoch
+    opt = torch.optim.Adam(mod.parameters(), lr=cfg.lr, weight_decay=float(cfg.weight_decay))
+    throttle = Throttle(progress)
+    mod.train()
+    step = 0
+    for epoch in range(epochs):
+        perm = torch.as_tensor(rng.permutation(n), device=device)
+        running = 0.0
+        for b in range(steps_per_epoch):
+            check_stop(should_stop)
+            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            zb = zt[idx]
+            elbo, zs_b = mod.elbo_and_sample(zb, {k: v[idx] for k, v in st.items()})
+            loss = -elbo.mean()
+            if len(lab_idx) and alpha > 0:  # type: ignore[operator]
+                li = torch.as_tensor(
+                    rng.choice(lab_idx, size=min(cfg.labelled_batch_size, len(lab_idx)),
+                               replace=len(lab_idx) < cfg.labelled_batch_size),
+                    device=device,
+                )
+                sup = mod.supervised_terms(zt[li], {k: v[li] for k, v in st.items()})
+                loss = loss - alpha * sup.mean()  # type: ignore[operator]
+            loss = loss - regularisers(mod, cfg, zb, zs_b, idx, soft)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(mod.parameters(), 100.0)
+            opt.step()
+            running += float(loss.detach())
+            step += 1
+            if throttle.due():
+                throttle(step / total, {"epoch": epoch + 1, "loss": running / (b + 1)})
+        fit.history.append(running / steps_per_epoch)
+        if val is not None:
+            fit.val_history.append(heldout_log_lik(mod, attributes, *val))
+            mod.train()
+            finite = np.isfinite(fit.val_history)
+            best = int(np.nanargmax(fit.val_history)) if finite.any() else epoch
+            if patience is not None and epoch - best >= patience:
+                break
+    mod.eval()
+    throttle(1.0, {"epoch": len(fit.history), "loss": fit.history[-1] if fit.history else float("nan")},
+             final=True)
+    return fit
