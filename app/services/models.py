@@ -107,17 +107,19 @@ def ensure_scores(*, session: Session, project: Project, model: ModelVersion, re
     return True
 
 
-def activate(*, session: Session, model: ModelVersion) -> ModelVersion:
-    """Make ``model`` the project's active version, and its representation the active one; one transaction.
+def switch_active(*, session: Session, model: ModelVersion, with_representation: bool = True) -> None:
+    """Make ``model`` its project's only active version (not committed); with ``with_representation``, its
+    representation becomes the active one too.
 
-    The queue reads the active version's scores, so activation (a rollback included) is what switches
-    the queue's order. A version without scores for the project's strategy gets a ``score`` job queued
-    (the queue hands out in random order until it finishes).
+    The one place activation happens: an admin's activation (or rollback) and a retrain's new version.
+    The partial unique indexes allow one active row per project, so the others go first. A retrain
+    leaves the representation alone: a pretrain that finished meanwhile made a newer one active, and
+    the retrain it queued will fit on that.
     """
     session.execute(sa.update(ModelVersion).where(ModelVersion.project_id == model.project_id,
                                                   ModelVersion.id != model.id, ModelVersion.active)
                     .values(active=False).execution_options(synchronize_session=False))
-    if model.representation_id is not None:
+    if with_representation and model.representation_id is not None:
         session.execute(sa.update(Representation).where(Representation.project_id == model.project_id,
                                                         Representation.id != model.representation_id,
                                                         Representation.active)
@@ -128,6 +130,16 @@ def activate(*, session: Session, model: ModelVersion) -> ModelVersion:
     session.flush()
     model.active = True
     session.flush()
+
+
+def activate(*, session: Session, model: ModelVersion) -> ModelVersion:
+    """Make ``model`` the project's active version, and its representation the active one; one transaction.
+
+    The queue reads the active version's scores, so activation (a rollback included) is what switches
+    the queue's order. A version without scores for the project's strategy gets a ``score`` job queued
+    (the queue hands out in random order until it finishes).
+    """
+    switch_active(session=session, model=model)
     project = session.get(Project, model.project_id)
     assert project is not None
     ensure_scores(session=session, project=project, model=model, reason=f"activated version {model.version}")
@@ -199,14 +211,20 @@ def active_representation(*, session: Session, project_id: int) -> Representatio
     return rep
 
 
+def read_z(*, session: Session, rep_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A representation's stored table: item ids (int64) and their z (float32), row for row.
+
+    Conflict when it holds none (an embeddings project before its pretrain checked the upload).
+    """
+    row = session.execute(sa.select(Representation.z, Representation.item_ids)
+                          .where(Representation.id == rep_id)).one()
+    if row.z is None or row.item_ids is None:
+        raise Conflict(f"representation {rep_id} holds no z: run pretrain")
+    return _npy(row.item_ids).astype(np.int64), _npy(row.z).astype(np.float32)
+
+
 def _z_table(session: Session, rep: Representation) -> tuple[np.ndarray, np.ndarray]:
-    def load() -> tuple[np.ndarray, np.ndarray]:
-        row = session.execute(sa.select(Representation.z, Representation.item_ids)
-                              .where(Representation.id == rep.id)).one()
-        if row.z is None or row.item_ids is None:
-            raise Conflict(f"representation {rep.id} holds no z")
-        return _npy(row.item_ids).astype(np.int64), _npy(row.z).astype(np.float32)
-    return _cache_for(session).get(("z", rep.id), load)
+    return _cache_for(session).get(("z", rep.id), lambda: read_z(session=session, rep_id=rep.id))
 
 
 def z_of(*, session: Session, rep: Representation, item_ids: list[int]) -> np.ndarray:

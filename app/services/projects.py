@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Attribute, Item, Label, ModelVersion, Project
+from app.db.models import Attribute, Item, Label, Project
 from app.services import jobs, models
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.imports import Loaded, store
@@ -165,7 +165,6 @@ def summary(*, session: Session, project: Project) -> dict[str, Any]:
     ).one()
     n_labels = session.scalar(sa.select(sa.func.count()).select_from(Label)
                               .where(Label.project_id == project.id, Label.kind == "label")) or 0
-    active = session.scalar(sa.select(ModelVersion).where(ModelVersion.project_id == project.id,
-                                                          ModelVersion.active))
+    active = models.active(session=session, project_id=project.id)
     return {"n_items": int(row[0]), "n_labelled": int(row[1]), "n_eval": int(row[2]), "n_labels": int(n_labels),
             "active_model": {"id": active.id, "version": active.version} if active else None}

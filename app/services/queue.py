@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.db.models import Item, Lease, ModelVersion, Project, Score, Skip, User
+from app.db.models import Item, Lease, Project, Score, Skip, User
+from app.services import models
 from app.services.errors import Conflict, Forbidden, NotFound
 from app.services.projects import effective_settings
 from app.services.users import has_role
@@ -82,12 +83,6 @@ def _claim(session: Session, item_id: int, lease_id: str, expires: datetime, now
     return res.rowcount == 1
 
 
-def active_model(session: Session, project_id: int) -> ModelVersion | None:
-    """The project's active model version, or None before the first retrain."""
-    return session.scalar(sa.select(ModelVersion).where(ModelVersion.project_id == project_id,
-                                                        ModelVersion.active))
-
-
 def lease_out(lease: Lease, *, resumed: bool = False) -> dict[str, Any]:
     """A queue entry as the API returns it."""
     return {"item_id": lease.item_id, "lease_id": lease.id, "expires_at": lease.expires_at, "eval": lease.eval,
@@ -144,7 +139,7 @@ def next_items(*, session: Session, project: Project, user: User, n: int, lease_
     k = need - got_eval
     if k > 0:
         pool = sa.and_(free, Item.split == "pool")
-        model = active_model(session, project.id) if project.strategy != "random" else None
+        model = models.active(session=session, project_id=project.id) if project.strategy != "random" else None
         won = 0
         if model is not None:
             won = take(_scored_candidates(session, pool, model.id, project.strategy, k + SLACK), k, False)

@@ -23,6 +23,8 @@ from app.db.models import Item, Job, JobRun, Label, MetricPoint, ModelVersion, P
 from app.services import jobs as job_service
 from app.services import labels as label_service
 from app.services import metric_reasons
+from app.services import models as model_service
+from app.services.errors import ServiceError
 from app.services.projects import schema
 from app.worker.progress import JobContext
 from ml import pipeline
@@ -42,10 +44,6 @@ class TaskError(Exception):
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def _npy(b: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(b), allow_pickle=False)
 
 
 def _to_npy(a: np.ndarray) -> bytes:
@@ -124,10 +122,10 @@ def _active_rep(s: Session, project_id: int) -> Representation | None:
 
 def _z_table(db: Any, rep_id: int) -> tuple[np.ndarray, np.ndarray]:
     with db.session(write=False) as s:
-        row = s.execute(sa.select(Representation.z, Representation.item_ids).where(Representation.id == rep_id)).one()
-    if row.z is None or row.item_ids is None:
-        raise TaskError(f"representation {rep_id} holds no z: run pretrain")
-    return _npy(row.item_ids).astype(np.int64), _npy(row.z).astype(np.float32)
+        try:
+            return model_service.read_z(session=s, rep_id=rep_id)
+        except ServiceError as exc:
+            raise TaskError(str(exc.detail)) from None
 
 
 def _rows_of(table_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -277,8 +275,7 @@ def run_pretrain(ctx: JobContext, settings: Settings) -> None:
             _succeed(s, ctx, result, f"embeddings checked: {len(item_ids)} items, d={res.Z.shape[1]}")
             s.commit()
             return
-        had_model = s.scalar(sa.select(ModelVersion.id).where(ModelVersion.project_id == project.id,
-                                                              ModelVersion.active)) is not None
+        had_model = model_service.active(session=s, project_id=project.id) is not None
         rep = _store_representation(s, ctx, project, res, item_ids, reuse)
         if had_model:
             job_service.enqueue(session=s, project_id=project.id, kind="retrain",
@@ -339,7 +336,7 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
         rep = _active_rep(s, project.id)
         rep_id = rep.id if rep is not None else None
         test_ll = (rep.config or {}).get("test_ll") if rep is not None else None
-        prev = s.scalar(sa.select(ModelVersion).where(ModelVersion.project_id == project.id, ModelVersion.active))
+        prev = model_service.active(session=s, project_id=project.id)
         prev_id = prev.id if prev is not None and prev.representation_id == rep_id else None
     if rep_id is None:
         # No representation yet (its pretrain failed or never ran): fit it first, as part of this job.
@@ -400,12 +397,7 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
             s.add(MetricPoint(project_id=ctx.project_id, model_version_id=mv.id, n_labels=n_lab,
                               overall=metrics["overall"], attributes=metrics["attributes"], test_ll=test_ll,
                               extra=_point_extra(metrics)))
-            s.execute(sa.update(ModelVersion).where(ModelVersion.project_id == ctx.project_id,
-                                                    ModelVersion.id != mv.id, ModelVersion.active)
-                      .values(active=False).execution_options(synchronize_session=False))
-            s.flush()
-            mv.active = True
-            s.flush()
+            model_service.switch_active(session=s, model=mv, with_representation=False)
             result = {"model_id": mv.id, "version": version, "content_hash": digest, "n_labels": n_lab,
                       "overall": metrics["overall"], "overall_k": metrics.get("overall_k"),
                       "flow": stats.get("flow"), "warm_start": stats["warm_start"],
@@ -433,7 +425,7 @@ def _model_for(s: Session, ctx: JobContext) -> ModelVersion:
         if mv is None or mv.project_id != ctx.project_id:
             raise TaskError(f"params.model_id: no model version {mid} in project {ctx.project_id}")
         return mv
-    mv = s.scalar(sa.select(ModelVersion).where(ModelVersion.project_id == ctx.project_id, ModelVersion.active))
+    mv = model_service.active(session=s, project_id=ctx.project_id)
     if mv is None:
         raise TaskError("the project has no active model yet: run a retrain first")
     return mv
