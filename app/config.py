@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         # Heroku-style URLs name no driver; SQLAlchemy 2 needs psycopg 3 spelled out.
         for prefix in ("postgres://", "postgresql://"):
             if v.startswith(prefix):
-                return "postgresql+psycopg://" + v[len(prefix):]
+                return "postgresql+psycopg://" + v[len(prefix) :]
         if not (v.startswith("sqlite") or v.startswith("postgresql+")):
             raise ValueError(f"LENSLAB_DATABASE_URL must be a sqlite:// or postgresql:// URL, got {v!r}")
         return v

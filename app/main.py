@@ -52,8 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db.dispose()
 
     app = FastAPI(
-        title="lenslab", version="1", description=(app_doc or "").strip(), lifespan=lifespan,
-        docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+        title="lenslab",
+        version="1",
+        description=(app_doc or "").strip(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
     )
     app.state.settings = settings
     app.state.db = db
@@ -70,10 +75,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/docs", include_in_schema=False)
     def api_docs() -> HTMLResponse:
         # Swagger UI from static/vendor (no CDN): the docs render on a machine without internet.
-        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="lenslab API",
-                                   swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
-                                   swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
-                                   swagger_favicon_url="/static/favicon.svg")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="lenslab API",
+            swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> RedirectResponse:

@@ -57,8 +57,9 @@ class EmbeddingsSpec(Strict):
     mode: Literal["L", "RGB"] = "L"
 
 
-DatasetSpec = Annotated[DigitsSpec | ShapesSpec | MnistSpec | ImagesSpec | EmbeddingsSpec,
-                        Field(discriminator="source")]
+DatasetSpec = Annotated[
+    DigitsSpec | ShapesSpec | MnistSpec | ImagesSpec | EmbeddingsSpec, Field(discriminator="source")
+]
 
 
 class RepresentationIn(BaseModel):
@@ -76,14 +77,20 @@ class ProjectSettingsIn(BaseModel):
     lease_seconds: int | None = Field(None, ge=5, le=7 * 24 * 3600)
     eval_fraction: float | None = Field(None, ge=0.0, le=1.0)
     skip_hours: float | None = Field(
-        None, ge=0, le=30 * 24, description="How long a skipped item stays away from the expert who skipped it "
-        "(hours; 0: it may come straight back). Unset: the rest of the day (UTC).")
+        None,
+        ge=0,
+        le=30 * 24,
+        description="How long a skipped item stays away from the expert who skipped it "
+        "(hours; 0: it may come straight back). Unset: the rest of the day (UTC).",
+    )
     lens: dict[str, Any] | None = Field(
-        None, description="Lens hyper-parameters for retrains (checked when saved; 422 names a bad key or value): "
+        None,
+        description="Lens hyper-parameters for retrains (checked when saved; 422 names a bad key or value): "
         "flow (planar | coupling | spline | auto), alpha (number ≥ 0 | auto), dims_per_attribute, n_flows, hidden, "
         "epochs, warm_epochs, lr, weight_decay, batch_size, labelled_batch_size, seed, pseudo_label_threshold, "
         "pseudo_label_weight, consistency_weight, mixup_weight, selection_folds.",
-        examples=[{"flow": "auto", "alpha": "auto", "dims_per_attribute": 2}])
+        examples=[{"flow": "auto", "alpha": "auto", "dims_per_attribute": 2}],
+    )
 
 
 class ProjectIn(Strict):

@@ -14,15 +14,16 @@ config = context.config
 
 def _url() -> str:
     return (
-        config.attributes.get("url")
-        or context.get_x_argument(as_dictionary=True).get("url")
-        or Settings().database_url
+        config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url") or Settings().database_url
     )
 
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=_url(), target_metadata=metadata, literal_binds=True, render_as_batch=True,
+        url=_url(),
+        target_metadata=metadata,
+        literal_binds=True,
+        render_as_batch=True,
         dialect_opts={"paramstyle": "named"},
     )
     with context.begin_transaction():

@@ -68,9 +68,7 @@ def _as_probs(probs: Any, name: str = "probs") -> ArrayT:
         raise ValueError(f"{name}: need at least one sample and one class, got shape {tuple(p.shape)}")
     # `>= 0` is False for NaN too, so one test catches both.
     if not bool((p >= 0).all()):
-        raise ValueError(
-            f"{name}: probabilities must be non-negative numbers (found a negative value or NaN)"
-        )
+        raise ValueError(f"{name}: probabilities must be non-negative numbers (found a negative value or NaN)")
     return p
 
 
@@ -132,7 +130,8 @@ def _as_gaussian(means: Any, variances: Any) -> tuple[ArrayT, ArrayT]:
         v = np.asarray(variances, dtype=np.float64)
     if m.ndim != 2 or tuple(m.shape) != tuple(v.shape):
         raise ValueError(
-            f"means and variances: expected equal shapes [N, S] (items, samples), got {tuple(m.shape)} and {tuple(v.shape)}"
+            f"means and variances: expected equal shapes [N, S] (items, samples), got {tuple(m.shape)} and "
+            f"{tuple(v.shape)}"
         )
     if m.shape[1] == 0:
         raise ValueError("means and variances: need at least one Monte-Carlo sample")
@@ -290,9 +289,7 @@ def _allowed_mask(exclude: Any, n: int) -> np.ndarray:
 def _as_scores(scores: Any) -> np.ndarray:
     s = _to_numpy(scores)
     if s.ndim != 1:
-        raise ValueError(
-            f"scores: expected a 1-d array [N], got shape {s.shape} (batchbald takes probs [N, S, C])"
-        )
+        raise ValueError(f"scores: expected a 1-d array [N], got shape {s.shape} (batchbald takes probs [N, S, C])")
     if np.isnan(s).any():
         raise ValueError("scores: NaN found")
     return s
@@ -310,9 +307,7 @@ def _topk(scores: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
     return idx[np.argsort(-scores[idx], kind="stable")[:k]]
 
 
-def _power(
-    scores: np.ndarray, k: int, allowed: np.ndarray, beta: float, rng: np.random.Generator
-) -> np.ndarray:
+def _power(scores: np.ndarray, k: int, allowed: np.ndarray, beta: float, rng: np.random.Generator) -> np.ndarray:
     idx = np.flatnonzero(allowed)
     s = scores[idx]
     _require_weights(s, "power")

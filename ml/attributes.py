@@ -35,14 +35,10 @@ class Attribute:
         object.__setattr__(self, "levels", tuple(str(v) for v in self.levels))
         if self.kind == "continuous":
             if self.levels:
-                raise ValueError(
-                    f"attribute {self.name!r}: a continuous attribute takes low/high, not levels"
-                )
+                raise ValueError(f"attribute {self.name!r}: a continuous attribute takes low/high, not levels")
             if self.low is None or self.high is None:
                 raise ValueError(f"attribute {self.name!r}: a continuous attribute needs low and high")
-            if not (np.isfinite(self.low) and np.isfinite(self.high)) or not float(self.low) < float(
-                self.high
-            ):
+            if not (np.isfinite(self.low) and np.isfinite(self.high)) or not float(self.low) < float(self.high):
                 raise ValueError(
                     f"attribute {self.name!r}: need finite low < high, got low={self.low}, high={self.high}"
                 )
@@ -138,21 +134,15 @@ def validate_labels(
             continue
         arr = np.asarray(S[a.name])
         if arr.ndim != 1 or arr.shape[0] != n:
-            raise ValueError(
-                f"attribute {a.name!r}: expected a 1-d array of length {n}, got shape {arr.shape}"
-            )
+            raise ValueError(f"attribute {a.name!r}: expected a 1-d array of length {n}, got shape {arr.shape}")
         if a.is_discrete:
             if arr.dtype.kind == "f":
                 bad = ~np.isnan(arr) & (arr != np.round(arr))
                 if bad.any():
-                    raise ValueError(
-                        f"attribute {a.name!r}: level indices must be integers, got {arr[bad][0]!r}"
-                    )
+                    raise ValueError(f"attribute {a.name!r}: level indices must be integers, got {arr[bad][0]!r}")
                 arr = np.where(np.isnan(arr), MISSING_LEVEL, arr)
             elif arr.dtype.kind not in "iub":
-                raise ValueError(
-                    f"attribute {a.name!r}: expected integer level indices, got dtype {arr.dtype}"
-                )
+                raise ValueError(f"attribute {a.name!r}: expected integer level indices, got dtype {arr.dtype}")
             arr = arr.astype(np.int64)
             bad = (arr < MISSING_LEVEL) | (arr >= a.n_levels)
             if bad.any():

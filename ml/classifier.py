@@ -47,9 +47,13 @@ class HiddenLayerNet(nn.Module):
         n = len(CONV_CHANNELS)
         feat = CONV_CHANNELS[-1] * (H >> n) * (W >> n)
         self.features = nn.Sequential(
-            nn.Conv2d(C, CONV_CHANNELS[0], 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(CONV_CHANNELS[0], CONV_CHANNELS[1], 4, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(feat, FC_WIDTH), nn.ReLU(),
+            nn.Conv2d(C, CONV_CHANNELS[0], 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(CONV_CHANNELS[0], CONV_CHANNELS[1], 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(feat, FC_WIDTH),
+            nn.ReLU(),
             nn.Linear(FC_WIDTH, hidden_dim),
         )
         self.out = nn.Linear(hidden_dim, n_classes)
@@ -74,7 +78,8 @@ def _check_labels(y: Any, n_items: int, n_classes: int) -> np.ndarray:
     bad = (y < UNLABELLED) | (y >= n_classes)
     if bad.any():
         raise ValueError(
-            f"y values must be in [0, {n_classes - 1}] or -1 (unlabelled), got {int(y[bad][0])} at index {int(np.argmax(bad))}"
+            f"y values must be in [0, {n_classes - 1}] or -1 (unlabelled), got {int(y[bad][0])} at index "
+            f"{int(np.argmax(bad))}"
         )
     return y.astype(np.int64)
 

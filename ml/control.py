@@ -55,9 +55,7 @@ class Throttle:
             return False
         return self.last_time is None or self.clock() - self.last_time >= self.interval
 
-    def __call__(
-        self, fraction: float, info: Mapping[str, Any] | None = None, *, final: bool = False
-    ) -> bool:
+    def __call__(self, fraction: float, info: Mapping[str, Any] | None = None, *, final: bool = False) -> bool:
         """Report ``fraction`` done with ``info``; return whether the callback was called."""
         if self.callback is None:
             return False

@@ -35,9 +35,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         except RuntimeError as exc:  # e.g. "cuda:x"
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible"
-            )
+            raise ValueError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
         return dev
     raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
 

@@ -126,12 +126,7 @@ class PlanarFlow(Flow):
             newton = alpha - g / gp
             # Newton on tanh-shaped g can oscillate between the flanks; as in Numerical Recipes'
             # rtsafe, take it only while it stays in the bracket and at least halves the step.
-            ok = (
-                (newton >= lo)
-                & (newton <= hi)
-                & torch.isfinite(newton)
-                & ((newton - alpha).abs() <= 0.5 * prev_step)
-            )
+            ok = (newton >= lo) & (newton <= hi) & torch.isfinite(newton) & ((newton - alpha).abs() <= 0.5 * prev_step)
             new = torch.where(ok, newton, 0.5 * (lo + hi))
             prev_step = (new - alpha).abs()
             alpha = new
@@ -323,9 +318,7 @@ class AffineCouplingFlow(_CouplingFlow):
     small scales unchanged. Each layer thus scales by at most e^±S.
     """
 
-    def __init__(
-        self, dim: int, hidden: int = 64, mask_parity: int = 0, *, max_log_scale: float = 2.0
-    ) -> None:
+    def __init__(self, dim: int, hidden: int = 64, mask_parity: int = 0, *, max_log_scale: float = 2.0) -> None:
         if not max_log_scale > 0:
             raise ValueError(f"max_log_scale must be > 0, got {max_log_scale}")
         super().__init__(dim, hidden, mask_parity, n_params=2)

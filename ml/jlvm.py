@@ -47,7 +47,9 @@ def kl_diag_gaussians(mu: torch.Tensor, logvar: torch.Tensor, m: torch.Tensor, l
     return 0.5 * (logv - logvar + (logvar.exp() + (mu - m) ** 2) / logv.exp() - 1.0).sum(-1)
 
 
-def head_log_lik(head: AttributeHead, a: Attribute, zs: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def head_log_lik(
+    head: AttributeHead, a: Attribute, zs: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log q(s|z*) per item, observed mask), for the attribute's label vector v (−1 / NaN = missing)."""
     if a.is_discrete:
         known = v >= 0
@@ -89,7 +91,9 @@ class JointModule(nn.Module):
             loss = loss + beta * kl_diag_gaussians(mu, logvar, self.r_mean, r_logvar)  # eq. (13), β term
         return loss, zs
 
-    def supervised(self, x: torch.Tensor, s: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+    def supervised(
+        self, x: torch.Tensor, s: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Σ_j log q(s_j|z*), z* ~ q(z*|x), over observed attributes: the last line of eq. (13). (B,)"""
         mu, logvar = self.vae.encode(x)
         zs = self.vae.sample(mu, logvar, generator)
@@ -138,7 +142,8 @@ class JLVM(Checkpointed):
             raise ValueError(f"dims_per_attribute must be an integer ≥ 1, got {dims_per_attribute!r}")
         if dims_per_attribute * len(self.attributes) > latent_dim:
             raise ValueError(
-                f"{len(self.attributes)} attribute(s) × dims_per_attribute={dims_per_attribute} exceed latent_dim={latent_dim}"
+                f"{len(self.attributes)} attribute(s) × dims_per_attribute={dims_per_attribute} exceed "
+                f"latent_dim={latent_dim}"
             )
         self.beta = float(beta)
         self.lam = lam
@@ -146,8 +151,15 @@ class JLVM(Checkpointed):
         self.dims_per_attribute = dims_per_attribute
         self.labelled_batch_size = labelled_batch_size
         self.vae_params = {
-            "image_shape": image_shape, "latent_dim": latent_dim, "likelihood": likelihood, "hidden": hidden,
-            "channels": tuple(channels), "lr": lr, "batch_size": batch_size, "epochs": epochs, "seed": seed,
+            "image_shape": image_shape,
+            "latent_dim": latent_dim,
+            "likelihood": likelihood,
+            "hidden": hidden,
+            "channels": tuple(channels),
+            "lr": lr,
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "seed": seed,
             "device": device,
         }
         side = 2 ** len(tuple(channels))  # any valid shape, when the real one comes from fit's X
@@ -167,8 +179,11 @@ class JLVM(Checkpointed):
 
     def _params(self) -> dict[str, Any]:
         return {
-            "attributes": [a.to_dict() for a in self.attributes], "beta": self.beta, "lam": self.lam,
-            "kl_weight": self.kl_weight, "dims_per_attribute": self.dims_per_attribute,
+            "attributes": [a.to_dict() for a in self.attributes],
+            "beta": self.beta,
+            "lam": self.lam,
+            "kl_weight": self.kl_weight,
+            "dims_per_attribute": self.dims_per_attribute,
             "labelled_batch_size": self.labelled_batch_size,
         }
 
@@ -205,8 +220,10 @@ class JLVM(Checkpointed):
         rng = np.random.default_rng(cfg.seed)
         opt = make_adam(mod, cfg.lr, dev)
         data = torch.from_numpy(X)
-        st = {a.name: torch.as_tensor(labels[a.name] if a.is_discrete else labels[a.name].astype(np.float32))
-              for a in self.attributes}
+        st = {
+            a.name: torch.as_tensor(labels[a.name] if a.is_discrete else labels[a.name].astype(np.float32))
+            for a in self.attributes
+        }
         bs = cfg.batch_size
         n_batches = math.ceil(n / bs)
         total = max(cfg.epochs * n_batches, 1)
@@ -223,8 +240,11 @@ class JLVM(Checkpointed):
                 loss_vec, _ = mod.losses(xb, self.kl_weight, self.beta, g_noise)
                 loss = loss_vec.mean()
                 if lab_idx.size and lam > 0:
-                    li = rng.choice(lab_idx, size=min(self.labelled_batch_size, lab_idx.size),
-                                    replace=lab_idx.size < self.labelled_batch_size)
+                    li = rng.choice(
+                        lab_idx,
+                        size=min(self.labelled_batch_size, lab_idx.size),
+                        replace=lab_idx.size < self.labelled_batch_size,
+                    )
                     sup = mod.supervised(data[li].to(dev), {k: v[li].to(dev) for k, v in st.items()}, g_noise)
                     loss = loss - lam * sup.mean()  # + λ·E log q(s|z*), eq. (13)
                 opt.zero_grad(set_to_none=True)
@@ -240,8 +260,9 @@ class JLVM(Checkpointed):
         self._set_fitted(cfg, dev, mod, history, float(lam), int(lab_idx.size))
         return self
 
-    def _set_fitted(self, cfg: VAEConfig, dev: torch.device, mod: JointModule, history: list[float],
-                    lam: float, n_labelled: int) -> None:
+    def _set_fitted(
+        self, cfg: VAEConfig, dev: torch.device, mod: JointModule, history: list[float], lam: float, n_labelled: int
+    ) -> None:
         vae = VAE(**{**self.vae_params, "image_shape": cfg.image_shape})
         vae.config_, vae.device_, vae.model_ = cfg, dev, mod.vae  # the fitted networks, shared
         vae.loss_history_, vae.n_epochs_, vae.image_shape_ = history, cfg.epochs, cfg.image_shape
@@ -300,12 +321,32 @@ class JLVM(Checkpointed):
         fitted = json.loads(ckpt["fitted"])
         cfg_d["image_shape"], cfg_d["channels"] = tuple(cfg_d["image_shape"]), tuple(cfg_d["channels"])
         cfg_d["device"] = device
-        vae_kw = {k: cfg_d[k] for k in ("image_shape", "latent_dim", "likelihood", "hidden", "channels", "lr",
-                                         "batch_size", "epochs", "seed", "device")}
+        vae_kw = {
+            k: cfg_d[k]
+            for k in (
+                "image_shape",
+                "latent_dim",
+                "likelihood",
+                "hidden",
+                "channels",
+                "lr",
+                "batch_size",
+                "epochs",
+                "seed",
+                "device",
+            )
+        }
         self = JLVM.__new__(BetaVAE if ckpt.get("class") == "BetaVAE" else JLVM)
-        JLVM.__init__(self, params["attributes"], beta=params["beta"], lam=params["lam"], kl_weight=params["kl_weight"],
-                      dims_per_attribute=params["dims_per_attribute"], labelled_batch_size=params["labelled_batch_size"],
-                      **vae_kw)
+        JLVM.__init__(
+            self,
+            params["attributes"],
+            beta=params["beta"],
+            lam=params["lam"],
+            kl_weight=params["kl_weight"],
+            dims_per_attribute=params["dims_per_attribute"],
+            labelled_batch_size=params["labelled_batch_size"],
+            **vae_kw,
+        )
         cfg = VAEConfig(**{**vae_kw, "gaussian_log_sigma": cfg_d.get("gaussian_log_sigma")})
         mod = JointModule(cfg, self.attributes, self._dims())
         mod.load_state_dict(ckpt["state"])
@@ -320,8 +361,13 @@ class BetaVAE(JLVM):
     def __init__(self, beta: float = 4.0, **vae_params: Any) -> None:
         super().__init__((), beta=0.0, lam=0.0, kl_weight=beta, **vae_params)
 
-    def fit(self, X: Any, S: Mapping[str, Any] | None = None, progress: ProgressFn | None = None,
-            should_stop: StopFn | None = None) -> BetaVAE:
+    def fit(
+        self,
+        X: Any,
+        S: Mapping[str, Any] | None = None,
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+    ) -> BetaVAE:
         """Train on images X alone (S is ignored: the baseline sees no side information)."""
         super().fit(X, None, progress, should_stop)
         return self

@@ -355,9 +355,7 @@ def interpretability_score_cv(
                     f"attribute {a.name!r}: {idx.size} observed labels, need at least {2 * folds} for {folds} folds"
                 )
             strata = (
-                y[idx]
-                if a.is_discrete
-                else np.digitize(y[idx], _quantile_edges(y[idx], kw.get("continuous_bins", 5)))
+                y[idx] if a.is_discrete else np.digitize(y[idx], _quantile_edges(y[idx], kw.get("continuous_bins", 5)))
             )
             results = []
             for tr, te in _fold_splitter(strata, int(folds), seed).split(idx, strata):

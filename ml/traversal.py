@@ -152,8 +152,9 @@ def attribute_grid(
     return images.reshape(images.shape[0], a, b, *images.shape[2:])
 
 
-def grid_png(images: Any, pad: int = 1, scale: int = 1, pad_value: float = 0.5, group_rows: int | None = None,
-             group_gap: int = 4) -> bytes:
+def grid_png(
+    images: Any, pad: int = 1, scale: int = 1, pad_value: float = 0.5, group_rows: int | None = None, group_gap: int = 4
+) -> bytes:
     """One PNG of an image grid: rows = items, columns = steps, for the traversal pages.
 
     ``images`` [rows, cols, C, H, W] (C = 1 or 3) or [rows, cols, H, W], floats in [0, 1] (values
@@ -171,7 +172,10 @@ def grid_png(images: Any, pad: int = 1, scale: int = 1, pad_value: float = 0.5, 
     if a.ndim == 4:
         a = a[:, :, None]  # (R, K, H, W) -> (R, K, 1, H, W)
     if a.ndim != 5 or a.shape[2] not in (1, 3):
-        raise ValueError(f"images must have shape [rows, cols, C, H, W] with C in (1, 3) or [rows, cols, H, W], got {np.shape(images)}")
+        raise ValueError(
+            "images must have shape [rows, cols, C, H, W] with C in (1, 3) or [rows, cols, H, W], got "
+            f"{np.shape(images)}"
+        )
     if min(a.shape) == 0:
         raise ValueError(f"images must not be empty, got shape {np.shape(images)}")
     if not np.isfinite(a).all():
@@ -182,8 +186,9 @@ def grid_png(images: Any, pad: int = 1, scale: int = 1, pad_value: float = 0.5, 
     if not (isinstance(pad_value, int | float) and 0.0 <= pad_value <= 1.0):
         raise ValueError(f"pad_value must be a number in [0, 1], got {pad_value!r}")
     R, K, C, H, W = a.shape
-    if group_rows is not None and (isinstance(group_rows, bool) or not isinstance(group_rows, int | np.integer)
-                                   or group_rows < 1 or R % group_rows):
+    if group_rows is not None and (
+        isinstance(group_rows, bool) or not isinstance(group_rows, int | np.integer) or group_rows < 1 or R % group_rows
+    ):
         raise ValueError(f"group_rows must be a positive integer dividing the {R} rows, got {group_rows!r}")
     if isinstance(group_gap, bool) or not isinstance(group_gap, int | np.integer) or group_gap < 0:
         raise ValueError(f"group_gap must be an integer >= 0, got {group_gap!r}")
@@ -195,8 +200,7 @@ def grid_png(images: Any, pad: int = 1, scale: int = 1, pad_value: float = 0.5, 
         tiles = tiles.repeat(scale, axis=3).repeat(scale, axis=4)  # nearest-neighbour upscaling
     h, w = H * scale, W * scale
     n_blocks = R // block
-    canvas = np.full((C, R * h + (R + 1) * pad + (n_blocks - 1) * gap, K * w + (K + 1) * pad), pad_value,
-                     np.float32)
+    canvas = np.full((C, R * h + (R + 1) * pad + (n_blocks - 1) * gap, K * w + (K + 1) * pad), pad_value, np.float32)
     for r in range(R):
         for k in range(K):
             y0, x0 = pad + r * (h + pad) + (r // block) * gap, pad + k * (w + pad)

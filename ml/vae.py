@@ -59,9 +59,7 @@ def check_images(X: Any, image_shape: tuple[int, ...] | None = None, name: str =
         X = X.detach().cpu().numpy()
     X = np.asarray(X)
     if not np.issubdtype(X.dtype, np.floating):
-        raise ValueError(
-            f"{name} must hold floats in [0, 1], got dtype {X.dtype} (divide 8-bit images by 255)"
-        )
+        raise ValueError(f"{name} must hold floats in [0, 1], got dtype {X.dtype} (divide 8-bit images by 255)")
     if X.ndim != 4:
         raise ValueError(f"{name} must have shape [N, C, H, W], got shape {X.shape}")
     if image_shape is not None and tuple(X.shape[1:]) != tuple(image_shape):
@@ -151,7 +149,9 @@ class VAEConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if self.gaussian_log_sigma is not None:
             if not (isinstance(self.gaussian_log_sigma, int | float) and math.isfinite(self.gaussian_log_sigma)):
-                raise ValueError(f"gaussian_log_sigma must be None (learnt) or a finite number, got {self.gaussian_log_sigma!r}")
+                raise ValueError(
+                    f"gaussian_log_sigma must be None (learnt) or a finite number, got {self.gaussian_log_sigma!r}"
+                )
             self.gaussian_log_sigma = float(self.gaussian_log_sigma)
         resolve_device(self.device)  # fail at construction, naming the setting
 
@@ -174,7 +174,10 @@ class ConvVAE(nn.Module):
             convs += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
             c_in = c_out
         self.encoder = nn.Sequential(
-            *convs, nn.Flatten(), nn.Linear(n_feat, config.hidden), nn.ReLU(),
+            *convs,
+            nn.Flatten(),
+            nn.Linear(n_feat, config.hidden),
+            nn.ReLU(),
             nn.Linear(config.hidden, 2 * config.latent_dim),
         )
 
@@ -183,9 +186,12 @@ class ConvVAE(nn.Module):
             deconvs += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         deconvs.pop()  # no activation on the output: logits (Bernoulli) or means (Gaussian)
         self.decoder = nn.Sequential(
-            nn.Linear(config.latent_dim, config.hidden), nn.ReLU(),
-            nn.Linear(config.hidden, n_feat), nn.ReLU(),
-            nn.Unflatten(1, self.feat_shape), *deconvs,
+            nn.Linear(config.latent_dim, config.hidden),
+            nn.ReLU(),
+            nn.Linear(config.hidden, n_feat),
+            nn.ReLU(),
+            nn.Unflatten(1, self.feat_shape),
+            *deconvs,
         )
 
         if config.likelihood == "gaussian":
@@ -446,9 +452,9 @@ class VAE(Checkpointed):
 
         log p(x) ≥ E log (1/k) Σ_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) (IWAE, Burda et al. 2016);
         k = 1 is the ELBO, the bound tightens as k grows. ``batch_size`` counts decoded
-        (image, sample) pairs per chunk (None: about 2M output pixels' worth, bounding memory). ``binarize=True`` thresholds x at 0.5 first (the paper's
-        MNIST numbers are on binarised data); otherwise Bernoulli log-likelihoods are taken against
-        the grey values (see the module docstring).
+        (image, sample) pairs per chunk (None: about 2M output pixels' worth, bounding memory).
+        ``binarize=True`` thresholds x at 0.5 first (the paper's MNIST numbers are on binarised data);
+        otherwise Bernoulli log-likelihoods are taken against the grey values (see the module docstring).
         """
         model = self._check_fitted()
         X = check_images(X, self.config_.image_shape)

@@ -63,8 +63,9 @@ def _label(client: httpx.Client, pid: int, n_labels: int) -> None:
         for it in items:
             src = client.get(f"/api/v1/items/{it['item_id']}").raise_for_status().json()["source_index"]
             values = {"digit": str(int(digit[src])), "thickness": str(int(thickness[src]) + 1)}
-            client.post(f"/api/v1/items/{it['item_id']}/labels",
-                        json={"values": values, "lease_id": it["lease_id"]}).raise_for_status()
+            client.post(
+                f"/api/v1/items/{it['item_id']}/labels", json={"values": values, "lease_id": it["lease_id"]}
+            ).raise_for_status()
             done += 1
 
 
@@ -95,10 +96,12 @@ def _shoot(url: str, pid: int, out: Path) -> None:
         page.wait_for_selector("#models-table")
         page.screenshot(path=str(out / "jobs.png"))
         page.goto(f"/projects/{pid}/insights")
-        page.wait_for_function("() => Number(document.querySelector('[data-chart=metrics][data-metric=score]')"
-                               ".dataset.points || 0) >= 2")
-        page.wait_for_function("() => [...document.querySelectorAll('img.traversal')]"
-                               ".every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "() => Number(document.querySelector('[data-chart=metrics][data-metric=score]').dataset.points || 0) >= 2"
+        )
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('img.traversal')].every(i => i.complete && i.naturalWidth > 0)"
+        )
         page.wait_for_function("() => Number(document.querySelector('[data-chart=scatter]').dataset.points || 0) > 0")
         page.screenshot(path=str(out / "insights.png"), full_page=True)
         browser.close()
@@ -112,21 +115,36 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
-        env = {**os.environ, "LENSLAB_DATABASE_URL": f"sqlite:///{tmp}/lenslab.db", "LENSLAB_DATA_DIR": f"{tmp}/data",
-               "LENSLAB_ADMIN_PASSWORD": PASSWORD, "LENSLAB_DEVICE": "cpu"}
+        env = {
+            **os.environ,
+            "LENSLAB_DATABASE_URL": f"sqlite:///{tmp}/lenslab.db",
+            "LENSLAB_DATA_DIR": f"{tmp}/data",
+            "LENSLAB_ADMIN_PASSWORD": PASSWORD,
+            "LENSLAB_DEVICE": "cpu",
+        }
         lenslab = [sys.executable, "-m", "app.cli"]
         subprocess.run([*lenslab, "demo", "--no-serve"], cwd=ROOT, env=env, check=True)
-        server = subprocess.Popen([*lenslab, "serve", "--host", "127.0.0.1", "--port", str(port),
-                                   "--log-level", "warning"], cwd=ROOT, env=env)
+        server = subprocess.Popen(
+            [*lenslab, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             client = httpx.Client(base_url=url, timeout=60)
             _wait(lambda: _ok(client), "the server", 60)
-            token = subprocess.run([*lenslab, "tokens", "create", "admin", "--label", "screenshots"], cwd=ROOT,
-                                   env=env, check=True, capture_output=True, text=True).stdout.split()[-1]
+            token = subprocess.run(
+                [*lenslab, "tokens", "create", "admin", "--label", "screenshots"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()[-1]
             client.headers["Authorization"] = f"Bearer {token}"
-            pid = next(p["id"] for p in client.get("/api/v1/projects").raise_for_status().json()["projects"]
-                       if p["name"] == "digits")
+            pid = next(
+                p["id"]
+                for p in client.get("/api/v1/projects").raise_for_status().json()["projects"]
+                if p["name"] == "digits"
+            )
             _wait(lambda: _idle(client, pid), "the pretrain job", 900)
             for chunk in range(0, args.labels, 50):
                 _label(client, pid, min(50, args.labels - chunk))

@@ -11,6 +11,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 echo "== ruff"
 ruff check .
+ruff format --check .
 
 # --- PostgreSQL: a private cluster on 127.0.0.1, removed on exit ------------------------------
 PGDIR=""

@@ -15,8 +15,21 @@ import sqlalchemy as sa
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PG_URL = os.environ.get("LENSLAB_TEST_POSTGRES_URL")
-TABLES = ("metric_points", "scores", "model_versions", "representations", "leases", "labels", "jobs", "items",
-          "attributes", "projects", "web_sessions", "api_tokens", "users")
+TABLES = (
+    "metric_points",
+    "scores",
+    "model_versions",
+    "representations",
+    "leases",
+    "labels",
+    "jobs",
+    "items",
+    "attributes",
+    "projects",
+    "web_sessions",
+    "api_tokens",
+    "users",
+)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -86,9 +99,16 @@ def settings(db_url: str, tmp_path: Path) -> Any:
     from app.config import Settings
 
     return Settings(
-        _env_file=None, env="development", database_url=db_url, data_dir=tmp_path / "data",
-        import_roots=[SHARED_DATA, tmp_path / "imports"], secret_key="test-secret-key-0123456789abcdef",
-        max_upload_mb=2, lease_seconds=600, retrain_every=50, eval_fraction=0.0,
+        _env_file=None,
+        env="development",
+        database_url=db_url,
+        data_dir=tmp_path / "data",
+        import_roots=[SHARED_DATA, tmp_path / "imports"],
+        secret_key="test-secret-key-0123456789abcdef",
+        max_upload_mb=2,
+        lease_seconds=600,
+        retrain_every=50,
+        eval_fraction=0.0,
     )
 
 

@@ -26,8 +26,14 @@ def record(name: str, value: float, bound: float, kind: str) -> None:
     """Append one measurement to ``LENSLAB_QUALITY_LOG`` (when set)."""
     path = os.environ.get("LENSLAB_QUALITY_LOG")
     if path:
-        row = {"check": name, "value": float(value), "bound": float(bound), "kind": kind, "seed": SEED,
-               "threads": THREADS}
+        row = {
+            "check": name,
+            "value": float(value),
+            "bound": float(bound),
+            "kind": kind,
+            "seed": SEED,
+            "threads": THREADS,
+        }
         with Path(path).open("a") as f:
             f.write(json.dumps(row) + "\n")
 

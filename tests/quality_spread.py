@@ -32,10 +32,25 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     for threads in args.threads:
         for seed in args.seeds:
-            env = {**os.environ, "LENSLAB_TEST_SEED": str(seed), "LENSLAB_TEST_THREADS": str(threads),
-                   "LENSLAB_QUALITY_LOG": str(log), "OMP_NUM_THREADS": str(threads)}
-            cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-m", "quality", "-p", "no:cacheprovider",
-                   "--no-header"]
+            env = {
+                **os.environ,
+                "LENSLAB_TEST_SEED": str(seed),
+                "LENSLAB_TEST_THREADS": str(threads),
+                "LENSLAB_QUALITY_LOG": str(log),
+                "OMP_NUM_THREADS": str(threads),
+            }
+            cmd = [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-rf",
+                "-m",
+                "quality",
+                "-p",
+                "no:cacheprovider",
+                "--no-header",
+            ]
             if args.k:
                 cmd += ["-k", args.k]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -53,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in sorted(rows):
         vals = [r["value"] for r in rows[name]]
         r0 = rows[name][0]
-        print(f"{name:<{width}}  {len(vals):>3}  {min(vals):>9.4g}  {statistics.median(vals):>9.4g}  "
-              f"{max(vals):>9.4g}  {r0['kind']} {r0['bound']:.4g}")
+        print(
+            f"{name:<{width}}  {len(vals):>3}  {min(vals):>9.4g}  {statistics.median(vals):>9.4g}  "
+            f"{max(vals):>9.4g}  {r0['kind']} {r0['bound']:.4g}"
+        )
     print(f"\nraw measurements: {log}")
     for f in failed:
         print("FAILED:", f)

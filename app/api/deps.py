@@ -123,7 +123,9 @@ MAX_ROW_ID = 2**63 - 1
 RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="row id")]
 
 
-def project_or_404(session: SessionDep, pid: Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="project id")]) -> Project:
+def project_or_404(
+    session: SessionDep, pid: Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="project id")]
+) -> Project:
     """The project named in the path, or 404."""
     project = session.get(Project, pid)
     if project is None:

@@ -21,8 +21,14 @@ def _describe(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for e in errors:
         loc = [str(p) for p in e.get("loc", ())]
-        out.append({"loc": loc, "field": ".".join(loc[1:]) or (loc[0] if loc else ""), "msg": e.get("msg"),
-                    "type": e.get("type")})
+        out.append(
+            {
+                "loc": loc,
+                "field": ".".join(loc[1:]) or (loc[0] if loc else ""),
+                "msg": e.get("msg"),
+                "type": e.get("type"),
+            }
+        )
     return out
 
 
@@ -38,10 +44,14 @@ async def database_unavailable(request: Request, exc: sa_exc.OperationalError) -
     # A locked SQLite file past busy_timeout, PostgreSQL away, or a full disk: the request may be retried.
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
     if "full" in str(exc.orig).lower():  # SQLITE_FULL / PostgreSQL's "No space left on device"
-        return JSONResponse({"detail": "database storage is full; nothing was written, retry once space is freed"},
-                            status_code=503, headers={"Retry-After": "30"})
-    return JSONResponse({"detail": "database temporarily unavailable; retry shortly"}, status_code=503,
-                        headers={"Retry-After": "2"})
+        return JSONResponse(
+            {"detail": "database storage is full; nothing was written, retry once space is freed"},
+            status_code=503,
+            headers={"Retry-After": "30"},
+        )
+    return JSONResponse(
+        {"detail": "database temporarily unavailable; retry shortly"}, status_code=503, headers={"Retry-After": "2"}
+    )
 
 
 async def integrity_error(request: Request, exc: sa_exc.IntegrityError) -> JSONResponse:
@@ -52,7 +62,8 @@ async def integrity_error(request: Request, exc: sa_exc.IntegrityError) -> JSONR
 
 def _document_error_shapes(app: FastAPI) -> None:
     # FastAPI documents 422 as a list of field errors only, but rule checks in the services answer
-    # 422 with one sentence or a list of them (ServiceError); the published schema must admit both, or it lies to clients.
+    # 422 with one sentence or a list of them (ServiceError); the published schema must admit both, or it lies to
+    # clients.
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -63,9 +74,12 @@ def _document_error_shapes(app: FastAPI) -> None:
         if body is not None:
             body["properties"]["detail"] = {
                 "title": "Detail",
-                "anyOf": [{"type": "string"},
-                          {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}},
-                          {"type": "array", "items": {"type": "string"}}]}
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}},
+                    {"type": "array", "items": {"type": "string"}},
+                ],
+            }
         app.openapi_schema = schema
         return schema
 

@@ -9,9 +9,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SECURITY_HEADERS = [
-    (b"content-security-policy",
-     b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
-     b"connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+        b"connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
@@ -35,8 +37,11 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in SECURITY_HEADERS
-                         if k not in present and not (is_docs and k == b"content-security-policy")]
+                extra = [
+                    (k, v)
+                    for k, v in SECURITY_HEADERS
+                    if k not in present and not (is_docs and k == b"content-security-policy")
+                ]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
@@ -47,8 +52,9 @@ class BodyTooLarge(HTTPException):
     """Raised while the body streams in, so the app answers 413 instead of buffering the excess."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, detail=f"request body exceeds the upload limit of {limit / 2**20:g} MB "
-                                     "(LENSLAB_MAX_UPLOAD_MB)")
+        super().__init__(
+            413, detail=f"request body exceeds the upload limit of {limit / 2**20:g} MB (LENSLAB_MAX_UPLOAD_MB)"
+        )
 
 
 class BodyLimitMiddleware:
@@ -70,10 +76,17 @@ class BodyLimitMiddleware:
                     declared = 0
                 if declared > self.limit:
                     body = json.dumps({"detail": BodyTooLarge(self.limit).detail}).encode()
-                    await send({"type": "http.response.start", "status": 413,
-                                "headers": [(b"content-type", b"application/json"),
-                                            (b"content-length", str(len(body)).encode()),
-                                            (b"connection", b"close")]})
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 413,
+                            "headers": [
+                                (b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close"),
+                            ],
+                        }
+                    )
                     await send({"type": "http.response.body", "body": body})
                     return
         seen = 0

@@ -48,10 +48,16 @@ def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> t
         with db.session() as s:
             admin = users.create(session=s, username="bench-admin", password="bench password", role="admin")
             p = projects.create(
-                session=s, name=f"bench-{int(time.time())}", attributes=[
+                session=s,
+                name=f"bench-{int(time.time())}",
+                attributes=[
                     {"name": "shape", "kind": "categorical", "levels": ["square", "ellipse", "heart"]},
-                    {"name": "size", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5", "6"]}],
-                representation={"source": "vae"}, strategy="bald", settings={}, created_by_id=admin.id,
+                    {"name": "size", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5", "6"]},
+                ],
+                representation={"source": "vae"},
+                strategy="bald",
+                settings={},
+                created_by_id=admin.id,
                 loaded=imports.load_spec({"source": "shapes", "n": n_items, "size": 16}, settings),
             )
             toks = []
@@ -63,9 +69,16 @@ def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> t
         db.dispose()
 
 
-def run_api_bench(*, clients: int = 32, rounds: int = 40, warmup: int = 3, think_ms: float = 1000.0,
-                  database_url: str | None = None, out: Path | None = DEFAULT_OUT,
-                  quiet: bool = False) -> dict[str, Any]:
+def run_api_bench(
+    *,
+    clients: int = 32,
+    rounds: int = 40,
+    warmup: int = 3,
+    think_ms: float = 1000.0,
+    database_url: str | None = None,
+    out: Path | None = DEFAULT_OUT,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Run the API benchmark; returns (and writes to ``out``) the results as a dict."""
     from app.bench.server import publish, uvicorn_server
 
@@ -74,9 +87,14 @@ def run_api_bench(*, clients: int = 32, rounds: int = 40, warmup: int = 3, think
         url = database_url or f"sqlite:///{tmpdir / 'bench.db'}"
         n_items = clients * (rounds + warmup) * 2 + 100
         pid, toks = _arrange(url, tmpdir / "data", clients, n_items)
-        env = {"LENSLAB_DATABASE_URL": url, "LENSLAB_DATA_DIR": str(tmpdir / "data"),
-               "LENSLAB_SECRET_KEY": "bench-secret-key-0123456789abcdef", "LENSLAB_ENV": "development",
-               "LENSLAB_RETRAIN_EVERY": "50", "LENSLAB_EVAL_FRACTION": "0.1"}
+        env = {
+            "LENSLAB_DATABASE_URL": url,
+            "LENSLAB_DATA_DIR": str(tmpdir / "data"),
+            "LENSLAB_SECRET_KEY": "bench-secret-key-0123456789abcdef",
+            "LENSLAB_ENV": "development",
+            "LENSLAB_RETRAIN_EVERY": "50",
+            "LENSLAB_EVAL_FRACTION": "0.1",
+        }
         lat: dict[str, list[float]] = {"queue_next": [], "label_submit": []}
         errors: list[str] = []
         lock = threading.Lock()
@@ -99,8 +117,11 @@ def run_api_bench(*, clients: int = 32, rounds: int = 40, warmup: int = 3, think
                                 errs.append(f"queue/next {r.status_code}: {r.text[:200]}")
                                 continue
                             it = r.json()["items"][0]
-                            body = {"values": {"shape": "square", "size": "3"}, "lease_id": it["lease_id"],
-                                    "idempotency_key": f"{k}-{rnd}"}
+                            body = {
+                                "values": {"shape": "square", "size": "3"},
+                                "lease_id": it["lease_id"],
+                                "idempotency_key": f"{k}-{rnd}",
+                            }
                             t2 = time.perf_counter()
                             r = c.post(f"/api/v1/items/{it['item_id']}/labels", json=body)
                             t3 = time.perf_counter()
@@ -128,15 +149,30 @@ def run_api_bench(*, clients: int = 32, rounds: int = 40, warmup: int = 3, think
 
     ops = {}
     for key, xs in lat.items():
-        ops[key] = {"n": len(xs), "p50_ms": _percentile(xs, 50), "p90_ms": _percentile(xs, 90),
-                    "p99_ms": _percentile(xs, 99), "max_ms": max(xs) if xs else float("nan"),
-                    "mean_ms": statistics.fmean(xs) if xs else float("nan")}
+        ops[key] = {
+            "n": len(xs),
+            "p50_ms": _percentile(xs, 50),
+            "p90_ms": _percentile(xs, 90),
+            "p99_ms": _percentile(xs, 99),
+            "max_ms": max(xs) if xs else float("nan"),
+            "mean_ms": statistics.fmean(xs) if xs else float("nan"),
+        }
     result = {
-        "benchmark": "api", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "database": url.split(":", 1)[0], "clients": clients, "rounds": rounds, "warmup_rounds": warmup,
-        "think_ms": think_ms, "think_jitter": [0.5, 1.5], "server": "uvicorn, 1 process, loopback", "wall_s": round(wall, 2),
-        "requests_per_s": round(2 * clients * (rounds + warmup) / wall, 1), "errors": len(errors),
-        "error_samples": errors[:5], "operations": ops, "target_p99_ms": TARGET_P99_MS,
+        "benchmark": "api",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "database": url.split(":", 1)[0],
+        "clients": clients,
+        "rounds": rounds,
+        "warmup_rounds": warmup,
+        "think_ms": think_ms,
+        "think_jitter": [0.5, 1.5],
+        "server": "uvicorn, 1 process, loopback",
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(2 * clients * (rounds + warmup) / wall, 1),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "operations": ops,
+        "target_p99_ms": TARGET_P99_MS,
         "meets_target": len(errors) == 0 and all(o["p99_ms"] < TARGET_P99_MS for o in ops.values()),
         "machine": machine(),
     }
@@ -146,11 +182,16 @@ def run_api_bench(*, clients: int = 32, rounds: int = 40, warmup: int = 3, think
 
 def format_table(result: dict[str, Any]) -> str:
     """The results as a fixed-width table."""
-    lines = [f"api bench: {result['clients']} clients × {result['rounds']} rounds, {result['database']}, "
-             f"think {result['think_ms']:g} ms, {result['requests_per_s']} req/s, errors {result['errors']}",
-             f"{'operation':<14}{'n':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"]
+    lines = [
+        f"api bench: {result['clients']} clients × {result['rounds']} rounds, {result['database']}, "
+        f"think {result['think_ms']:g} ms, {result['requests_per_s']} req/s, errors {result['errors']}",
+        f"{'operation':<14}{'n':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}",
+    ]
     for name, o in result["operations"].items():
-        lines.append(f"{name:<14}{o['n']:>6}{o['p50_ms']:>9.1f}{o['p90_ms']:>9.1f}{o['p99_ms']:>9.1f}{o['max_ms']:>9.1f}")
-    lines.append(f"target p99 < {result['target_p99_ms']:g} ms and 0 errors: "
-                 f"{'met' if result['meets_target'] else 'NOT met'}")
+        lines.append(
+            f"{name:<14}{o['n']:>6}{o['p50_ms']:>9.1f}{o['p90_ms']:>9.1f}{o['p99_ms']:>9.1f}{o['max_ms']:>9.1f}"
+        )
+    lines.append(
+        f"target p99 < {result['target_p99_ms']:g} ms and 0 errors: {'met' if result['meets_target'] else 'NOT met'}"
+    )
     return "\n".join(lines)

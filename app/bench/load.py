@@ -67,8 +67,9 @@ def _embeddings(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return (centres[truth] + rng.normal(0, 1, (n, 8))).astype(np.float32), truth
 
 
-def _arrange(database_url: str, data_dir: Path, experts: int, n_items: int, retrain_every: int,
-             tag: str) -> tuple[int, list[str], dict[int, str]]:
+def _arrange(
+    database_url: str, data_dir: Path, experts: int, n_items: int, retrain_every: int, tag: str
+) -> tuple[int, list[str], dict[int, str]]:
     """Migrate, create the project, its items and one token per expert; item id → true level."""
     import sqlalchemy as sa
 
@@ -86,11 +87,18 @@ def _arrange(database_url: str, data_dir: Path, experts: int, n_items: int, retr
         with db.session() as s:
             admin = users.create(session=s, username=f"load-admin-{tag}", password="load password", role="admin")
             p = projects.create(
-                session=s, name=f"load-{tag}", attributes=[{"name": "cluster", "kind": "categorical",
-                                                            "levels": LEVELS}],
-                representation={"source": "embeddings"}, strategy="bald", created_by_id=admin.id,
-                settings={"retrain_every": retrain_every, "eval_fraction": 0.1, "lease_seconds": 120,
-                          "lens": LOAD_LENS},
+                session=s,
+                name=f"load-{tag}",
+                attributes=[{"name": "cluster", "kind": "categorical", "levels": LEVELS}],
+                representation={"source": "embeddings"},
+                strategy="bald",
+                created_by_id=admin.id,
+                settings={
+                    "retrain_every": retrain_every,
+                    "eval_fraction": 0.1,
+                    "lease_seconds": 120,
+                    "lens": LOAD_LENS,
+                },
                 loaded=imports.with_embeddings(Z, None, name="load"),
             )
             toks = []
@@ -103,8 +111,17 @@ def _arrange(database_url: str, data_dir: Path, experts: int, n_items: int, retr
         db.dispose()
 
 
-def _expert(k: int, base: str, token: str, pid: int, truth: dict[int, str], start: threading.Barrier,
-            deadline_box: list[float], think_ms: float, log: ExpertLog) -> None:
+def _expert(
+    k: int,
+    base: str,
+    token: str,
+    pid: int,
+    truth: dict[int, str],
+    start: threading.Barrier,
+    deadline_box: list[float],
+    think_ms: float,
+    log: ExpertLog,
+) -> None:
     """One simulated expert's loop until the deadline."""
     rng = random.Random(k)
     seq = itertools.count()
@@ -153,12 +170,18 @@ def _expert(k: int, base: str, token: str, pid: int, truth: dict[int, str], star
             if action < 0.1:
                 r = call("lease_release", "POST", f"/api/v1/leases/{it['lease_id']}/release")
                 if r is None or r.status_code != 200:
-                    log.errors.append(f"lease_release {getattr(r, 'status_code', None)}: {getattr(r, 'text', '')[:200]}")
+                    log.errors.append(
+                        f"lease_release {getattr(r, 'status_code', None)}: {getattr(r, 'text', '')[:200]}"
+                    )
                 continue
             values = {"cluster": truth[it["item_id"]]}
             key = f"load-{k}-{next(seq)}"
-            r = call("label_submit", "POST", f"/api/v1/items/{it['item_id']}/labels",
-                     json={"values": values, "lease_id": it["lease_id"], "idempotency_key": key})
+            r = call(
+                "label_submit",
+                "POST",
+                f"/api/v1/items/{it['item_id']}/labels",
+                json={"values": values, "lease_id": it["lease_id"], "idempotency_key": key},
+            )
             if r is None or r.status_code not in (200, 201):
                 log.errors.append(f"label_submit {getattr(r, 'status_code', None)}: {getattr(r, 'text', '')[:200]}")
                 continue
@@ -169,8 +192,9 @@ def _expert(k: int, base: str, token: str, pid: int, truth: dict[int, str], star
                 if r is not None and r.status_code == 201:
                     log.retracted[int(r.json()["id"])] = label_id
                 else:
-                    log.errors.append(f"label_retract {getattr(r, 'status_code', None)}: "
-                                      f"{getattr(r, 'text', '')[:200]}")
+                    log.errors.append(
+                        f"label_retract {getattr(r, 'status_code', None)}: {getattr(r, 'text', '')[:200]}"
+                    )
 
 
 def reconcile(database_url: str, pid: int, logs: list[ExpertLog]) -> dict[str, Any]:
@@ -182,27 +206,57 @@ def reconcile(database_url: str, pid: int, logs: list[ExpertLog]) -> dict[str, A
     engine = sa.create_engine(database_url)
     try:
         with engine.connect() as conn:
-            labels = {row.id: row for row in conn.execute(
-                sa.select(Label.id, Label.item_id, Label.values, Label.kind, Label.retracts_id,
-                          Label.user_id, Label.idempotency_key).where(Label.project_id == pid))}
-            leases = conn.execute(sa.select(Lease.id, Lease.item_id, Lease.created_at, Lease.expires_at,
-                                            Lease.ended_at).where(Lease.project_id == pid)).all()
-            jobs = conn.execute(sa.select(Job.kind, Job.status, sa.func.count()).where(Job.project_id == pid)
-                                .group_by(Job.kind, Job.status)).all()
-            timeline = [f"job {i} {k} {st}: {a} → {b}" for i, k, st, a, b in conn.execute(
-                sa.select(Job.id, Job.kind, Job.status, Job.started_at, Job.finished_at)
-                .where(Job.project_id == pid).order_by(Job.id))]
-            failed = [f"job {i} ({k}): {m}" for i, k, m in conn.execute(
-                sa.select(Job.id, Job.kind, Job.message).where(Job.project_id == pid, Job.status == "failed"))]
-            versions = conn.execute(sa.select(ModelVersion.id, ModelVersion.active)
-                                    .where(ModelVersion.project_id == pid)).all()
+            labels = {
+                row.id: row
+                for row in conn.execute(
+                    sa.select(
+                        Label.id,
+                        Label.item_id,
+                        Label.values,
+                        Label.kind,
+                        Label.retracts_id,
+                        Label.user_id,
+                        Label.idempotency_key,
+                    ).where(Label.project_id == pid)
+                )
+            }
+            leases = conn.execute(
+                sa.select(Lease.id, Lease.item_id, Lease.created_at, Lease.expires_at, Lease.ended_at).where(
+                    Lease.project_id == pid
+                )
+            ).all()
+            jobs = conn.execute(
+                sa.select(Job.kind, Job.status, sa.func.count())
+                .where(Job.project_id == pid)
+                .group_by(Job.kind, Job.status)
+            ).all()
+            timeline = [
+                f"job {i} {k} {st}: {a} → {b}"
+                for i, k, st, a, b in conn.execute(
+                    sa.select(Job.id, Job.kind, Job.status, Job.started_at, Job.finished_at)
+                    .where(Job.project_id == pid)
+                    .order_by(Job.id)
+                )
+            ]
+            failed = [
+                f"job {i} ({k}): {m}"
+                for i, k, m in conn.execute(
+                    sa.select(Job.id, Job.kind, Job.message).where(Job.project_id == pid, Job.status == "failed")
+                )
+            ]
+            versions = conn.execute(
+                sa.select(ModelVersion.id, ModelVersion.active).where(ModelVersion.project_id == pid)
+            ).all()
     finally:
         engine.dispose()
     acked = {lid: a for log in logs for lid, a in log.acked.items()}
     retracted = {rid: lid for log in logs for rid, lid in log.retracted.items()}
     missing = [lid for lid in acked if lid not in labels]
-    wrong = [lid for lid, a in acked.items()
-             if lid in labels and (labels[lid].item_id != a["item_id"] or labels[lid].values != a["values"])]
+    wrong = [
+        lid
+        for lid, a in acked.items()
+        if lid in labels and (labels[lid].item_id != a["item_id"] or labels[lid].values != a["values"])
+    ]
     keys = defaultdict(int)
     for row in labels.values():
         if row.idempotency_key is not None:
@@ -210,22 +264,27 @@ def reconcile(database_url: str, pid: int, logs: list[ExpertLog]) -> dict[str, A
     duplicated = sum(1 for n in keys.values() if n > 1)
     acked_keys = {a["key"] for a in acked.values()}
     stored_keys = {k for _, k in keys}
-    missing_retractions = [rid for rid, lid in retracted.items()
-                           if rid not in labels or labels[rid].retracts_id != lid]
+    missing_retractions = [rid for rid, lid in retracted.items() if rid not in labels or labels[rid].retracts_id != lid]
     handed = [lid for log in logs for lid in log.handed]
     return {
-        "acknowledged_labels": len(acked), "acknowledged_undos": len(retracted),
+        "acknowledged_labels": len(acked),
+        "acknowledged_undos": len(retracted),
         "stored_label_rows": sum(1 for r in labels.values() if r.kind == "label"),
         "stored_retraction_rows": sum(1 for r in labels.values() if r.kind != "label"),
-        "acknowledged_missing": len(missing), "acknowledged_with_wrong_values": len(wrong),
+        "acknowledged_missing": len(missing),
+        "acknowledged_with_wrong_values": len(wrong),
         "idempotency_keys_stored_twice": duplicated,
         "acknowledged_keys_not_stored": len(acked_keys - stored_keys),
         "undos_missing": len(missing_retractions),
-        "leases_handed_out": len(handed), "lease_rows": len(leases),
+        "leases_handed_out": len(handed),
+        "lease_rows": len(leases),
         "duplicate_lease_ids_handed": len(handed) - len(set(handed)),
         "items_under_two_live_leases": client_seen_overlaps(logs),
-        "jobs": {f"{kind}:{status}": int(n) for kind, status, n in jobs}, "failed_jobs": failed, "job_timeline": timeline,
-        "model_versions": len(versions), "active_model_versions": sum(1 for v in versions if v.active),
+        "jobs": {f"{kind}:{status}": int(n) for kind, status, n in jobs},
+        "failed_jobs": failed,
+        "job_timeline": timeline,
+        "model_versions": len(versions),
+        "active_model_versions": sum(1 for v in versions if v.active),
     }
 
 
@@ -254,9 +313,16 @@ def client_seen_overlaps(logs: list[ExpertLog]) -> int:
     return overlaps
 
 
-def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float = 1000.0,
-                   retrain_every: int = 150, database_url: str | None = None,
-                   out: Path | None = None, quiet: bool = False) -> dict[str, Any]:
+def run_load_bench(
+    *,
+    experts: int = 50,
+    seconds: float = 60.0,
+    think_ms: float = 1000.0,
+    retrain_every: int = 150,
+    database_url: str | None = None,
+    out: Path | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Run the load benchmark and reconcile; returns (and writes to ``out``) the results as a dict."""
     from app.bench.server import publish, stop_process, uvicorn_server
 
@@ -267,21 +333,33 @@ def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float 
         # Enough items that the queue never runs dry: at most one item per expert per think time.
         n_items = int(experts * seconds / max(think_ms / 1000 * 0.5, 0.05) * 1.2) + 200
         pid, toks, truth = _arrange(url, tmpdir / "data", experts, n_items, retrain_every, tag)
-        env = {"LENSLAB_DATABASE_URL": url, "LENSLAB_DATA_DIR": str(tmpdir / "data"),
-               "LENSLAB_SECRET_KEY": "load-secret-key-0123456789abcdef", "LENSLAB_ENV": "development"}
+        env = {
+            "LENSLAB_DATABASE_URL": url,
+            "LENSLAB_DATA_DIR": str(tmpdir / "data"),
+            "LENSLAB_SECRET_KEY": "load-secret-key-0123456789abcdef",
+            "LENSLAB_ENV": "development",
+        }
         worker_log = open(tmpdir / "worker.log", "wb")  # noqa: SIM115  (closed below)
         worker = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker", "--threads", "1", "--id", f"load-{tag}"],
-            cwd=ROOT, env={**os.environ, **env, "LENSLAB_WORKER_POLL_S": "0.5", "LENSLAB_DEVICE": "cpu"},
-            stdout=worker_log, stderr=subprocess.STDOUT)
+            cwd=ROOT,
+            env={**os.environ, **env, "LENSLAB_WORKER_POLL_S": "0.5", "LENSLAB_DEVICE": "cpu"},
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+        )
         logs = [ExpertLog() for _ in range(experts)]
         try:
             with uvicorn_server(env, log_path=tmpdir / "server.log") as base:
                 start = threading.Barrier(experts + 1)
                 deadline_box = [float("inf")]
-                threads = [threading.Thread(target=_expert, args=(k, base, toks[k], pid, truth, start, deadline_box,
-                                                                  think_ms, logs[k]), daemon=True)
-                           for k in range(experts)]
+                threads = [
+                    threading.Thread(
+                        target=_expert,
+                        args=(k, base, toks[k], pid, truth, start, deadline_box, think_ms, logs[k]),
+                        daemon=True,
+                    )
+                    for k in range(experts)
+                ]
                 for t in threads:
                     t.start()
                 deadline_box[0] = time.monotonic() + seconds
@@ -297,32 +375,67 @@ def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float 
         checks = reconcile(url, pid, logs)
         server_errors_logged = server_log.count("Traceback")
         lock_waits = server_log.count("database unavailable")
-        worker_warnings = [line for line in (tmpdir / "worker.log").read_text(errors="replace").splitlines()
-                           if "WARNING" in line or "ERROR" in line][:10]
+        worker_warnings = [
+            line
+            for line in (tmpdir / "worker.log").read_text(errors="replace").splitlines()
+            if "WARNING" in line or "ERROR" in line
+        ][:10]
 
     ops = {}
     for op in OPS:
         xs = [x for log in logs for x in log.lat[op]]
-        ops[op] = {"n": len(xs), "per_s": round(len(xs) / wall, 1), "p50_ms": round(_percentile(xs, 50), 1),
-                   "p99_ms": round(_percentile(xs, 99), 1), "max_ms": round(max(xs), 1) if xs else None}
+        ops[op] = {
+            "n": len(xs),
+            "per_s": round(len(xs) / wall, 1),
+            "p50_ms": round(_percentile(xs, 50), 1),
+            "p99_ms": round(_percentile(xs, 99), 1),
+            "max_ms": round(max(xs), 1) if xs else None,
+        }
     errors = [e for log in logs for e in log.errors]
-    bad = {k: v for k, v in checks.items()
-           if k in ("acknowledged_missing", "acknowledged_with_wrong_values", "idempotency_keys_stored_twice",
-                    "acknowledged_keys_not_stored", "undos_missing", "duplicate_lease_ids_handed",
-                    "items_under_two_live_leases") and v}
+    bad = {
+        k: v
+        for k, v in checks.items()
+        if k
+        in (
+            "acknowledged_missing",
+            "acknowledged_with_wrong_values",
+            "idempotency_keys_stored_twice",
+            "acknowledged_keys_not_stored",
+            "undos_missing",
+            "duplicate_lease_ids_handed",
+            "items_under_two_live_leases",
+        )
+        and v
+    }
     result = {
-        "benchmark": "load", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "database": url.split(":", 1)[0], "experts": experts, "seconds": seconds, "think_ms": think_ms,
-        "actions": {"label": 0.8, "skip": 0.1, "label_then_undo": 0.1}, "retrain_every": retrain_every,
-        "items": n_items, "server": "uvicorn, 1 process, loopback; 1 `lenslab worker` process (1 thread)",
-        "wall_s": round(wall, 2), "requests_per_s": round(sum(o["n"] for o in ops.values()) / wall, 1),
-        "labels_per_s": round(checks["acknowledged_labels"] / wall, 1), "operations": ops,
-        "errors": len(errors), "error_samples": errors[:5], "retried_503": sum(log.retried_503 for log in logs),
+        "benchmark": "load",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "database": url.split(":", 1)[0],
+        "experts": experts,
+        "seconds": seconds,
+        "think_ms": think_ms,
+        "actions": {"label": 0.8, "skip": 0.1, "label_then_undo": 0.1},
+        "retrain_every": retrain_every,
+        "items": n_items,
+        "server": "uvicorn, 1 process, loopback; 1 `lenslab worker` process (1 thread)",
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(sum(o["n"] for o in ops.values()) / wall, 1),
+        "labels_per_s": round(checks["acknowledged_labels"] / wall, 1),
+        "operations": ops,
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "retried_503": sum(log.retried_503 for log in logs),
         "empty_queue": sum(log.empty_queue for log in logs),
-        "slow_requests": sorted((datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds"), op, ms, st)
-                                for log in logs for t, op, ms, st in log.slow)[:20], "server_tracebacks": server_errors_logged,
-        "server_503_logged": lock_waits, "worker_warnings": worker_warnings,
-        "reconciliation": checks, "reconciled": not bad and checks["active_model_versions"] <= 1,
+        "slow_requests": sorted(
+            (datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds"), op, ms, st)
+            for log in logs
+            for t, op, ms, st in log.slow
+        )[:20],
+        "server_tracebacks": server_errors_logged,
+        "server_503_logged": lock_waits,
+        "worker_warnings": worker_warnings,
+        "reconciliation": checks,
+        "reconciled": not bad and checks["active_model_versions"] <= 1,
         "machine": machine(),
     }
     publish(result, format_table(result), out, quiet=quiet)
@@ -332,17 +445,23 @@ def run_load_bench(*, experts: int = 50, seconds: float = 60.0, think_ms: float 
 def format_table(result: dict[str, Any]) -> str:
     """The results as a fixed-width table."""
     c = result["reconciliation"]
-    lines = [f"load bench: {result['experts']} experts × {result['seconds']:g} s, {result['database']}, "
-             f"think {result['think_ms']:g} ms: {result['requests_per_s']} req/s, "
-             f"{result['labels_per_s']} labels/s, errors {result['errors']}, 503 retried {result['retried_503']}",
-             f"{'endpoint':<15}{'n':>7}{'per s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"]
+    lines = [
+        f"load bench: {result['experts']} experts × {result['seconds']:g} s, {result['database']}, "
+        f"think {result['think_ms']:g} ms: {result['requests_per_s']} req/s, "
+        f"{result['labels_per_s']} labels/s, errors {result['errors']}, 503 retried {result['retried_503']}",
+        f"{'endpoint':<15}{'n':>7}{'per s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}",
+    ]
     for name, o in result["operations"].items():
         if o["n"]:
-            lines.append(f"{name:<15}{o['n']:>7}{o['per_s']:>8}{o['p50_ms']:>9.1f}{o['p99_ms']:>9.1f}{o['max_ms']:>9.1f}")
+            lines.append(
+                f"{name:<15}{o['n']:>7}{o['per_s']:>8}{o['p50_ms']:>9.1f}{o['p99_ms']:>9.1f}{o['max_ms']:>9.1f}"
+            )
     lines.append(f"jobs: {c['jobs']}; model versions {c['model_versions']} ({c['active_model_versions']} active)")
-    lines.append(f"reconciled: {c['acknowledged_labels']} acknowledged labels, {c['acknowledged_missing']} missing, "
-                 f"{c['idempotency_keys_stored_twice']} stored twice, {c['acknowledged_undos']} undos "
-                 f"({c['undos_missing']} missing), {c['leases_handed_out']} leases, "
-                 f"{c['items_under_two_live_leases']} items under two live leases: "
-                 f"{'OK' if result['reconciled'] else 'FAILED'}")
+    lines.append(
+        f"reconciled: {c['acknowledged_labels']} acknowledged labels, {c['acknowledged_missing']} missing, "
+        f"{c['idempotency_keys_stored_twice']} stored twice, {c['acknowledged_undos']} undos "
+        f"({c['undos_missing']} missing), {c['leases_handed_out']} leases, "
+        f"{c['items_under_two_live_leases']} items under two live leases: "
+        f"{'OK' if result['reconciled'] else 'FAILED'}"
+    )
     return "\n".join(lines)

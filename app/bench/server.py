@@ -44,22 +44,39 @@ def free_port() -> int:
 
 
 @contextmanager
-def uvicorn_server(env: dict[str, str], *, workers: int = 1, log_path: Path | None = None,
-                   startup_timeout: float = 60.0) -> Iterator[str]:
+def uvicorn_server(
+    env: dict[str, str], *, workers: int = 1, log_path: Path | None = None, startup_timeout: float = 60.0
+) -> Iterator[str]:
     """Run ``app.main:create_app`` under uvicorn with ``env`` (LENSLAB_* settings); yields the base URL."""
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115  (closed below)
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2]
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {proc.returncode} before serving"
-                                   + (f"; see {log_path}" if log_path else ""))
+                raise RuntimeError(
+                    f"uvicorn exited with {proc.returncode} before serving" + (f"; see {log_path}" if log_path else "")
+                )
             try:
                 if httpx.get(base + "/healthz", timeout=1.0).status_code == 200:
                     break

@@ -21,8 +21,10 @@ DEFAULT_OUT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "
 
 
 def _labels(indices: range, digit: Any, thick: Any, *, eval_: bool) -> list[dict[str, Any]]:
-    return [{"source_index": i, "values": {"digit": str(int(digit[i])), "thickness": str(int(thick[i]) + 1)},
-             "eval": eval_} for i in indices]
+    return [
+        {"source_index": i, "values": {"digit": str(int(digit[i])), "thickness": str(int(thick[i]) + 1)}, "eval": eval_}
+        for i in indices
+    ]
 
 
 def _claim(worker: Any, db: Any, job_id: int) -> Any:
@@ -82,9 +84,14 @@ def _cancel_latency(worker: Any, db: Any, pid: int) -> float:
     return round(seconds, 2)
 
 
-def run_train_bench(*, out: Path = DEFAULT_OUT, threads: int | None = None,
-                    representation: dict[str, Any] | None = None, lens: dict[str, Any] | None = None,
-                    quiet: bool = False) -> dict[str, Any]:
+def run_train_bench(
+    *,
+    out: Path = DEFAULT_OUT,
+    threads: int | None = None,
+    representation: dict[str, Any] | None = None,
+    lens: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Time pretrain and a warm retrain on digits; ``representation``/``lens`` override the product defaults."""
     import os
 
@@ -102,8 +109,14 @@ def run_train_bench(*, out: Path = DEFAULT_OUT, threads: int | None = None,
     with tempfile.TemporaryDirectory(prefix="lenslab-bench-train-") as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         upgrade(url)
-        settings = Settings(_env_file=None, database_url=url, data_dir=Path(tmp) / "data", device="cpu",
-                            worker_threads=threads, eval_fraction=0.0)
+        settings = Settings(
+            _env_file=None,
+            database_url=url,
+            data_dir=Path(tmp) / "data",
+            device="cpu",
+            worker_threads=threads,
+            eval_fraction=0.0,
+        )
         db = Database(settings)
         worker = Worker(db, settings, worker_id="bench")
         worker.configure_torch()
@@ -114,11 +127,18 @@ def run_train_bench(*, out: Path = DEFAULT_OUT, threads: int | None = None,
             with db.session() as s:
                 admin = users.create(session=s, username="bench", password="bench-password-123", role="admin")
                 project = projects.create(
-                    session=s, name="digits", representation=rep, strategy="bald",
-                    attributes=[{"name": "digit", "kind": "categorical", "levels": [str(i) for i in range(10)]},
-                                {"name": "thickness", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5"]}],
+                    session=s,
+                    name="digits",
+                    representation=rep,
+                    strategy="bald",
+                    attributes=[
+                        {"name": "digit", "kind": "categorical", "levels": [str(i) for i in range(10)]},
+                        {"name": "thickness", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5"]},
+                    ],
                     settings={"retrain_every": 10_000, **({"lens": lens} if lens else {})},
-                    loaded=imports.load_spec({"source": "digits"}, settings), created_by_id=admin.id)
+                    loaded=imports.load_spec({"source": "digits"}, settings),
+                    created_by_id=admin.id,
+                )
                 pid, admin_id = project.id, admin.id
                 pretrain_id = jobs.list_for_project(session=s, project_id=pid)[0].id
             pretrain = _run_job(worker, db, pretrain_id)
@@ -128,8 +148,9 @@ def run_train_bench(*, out: Path = DEFAULT_OUT, threads: int | None = None,
                     p = projects.get_or_raise(session=s, project_id=pid)
                     user = users.get_or_raise(session=s, username="bench")
                     assert user.id == admin_id
-                    labels.import_bulk(session=s, project=p, attrs=projects.schema(p), rows=rows, user=user,
-                                       retrain_every=10_000)
+                    labels.import_bulk(
+                        session=s, project=p, attrs=projects.schema(p), rows=rows, user=user, retrain_every=10_000
+                    )
 
             def retrain() -> dict[str, Any]:
                 with db.session() as s:
@@ -137,8 +158,9 @@ def run_train_bench(*, out: Path = DEFAULT_OUT, threads: int | None = None,
                     jid = job.id
                 return _run_job(worker, db, jid)
 
-            add_labels(_labels(range(0, 150), digit, thick, eval_=False)
-                       + _labels(range(1600, 1700), digit, thick, eval_=True))
+            add_labels(
+                _labels(range(0, 150), digit, thick, eval_=False) + _labels(range(1600, 1700), digit, thick, eval_=True)
+            )
             cold = retrain()
             add_labels(_labels(range(150, 200), digit, thick, eval_=False))
             warm = retrain()
@@ -147,19 +169,48 @@ def run_train_bench(*, out: Path = DEFAULT_OUT, threads: int | None = None,
             db.dispose()
 
     rows = [
-        {"job": "pretrain (VAE on 1,797 digits)", "seconds": pretrain["seconds"], "target_s": TARGETS_S["pretrain"],
-         "ok": pretrain["seconds"] < TARGETS_S["pretrain"], "detail": pretrain["message"]},
-        {"job": "retrain, cold (150 labels)", "seconds": cold["seconds"], "target_s": None, "ok": None,
-         "detail": cold["message"]},
-        {"job": "retrain, warm (200 labels)", "seconds": warm["seconds"], "target_s": TARGETS_S["retrain_warm"],
-         "ok": warm["seconds"] < TARGETS_S["retrain_warm"], "detail": warm["message"]},
-        {"job": "cancel of a running retrain", "seconds": cancel_s, "target_s": TARGETS_S["cancel"],
-         "ok": cancel_s < TARGETS_S["cancel"], "detail": "request → job stopped (status cancelled)"},
+        {
+            "job": "pretrain (VAE on 1,797 digits)",
+            "seconds": pretrain["seconds"],
+            "target_s": TARGETS_S["pretrain"],
+            "ok": pretrain["seconds"] < TARGETS_S["pretrain"],
+            "detail": pretrain["message"],
+        },
+        {
+            "job": "retrain, cold (150 labels)",
+            "seconds": cold["seconds"],
+            "target_s": None,
+            "ok": None,
+            "detail": cold["message"],
+        },
+        {
+            "job": "retrain, warm (200 labels)",
+            "seconds": warm["seconds"],
+            "target_s": TARGETS_S["retrain_warm"],
+            "ok": warm["seconds"] < TARGETS_S["retrain_warm"],
+            "detail": warm["message"],
+        },
+        {
+            "job": "cancel of a running retrain",
+            "seconds": cancel_s,
+            "target_s": TARGETS_S["cancel"],
+            "ok": cancel_s < TARGETS_S["cancel"],
+            "detail": "request → job stopped (status cancelled)",
+        },
     ]
-    payload = {"benchmark": "train", "machine": machine(), "torch_threads": torch.get_num_threads(),
-               "cpu_count": os.cpu_count(), "representation": rep, "lens": lens or "product defaults",
-               "rows": rows, "pretrain": pretrain, "retrain_cold": cold, "retrain_warm": warm,
-               "cancel_s": cancel_s}
+    payload = {
+        "benchmark": "train",
+        "machine": machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "representation": rep,
+        "lens": lens or "product defaults",
+        "rows": rows,
+        "pretrain": pretrain,
+        "retrain_cold": cold,
+        "retrain_warm": warm,
+        "cancel_s": cancel_s,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     if not quiet:

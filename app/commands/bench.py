@@ -10,9 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark (printed table + JSON under benchmarks/results/)")
     bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
 
-    s = bsub.add_parser(
-        "scoring", help="BALD pool scoring throughput (items/s, 1 thread and all) and peak RSS"
-    )
+    s = bsub.add_parser("scoring", help="BALD pool scoring throughput (items/s, 1 thread and all) and peak RSS")
     s.add_argument("--n", type=int, default=100_000, help="pool size for the throughput runs")
     s.add_argument("--rss-n", type=int, default=1_000_000, help="pool size for the peak-RSS run")
     s.add_argument("--repeats", type=int, default=3)
@@ -37,9 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     ld.add_argument("--experts", type=int, default=50)
     ld.add_argument("--seconds", type=float, default=60.0)
-    ld.add_argument(
-        "--think-ms", type=float, default=1000.0, help="mean pause between pulling an item and acting"
-    )
+    ld.add_argument("--think-ms", type=float, default=1000.0, help="mean pause between pulling an item and acting")
     ld.add_argument("--retrain-every", type=int, default=150, help="new training labels per retrain")
     ld.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     ld.add_argument("--out", default=None, help="default: benchmarks/results/load_<database>.json")

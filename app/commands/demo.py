@@ -45,8 +45,14 @@ def setup(admin_name: str) -> dict[str, object]:
     upgrade(settings.database_url)
     db = Database(settings)
     env_password = os.environ.get("LENSLAB_ADMIN_PASSWORD")
-    out: dict[str, object] = {"admin": admin_name, "password": None, "password_from_env": bool(env_password),
-                              "project_id": None, "created": [], "project_state": None}
+    out: dict[str, object] = {
+        "admin": admin_name,
+        "password": None,
+        "password_from_env": bool(env_password),
+        "project_id": None,
+        "created": [],
+        "project_state": None,
+    }
     try:
         with db.session() as session:
             user = users.get_by_username(session=session, username=admin_name)
@@ -64,22 +70,30 @@ def setup(admin_name: str) -> dict[str, object]:
                 session.rollback()
                 loaded = imports.load_spec({"source": "digits"}, settings)
                 existing = projects.create(
-                    session=session, name=DEMO_PROJECT, attributes=DEMO_ATTRIBUTES,
-                    representation={"source": "vae", "latent_dim": 10}, strategy="bald", settings={},
-                    loaded=loaded, created_by_id=admin.id,
+                    session=session,
+                    name=DEMO_PROJECT,
+                    attributes=DEMO_ATTRIBUTES,
+                    representation={"source": "vae", "latent_dim": 10},
+                    strategy="bald",
+                    settings={},
+                    loaded=loaded,
+                    created_by_id=admin.id,
                 )
                 out["created"].append("project")  # type: ignore[union-attr]
             out["project_id"] = existing.id
-            ready = session.scalar(sa.select(Representation.id).where(Representation.project_id == existing.id,
-                                                                      Representation.active))
-            pretrains = [j for j in jobs.list_for_project(session=session, project_id=existing.id)
-                         if j.kind == "pretrain"]
+            ready = session.scalar(
+                sa.select(Representation.id).where(Representation.project_id == existing.id, Representation.active)
+            )
+            pretrains = [
+                j for j in jobs.list_for_project(session=session, project_id=existing.id) if j.kind == "pretrain"
+            ]
             if ready is not None:
                 out["project_state"] = "representation ready"
             elif pretrains:
                 last = pretrains[0]  # newest first
                 out["project_state"] = f"pretrain job {last.id} {last.status}" + (
-                    f" ({last.message})" if last.status == "failed" and last.message else "")
+                    f" ({last.message})" if last.status == "failed" and last.message else ""
+                )
             else:
                 out["project_state"] = "no representation and no pretrain job"
     finally:
@@ -92,17 +106,25 @@ def run(args: argparse.Namespace) -> int:
     created: list[str] = info["created"]  # type: ignore[assignment]
     if "admin" in created:
         print(f"admin user: {info['admin']} (created)")
-        print(f"admin password (shown once): {info['password']}" if info["password"]
-              else "admin password: from LENSLAB_ADMIN_PASSWORD")
+        print(
+            f"admin password (shown once): {info['password']}"
+            if info["password"]
+            else "admin password: from LENSLAB_ADMIN_PASSWORD"
+        )
     elif info["password_from_env"]:
         print(f"admin user: {info['admin']} (exists; password set from LENSLAB_ADMIN_PASSWORD)")
     else:
-        print(f"admin user: {info['admin']} (exists; its password was printed when it was created). "
-              f"To set a new one: `lenslab users passwd {info['admin']}`, or run again with "
-              "LENSLAB_ADMIN_PASSWORD=...")
+        print(
+            f"admin user: {info['admin']} (exists; its password was printed when it was created). "
+            f"To set a new one: `lenslab users passwd {info['admin']}`, or run again with "
+            "LENSLAB_ADMIN_PASSWORD=..."
+        )
     state = info["project_state"]
-    print(f"project {DEMO_PROJECT!r}: id {info['project_id']}, "
-          + ("created, " if "project" in created else "exists, ") + str(state))
+    print(
+        f"project {DEMO_PROJECT!r}: id {info['project_id']}, "
+        + ("created, " if "project" in created else "exists, ")
+        + str(state)
+    )
     if args.no_serve:
         return 0
     from app.commands.serve import serve

@@ -8,22 +8,37 @@ NAMES = ("al-curve", "table1", "table2", "lens-on-classifier", "label-curve", "r
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("experiment", help="reproduce a paper experiment (al-curve, table1, table2, "
-                                          "lens-on-classifier, label-curve) or regenerate EXPERIMENTS.md (report)")
+    p = sub.add_parser(
+        "experiment",
+        help="reproduce a paper experiment (al-curve, table1, table2, "
+        "lens-on-classifier, label-curve) or regenerate EXPERIMENTS.md (report)",
+    )
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(NAMES)}")
-    p.add_argument("--profile", default="quick", help="quick (CI, minutes), cpu (2-core CPU subset) or full (paper scale)")
+    p.add_argument(
+        "--profile", default="quick", help="quick (CI, minutes), cpu (2-core CPU subset) or full (paper scale)"
+    )
     p.add_argument("--out", default="benchmarks/experiments", help="directory for results and the model cache")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
     p.add_argument("--data-dir", default="../shared/data", help="folder holding mnist/ (IDX files)")
     p.add_argument("--datasets", default=None, help="comma-separated subset of digits,mnist,shapes")
-    p.add_argument("--configs", default=None,
-                   help="label-curve only: comma-separated lens configurations (see ml.experiment.label_curve.CONFIGS)")
+    p.add_argument(
+        "--configs",
+        default=None,
+        help="label-curve only: comma-separated lens configurations (see ml.experiment.label_curve.CONFIGS)",
+    )
     p.add_argument("--labels", default=None, help="label-curve only: comma-separated label counts, e.g. 100,1000")
-    p.add_argument("--first-seed", type=int, default=None,
-                   help="label-curve only: run seeds FIRST_SEED … FIRST_SEED+SEEDS−1 (default 0)")
-    p.add_argument("--strategies", default=None,
-                   help="al-curve only: comma-separated acquisition strategies (default: the profile's; "
-                        "see ml.experiment.al_curve.ARMS and OPTIONAL)")
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=None,
+        help="label-curve only: run seeds FIRST_SEED … FIRST_SEED+SEEDS−1 (default 0)",
+    )
+    p.add_argument(
+        "--strategies",
+        default=None,
+        help="al-curve only: comma-separated acquisition strategies (default: the profile's; "
+        "see ml.experiment.al_curve.ARMS and OPTIONAL)",
+    )
     p.add_argument("--markdown", default="EXPERIMENTS.md", help="report only: where to write the markdown")
     p.set_defaults(func=_run)
 
@@ -70,6 +85,13 @@ def _run(args: argparse.Namespace) -> int:
 
         if datasets is not None or "mnist" in EXPERIMENTS[args.name][1]:
             check_data_dir(args.data_dir)
-    run_experiment(args.name, profile=args.profile, out=args.out, seeds=args.seeds, data_dir=args.data_dir,
-                   datasets=datasets, **extra)
+    run_experiment(
+        args.name,
+        profile=args.profile,
+        out=args.out,
+        seeds=args.seeds,
+        data_dir=args.data_dir,
+        datasets=datasets,
+        **extra,
+    )
     return 0

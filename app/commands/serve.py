@@ -12,10 +12,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="web processes (PostgreSQL for more than one)")
     p.add_argument("--log-level", default="info")
     w = p.add_mutually_exclusive_group()
-    w.add_argument("--worker", dest="worker", action="store_true", default=None,
-                   help="run a job worker thread inside the web process (default on SQLite)")
-    w.add_argument("--no-worker", dest="worker", action="store_false",
-                   help="no in-process worker: run `lenslab worker` processes instead")
+    w.add_argument(
+        "--worker",
+        dest="worker",
+        action="store_true",
+        default=None,
+        help="run a job worker thread inside the web process (default on SQLite)",
+    )
+    w.add_argument(
+        "--no-worker",
+        dest="worker",
+        action="store_false",
+        help="no in-process worker: run `lenslab worker` processes instead",
+    )
     p.set_defaults(func=run)
 
 
@@ -39,8 +48,15 @@ def serve(host: str, port: int, *, workers: int = 1, log_level: str = "info", wo
     # The app factory reads its settings from the environment (also in uvicorn's child processes).
     os.environ["LENSLAB_SERVE_WORKER"] = "true" if worker else "false"
     get_settings.cache_clear()
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, proxy_headers=False)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        proxy_headers=False,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -77,8 +77,11 @@ def _revoke(args: argparse.Namespace) -> int:
     db = _open()
     try:
         with db.session() as session:
-            n = session.execute(sa.update(ApiToken).where(ApiToken.id == args.token_id, ApiToken.revoked_at.is_(None))
-                                .values(revoked_at=utcnow())).rowcount
+            n = session.execute(
+                sa.update(ApiToken)
+                .where(ApiToken.id == args.token_id, ApiToken.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            ).rowcount
             session.commit()
     finally:
         db.dispose()

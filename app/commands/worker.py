@@ -7,8 +7,9 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run jobs (pretrain, retrain, score, evaluate) from the database's queue")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: LENSLAB_WORKER_THREADS, else every core)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: LENSLAB_WORKER_THREADS, else every core)"
+    )
     p.add_argument("--id", dest="worker_id", default=None, help="worker id shown on jobs (default host:pid:random)")
     p.add_argument("--once", action="store_true", help="run queued jobs until none is left, then exit")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
@@ -36,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     # `lenslab db upgrade` does, once.
     at, want = current(settings.database_url), head()
     if at != want:
-        raise CommandError(f"the database schema is at {at or 'nothing'}, not {want}: "
-                           "run `lenslab db upgrade` (or start `lenslab serve`) first")
+        raise CommandError(
+            f"the database schema is at {at or 'nothing'}, not {want}: "
+            "run `lenslab db upgrade` (or start `lenslab serve`) first"
+        )
     run_forever(settings, threads=args.threads, worker_id=args.worker_id, once=args.once, max_jobs=args.max_jobs)
     return 0

@@ -225,8 +225,12 @@ class Job(Base):
         sa.Index("ix_jobs_project_id", "project_id"),
         # Never two queued jobs of one kind for a project, even when two requests race.
         sa.Index(
-            "uq_jobs_one_queued_per_kind", "project_id", "kind", unique=True,
-            sqlite_where=sa.text("status = 'queued'"), postgresql_where=sa.text("status = 'queued'"),
+            "uq_jobs_one_queued_per_kind",
+            "project_id",
+            "kind",
+            unique=True,
+            sqlite_where=sa.text("status = 'queued'"),
+            postgresql_where=sa.text("status = 'queued'"),
         ),
     )
 
@@ -281,8 +285,11 @@ class Representation(Base):
         # One representation per pretrain job, however often the job's final commit is retried.
         sa.Index("uq_representations_job_id", "job_id", unique=True),
         sa.Index(
-            "uq_representations_one_active", "project_id", unique=True,
-            sqlite_where=sa.text("active"), postgresql_where=sa.text("active"),
+            "uq_representations_one_active",
+            "project_id",
+            unique=True,
+            sqlite_where=sa.text("active"),
+            postgresql_where=sa.text("active"),
         ),
     )
 
@@ -307,8 +314,11 @@ class ModelVersion(Base):
         # Idempotent activation: a retrain job stores at most one version, whichever attempt commits.
         sa.Index("uq_model_versions_job_id", "job_id", unique=True),
         sa.Index(
-            "uq_model_versions_one_active", "project_id", unique=True,
-            sqlite_where=sa.text("active"), postgresql_where=sa.text("active"),
+            "uq_model_versions_one_active",
+            "project_id",
+            unique=True,
+            sqlite_where=sa.text("active"),
+            postgresql_where=sa.text("active"),
         ),
     )
 

@@ -7,6 +7,12 @@ from fastapi import APIRouter
 from app.routes import auth, items, jobs, labels, models, projects, queue, tokens
 
 ROUTERS: tuple[APIRouter, ...] = (
-    auth.router, tokens.router, projects.router, items.router, labels.router, queue.router, jobs.router,
+    auth.router,
+    tokens.router,
+    projects.router,
+    items.router,
+    labels.router,
+    queue.router,
+    jobs.router,
     models.router,
 )

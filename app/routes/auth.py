@@ -23,20 +23,27 @@ class LoginIn(BaseModel):
 
 def user_out(user: User) -> dict[str, Any]:
     """The public fields of a user."""
-    return {"id": user.id, "username": user.username, "role": user.role, "active": user.active,
-            "created_at": user.created_at}
+    return {
+        "id": user.id,
+        "username": user.username,
+        "role": user.role,
+        "active": user.active,
+        "created_at": user.created_at,
+    }
 
 
 @router.post("/login")
-def login(body: LoginIn, request: Request, response: Response, session: SessionDep,
-          settings: SettingsDep) -> dict[str, Any]:
+def login(
+    body: LoginIn, request: Request, response: Response, session: SessionDep, settings: SettingsDep
+) -> dict[str, Any]:
     """Check a username and password; set the session cookie and return the user and CSRF token."""
     throttle: security.LoginThrottle = request.app.state.throttle
     client = request.client.host if request.client else "?"
     wait = throttle.retry_after(body.username, client)
     if wait is not None:
-        raise HTTPException(429, detail=f"too many failed logins; retry in {wait:.0f} s",
-                            headers={"Retry-After": str(int(wait) + 1)})
+        raise HTTPException(
+            429, detail=f"too many failed logins; retry in {wait:.0f} s", headers={"Retry-After": str(int(wait) + 1)}
+        )
     user = user_service.authenticate(session=session, username=body.username, password=body.password)
     if user is None:
         throttle.failed(body.username, client)
@@ -46,8 +53,13 @@ def login(body: LoginIn, request: Request, response: Response, session: SessionD
     old_sid = request.app.state.signer.loads(old) if old else None
     row, sid = session_service.create(session=session, user=user, days=settings.session_days, replaces=old_sid)
     response.set_cookie(
-        security.SESSION_COOKIE, request.app.state.signer.dumps(sid), max_age=int(settings.session_days * 86400),
-        httponly=True, samesite="lax", secure=settings.cookie_secure, path="/",
+        security.SESSION_COOKIE,
+        request.app.state.signer.dumps(sid),
+        max_age=int(settings.session_days * 86400),
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        path="/",
     )
     return {"user": user_out(user), "csrf_token": row.csrf_token}
 

@@ -43,10 +43,14 @@ def _scaled_png(png: bytes, scale: int) -> bytes:
     return buf.getvalue()
 
 
-@router.get("/{iid}/image.png", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}, 304: {"description": "not modified"}})
-def get_image(user: ViewerUser, iid: RowId, request: Request, session: SessionDep,
-              scale: int = Query(1, ge=1, le=MAX_SCALE)) -> Response:
+@router.get(
+    "/{iid}/image.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 304: {"description": "not modified"}},
+)
+def get_image(
+    user: ViewerUser, iid: RowId, request: Request, session: SessionDep, scale: int = Query(1, ge=1, le=MAX_SCALE)
+) -> Response:
     """The item's image as PNG, upscaled ``scale`` times with nearest neighbour; cacheable by ETag."""
     row = session.execute(sa.select(Item.content_hash).where(Item.id == iid)).one_or_none()
     if row is None:
@@ -68,18 +72,27 @@ def get_representation(user: ViewerUser, item: ItemDep, session: SessionDep) -> 
     return models.representation_of(session=session, item=item, project=project)  # type: ignore[arg-type]
 
 
-@router.post("/{iid}/labels", status_code=status.HTTP_201_CREATED,
-             responses={200: {"description": "replay of an earlier request with the same idempotency_key"}})
-def submit_label(user: ExpertUser, item: ItemDep, body: LabelIn, session: SessionDep,
-                 settings: SettingsDep) -> Any:
+@router.post(
+    "/{iid}/labels",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "replay of an earlier request with the same idempotency_key"}},
+)
+def submit_label(user: ExpertUser, item: ItemDep, body: LabelIn, session: SessionDep, settings: SettingsDep) -> Any:
     """Label an item (level names / numbers per attribute; leave out what you don't know); ends your lease."""
     project = session.get(Project, item.project_id)
     assert project is not None
     eff = projects.effective_settings(project, settings)
     result = labels.submit(
-        session=session, item=item, project=project, attrs=projects.schema(project), user=user,
-        values=body.values, idempotency_key=body.idempotency_key, lease_id=body.lease_id,
-        retrain_every=int(eff["retrain_every"]), project_id=body.project_id,
+        session=session,
+        item=item,
+        project=project,
+        attrs=projects.schema(project),
+        user=user,
+        values=body.values,
+        idempotency_key=body.idempotency_key,
+        lease_id=body.lease_id,
+        retrain_every=int(eff["retrain_every"]),
+        project_id=body.project_id,
     )
     out = {**labels.label_out(result.label), "replayed": result.replayed}
     if result.replayed:

@@ -27,9 +27,13 @@ router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 
 @router.get("/projects/{pid}/jobs")
-def list_jobs(user: ViewerUser, project: ProjectDep, session: SessionDep,
-              status_: str | None = Query(None, alias="status", pattern="^(queued|running|succeeded|failed|cancelled)$"),
-              limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+def list_jobs(
+    user: ViewerUser,
+    project: ProjectDep,
+    session: SessionDep,
+    status_: str | None = Query(None, alias="status", pattern="^(queued|running|succeeded|failed|cancelled)$"),
+    limit: int = Query(100, ge=1, le=1000),
+) -> dict[str, Any]:
     """The project's jobs, newest first."""
     rows = jobs.list_for_project(session=session, project_id=project.id, status=status_, limit=limit)
     return {"jobs": [jobs.job_out(j) for j in rows]}
@@ -38,8 +42,7 @@ def list_jobs(user: ViewerUser, project: ProjectDep, session: SessionDep,
 @router.post("/projects/{pid}/jobs", status_code=status.HTTP_202_ACCEPTED)
 def create_job(user: AdminUser, project: ProjectDep, body: JobIn, session: SessionDep) -> dict[str, Any]:
     """Queue a job (or get the one of that kind already queued for the project)."""
-    job = jobs.enqueue(session=session, project_id=project.id, kind=body.kind, params=body.params,
-                       created_by=user.id)
+    job = jobs.enqueue(session=session, project_id=project.id, kind=body.kind, params=body.params, created_by=user.id)
     return jobs.job_out(job)
 
 
@@ -56,8 +59,9 @@ def _snapshot(db: Database, jid: int) -> dict[str, Any] | None:
         return jobs.event_snapshot(session=s, job_id=jid)
 
 
-@router.get("/jobs/{jid}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/jobs/{jid}/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}}
+)
 async def job_events(user: ViewerUser, jid: RowId, request: Request, session: SessionDep) -> StreamingResponse:
     """Server-sent events: one ``data: {json}`` event per change of the job, the last one terminal, then close."""
     await run_in_threadpool(jobs.get_or_raise, session=session, job_id=jid)  # 404 before the stream starts
@@ -84,8 +88,9 @@ async def job_events(user: ViewerUser, jid: RowId, request: Request, session: Se
                 return
             await asyncio.sleep(EVENTS_POLL_S)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
 
 
 @router.post("/jobs/{jid}/cancel")
@@ -114,21 +119,37 @@ def activate_model(user: AdminUser, mid: RowId, session: SessionDep) -> dict[str
 
 
 @router.post("/projects/{pid}/representation/encoder", status_code=status.HTTP_202_ACCEPTED)
-def upload_encoder(user: AdminUser, project: ProjectDep, session: SessionDep,
-                   file: UploadFile = File(..., description="a TorchScript encoder (torch.jit.save)")) -> dict[str, Any]:
+def upload_encoder(
+    user: AdminUser,
+    project: ProjectDep,
+    session: SessionDep,
+    file: UploadFile = File(..., description="a TorchScript encoder (torch.jit.save)"),
+) -> dict[str, Any]:
     """Upload a TorchScript encoder for a 'torchscript' project and queue the pretrain that computes z with it."""
     if (project.representation or {}).get("source") != "torchscript":
-        raise Conflict(f"project {project.id} has representation source "
-                       f"{(project.representation or {}).get('source')!r}; encoders go with 'torchscript'")
+        raise Conflict(
+            f"project {project.id} has representation source "
+            f"{(project.representation or {}).get('source')!r}; encoders go with 'torchscript'"
+        )
     blob = file.file.read()
     if not blob.startswith(b"PK"):
         raise Invalid("file: not a TorchScript archive (expected the zip written by torch.jit.save)")
-    rep = Representation(project_id=project.id, source="torchscript", checkpoint=blob, active=False,
-                         config={"uploaded_by": user.id, "bytes": len(blob), "filename": file.filename})
+    rep = Representation(
+        project_id=project.id,
+        source="torchscript",
+        checkpoint=blob,
+        active=False,
+        config={"uploaded_by": user.id, "bytes": len(blob), "filename": file.filename},
+    )
     session.add(rep)
     session.flush()
-    job = jobs.enqueue(session=session, project_id=project.id, kind="pretrain",
-                       params={"reason": f"encoder uploaded (representation {rep.id})"}, created_by=user.id,
-                       commit=False)
+    job = jobs.enqueue(
+        session=session,
+        project_id=project.id,
+        kind="pretrain",
+        params={"reason": f"encoder uploaded (representation {rep.id})"},
+        created_by=user.id,
+        commit=False,
+    )
     session.commit()
     return {"representation_id": rep.id, "job": jobs.job_out(job)}

@@ -29,22 +29,38 @@ def retract_label(user: ExpertUser, label_id: RowId, session: SessionDep) -> dic
 
 
 @router.get("/projects/{pid}/labels", response_model=None)
-def export_labels(user: ViewerUser, project: ProjectDep, session: SessionDep,
-                  format: str = Query("json", pattern="^(json|jsonl|csv)$"),
-                  history: bool = Query(False, description="every label and retraction row instead of current values"),
-                  ) -> Any:
+def export_labels(
+    user: ViewerUser,
+    project: ProjectDep,
+    session: SessionDep,
+    format: str = Query("json", pattern="^(json|jsonl|csv)$"),
+    history: bool = Query(False, description="every label and retraction row instead of current values"),
+) -> Any:
     """The project's labels: current values per labelled item (or the full history) as json, jsonl or csv."""
     attr_names = [a.name for a in project.attributes]
     if history:
         rows = [jsonable_encoder(labels.label_out(r)) for r in labels.history(session=session, project_id=project.id)]
     else:
         current = labels.current_values(session=session, project_id=project.id)
-        meta = {i.id: i for i in session.execute(
-            sa.select(Item.id, Item.source_index, Item.external_id, Item.split)
-            .where(Item.project_id == project.id, Item.labelled)).all()}
-        rows = [{"item_id": iid, "source_index": meta[iid].source_index, "external_id": meta[iid].external_id,
-                 "split": meta[iid].split, "values": vals}
-                for iid, vals in sorted(current.items()) if iid in meta]
+        meta = {
+            i.id: i
+            for i in session.execute(
+                sa.select(Item.id, Item.source_index, Item.external_id, Item.split).where(
+                    Item.project_id == project.id, Item.labelled
+                )
+            ).all()
+        }
+        rows = [
+            {
+                "item_id": iid,
+                "source_index": meta[iid].source_index,
+                "external_id": meta[iid].external_id,
+                "split": meta[iid].split,
+                "values": vals,
+            }
+            for iid, vals in sorted(current.items())
+            if iid in meta
+        ]
     if format == "json":
         return {"project_id": project.id, "attributes": attr_names, "labels": rows}
     if format == "jsonl":
@@ -56,24 +72,50 @@ def export_labels(user: ViewerUser, project: ProjectDep, session: SessionDep,
         if history:
             w.writerow(["id", "item_id", "user_id", "kind", "retracts_id", "eval", "created_at", *attr_names])
             for r in rows:
-                w.writerow([r["id"], r["item_id"], r["user_id"], r["kind"], r["retracts_id"], r["eval"],
-                            r["created_at"], *[r["values"].get(a, "") for a in attr_names]])
+                w.writerow(
+                    [
+                        r["id"],
+                        r["item_id"],
+                        r["user_id"],
+                        r["kind"],
+                        r["retracts_id"],
+                        r["eval"],
+                        r["created_at"],
+                        *[r["values"].get(a, "") for a in attr_names],
+                    ]
+                )
         else:
             w.writerow(["item_id", "source_index", "external_id", "split", *attr_names])
             for r in rows:
-                w.writerow([r["item_id"], r["source_index"], r["external_id"] or "", r["split"],
-                            *[r["values"].get(a, "") for a in attr_names]])
+                w.writerow(
+                    [
+                        r["item_id"],
+                        r["source_index"],
+                        r["external_id"] or "",
+                        r["split"],
+                        *[r["values"].get(a, "") for a in attr_names],
+                    ]
+                )
         yield buf.getvalue()
 
-    return StreamingResponse(csv_lines(), media_type="text/csv",
-                             headers={"Content-Disposition": f'attachment; filename="project-{project.id}-labels.csv"'})
+    return StreamingResponse(
+        csv_lines(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="project-{project.id}-labels.csv"'},
+    )
 
 
 @router.post("/projects/{pid}/labels:import", status_code=status.HTTP_201_CREATED)
-def import_labels(user: AdminUser, project: ProjectDep, body: LabelImportIn, session: SessionDep,
-                  settings: SettingsDep) -> dict[str, Any]:
+def import_labels(
+    user: AdminUser, project: ProjectDep, body: LabelImportIn, session: SessionDep, settings: SettingsDep
+) -> dict[str, Any]:
     """Append many labels (by item_id or source_index), all or nothing; ``eval: true`` rows join the eval split."""
     eff = projects.effective_settings(project, settings)
-    return labels.import_bulk(session=session, project=project, attrs=projects.schema(project),
-                              rows=[r.model_dump() for r in body.labels], user=user,
-                              retrain_every=int(eff["retrain_every"]))
+    return labels.import_bulk(
+        session=session,
+        project=project,
+        attrs=projects.schema(project),
+        rows=[r.model_dump() for r in body.labels],
+        user=user,
+        retrain_every=int(eff["retrain_every"]),
+    )

@@ -15,13 +15,19 @@ router = APIRouter(prefix="/api/v1/projects/{pid}", tags=["models"])
 
 
 @router.get("/scores")
-def get_scores(user: ViewerUser, project: ProjectDep, session: SessionDep,
-               strategy: Strategy | None = Query(None),
-               order: str = Query("desc", pattern="^(asc|desc)$"), limit: int = Query(100, ge=1, le=100_000),
-               unlabelled: bool = False) -> dict[str, Any]:
+def get_scores(
+    user: ViewerUser,
+    project: ProjectDep,
+    session: SessionDep,
+    strategy: Strategy | None = Query(None),
+    order: str = Query("desc", pattern="^(asc|desc)$"),
+    limit: int = Query(100, ge=1, le=100_000),
+    unlabelled: bool = False,
+) -> dict[str, Any]:
     """The active model's acquisition score per item (409 before the first model)."""
-    return models.scores(session=session, project=project, strategy=strategy, order=order, limit=limit,
-                         unlabelled_only=unlabelled)
+    return models.scores(
+        session=session, project=project, strategy=strategy, order=order, limit=limit, unlabelled_only=unlabelled
+    )
 
 
 @router.get("/metrics")
@@ -45,16 +51,22 @@ def _ids(raw: str | None) -> list[int] | None:
 
 
 @router.get("/traversals/{attribute}.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def get_traversal(user: ViewerUser, project: ProjectDep, attribute: str, session: SessionDep,
-                  items: str | None = Query(None, description="comma-separated item ids (default: 4 items; 2 for a 2-D grid)"),
-                  steps: int = Query(7, ge=2, le=models.MAX_TRAVERSAL_STEPS),
-                  scale: int = Query(2, ge=1, le=8)) -> Response:
+def get_traversal(
+    user: ViewerUser,
+    project: ProjectDep,
+    attribute: str,
+    session: SessionDep,
+    items: str | None = Query(None, description="comma-separated item ids (default: 4 items; 2 for a 2-D grid)"),
+    steps: int = Query(7, ge=2, le=models.MAX_TRAVERSAL_STEPS),
+    scale: int = Query(2, ge=1, le=8),
+) -> Response:
     """Latent traversal of one attribute's z* dimension under the active model, decoded to an image grid.
 
     One designated dimension: rows are items, columns the dimension's steps. Two or more (a lens with
     ``dims_per_attribute`` ≥ 2): per item a steps × steps grid over the first two dimensions (rows the
     first, columns the second), items' grids stacked top to bottom with a wider gap (default: 2 items).
     """
-    png = models.traversal_png(session=session, project=project, attribute=attribute, item_ids=_ids(items),
-                               steps=steps, scale=scale)
+    png = models.traversal_png(
+        session=session, project=project, attribute=attribute, item_ids=_ids(items), steps=steps, scale=scale
+    )
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})

@@ -67,19 +67,31 @@ def _see_other(url: str) -> RedirectResponse:
 
 # -- sign in and out ------------------------------------------------------------------------------
 
+
 def _login_form(request: Request) -> LoginForm:
     return LoginForm(request.app.state.settings.secret_key)
 
 
-def _render_login(request: Request, *, next_url: str, error: str | None = None, username: str = "",
-                  status_code: int = 200) -> Response:
+def _render_login(
+    request: Request, *, next_url: str, error: str | None = None, username: str = "", status_code: int = 200
+) -> Response:
     nonce = LoginForm.new_nonce()
-    resp = render(request, "login.html", {"next": next_url, "error": error, "username": username,
-                                          "login_token": _login_form(request).field_for(nonce)},
-                  status_code=status_code)
+    resp = render(
+        request,
+        "login.html",
+        {"next": next_url, "error": error, "username": username, "login_token": _login_form(request).field_for(nonce)},
+        status_code=status_code,
+    )
     settings = request.app.state.settings
-    resp.set_cookie(LOGIN_NONCE_COOKIE, nonce, max_age=3600, httponly=True, samesite="lax",
-                    secure=settings.cookie_secure, path="/login")
+    resp.set_cookie(
+        LOGIN_NONCE_COOKIE,
+        nonce,
+        max_age=3600,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        path="/login",
+    )
     return resp
 
 
@@ -95,26 +107,42 @@ def login_page(request: Request, next: str | None = None) -> Response:
 
 
 @router.post("/login")
-def login_submit(request: Request, session: SessionDep, settings: SettingsDep,
-                 username: Annotated[str, Form(max_length=64)] = "",
-                 password: Annotated[str, Form(max_length=1024)] = "",
-                 login_token: Annotated[str, Form(max_length=512)] = "",
-                 next: Annotated[str, Form(max_length=2000)] = "/projects") -> Response:
+def login_submit(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    username: Annotated[str, Form(max_length=64)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+    login_token: Annotated[str, Form(max_length=512)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/projects",
+) -> Response:
     """Check the form's CSRF pair and the password (through the API's login); set the session cookie."""
     next_url = safe_next(next)
     if not _login_form(request).check(login_token, request.cookies.get(LOGIN_NONCE_COOKIE)):
-        return _render_login(request, next_url=next_url, username=username, status_code=403,
-                             error="The sign-in form expired or was not sent from this site; please try again.")
+        return _render_login(
+            request,
+            next_url=next_url,
+            username=username,
+            status_code=403,
+            error="The sign-in form expired or was not sent from this site; please try again.",
+        )
     if not username or not password:
-        return _render_login(request, next_url=next_url, username=username, status_code=422,
-                             error="Enter your username and password.")
+        return _render_login(
+            request, next_url=next_url, username=username, status_code=422, error="Enter your username and password."
+        )
     scratch = Response()
     try:
-        auth_routes.login(auth_routes.LoginIn(username=username, password=password), request, scratch, session,
-                          settings)
+        auth_routes.login(
+            auth_routes.LoginIn(username=username, password=password), request, scratch, session, settings
+        )
     except HTTPException as exc:
-        resp = _render_login(request, next_url=next_url, username=username, status_code=exc.status_code,
-                             error=str(exc.detail).capitalize() + ".")
+        resp = _render_login(
+            request,
+            next_url=next_url,
+            username=username,
+            status_code=exc.status_code,
+            error=str(exc.detail).capitalize() + ".",
+        )
         if exc.headers and "Retry-After" in exc.headers:
             resp.headers["Retry-After"] = exc.headers["Retry-After"]
         return resp
@@ -140,18 +168,29 @@ def logout(request: Request, principal: ViewerPage, session: SessionDep) -> Resp
 
 # -- projects ---------------------------------------------------------------------------------------
 
+
 def _project_rows(session: Any) -> list[dict[str, Any]]:
     rows = []
     for p in projects.list_all(session=session):
         s = projects.summary(session=session, project=p)
         last = session.execute(
             sa.select(MetricPoint.overall, MetricPoint.n_labels, MetricPoint.extra)
-            .where(MetricPoint.project_id == p.id).order_by(MetricPoint.id.desc()).limit(1)
+            .where(MetricPoint.project_id == p.id)
+            .order_by(MetricPoint.id.desc())
+            .limit(1)
         ).first()
-        rows.append({"project": p, **s, "n_pool": s["n_items"] - s["n_eval"],
-                     "last_metric": last.overall if last else None, "last_metric_labels": last.n_labels if last else None,
-                     "last_metric_why": metric_reasons.short_reason({"overall": last.overall, **(last.extra or {})})
-                     if last else None})
+        rows.append(
+            {
+                "project": p,
+                **s,
+                "n_pool": s["n_items"] - s["n_eval"],
+                "last_metric": last.overall if last else None,
+                "last_metric_labels": last.n_labels if last else None,
+                "last_metric_why": metric_reasons.short_reason({"overall": last.overall, **(last.extra or {})})
+                if last
+                else None,
+            }
+        )
     return rows
 
 
@@ -163,23 +202,33 @@ def project_list(request: Request, principal: ViewerPage, session: SessionDep) -
 
 # -- labelling --------------------------------------------------------------------------------------
 
+
 @router.get("/projects/{pid}/label")
-def label_page(request: Request, pid: RowId, principal: ExpertPage, session: SessionDep,
-               settings: SettingsDep) -> Response:
+def label_page(
+    request: Request, pid: RowId, principal: ExpertPage, session: SessionDep, settings: SettingsDep
+) -> Response:
     """The keyboard-first labelling page (its script drives the REST API: queue, labels, retract)."""
     project = _project(session, pid)
     eff = projects.effective_settings(project, settings)
     config = {
-        "project_id": project.id, "attributes": labelling.attribute_controls(project),
-        "image": labelling.image_geometry(session, project), "lease_seconds": eff["lease_seconds"],
+        "project_id": project.id,
+        "attributes": labelling.attribute_controls(project),
+        "image": labelling.image_geometry(session, project),
+        "lease_seconds": eff["lease_seconds"],
         "skip_hours": eff["skip_hours"],
         "counters_url": f"/projects/{project.id}/label/counters",
     }
-    return render(request, "label.html", {
-        "project": project, "config": config, "attributes": config["attributes"],
-        "counters": labelling.counters(session=session, project=project, user=principal.user),
-        "eval_every": round(1 / eff["eval_fraction"]) if eff["eval_fraction"] > 0 else None,
-    })
+    return render(
+        request,
+        "label.html",
+        {
+            "project": project,
+            "config": config,
+            "attributes": config["attributes"],
+            "counters": labelling.counters(session=session, project=project, user=principal.user),
+            "eval_every": round(1 / eff["eval_fraction"]) if eff["eval_fraction"] > 0 else None,
+        },
+    )
 
 
 @router.get("/projects/{pid}/label/counters")
@@ -190,15 +239,20 @@ def label_counters(pid: RowId, principal: ExpertPage, session: SessionDep) -> di
 
 # -- insights ---------------------------------------------------------------------------------------
 
+
 def _curve_empty_reason(points: list[dict[str, Any]], mv: ModelVersion | None, eff: dict[str, Any]) -> str:
     """Why the interpretability curve has no point to draw yet (shown only while it has none)."""
     if not points:
         if mv is None:
-            return (f"No retrain has finished yet: the first starts after {eff['retrain_every']} labels "
-                    "(or when an admin starts one), and its evaluation adds the first point.")
+            return (
+                f"No retrain has finished yet: the first starts after {eff['retrain_every']} labels "
+                "(or when an admin starts one), and its evaluation adds the first point."
+            )
         return "No evaluation has been stored for this project's models yet."
-    return (metric_reasons.why_unscored(points[-1], eval_fraction=eff["eval_fraction"])
-            or "No metric points with a score yet.")
+    return (
+        metric_reasons.why_unscored(points[-1], eval_fraction=eff["eval_fraction"])
+        or "No metric points with a score yet."
+    )
 
 
 def _insights_context(session: Any, project: Project, settings: Any) -> dict[str, Any]:
@@ -206,22 +260,37 @@ def _insights_context(session: Any, project: Project, settings: Any) -> dict[str
     points = models.metric_points(session=session, project_id=project.id)
     eff = projects.effective_settings(project, settings)
     last = next((p for p in reversed(points) if mv is not None and p.get("model_id") == mv.id), None)
-    rep_source = session.scalar(sa.select(Representation.source).where(
-        Representation.project_id == project.id, Representation.active))
+    rep_source = session.scalar(
+        sa.select(Representation.source).where(Representation.project_id == project.id, Representation.active)
+    )
     designated = insights.designated_dims(session=session, mv=mv)
-    return {"project": project, "model": mv, "n_points": len(points), "has_representation": rep_source is not None,
-            "can_traverse": mv is not None and rep_source == "vae", "rep_source": rep_source,
-            "table": insights.metric_table(mv, project, last, designated), "designated": designated,
-            "has_grid": any(len(dims) >= 2 for dims in designated.values()),
-            "curve_empty": _curve_empty_reason(points, mv, eff),
-            "unscored": metric_reasons.why_unscored(mv.metrics, eval_fraction=eff["eval_fraction"])
-            if mv is not None else None,
-            "versions": models.list_versions(session=session, project_id=project.id)}
+    return {
+        "project": project,
+        "model": mv,
+        "n_points": len(points),
+        "has_representation": rep_source is not None,
+        "can_traverse": mv is not None and rep_source == "vae",
+        "rep_source": rep_source,
+        "table": insights.metric_table(mv, project, last, designated),
+        "designated": designated,
+        "has_grid": any(len(dims) >= 2 for dims in designated.values()),
+        "curve_empty": _curve_empty_reason(points, mv, eff),
+        "unscored": metric_reasons.why_unscored(mv.metrics, eval_fraction=eff["eval_fraction"])
+        if mv is not None
+        else None,
+        "versions": models.list_versions(session=session, project_id=project.id),
+    }
 
 
 @router.get("/projects/{pid}/insights")
-def insights_page(request: Request, pid: RowId, principal: ViewerPage, session: SessionDep, settings: SettingsDep,
-                  since: int | None = Query(None, description="the active model id the page shows")) -> Response:
+def insights_page(
+    request: Request,
+    pid: RowId,
+    principal: ViewerPage,
+    session: SessionDep,
+    settings: SettingsDep,
+    since: int | None = Query(None, description="the active model id the page shows"),
+) -> Response:
     """Traversals, metric curves, the z / z* scatter and the metric table of the active model.
 
     htmx polls with ``since``: 204 while the active model is unchanged, else the refreshed section.
@@ -238,26 +307,45 @@ def insights_page(request: Request, pid: RowId, principal: ViewerPage, session: 
 
 
 @api_router.get("/projects/{pid}/scatter")
-def get_scatter(user: ViewerUser, project: ProjectDep, session: SessionDep,
-                attribute: str | None = Query(None, description="the attribute that colours the points"),
-                limit: int = Query(insights.MAX_POINTS, ge=2, le=10_000)) -> dict[str, Any]:
+def get_scatter(
+    user: ViewerUser,
+    project: ProjectDep,
+    session: SessionDep,
+    attribute: str | None = Query(None, description="the attribute that colours the points"),
+    limit: int = Query(insights.MAX_POINTS, ge=2, le=10_000),
+) -> dict[str, Any]:
     """Points for paper Figure 4: PCA (first two components) of z beside two attribute dimensions of z*."""
     return insights.scatter(session=session, project=project, attribute=attribute, limit=limit)
 
 
 # -- admin: projects, import ------------------------------------------------------------------------
 
+
 def _new_project_defaults() -> dict[str, Any]:
-    return {"name": "", "source": "digits", "representation": "vae", "latent_dim": "10", "strategy": "bald",
-            "retrain_every": "", "lease_seconds": "", "eval_fraction": "", "skip_hours": "",
-            "source_split": "train",
-            "source_mode": "L",
-            "attributes": [{"name": "", "kind": "categorical", "levels": "", "low": "", "high": ""}]}
+    return {
+        "name": "",
+        "source": "digits",
+        "representation": "vae",
+        "latent_dim": "10",
+        "strategy": "bald",
+        "retrain_every": "",
+        "lease_seconds": "",
+        "eval_fraction": "",
+        "skip_hours": "",
+        "source_split": "train",
+        "source_mode": "L",
+        "attributes": [{"name": "", "kind": "categorical", "levels": "", "low": "", "high": ""}],
+    }
 
 
 def _admin_form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"values": values, "errors": errors or {}, "strategies": STRATEGIES,
-            "representations": REPRESENTATION_SOURCES, "sources": forms.DATASET_SOURCES}
+    return {
+        "values": values,
+        "errors": errors or {},
+        "strategies": STRATEGIES,
+        "representations": REPRESENTATION_SOURCES,
+        "sources": forms.DATASET_SOURCES,
+    }
 
 
 @router.get("/admin")
@@ -273,8 +361,9 @@ def new_project_page(request: Request, principal: AdminPage) -> Response:
 
 
 @router.post("/admin/projects")
-def create_project(request: Request, principal: AdminPage, session: SessionDep, settings: SettingsDep,
-                   form: FormDep) -> Response:
+def create_project(
+    request: Request, principal: AdminPage, session: SessionDep, settings: SettingsDep, form: FormDep
+) -> Response:
     """Create a project (the API's create: validation, import, queued pretrain) and show its import report."""
     body, errors, shown = forms.project_in(form)
     if body is None:
@@ -282,26 +371,48 @@ def create_project(request: Request, principal: AdminPage, session: SessionDep, 
     try:
         out = project_routes.create_project(principal.user, body, session, settings)
     except ServiceError as exc:
-        return render(request, "admin/project_new.html",
-                      _admin_form_context(shown, {"form": str(exc.detail)}), status_code=exc.status_code)
+        return render(
+            request,
+            "admin/project_new.html",
+            _admin_form_context(shown, {"form": str(exc.detail)}),
+            status_code=exc.status_code,
+        )
     project = _project(session, out["id"])
     report = out.get("import")
-    return render(request, "admin/project.html", _project_admin_context(session, settings, project, report=report,
-                                                                        created=True), status_code=201)
+    return render(
+        request,
+        "admin/project.html",
+        _project_admin_context(session, settings, project, report=report, created=True),
+        status_code=201,
+    )
 
 
-def _project_admin_context(session: Any, settings: Any, project: Project, *, report: dict[str, Any] | None = None,
-                           created: bool = False, import_errors: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"project": project, "summary": projects.summary(session=session, project=project),
-            "effective": projects.effective_settings(project, settings), "report": report, "created": created,
-            "import_errors": import_errors or {}, "sources": forms.DATASET_SOURCES,
-            "skipped": queue.skipped_by_all(session=session, project=project),
-            "values": {"source": "", "source_split": "train", "source_mode": "L"}}
+def _project_admin_context(
+    session: Any,
+    settings: Any,
+    project: Project,
+    *,
+    report: dict[str, Any] | None = None,
+    created: bool = False,
+    import_errors: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "project": project,
+        "summary": projects.summary(session=session, project=project),
+        "effective": projects.effective_settings(project, settings),
+        "report": report,
+        "created": created,
+        "import_errors": import_errors or {},
+        "sources": forms.DATASET_SOURCES,
+        "skipped": queue.skipped_by_all(session=session, project=project),
+        "values": {"source": "", "source_split": "train", "source_mode": "L"},
+    }
 
 
 @router.get("/admin/projects/{pid}")
-def project_admin(request: Request, pid: RowId, principal: AdminPage, session: SessionDep,
-                  settings: SettingsDep) -> Response:
+def project_admin(
+    request: Request, pid: RowId, principal: AdminPage, session: SessionDep, settings: SettingsDep
+) -> Response:
     """A project's settings, attributes and the import form."""
     return render(request, "admin/project.html", _project_admin_context(session, settings, _project(session, pid)))
 
@@ -320,8 +431,9 @@ def _load_spec(session: Any, spec: dict[str, Any], settings: Any) -> imports.Loa
 
 
 @router.post("/admin/projects/{pid}/import")
-async def import_items(request: Request, pid: RowId, principal: AdminPage, session: SessionDep,
-                       settings: SettingsDep) -> Response:
+async def import_items(
+    request: Request, pid: RowId, principal: AdminPage, session: SessionDep, settings: SettingsDep
+) -> Response:
     """Add items from an upload (zip of images, .npy/.npz) or a server-side source; report errors per file."""
     form = await request.form()
     project = await run_in_threadpool(_project, session, pid)
@@ -347,23 +459,32 @@ async def import_items(request: Request, pid: RowId, principal: AdminPage, sessi
     except ServiceError as exc:
         errors = {"form": str(exc.detail)}
     project = await run_in_threadpool(_project, session, pid)
-    ctx = await run_in_threadpool(lambda: _project_admin_context(session, settings, project, report=report,
-                                                                 import_errors=errors))
-    ctx["values"] = {**ctx["values"], **{k: str(v) for k, v in form.items() if isinstance(v, str) and
-                                         k.startswith("source")}}
+    ctx = await run_in_threadpool(
+        lambda: _project_admin_context(session, settings, project, report=report, import_errors=errors)
+    )
+    ctx["values"] = {
+        **ctx["values"],
+        **{k: str(v) for k, v in form.items() if isinstance(v, str) and k.startswith("source")},
+    }
     return render(request, "admin/project.html", ctx, status_code=422 if errors else 200)
 
 
 # -- admin: jobs and model versions -----------------------------------------------------------------
 
+
 def _jobs_context(session: Any, project: Project) -> dict[str, Any]:
     rows = jobs.list_for_project(session=session, project_id=project.id, limit=50)
     versions = models.list_versions(session=session, project_id=project.id)
     active = next((v for v in versions if v.active), None)
-    return {"project": project, "jobs": [jobs.job_out(j) for j in rows], "versions": versions,
-            "lens_of": {v.id: models.lens_summary(v.stats) for v in versions},
-            "unscored_of": {v.id: metric_reasons.short_reason(v.metrics) for v in versions},
-            "active_version": active, "startable": JOB_KINDS_STARTABLE}
+    return {
+        "project": project,
+        "jobs": [jobs.job_out(j) for j in rows],
+        "versions": versions,
+        "lens_of": {v.id: models.lens_summary(v.stats) for v in versions},
+        "unscored_of": {v.id: metric_reasons.short_reason(v.metrics) for v in versions},
+        "active_version": active,
+        "startable": JOB_KINDS_STARTABLE,
+    }
 
 
 @router.get("/admin/projects/{pid}/jobs")
@@ -376,8 +497,9 @@ def jobs_page(request: Request, pid: RowId, principal: AdminPage, session: Sessi
 
 
 @router.post("/admin/projects/{pid}/jobs")
-def start_job(request: Request, pid: RowId, principal: AdminPage, session: SessionDep,
-              kind: Annotated[str, Form()] = "retrain") -> Response:
+def start_job(
+    request: Request, pid: RowId, principal: AdminPage, session: SessionDep, kind: Annotated[str, Form()] = "retrain"
+) -> Response:
     """Queue a job (or find the queued one of that kind)."""
     project = _project(session, pid)
     if kind not in JOB_KINDS_STARTABLE:
@@ -396,8 +518,13 @@ def _job(session: Any, jid: int) -> Job:
 
 
 @router.get("/admin/jobs/{jid}/row")
-def job_row(request: Request, jid: RowId, principal: AdminPage, session: SessionDep,
-            mode: str = Query("live", pattern="^(live|poll)$")) -> Response:
+def job_row(
+    request: Request,
+    jid: RowId,
+    principal: AdminPage,
+    session: SessionDep,
+    mode: str = Query("live", pattern="^(live|poll)$"),
+) -> Response:
     """One job's table row: live (SSE) or polling while queued/running, static once finished."""
     return render(request, "partials/job_row.html", {"job": jobs.job_out(_job(session, jid)), "mode": mode})
 
@@ -412,8 +539,7 @@ def cancel_job(request: Request, jid: RowId, principal: AdminPage, session: Sess
     except ServiceError as exc:
         message = str(exc.detail)
     if is_htmx(request):
-        return render(request, "partials/job_row.html", {"job": jobs.job_out(job), "mode": "poll",
-                                                         "message": message})
+        return render(request, "partials/job_row.html", {"job": jobs.job_out(job), "mode": "poll", "message": message})
     return _see_other(f"/admin/projects/{job.project_id}/jobs")
 
 
@@ -438,11 +564,18 @@ def activate_model(request: Request, mid: RowId, principal: AdminPage, session: 
 
 # -- admin: users and API tokens --------------------------------------------------------------------
 
+
 def _users_context(session: Any, **extra: Any) -> dict[str, Any]:
     users = user_service.list_all(session=session)
-    return {"users": users, "roles": ROLES,
-            "tokens": {u.id: token_service.list_for_user(session=session, user=u) for u in users},
-            "new_token": None, "errors": {}, "values": {"role": "expert"}, **extra}
+    return {
+        "users": users,
+        "roles": ROLES,
+        "tokens": {u.id: token_service.list_for_user(session=session, user=u) for u in users},
+        "new_token": None,
+        "errors": {},
+        "values": {"role": "expert"},
+        **extra,
+    }
 
 
 @router.get("/admin/users")
@@ -452,17 +585,25 @@ def users_page(request: Request, principal: AdminPage, session: SessionDep) -> R
 
 
 @router.post("/admin/users")
-def create_user(request: Request, principal: AdminPage, session: SessionDep,
-                username: Annotated[str, Form(max_length=64)] = "", role: Annotated[str, Form()] = "expert",
-                password: Annotated[str, Form(max_length=1024)] = "") -> Response:
+def create_user(
+    request: Request,
+    principal: AdminPage,
+    session: SessionDep,
+    username: Annotated[str, Form(max_length=64)] = "",
+    role: Annotated[str, Form()] = "expert",
+    password: Annotated[str, Form(max_length=1024)] = "",
+) -> Response:
     """Add a user (argon2-hashed password)."""
     try:
         user_service.create(session=session, username=username.strip(), password=password, role=role)
     except ServiceError as exc:
         session.rollback()
-        return render(request, "admin/users.html",
-                      _users_context(session, errors={"user": str(exc.detail)},
-                                     values={"username": username, "role": role}), status_code=exc.status_code)
+        return render(
+            request,
+            "admin/users.html",
+            _users_context(session, errors={"user": str(exc.detail)}, values={"username": username, "role": role}),
+            status_code=exc.status_code,
+        )
     return _see_other("/admin/users")
 
 
@@ -473,8 +614,13 @@ def tokens_page(principal: AdminPage) -> Response:
 
 
 @router.post("/admin/tokens")
-def create_token(request: Request, principal: AdminPage, session: SessionDep,
-                 user_id: Annotated[int, Form()], name: Annotated[str, Form(max_length=100)] = "") -> Response:
+def create_token(
+    request: Request,
+    principal: AdminPage,
+    session: SessionDep,
+    user_id: Annotated[int, Form()],
+    name: Annotated[str, Form(max_length=100)] = "",
+) -> Response:
     """A new API token for a user (e.g. a REST client's account); its secret is shown on this page only."""
     owner = session.get(User, user_id)
     if owner is None:
@@ -482,11 +628,18 @@ def create_token(request: Request, principal: AdminPage, session: SessionDep,
     try:
         row, plaintext = token_service.create(session=session, user=owner, name=name)
     except ServiceError as exc:
-        return render(request, "admin/users.html", _users_context(session, errors={"token": str(exc.detail)}),
-                      status_code=exc.status_code)
-    return render(request, "admin/users.html",
-                  _users_context(session, new_token={"plaintext": plaintext, "name": row.name, "owner": owner.username}),
-                  status_code=201)
+        return render(
+            request,
+            "admin/users.html",
+            _users_context(session, errors={"token": str(exc.detail)}),
+            status_code=exc.status_code,
+        )
+    return render(
+        request,
+        "admin/users.html",
+        _users_context(session, new_token={"plaintext": plaintext, "name": row.name, "owner": owner.username}),
+        status_code=201,
+    )
 
 
 @router.post("/admin/tokens/{tid}/revoke")
@@ -495,12 +648,17 @@ def revoke_token(request: Request, tid: int, principal: AdminPage, session: Sess
     try:
         token_service.revoke(session=session, token_id=tid, actor=principal.user)
     except ServiceError as exc:
-        return render(request, "admin/users.html", _users_context(session, errors={"token": str(exc.detail)}),
-                      status_code=exc.status_code)
+        return render(
+            request,
+            "admin/users.html",
+            _users_context(session, errors={"token": str(exc.detail)}),
+            status_code=exc.status_code,
+        )
     return _see_other("/admin/users")
 
 
 # -- wiring -----------------------------------------------------------------------------------------
+
 
 async def _login_required(request: Request, exc: LoginRequired) -> Response:
     if is_htmx(request):
@@ -513,8 +671,7 @@ async def _page_error(request: Request, exc: PageError) -> Response:
     if request.url.path.startswith("/api/") or ("application/json" in accept and "text/html" not in accept):
         return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
     template = "partials/error.html" if is_htmx(request) else "error.html"
-    return render(request, template, {"status": exc.status_code, "message": exc.message},
-                  status_code=exc.status_code)
+    return render(request, template, {"status": exc.status_code, "message": exc.message}, status_code=exc.status_code)
 
 
 def install(app: FastAPI) -> None:

@@ -26,27 +26,51 @@ router = APIRouter(prefix="/api/v1", tags=["projects"])
 
 def project_out(project: Project, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The public fields of a project."""
-    return {"id": project.id, "name": project.name, "strategy": project.strategy,
-            "representation": project.representation, "settings": project.settings,
-            "attributes": [{"name": a.name, "kind": a.kind, **({"levels": a.levels} if a.levels is not None else
-                                                               {"low": a.low, "high": a.high})}
-                           for a in project.attributes],
-            "created_at": project.created_at, **(extra or {})}
+    return {
+        "id": project.id,
+        "name": project.name,
+        "strategy": project.strategy,
+        "representation": project.representation,
+        "settings": project.settings,
+        "attributes": [
+            {
+                "name": a.name,
+                "kind": a.kind,
+                **({"levels": a.levels} if a.levels is not None else {"low": a.low, "high": a.high}),
+            }
+            for a in project.attributes
+        ],
+        "created_at": project.created_at,
+        **(extra or {}),
+    }
 
 
 def item_out(item: Item, current: dict[str, Any] | None = None) -> dict[str, Any]:
     """The public fields of an item, with its current label values."""
-    return {"id": item.id, "project_id": item.project_id, "split": item.split, "external_id": item.external_id,
-            "source_index": item.source_index, "labels": current or {}, "label_count": item.label_count,
-            "labelled": item.labelled, "width": item.width, "height": item.height, "channels": item.channels,
-            "image_url": f"/api/v1/items/{item.id}/image.png" if item.content_hash else None}
+    return {
+        "id": item.id,
+        "project_id": item.project_id,
+        "split": item.split,
+        "external_id": item.external_id,
+        "source_index": item.source_index,
+        "labels": current or {},
+        "label_count": item.label_count,
+        "labelled": item.labelled,
+        "width": item.width,
+        "height": item.height,
+        "channels": item.channels,
+        "image_url": f"/api/v1/items/{item.id}/image.png" if item.content_hash else None,
+    }
 
 
 @router.get("/projects")
 def list_projects(user: ViewerUser, session: SessionDep) -> dict[str, Any]:
     """Every project with its counts."""
-    return {"projects": [project_out(p, projects.summary(session=session, project=p))
-                         for p in projects.list_all(session=session)]}
+    return {
+        "projects": [
+            project_out(p, projects.summary(session=session, project=p)) for p in projects.list_all(session=session)
+        ]
+    }
 
 
 @router.post("/projects", status_code=status.HTTP_201_CREATED)
@@ -63,23 +87,36 @@ def create_project(user: AdminUser, body: ProjectIn, session: SessionDep, settin
         session.rollback()
         loaded = imports.load_spec(body.dataset.model_dump(), settings)
     project = projects.create(
-        session=session, name=body.name, attributes=[a.model_dump(exclude_none=True) for a in body.attributes],
-        representation=representation, strategy=body.strategy,
-        settings=body.settings.model_dump(exclude_none=True), loaded=loaded, created_by_id=user_id,
+        session=session,
+        name=body.name,
+        attributes=[a.model_dump(exclude_none=True) for a in body.attributes],
+        representation=representation,
+        strategy=body.strategy,
+        settings=body.settings.model_dump(exclude_none=True),
+        loaded=loaded,
+        created_by_id=user_id,
     )
     pretrain = session.scalar(sa.select(Job).where(Job.project_id == project.id, Job.kind == "pretrain"))
-    return project_out(project, {
-        **projects.summary(session=session, project=project),
-        "import": {"imported": len(loaded), "errors": loaded.errors} if loaded is not None else None,
-        "job": job_out(pretrain) if pretrain else None,
-    })
+    return project_out(
+        project,
+        {
+            **projects.summary(session=session, project=project),
+            "import": {"imported": len(loaded), "errors": loaded.errors} if loaded is not None else None,
+            "job": job_out(pretrain) if pretrain else None,
+        },
+    )
 
 
 @router.get("/projects/{pid}")
 def get_project(user: ViewerUser, project: ProjectDep, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """One project with its counts and effective settings."""
-    return project_out(project, {**projects.summary(session=session, project=project),
-                                 "effective_settings": projects.effective_settings(project, settings)})
+    return project_out(
+        project,
+        {
+            **projects.summary(session=session, project=project),
+            "effective_settings": projects.effective_settings(project, settings),
+        },
+    )
 
 
 @router.patch("/projects/{pid}")
@@ -118,16 +155,36 @@ async def _load_upload(request: Request, settings: Settings) -> Loaded:
 
 
 @router.post(
-    "/projects/{pid}/items:import", status_code=status.HTTP_201_CREATED,
-    openapi_extra={"requestBody": {"content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/ImportIn"}},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "file": {"type": "string", "format": "binary", "description": "zip of images, or .npy/.npz"},
-            "images": {"type": "string", "format": "binary", "description": "zip of images for embeddings"}}}},
-    }}},
+    "/projects/{pid}/items:import",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ImportIn"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "file": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": "zip of images, or .npy/.npz",
+                            },
+                            "images": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": "zip of images for embeddings",
+                            },
+                        },
+                    }
+                },
+            }
+        }
+    },
 )
-async def import_items(user: AdminUser, project: ProjectDep, request: Request, session: SessionDep,
-                       settings: SettingsDep) -> dict[str, Any]:
+async def import_items(
+    user: AdminUser, project: ProjectDep, request: Request, session: SessionDep, settings: SettingsDep
+) -> dict[str, Any]:
     """Add items from a server-side dataset spec (JSON) or an upload (multipart: zip of images, or embeddings)."""
     user_id, project_id, representation = user.id, project.id, dict(project.representation)
     # Loading can take seconds: end the read transaction (and SQLite's write lock) first.
@@ -137,7 +194,9 @@ async def import_items(user: AdminUser, project: ProjectDep, request: Request, s
         try:
             payload = await request.json()
         except ValueError:
-            raise RequestValidationError([{"loc": ("body",), "msg": "malformed JSON", "type": "json_invalid"}]) from None
+            raise RequestValidationError(
+                [{"loc": ("body",), "msg": "malformed JSON", "type": "json_invalid"}]
+            ) from None
         try:
             spec = _import_adapter.validate_python(payload)
         except ValidationError as exc:
@@ -166,9 +225,15 @@ def _encode_cursor(last_id: int) -> str:
 
 
 @router.get("/projects/{pid}/items")
-def list_items(user: ViewerUser, project: ProjectDep, session: SessionDep,
-               split: str | None = Query(None, pattern="^(pool|eval)$"), labelled: bool | None = None,
-               cursor: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+def list_items(
+    user: ViewerUser,
+    project: ProjectDep,
+    session: SessionDep,
+    split: str | None = Query(None, pattern="^(pool|eval)$"),
+    labelled: bool | None = None,
+    cursor: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+) -> dict[str, Any]:
     """A page of the project's items in id order; pass ``next_cursor`` back as ``cursor`` for the next page."""
     q = sa.select(Item).where(Item.project_id == project.id, Item.id > _decode_cursor(cursor))
     if split:
@@ -178,5 +243,7 @@ def list_items(user: ViewerUser, project: ProjectDep, session: SessionDep,
     rows = list(session.scalars(q.order_by(Item.id).limit(limit + 1)))
     page = rows[:limit]
     current = labels.current_values(session=session, item_ids=[i.id for i in page]) if page else {}
-    return {"items": [item_out(i, current.get(i.id)) for i in page],
-            "next_cursor": _encode_cursor(page[-1].id) if len(rows) > limit else None}
+    return {
+        "items": [item_out(i, current.get(i.id)) for i in page],
+        "next_cursor": _encode_cursor(page[-1].id) if len(rows) > limit else None,
+    }

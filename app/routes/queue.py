@@ -13,12 +13,23 @@ router = APIRouter(prefix="/api/v1", tags=["queue"])
 
 
 @router.post("/projects/{pid}/queue/next")
-def queue_next(user: ExpertUser, project: ProjectDep, session: SessionDep, settings: SettingsDep,
-               n: int = Query(1, ge=1, le=queue.MAX_BATCH)) -> dict[str, Any]:
+def queue_next(
+    user: ExpertUser,
+    project: ProjectDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    n: int = Query(1, ge=1, le=queue.MAX_BATCH),
+) -> dict[str, Any]:
     """Up to ``n`` items leased to you (your live leases first), by the active model's acquisition score."""
     eff = projects.effective_settings(project, settings)
-    items = queue.next_items(session=session, project=project, user=user, n=n,
-                             lease_seconds=float(eff["lease_seconds"]), eval_fraction=float(eff["eval_fraction"]))
+    items = queue.next_items(
+        session=session,
+        project=project,
+        user=user,
+        n=n,
+        lease_seconds=float(eff["lease_seconds"]),
+        eval_fraction=float(eff["eval_fraction"]),
+    )
     out: dict[str, Any] = {"items": items}
     if len(items) < n:
         # Fewer than asked: say whether items you skipped are held back, and until when.
@@ -35,7 +46,8 @@ def release_lease(user: ExpertUser, lease_id: str, session: SessionDep, settings
 
 
 @router.get("/projects/{pid}/items/skipped")
-def skipped_items(user: AdminUser, project: ProjectDep, session: SessionDep,
-                  limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+def skipped_items(
+    user: AdminUser, project: ProjectDep, session: SessionDep, limit: int = Query(100, ge=1, le=1000)
+) -> dict[str, Any]:
     """Unlabelled items every active expert of the project has skipped (admins): candidates to review."""
     return queue.skipped_by_all(session=session, project=project, limit=limit)

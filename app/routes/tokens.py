@@ -19,8 +19,15 @@ class TokenIn(BaseModel):
 
 
 def token_out(t: ApiToken) -> dict[str, Any]:
-    return {"id": t.id, "name": t.name, "prefix": t.prefix, "user_id": t.user_id, "created_at": t.created_at,
-            "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}
+    return {
+        "id": t.id,
+        "name": t.name,
+        "prefix": t.prefix,
+        "user_id": t.user_id,
+        "created_at": t.created_at,
+        "last_used_at": t.last_used_at,
+        "revoked_at": t.revoked_at,
+    }
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)

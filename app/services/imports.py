@@ -42,16 +42,23 @@ def confine_path(raw: str, settings: Settings, field_name: str) -> Path:
     p = p.resolve()
     roots = settings.allowed_import_roots()
     if not any(p == r or r in p.parents for r in roots):
-        raise Invalid(f"{field_name}: {raw!r} is outside the allowed import roots "
-                      f"(LENSLAB_DATA_DIR or LENSLAB_IMPORT_ROOTS: {[str(r) for r in roots]})")
+        raise Invalid(
+            f"{field_name}: {raw!r} is outside the allowed import roots "
+            f"(LENSLAB_DATA_DIR or LENSLAB_IMPORT_ROOTS: {[str(r) for r in roots]})"
+        )
     if not p.exists():
         raise Invalid(f"{field_name}: {raw!r} does not exist")
     return p
 
 
 def _from_dataset(ds: Any) -> Loaded:
-    return Loaded(name=ds.name, images=ds.images, source_index=np.asarray(ds.source_index, np.int64),
-                  external_ids=ds.external_ids, errors=list(ds.errors))
+    return Loaded(
+        name=ds.name,
+        images=ds.images,
+        source_index=np.asarray(ds.source_index, np.int64),
+        external_ids=ds.external_ids,
+        errors=list(ds.errors),
+    )
 
 
 def load_spec(spec: dict[str, Any], settings: Settings) -> Loaded:
@@ -76,8 +83,14 @@ def load_spec(spec: dict[str, Any], settings: Settings) -> Loaded:
             return loaded
         if source == "images":
             path = confine_path(str(spec.get("path", "")), settings, "dataset.path")
-            return _from_dataset(data.load_image_folder(path, size=spec.get("size"), mode=spec.get("mode", "L"),
-                                                        max_total_bytes=settings.max_upload_bytes * 4))
+            return _from_dataset(
+                data.load_image_folder(
+                    path,
+                    size=spec.get("size"),
+                    mode=spec.get("mode", "L"),
+                    max_total_bytes=settings.max_upload_bytes * 4,
+                )
+            )
         if source == "embeddings":
             path = confine_path(str(spec.get("path", "")), settings, "dataset.path")
             images = None
@@ -107,10 +120,16 @@ def with_embeddings(embeddings: np.ndarray, images: Any | None, *, name: str) ->
             raise Invalid(f"dataset.images: every image must load when paired with embeddings: {images.errors[:3]}")
         if len(images) != n:
             raise Invalid(f"dataset.images: {len(images)} images for {n} embedding rows")
-        return Loaded(name=name, images=images.images, source_index=np.arange(n, dtype=np.int64),
-                      external_ids=images.external_ids, embeddings=embeddings.astype(np.float32))
-    return Loaded(name=name, images=None, source_index=np.arange(n, dtype=np.int64),
-                  embeddings=embeddings.astype(np.float32))
+        return Loaded(
+            name=name,
+            images=images.images,
+            source_index=np.arange(n, dtype=np.int64),
+            external_ids=images.external_ids,
+            embeddings=embeddings.astype(np.float32),
+        )
+    return Loaded(
+        name=name, images=None, source_index=np.arange(n, dtype=np.int64), embeddings=embeddings.astype(np.float32)
+    )
 
 
 def load_upload(kind: str, data_file: IO[bytes], images_file: IO[bytes] | None, settings: Settings) -> Loaded:
@@ -187,37 +206,56 @@ def store(*, session: Session, project: Project, loaded: Loaded, commit: bool = 
     is_embeddings = loaded.embeddings is not None
     if is_embeddings != (project.representation.get("source") == "embeddings"):
         raise Invalid("dataset.source: embeddings imports go with representation source 'embeddings' (and only they)")
-    if is_embeddings and session.scalar(sa.select(sa.func.count()).select_from(Item)
-                                        .where(Item.project_id == project.id)):
+    if is_embeddings and session.scalar(
+        sa.select(sa.func.count()).select_from(Item).where(Item.project_id == project.id)
+    ):
         raise Conflict("an embeddings project takes a single import: its items already exist")
     rng = np.random.default_rng()
     keys = rng.random(len(loaded))
     rows: list[dict[str, Any]] = []
     for i in range(len(loaded)):
         row: dict[str, Any] = {
-            "project_id": project.id, "source_index": int(loaded.source_index[i]),
+            "project_id": project.id,
+            "source_index": int(loaded.source_index[i]),
             "external_id": loaded.external_ids[i] if loaded.external_ids else None,
-            "split": "pool", "random_key": float(keys[i]), "label_count": 0, "labelled": False,
+            "split": "pool",
+            "random_key": float(keys[i]),
+            "label_count": 0,
+            "labelled": False,
         }
         if loaded.images is not None:
             png = encode_png(loaded.images[i])
             c, h, w = loaded.images.shape[1:]
-            row.update(image_png=png, width=int(w), height=int(h), channels=int(c),
-                       content_hash=hashlib.sha256(png).hexdigest())
+            row.update(
+                image_png=png,
+                width=int(w),
+                height=int(h),
+                channels=int(c),
+                content_hash=hashlib.sha256(png).hexdigest(),
+            )
         rows.append(row)
-    first_new = (session.scalar(sa.select(sa.func.max(Item.id))) or 0)
+    first_new = session.scalar(sa.select(sa.func.max(Item.id))) or 0
     session.execute(sa.insert(Item), rows)
     if is_embeddings:
         # source_index is the embeddings row here (0..N-1), so it maps rows to the new item ids.
-        ids = np.asarray(session.scalars(
-            sa.select(Item.id).where(Item.project_id == project.id, Item.id > first_new)
-            .order_by(Item.source_index)
-        ).all(), dtype=np.int64)
+        ids = np.asarray(
+            session.scalars(
+                sa.select(Item.id).where(Item.project_id == project.id, Item.id > first_new).order_by(Item.source_index)
+            ).all(),
+            dtype=np.int64,
+        )
         if ids.shape[0] != len(loaded):
             raise Conflict("concurrent import into the same project; retry")
-        session.add(Representation(project_id=project.id, source="embeddings",
-                                   config={"dim": int(loaded.embeddings.shape[1])},  # type: ignore[union-attr]
-                                   z=_npy(loaded.embeddings), item_ids=_npy(ids), active=True))
+        session.add(
+            Representation(
+                project_id=project.id,
+                source="embeddings",
+                config={"dim": int(loaded.embeddings.shape[1])},  # type: ignore[union-attr]
+                z=_npy(loaded.embeddings),
+                item_ids=_npy(ids),
+                active=True,
+            )
+        )
     if commit:
         session.commit()
     return len(rows)

@@ -51,8 +51,10 @@ def validate_values(attrs: list[MlAttribute], values: Any, *, where: str = "valu
         try:
             if attr.is_discrete:
                 if not isinstance(value, str):
-                    raise ValueError(f"attribute {name!r}: expected a level name (string), got {value!r} "
-                                     f"(levels: {list(attr.levels)})")
+                    raise ValueError(
+                        f"attribute {name!r}: expected a level name (string), got {value!r} "
+                        f"(levels: {list(attr.levels)})"
+                    )
                 attr.level_index(value)
                 out[name] = value
             else:
@@ -82,13 +84,27 @@ def _replay_or_conflict(existing: Label, request_hash: str, key: str) -> Submitt
 def _end_lease(session: Session, lease: Lease, reason: str, now: datetime) -> None:
     lease.ended_at = now
     lease.end_reason = reason
-    session.execute(sa.update(Item).where(Item.id == lease.item_id, Item.lease_id == lease.id)
-                    .values(lease_id=None, lease_expires_at=None).execution_options(synchronize_session=False))
+    session.execute(
+        sa.update(Item)
+        .where(Item.id == lease.item_id, Item.lease_id == lease.id)
+        .values(lease_id=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
-def submit(*, session: Session, item: Item, project: Project, attrs: list[MlAttribute], user: User,
-           values: Any, idempotency_key: str | None, lease_id: str | None, retrain_every: int,
-           project_id: int | None = None) -> Submitted:
+def submit(
+    *,
+    session: Session,
+    item: Item,
+    project: Project,
+    attrs: list[MlAttribute],
+    user: User,
+    values: Any,
+    idempotency_key: str | None,
+    lease_id: str | None,
+    retrain_every: int,
+    project_id: int | None = None,
+) -> Submitted:
     """Store one label for ``item`` (ending the caller's lease on it) and maybe queue a retrain; committed."""
     if project_id is not None and project_id != item.project_id:
         raise Invalid(f"project_id: item {item.id} belongs to project {item.project_id}, not {project_id}")
@@ -111,24 +127,45 @@ def submit(*, session: Session, item: Item, project: Project, attrs: list[MlAttr
         if lease.ended_at is not None:
             raise Conflict(f"lease {lease_id!r} already ended ({lease.end_reason})")
         if lease.expires_at <= now:
-            raise Conflict(f"lease {lease_id!r} expired at {lease.expires_at.isoformat()}; "
-                           "submit without lease_id or pull the queue again")
-    label = Label(project_id=item.project_id, item_id=item.id, user_id=user.id, kind="label", values=clean,
-                  idempotency_key=idempotency_key or None, request_hash=rhash, eval=item.split == "eval",
-                  created_at=now)
+            raise Conflict(
+                f"lease {lease_id!r} expired at {lease.expires_at.isoformat()}; "
+                "submit without lease_id or pull the queue again"
+            )
+    label = Label(
+        project_id=item.project_id,
+        item_id=item.id,
+        user_id=user.id,
+        kind="label",
+        values=clean,
+        idempotency_key=idempotency_key or None,
+        request_hash=rhash,
+        eval=item.split == "eval",
+        created_at=now,
+    )
     session.add(label)
-    session.execute(sa.update(Item).where(Item.id == item.id)
-                    .values(label_count=Item.label_count + 1, labelled=True)
-                    .execution_options(synchronize_session=False))
-    own_live = [lease] if lease is not None else list(session.scalars(
-        sa.select(Lease).where(Lease.item_id == item.id, Lease.user_id == user.id, Lease.ended_at.is_(None))))
+    session.execute(
+        sa.update(Item)
+        .where(Item.id == item.id)
+        .values(label_count=Item.label_count + 1, labelled=True)
+        .execution_options(synchronize_session=False)
+    )
+    own_live = (
+        [lease]
+        if lease is not None
+        else list(
+            session.scalars(
+                sa.select(Lease).where(Lease.item_id == item.id, Lease.user_id == user.id, Lease.ended_at.is_(None))
+            )
+        )
+    )
     for live in own_live:
         _end_lease(session, live, "labelled", now)
     try:
         session.flush()
         if not label.eval:
-            jobs.maybe_enqueue_retrain(session=session, project_id=project.id, retrain_every=retrain_every,
-                                       created_by=user.id)
+            jobs.maybe_enqueue_retrain(
+                session=session, project_id=project.id, retrain_every=retrain_every, created_by=user.id
+            )
         session.commit()
     except sa_exc.IntegrityError:
         # Two retries of one request raced: the unique (user, key) constraint let one through.
@@ -157,12 +194,22 @@ def retract(*, session: Session, label: Label, user: User) -> Label:
         raise Forbidden("only the label's author or an admin may retract it")
     if session.scalar(sa.select(Label.id).where(Label.retracts_id == label.id)) is not None:
         raise Conflict(f"label {label.id} is already retracted")
-    row = Label(project_id=label.project_id, item_id=label.item_id, user_id=user.id, kind="retraction",
-                values={}, retracts_id=label.id, eval=label.eval)
+    row = Label(
+        project_id=label.project_id,
+        item_id=label.item_id,
+        user_id=user.id,
+        kind="retraction",
+        values={},
+        retracts_id=label.id,
+        eval=label.eval,
+    )
     session.add(row)
-    session.execute(sa.update(Item).where(Item.id == label.item_id)
-                    .values(label_count=Item.label_count - 1, labelled=Item.label_count > 1)
-                    .execution_options(synchronize_session=False))
+    session.execute(
+        sa.update(Item)
+        .where(Item.id == label.item_id)
+        .values(label_count=Item.label_count - 1, labelled=Item.label_count > 1)
+        .execution_options(synchronize_session=False)
+    )
     try:
         session.commit()
     except sa_exc.IntegrityError:
@@ -171,11 +218,11 @@ def retract(*, session: Session, label: Label, user: User) -> Label:
     return row
 
 
-def _live_labels(project_id: int | None = None, item_ids: Iterable[int] | None = None,
-                 eval: bool | None = None) -> sa.Select:
+def _live_labels(
+    project_id: int | None = None, item_ids: Iterable[int] | None = None, eval: bool | None = None
+) -> sa.Select:
     undo = aliased(Label)
-    q = (sa.select(Label).outerjoin(undo, undo.retracts_id == Label.id)
-         .where(Label.kind == "label", undo.id.is_(None)))
+    q = sa.select(Label).outerjoin(undo, undo.retracts_id == Label.id).where(Label.kind == "label", undo.id.is_(None))
     if project_id is not None:
         q = q.where(Label.project_id == project_id)
     if item_ids is not None:
@@ -185,8 +232,9 @@ def _live_labels(project_id: int | None = None, item_ids: Iterable[int] | None =
     return q.order_by(Label.id)
 
 
-def current_values(*, session: Session, item_ids: Iterable[int] | None = None,
-                   project_id: int | None = None, eval: bool | None = None) -> dict[int, dict[str, Any]]:
+def current_values(
+    *, session: Session, item_ids: Iterable[int] | None = None, project_id: int | None = None, eval: bool | None = None
+) -> dict[int, dict[str, Any]]:
     """item id → {attribute: current value}, from the latest non-retracted rows (``eval``: only that side)."""
     out: dict[int, dict[str, Any]] = {}
     for label in session.scalars(_live_labels(project_id, item_ids, eval)):
@@ -201,13 +249,29 @@ def history(*, session: Session, project_id: int) -> list[Label]:
 
 def label_out(label: Label) -> dict[str, Any]:
     """The public fields of a label row."""
-    return {"id": label.id, "item_id": label.item_id, "project_id": label.project_id, "user_id": label.user_id,
-            "kind": label.kind, "values": label.values, "retracts_id": label.retracts_id, "eval": label.eval,
-            "idempotency_key": label.idempotency_key, "created_at": label.created_at}
+    return {
+        "id": label.id,
+        "item_id": label.item_id,
+        "project_id": label.project_id,
+        "user_id": label.user_id,
+        "kind": label.kind,
+        "values": label.values,
+        "retracts_id": label.retracts_id,
+        "eval": label.eval,
+        "idempotency_key": label.idempotency_key,
+        "created_at": label.created_at,
+    }
 
 
-def import_bulk(*, session: Session, project: Project, attrs: list[MlAttribute], rows: list[dict[str, Any]],
-                user: User, retrain_every: int) -> dict[str, int]:
+def import_bulk(
+    *,
+    session: Session,
+    project: Project,
+    attrs: list[MlAttribute],
+    rows: list[dict[str, Any]],
+    user: User,
+    retrain_every: int,
+) -> dict[str, int]:
     """Append many labels at once (all or nothing), e.g. known labels for the eval split; committed."""
     if not rows:
         raise Invalid("labels: give at least one row")
@@ -220,8 +284,9 @@ def import_bulk(*, session: Session, project: Project, attrs: list[MlAttribute],
     by_source: dict[int, list[Item]] = {}
     if sidx:
         for chunk in _chunks(sorted(sidx)):
-            for i in session.scalars(sa.select(Item).where(Item.project_id == project.id,
-                                                           Item.source_index.in_(chunk))):
+            for i in session.scalars(
+                sa.select(Item).where(Item.project_id == project.id, Item.source_index.in_(chunk))
+            ):
                 by_source.setdefault(i.source_index, []).append(i)
     errors: list[str] = []
     plan: list[tuple[Item, dict[str, Any], bool]] = []
@@ -233,8 +298,7 @@ def import_bulk(*, session: Session, project: Project, attrs: list[MlAttribute],
                 errors.append(f"{where}.item_id: no item {r['item_id']}")
                 continue
             if item.project_id != project.id:
-                errors.append(f"{where}.item_id: item {item.id} belongs to project {item.project_id}, "
-                              f"not {project.id}")
+                errors.append(f"{where}.item_id: item {item.id} belongs to project {item.project_id}, not {project.id}")
                 continue
         elif r.get("source_index") is not None:
             found = by_source.get(int(r["source_index"]), [])
@@ -264,20 +328,35 @@ def import_bulk(*, session: Session, project: Project, attrs: list[MlAttribute],
             to_eval.add(item.id)
     if to_eval:
         for chunk in _chunks(sorted(to_eval)):
-            session.execute(sa.update(Item).where(Item.id.in_(chunk)).values(split="eval")
-                            .execution_options(synchronize_session=False))
-    session.execute(sa.insert(Label), [
-        {"project_id": project.id, "item_id": item.id, "user_id": user.id, "kind": "label", "values": clean,
-         "eval": is_eval, "created_at": now} for item, clean, is_eval in plan
-    ])
+            session.execute(
+                sa.update(Item)
+                .where(Item.id.in_(chunk))
+                .values(split="eval")
+                .execution_options(synchronize_session=False)
+            )
+    session.execute(
+        sa.insert(Label),
+        [
+            {
+                "project_id": project.id,
+                "item_id": item.id,
+                "user_id": user.id,
+                "kind": "label",
+                "values": clean,
+                "eval": is_eval,
+                "created_at": now,
+            }
+            for item, clean, is_eval in plan
+        ],
+    )
     items_t = Item.__table__
     session.connection().execute(
-        sa.update(items_t).where(items_t.c.id == sa.bindparam("iid"))
+        sa.update(items_t)
+        .where(items_t.c.id == sa.bindparam("iid"))
         .values(label_count=items_t.c.label_count + sa.bindparam("n"), labelled=True),
         [{"iid": i, "n": n} for i, n in counts.items()],
     )
-    jobs.maybe_enqueue_retrain(session=session, project_id=project.id, retrain_every=retrain_every,
-                               created_by=user.id)
+    jobs.maybe_enqueue_retrain(session=session, project_id=project.id, retrain_every=retrain_every, created_by=user.id)
     session.commit()
     n_eval = sum(1 for _, _, e in plan if e)
     return {"imported": len(plan), "eval": n_eval, "train": len(plan) - n_eval, "items": len(counts)}
@@ -303,4 +382,4 @@ def _split_conflicts(session: Session, plan: list[tuple[Item, dict[str, Any], bo
 
 def _chunks(values: list[int], size: int = 500) -> Iterable[list[int]]:
     for i in range(0, len(values), size):
-        yield values[i:i + size]
+        yield values[i : i + size]

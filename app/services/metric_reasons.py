@@ -1,6 +1,6 @@
 """Why a metric is missing, in words an expert can act on: read from what the evaluation stored.
 
-The evaluation (``ml.pipeline.evaluate``) lists every attribute it could not score under
+The evaluation (``ml.steps.evaluate``) lists every attribute it could not score under
 ``skipped`` with its reason; the jobs page, the model table, the insights page and the project list
 all explain an empty figure with the sentence built here, so they never disagree.
 """
@@ -22,11 +22,15 @@ def eval_hint(eval_fraction: float | None) -> str:
     if eval_fraction is None:
         return "Keep labelling: some items the queue hands out join the held-out eval set."
     if eval_fraction <= 0:
-        return ("This project holds out no eval items (eval fraction 0), so nothing can be measured: "
-                "set an eval fraction above 0 in its settings.")
+        return (
+            "This project holds out no eval items (eval fraction 0), so nothing can be measured: "
+            "set an eval fraction above 0 in its settings."
+        )
     every = max(1, round(1 / eval_fraction))
-    return (f"Keep labelling: about 1 in {every} items the queue hands out joins the held-out eval set "
-            "(it wears the “eval set” badge), and only those measure the lens.")
+    return (
+        f"Keep labelling: about 1 in {every} items the queue hands out joins the held-out eval set "
+        "(it wears the “eval set” badge), and only those measure the lens."
+    )
 
 
 def why_unscored(metrics: Mapping[str, Any] | None, *, eval_fraction: float | None) -> str | None:
@@ -42,8 +46,7 @@ def why_unscored(metrics: Mapping[str, Any] | None, *, eval_fraction: float | No
         return "No score was computed for this model."
     parts = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
     if scored:
-        return (f"Partly scored: the overall score leaves out {', '.join(reasons)}. {parts}. "
-                f"{eval_hint(eval_fraction)}")
+        return f"Partly scored: the overall score leaves out {', '.join(reasons)}. {parts}. {eval_hint(eval_fraction)}"
     return f"No score yet. {parts}. {eval_hint(eval_fraction)}"
 
 

@@ -60,8 +60,11 @@ def _cache_for(session: Session) -> _LRU:
 
 def list_versions(*, session: Session, project_id: int) -> list[ModelVersion]:
     """The project's model versions, newest first."""
-    return list(session.scalars(sa.select(ModelVersion).where(ModelVersion.project_id == project_id)
-                                .order_by(ModelVersion.version.desc())))
+    return list(
+        session.scalars(
+            sa.select(ModelVersion).where(ModelVersion.project_id == project_id).order_by(ModelVersion.version.desc())
+        )
+    )
 
 
 def get_or_raise(*, session: Session, model_id: int) -> ModelVersion:
@@ -74,8 +77,7 @@ def get_or_raise(*, session: Session, model_id: int) -> ModelVersion:
 
 def active(*, session: Session, project_id: int) -> ModelVersion | None:
     """The project's active model version, or None."""
-    return session.scalar(sa.select(ModelVersion).where(ModelVersion.project_id == project_id,
-                                                        ModelVersion.active))
+    return session.scalar(sa.select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.active))
 
 
 def active_or_raise(*, session: Session, project_id: int) -> ModelVersion:
@@ -96,14 +98,22 @@ def ensure_scores(*, session: Session, project: Project, model: ModelVersion, re
 
     Until it finishes the queue hands out in random order; returns whether a job was queued.
     """
-    has_scores = session.scalar(sa.select(Score.item_id).where(Score.model_version_id == model.id,
-                                                               Score.strategy == scoring_strategy(project)).limit(1))
+    has_scores = session.scalar(
+        sa.select(Score.item_id)
+        .where(Score.model_version_id == model.id, Score.strategy == scoring_strategy(project))
+        .limit(1)
+    )
     if has_scores is not None:
         return False
     from app.services import jobs
 
-    jobs.enqueue(session=session, project_id=project.id, kind="score", params={"model_id": model.id, "reason": reason},
-                 commit=False)
+    jobs.enqueue(
+        session=session,
+        project_id=project.id,
+        kind="score",
+        params={"model_id": model.id, "reason": reason},
+        commit=False,
+    )
     return True
 
 
@@ -116,17 +126,30 @@ def switch_active(*, session: Session, model: ModelVersion, with_representation:
     leaves the representation alone: a pretrain that finished meanwhile made a newer one active, and
     the retrain it queued will fit on that.
     """
-    session.execute(sa.update(ModelVersion).where(ModelVersion.project_id == model.project_id,
-                                                  ModelVersion.id != model.id, ModelVersion.active)
-                    .values(active=False).execution_options(synchronize_session=False))
+    session.execute(
+        sa.update(ModelVersion)
+        .where(ModelVersion.project_id == model.project_id, ModelVersion.id != model.id, ModelVersion.active)
+        .values(active=False)
+        .execution_options(synchronize_session=False)
+    )
     if with_representation and model.representation_id is not None:
-        session.execute(sa.update(Representation).where(Representation.project_id == model.project_id,
-                                                        Representation.id != model.representation_id,
-                                                        Representation.active)
-                        .values(active=False).execution_options(synchronize_session=False))
+        session.execute(
+            sa.update(Representation)
+            .where(
+                Representation.project_id == model.project_id,
+                Representation.id != model.representation_id,
+                Representation.active,
+            )
+            .values(active=False)
+            .execution_options(synchronize_session=False)
+        )
         session.flush()
-        session.execute(sa.update(Representation).where(Representation.id == model.representation_id)
-                        .values(active=True).execution_options(synchronize_session=False))
+        session.execute(
+            sa.update(Representation)
+            .where(Representation.id == model.representation_id)
+            .values(active=True)
+            .execution_options(synchronize_session=False)
+        )
     session.flush()
     model.active = True
     session.flush()
@@ -157,45 +180,83 @@ def lens_summary(stats: dict[str, Any] | None) -> dict[str, Any]:
     st = stats or {}
     selection = st.get("selection") if isinstance(st.get("selection"), dict) else None
     chosen = selection.get("chosen") if selection is not None else None
-    return {"flow": st.get("flow") or ("planar" if st else None), "dims_per_attribute": st.get("dims_per_attribute"),
-            "alpha": st.get("alpha"), "epochs": st.get("epochs"), "warm_start": st.get("warm_start"),
-            "selected": dict(chosen) if isinstance(chosen, dict) else None,
-            "selection_folds": selection.get("folds") if selection is not None else None,
-            "note": st.get("note")}
+    return {
+        "flow": st.get("flow") or ("planar" if st else None),
+        "dims_per_attribute": st.get("dims_per_attribute"),
+        "alpha": st.get("alpha"),
+        "epochs": st.get("epochs"),
+        "warm_start": st.get("warm_start"),
+        "selected": dict(chosen) if isinstance(chosen, dict) else None,
+        "selection_folds": selection.get("folds") if selection is not None else None,
+        "note": st.get("note"),
+    }
 
 
 def version_out(mv: ModelVersion) -> dict[str, Any]:
     """The public fields of a model version (never its checkpoint); ``lens`` summarises how it was fitted."""
-    return {"id": mv.id, "project_id": mv.project_id, "version": mv.version, "active": mv.active,
-            "metrics": mv.metrics, "stats": mv.stats, "config": mv.config, "n_labels": mv.n_labels,
-            "lens": lens_summary(mv.stats), "content_hash": mv.content_hash, "job_id": mv.job_id,
-            "representation_id": mv.representation_id, "created_at": mv.created_at}
+    return {
+        "id": mv.id,
+        "project_id": mv.project_id,
+        "version": mv.version,
+        "active": mv.active,
+        "metrics": mv.metrics,
+        "stats": mv.stats,
+        "config": mv.config,
+        "n_labels": mv.n_labels,
+        "lens": lens_summary(mv.stats),
+        "content_hash": mv.content_hash,
+        "job_id": mv.job_id,
+        "representation_id": mv.representation_id,
+        "created_at": mv.created_at,
+    }
 
 
-def scores(*, session: Session, project: Project, strategy: str | None, order: str, limit: int,
-           unlabelled_only: bool = False) -> dict[str, Any]:
+def scores(
+    *, session: Session, project: Project, strategy: str | None, order: str, limit: int, unlabelled_only: bool = False
+) -> dict[str, Any]:
     """The active model's acquisition score per item, sorted."""
     mv = active_or_raise(session=session, project_id=project.id)
     strategy = strategy or scoring_strategy(project)
     col = Score.score.desc() if order == "desc" else Score.score.asc()
-    q = (sa.select(Score.item_id, Score.score).where(Score.model_version_id == mv.id, Score.strategy == strategy)
-         .order_by(col, Score.item_id).limit(limit))
+    q = (
+        sa.select(Score.item_id, Score.score)
+        .where(Score.model_version_id == mv.id, Score.strategy == strategy)
+        .order_by(col, Score.item_id)
+        .limit(limit)
+    )
     if unlabelled_only:
         q = q.join(Item, Item.id == Score.item_id).where(Item.labelled.is_(False))
     rows = session.execute(q).all()
-    return {"model_version": mv.version, "model_id": mv.id, "strategy": strategy,
-            "items": [{"item_id": int(i), "score": float(s)} for i, s in rows]}
+    return {
+        "model_version": mv.version,
+        "model_id": mv.id,
+        "strategy": strategy,
+        "items": [{"item_id": int(i), "score": float(s)} for i, s in rows],
+    }
 
 
 def metric_points(*, session: Session, project_id: int) -> list[dict[str, Any]]:
     """The project's metric curve: one point per evaluation, in order of labels then time."""
     rows = session.execute(
-        sa.select(MetricPoint, ModelVersion.version).outerjoin(ModelVersion, ModelVersion.id == MetricPoint.model_version_id)
-        .where(MetricPoint.project_id == project_id).order_by(MetricPoint.n_labels, MetricPoint.id)
+        sa.select(MetricPoint, ModelVersion.version)
+        .outerjoin(ModelVersion, ModelVersion.id == MetricPoint.model_version_id)
+        .where(MetricPoint.project_id == project_id)
+        .order_by(MetricPoint.n_labels, MetricPoint.id)
     ).all()
-    return [{"id": p.id, "n_labels": p.n_labels, "model_version": version, "model_id": p.model_version_id,
-             "overall": p.overall, "attributes": p.attributes, "test_ll": p.test_ll, **(p.extra or {}),
-             "created_at": p.created_at} for p, version in rows]
+    return [
+        {
+            "id": p.id,
+            "n_labels": p.n_labels,
+            "model_version": version,
+            "model_id": p.model_version_id,
+            "overall": p.overall,
+            "attributes": p.attributes,
+            "test_ll": p.test_ll,
+            **(p.extra or {}),
+            "created_at": p.created_at,
+        }
+        for p, version in rows
+    ]
 
 
 def _npy(b: bytes) -> np.ndarray:
@@ -204,8 +265,9 @@ def _npy(b: bytes) -> np.ndarray:
 
 def active_representation(*, session: Session, project_id: int) -> Representation:
     """The project's active base representation; Conflict (409) until the pretrain job has produced one."""
-    rep = session.scalar(sa.select(Representation).where(Representation.project_id == project_id,
-                                                         Representation.active))
+    rep = session.scalar(
+        sa.select(Representation).where(Representation.project_id == project_id, Representation.active)
+    )
     if rep is None:
         raise Conflict(f"project {project_id} has no representation yet: the pretrain job has not finished")
     return rep
@@ -216,8 +278,7 @@ def read_z(*, session: Session, rep_id: int) -> tuple[np.ndarray, np.ndarray]:
 
     Conflict when it holds none (an embeddings project before its pretrain checked the upload).
     """
-    row = session.execute(sa.select(Representation.z, Representation.item_ids)
-                          .where(Representation.id == rep_id)).one()
+    row = session.execute(sa.select(Representation.z, Representation.item_ids).where(Representation.id == rep_id)).one()
     if row.z is None or row.item_ids is None:
         raise Conflict(f"representation {rep_id} holds no z: run pretrain")
     return _npy(row.item_ids).astype(np.int64), _npy(row.z).astype(np.float32)
@@ -242,13 +303,15 @@ def z_of(*, session: Session, rep: Representation, item_ids: list[int]) -> np.nd
 
 def load_lens(*, session: Session, mv: ModelVersion) -> Any:
     """The fitted ``ml.lens.InterpretableLens`` of a model version (cached)."""
+
     def load() -> Any:
-        from ml.pipeline import load_lens as load_checkpoint
+        from ml.steps import load_lens as load_checkpoint
 
         blob = session.scalar(sa.select(ModelVersion.checkpoint).where(ModelVersion.id == mv.id))
         if not blob:
             raise Conflict(f"model version {mv.version} has no checkpoint")
         return load_checkpoint(blob)
+
     return _cache_for(session).get(("lens", mv.id), load)
 
 
@@ -258,12 +321,13 @@ def load_decoder(*, session: Session, rep: Representation) -> Any:
         raise Conflict(f"the {rep.source} representation has no decoder: traversals need source 'vae'")
 
     def load() -> Any:
-        from ml.pipeline import load_vae
+        from ml.steps import load_vae
 
         blob = session.scalar(sa.select(Representation.checkpoint).where(Representation.id == rep.id))
         if not blob:
             raise Conflict(f"representation {rep.id} has no checkpoint")
         return load_vae(blob)
+
     return _cache_for(session).get(("vae", rep.id), load)
 
 
@@ -286,18 +350,30 @@ def representation_of(*, session: Session, item: Item, project: Project) -> dict
     """z of an item, and with an active model z* and per-attribute predictions."""
     rep = active_representation(session=session, project_id=project.id)
     z = z_of(session=session, rep=rep, item_ids=[item.id])
-    out: dict[str, Any] = {"item_id": item.id, "representation_id": rep.id, "source": rep.source,
-                           "z": z[0].astype(float).tolist(), "z_star": None, "predictions": None,
-                           "model_version": None, "attribute_dims": None}
+    out: dict[str, Any] = {
+        "item_id": item.id,
+        "representation_id": rep.id,
+        "source": rep.source,
+        "z": z[0].astype(float).tolist(),
+        "z_star": None,
+        "predictions": None,
+        "model_version": None,
+        "attribute_dims": None,
+    }
     mv = active(session=session, project_id=project.id)
     if mv is not None:
         lens = load_lens(session=session, mv=mv)
         z_star = np.asarray(lens.transform(z))
         pred = lens.predict_proba(z)
-        out.update(z_star=z_star[0].astype(float).tolist(), model_version=mv.version,
-                   predictions=_jsonable_predictions(pred, 0, project.attributes),
-                   attribute_dims={k: np.asarray(v).astype(int).ravel().tolist()
-                                   for k, v in dict(getattr(lens, "attribute_dims_", {})).items()})
+        out.update(
+            z_star=z_star[0].astype(float).tolist(),
+            model_version=mv.version,
+            predictions=_jsonable_predictions(pred, 0, project.attributes),
+            attribute_dims={
+                k: np.asarray(v).astype(int).ravel().tolist()
+                for k, v in dict(getattr(lens, "attribute_dims_", {})).items()
+            },
+        )
     return out
 
 
@@ -311,8 +387,9 @@ DEFAULT_GRID_ITEMS = 2
 GRID_GAP = 4  # grey pixels (before scaling) between items' grids, more than the 1-pixel tile padding
 
 
-def traversal_png(*, session: Session, project: Project, attribute: str, item_ids: list[int] | None,
-                  steps: int, scale: int) -> bytes:
+def traversal_png(
+    *, session: Session, project: Project, attribute: str, item_ids: list[int] | None, steps: int, scale: int
+) -> bytes:
     """A PNG traversal of the attribute's z* dimension(s) under the active model.
 
     One dimension: each row one item, each column the dimension moved over its range (``steps``).
@@ -342,8 +419,14 @@ def traversal_png(*, session: Session, project: Project, attribute: str, item_id
     dims = [int(d) for d in np.asarray(lens.attribute_dims_[attribute]).ravel()]
     grid = len(dims) >= 2
     if not item_ids:
-        item_ids = list(session.scalars(sa.select(Item.id).where(Item.project_id == project.id).order_by(Item.id)
-                                        .limit(DEFAULT_GRID_ITEMS if grid else DEFAULT_TRAVERSAL_ITEMS)))
+        item_ids = list(
+            session.scalars(
+                sa.select(Item.id)
+                .where(Item.project_id == project.id)
+                .order_by(Item.id)
+                .limit(DEFAULT_GRID_ITEMS if grid else DEFAULT_TRAVERSAL_ITEMS)
+            )
+        )
     Z = z_of(session=session, rep=rep, item_ids=item_ids)
     Zs = np.asarray(lens.transform(Z))
     # The range to sweep comes from the z* of (up to 2,000 of) the project's items: its training quantiles.
@@ -356,5 +439,6 @@ def traversal_png(*, session: Session, project: Project, attribute: str, item_id
     pair = (traversal.attribute_values(ref, dims[0], steps), traversal.attribute_values(ref, dims[1], steps))
     cube = traversal.attribute_grid(decoder.decode, Zs, dims[:2], pair, inverse=lens.inverse_transform)
     n, a, b = cube.shape[:3]
-    return traversal.grid_png(cube.reshape(n * a, b, *cube.shape[3:]), scale=scale, group_rows=a,
-                              group_gap=GRID_GAP * scale)
+    return traversal.grid_png(
+        cube.reshape(n * a, b, *cube.shape[3:]), scale=scale, group_rows=a, group_gap=GRID_GAP * scale
+    )

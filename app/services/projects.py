@@ -14,7 +14,7 @@ from app.services.errors import Conflict, Invalid, NotFound
 from app.services.imports import Loaded, store
 from ml.attributes import Attribute as MlAttribute
 from ml.attributes import coerce_attributes
-from ml.pipeline import lens_params
+from ml.steps import lens_params
 
 SETTING_DEFAULTS = ("retrain_every", "lease_seconds", "eval_fraction", "skip_hours")
 
@@ -39,8 +39,16 @@ def list_all(*, session: Session) -> list[Project]:
 
 def schema(project: Project) -> list[MlAttribute]:
     """The project's attributes as ``ml.attributes.Attribute`` objects, in position order."""
-    return [MlAttribute(name=a.name, kind=a.kind, levels=tuple(a.levels or ()), low=a.low,  # type: ignore[arg-type]
-                        high=a.high) for a in project.attributes]
+    return [
+        MlAttribute(
+            name=a.name,
+            kind=a.kind,
+            levels=tuple(a.levels or ()),
+            low=a.low,  # type: ignore[arg-type]
+            high=a.high,
+        )
+        for a in project.attributes
+    ]
 
 
 def effective_settings(project: Project, settings: Settings) -> dict[str, Any]:
@@ -53,8 +61,9 @@ def effective_settings(project: Project, settings: Settings) -> dict[str, Any]:
 def check_dataset(representation: dict[str, Any], source: str) -> None:
     """Invalid (422) unless an embeddings dataset goes with an embeddings representation, and only with it."""
     if (source == "embeddings") != (representation.get("source") == "embeddings"):
-        raise Invalid("dataset.source: an embeddings dataset goes with representation source 'embeddings' "
-                      "(and only it)")
+        raise Invalid(
+            "dataset.source: an embeddings dataset goes with representation source 'embeddings' (and only it)"
+        )
 
 
 def validate_attributes(attributes: list[dict[str, Any]]) -> list[MlAttribute]:
@@ -66,7 +75,7 @@ def validate_attributes(attributes: list[dict[str, Any]]) -> list[MlAttribute]:
 
 
 def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The project settings with ``lens`` checked by ``ml.pipeline``; Invalid (422) naming the key and value.
+    """The project settings with ``lens`` checked by ``ml.steps``; Invalid (422) naming the key and value.
 
     A bad lens setting would otherwise surface only when a retrain fails, minutes later.
     """
@@ -79,12 +88,30 @@ def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _attribute_rows(attrs: list[MlAttribute]) -> list[Attribute]:
-    return [Attribute(position=i, name=a.name, kind=a.kind, levels=list(a.levels) if a.is_discrete else None,
-                      low=a.low, high=a.high) for i, a in enumerate(attrs)]
+    return [
+        Attribute(
+            position=i,
+            name=a.name,
+            kind=a.kind,
+            levels=list(a.levels) if a.is_discrete else None,
+            low=a.low,
+            high=a.high,
+        )
+        for i, a in enumerate(attrs)
+    ]
 
 
-def create(*, session: Session, name: str, attributes: list[dict[str, Any]], representation: dict[str, Any],
-           strategy: str, settings: dict[str, Any], loaded: Loaded | None, created_by_id: int | None) -> Project:
+def create(
+    *,
+    session: Session,
+    name: str,
+    attributes: list[dict[str, Any]],
+    representation: dict[str, Any],
+    strategy: str,
+    settings: dict[str, Any],
+    loaded: Loaded | None,
+    created_by_id: int | None,
+) -> Project:
     """A project with its attributes and (optionally) imported items, plus a queued pretrain; one commit."""
     attrs = validate_attributes(attributes)
     validate_settings(settings)
@@ -96,8 +123,9 @@ def create(*, session: Session, name: str, attributes: list[dict[str, Any]], rep
     session.flush()
     if loaded is not None:
         store(session=session, project=project, loaded=loaded, commit=False)
-        jobs.enqueue(session=session, project_id=project.id, kind="pretrain", params={},
-                     created_by=created_by_id, commit=False)
+        jobs.enqueue(
+            session=session, project_id=project.id, kind="pretrain", params={}, created_by=created_by_id, commit=False
+        )
     session.commit()
     return project
 
@@ -118,8 +146,9 @@ def update(*, session: Session, project: Project, changes: dict[str, Any]) -> Pr
     if "settings" in changes:
         project.settings = validate_settings({**(project.settings or {}), **changes["settings"]})
     if "representation" in changes:
-        if session.scalar(sa.select(sa.func.count()).select_from(Item).where(Item.project_id == project.id)) and \
-                changes["representation"].get("source") != project.representation.get("source"):
+        if session.scalar(
+            sa.select(sa.func.count()).select_from(Item).where(Item.project_id == project.id)
+        ) and changes["representation"].get("source") != project.representation.get("source"):
             raise Conflict("representation.source cannot change once items are imported")
         project.representation = changes["representation"]
     if "attributes" in changes:
@@ -140,16 +169,16 @@ def update(*, session: Session, project: Project, changes: dict[str, Any]) -> Pr
         # needs them computed, or the queue would fall back to random order until the next retrain.
         mv = models.active(session=session, project_id=project.id)
         if mv is not None:
-            models.ensure_scores(session=session, project=project, model=mv,
-                                 reason=f"strategy changed to {project.strategy}")
+            models.ensure_scores(
+                session=session, project=project, model=mv, reason=f"strategy changed to {project.strategy}"
+            )
     session.commit()
     return project
 
 
 def _labelled_attribute_names(session: Session, project: Project) -> set[str]:
     names: set[str] = set()
-    for values in session.scalars(sa.select(Label.values).where(Label.project_id == project.id,
-                                                                Label.kind == "label")):
+    for values in session.scalars(sa.select(Label.values).where(Label.project_id == project.id, Label.kind == "label")):
         names.update(values)
     return names
 
@@ -163,8 +192,17 @@ def summary(*, session: Session, project: Project) -> dict[str, Any]:
             sa.func.coalesce(sa.func.sum(sa.case((Item.split == "eval", 1), else_=0)), 0),
         ).where(Item.project_id == project.id)
     ).one()
-    n_labels = session.scalar(sa.select(sa.func.count()).select_from(Label)
-                              .where(Label.project_id == project.id, Label.kind == "label")) or 0
+    n_labels = (
+        session.scalar(
+            sa.select(sa.func.count()).select_from(Label).where(Label.project_id == project.id, Label.kind == "label")
+        )
+        or 0
+    )
     active = models.active(session=session, project_id=project.id)
-    return {"n_items": int(row[0]), "n_labelled": int(row[1]), "n_eval": int(row[2]), "n_labels": int(n_labels),
-            "active_model": {"id": active.id, "version": active.version} if active else None}
+    return {
+        "n_items": int(row[0]),
+        "n_labelled": int(row[1]),
+        "n_eval": int(row[2]),
+        "n_labels": int(n_labels),
+        "active_model": {"id": active.id, "version": active.version} if active else None,
+    }

@@ -29,14 +29,18 @@ SLACK = 8
 
 
 def _free(project_id: int, now: datetime) -> sa.ColumnElement[bool]:
-    return sa.and_(Item.project_id == project_id, Item.labelled.is_(False),
-                   sa.or_(Item.lease_expires_at.is_(None), Item.lease_expires_at < now))
+    return sa.and_(
+        Item.project_id == project_id,
+        Item.labelled.is_(False),
+        sa.or_(Item.lease_expires_at.is_(None), Item.lease_expires_at < now),
+    )
 
 
 def _not_skipped_by(project_id: int, user_id: int, now: datetime) -> sa.ColumnElement[bool]:
     # Items this user skipped stay away from them until the skip lapses; other experts see them as usual.
-    return Item.id.not_in(sa.select(Skip.item_id).where(Skip.project_id == project_id, Skip.user_id == user_id,
-                                                        Skip.until > now))
+    return Item.id.not_in(
+        sa.select(Skip.item_id).where(Skip.project_id == project_id, Skip.user_id == user_id, Skip.until > now)
+    )
 
 
 def skip_until(now: datetime, skip_hours: float | None) -> datetime:
@@ -65,33 +69,58 @@ def _random_candidates(session: Session, cond: sa.ColumnElement[bool], m: int) -
     return out
 
 
-def _scored_candidates(session: Session, cond: sa.ColumnElement[bool], model_version_id: int, strategy: str,
-                       m: int) -> list[tuple[int, float]]:
-    q = (sa.select(Item.id, Score.score).join(Score, Score.item_id == Item.id)
-         .where(Score.model_version_id == model_version_id, Score.strategy == strategy, cond)
-         .order_by(Score.score.desc(), Item.id).limit(m))
+def _scored_candidates(
+    session: Session, cond: sa.ColumnElement[bool], model_version_id: int, strategy: str, m: int
+) -> list[tuple[int, float]]:
+    q = (
+        sa.select(Item.id, Score.score)
+        .join(Score, Score.item_id == Item.id)
+        .where(Score.model_version_id == model_version_id, Score.strategy == strategy, cond)
+        .order_by(Score.score.desc(), Item.id)
+        .limit(m)
+    )
     return [(int(i), float(s)) for i, s in session.execute(_lock(q, session))]
 
 
-def _claim(session: Session, item_id: int, lease_id: str, expires: datetime, now: datetime, *,
-           project_id: int, to_eval: bool) -> bool:
+def _claim(
+    session: Session, item_id: int, lease_id: str, expires: datetime, now: datetime, *, project_id: int, to_eval: bool
+) -> bool:
     values: dict[str, Any] = {"lease_id": lease_id, "lease_expires_at": expires}
     if to_eval:
         values["split"] = "eval"
-    res = session.execute(sa.update(Item).where(Item.id == item_id, _free(project_id, now)).values(**values)
-                          .execution_options(synchronize_session=False))
+    res = session.execute(
+        sa.update(Item)
+        .where(Item.id == item_id, _free(project_id, now))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
     return res.rowcount == 1
 
 
 def lease_out(lease: Lease, *, resumed: bool = False) -> dict[str, Any]:
     """A queue entry as the API returns it."""
-    return {"item_id": lease.item_id, "lease_id": lease.id, "expires_at": lease.expires_at, "eval": lease.eval,
-            "score": lease.score, "image_url": f"/api/v1/items/{lease.item_id}/image.png", "resumed": resumed}
+    return {
+        "item_id": lease.item_id,
+        "lease_id": lease.id,
+        "expires_at": lease.expires_at,
+        "eval": lease.eval,
+        "score": lease.score,
+        "image_url": f"/api/v1/items/{lease.item_id}/image.png",
+        "resumed": resumed,
+    }
 
 
-def next_items(*, session: Session, project: Project, user: User, n: int, lease_seconds: float,
-               eval_fraction: float, now: datetime | None = None, rng: random.Random | None = None
-               ) -> list[dict[str, Any]]:
+def next_items(
+    *,
+    session: Session,
+    project: Project,
+    user: User,
+    n: int,
+    lease_seconds: float,
+    eval_fraction: float,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+) -> list[dict[str, Any]]:
     """Up to ``n`` items leased to ``user``: their own live leases first, then new ones; committed.
 
     New slots are eval hand-outs with probability ``eval_fraction`` (uniformly random items that join
@@ -102,9 +131,19 @@ def next_items(*, session: Session, project: Project, user: User, n: int, lease_
     now = now or utcnow()
     rng = rng or random.Random()
     expires = now + timedelta(seconds=lease_seconds)
-    mine = list(session.scalars(
-        sa.select(Lease).where(Lease.project_id == project.id, Lease.user_id == user.id, Lease.ended_at.is_(None),
-                               Lease.expires_at > now).order_by(Lease.created_at).limit(n)))
+    mine = list(
+        session.scalars(
+            sa.select(Lease)
+            .where(
+                Lease.project_id == project.id,
+                Lease.user_id == user.id,
+                Lease.ended_at.is_(None),
+                Lease.expires_at > now,
+            )
+            .order_by(Lease.created_at)
+            .limit(n)
+        )
+    )
     out = [lease_out(lease, resumed=True) for lease in mine]
     need = n - len(out)
     if need <= 0:
@@ -122,8 +161,18 @@ def next_items(*, session: Session, project: Project, user: User, n: int, lease_
             if _claim(session, item_id, lid, expires, now, project_id=project.id, to_eval=to_eval):
                 # Stamped after the claim won, so a lease never appears to start before the previous
                 # holder's release committed (the claim could only succeed after it).
-                new_leases.append(Lease(id=lid, project_id=project.id, item_id=item_id, user_id=user.id,
-                                        eval=to_eval, score=score, created_at=utcnow(), expires_at=expires))
+                new_leases.append(
+                    Lease(
+                        id=lid,
+                        project_id=project.id,
+                        item_id=item_id,
+                        user_id=user.id,
+                        eval=to_eval,
+                        score=score,
+                        created_at=utcnow(),
+                        expires_at=expires,
+                    )
+                )
                 won += 1
         return won
 
@@ -131,11 +180,13 @@ def next_items(*, session: Session, project: Project, user: User, n: int, lease_
     got_eval = 0
     if n_eval:
         # Unfinished eval items (released, expired or retracted) first, so the held-out set fills up.
-        got_eval = take(_random_candidates(session, sa.and_(free, Item.split == "eval"), n_eval + SLACK),
-                        n_eval, True)
+        got_eval = take(_random_candidates(session, sa.and_(free, Item.split == "eval"), n_eval + SLACK), n_eval, True)
         if got_eval < n_eval:
-            got_eval += take(_random_candidates(session, sa.and_(free, Item.split == "pool"),
-                                                n_eval - got_eval + SLACK), n_eval - got_eval, True)
+            got_eval += take(
+                _random_candidates(session, sa.and_(free, Item.split == "pool"), n_eval - got_eval + SLACK),
+                n_eval - got_eval,
+                True,
+            )
     k = need - got_eval
     if k > 0:
         pool = sa.and_(free, Item.split == "pool")
@@ -150,9 +201,15 @@ def next_items(*, session: Session, project: Project, user: User, n: int, lease_
         session.add_all(new_leases)
         # Leases that lapsed on the items just claimed are closed as expired, for an honest history.
         session.execute(
-            sa.update(Lease).where(Lease.item_id.in_([lease.item_id for lease in new_leases]),
-                                   Lease.ended_at.is_(None), Lease.id.not_in([lease.id for lease in new_leases]))
-            .values(ended_at=Lease.expires_at, end_reason="expired").execution_options(synchronize_session=False))
+            sa.update(Lease)
+            .where(
+                Lease.item_id.in_([lease.item_id for lease in new_leases]),
+                Lease.ended_at.is_(None),
+                Lease.id.not_in([lease.id for lease in new_leases]),
+            )
+            .values(ended_at=Lease.expires_at, end_reason="expired")
+            .execution_options(synchronize_session=False)
+        )
     session.commit()
     return out + [lease_out(lease) for lease in new_leases]
 
@@ -177,15 +234,31 @@ def release(*, session: Session, lease_id: str, user: User, settings: Settings) 
         session.commit()
         raise Conflict(f"lease {lease_id!r} expired at {lease.expires_at.isoformat()}")
     lease.ended_at, lease.end_reason = now, "released"
-    session.execute(sa.update(Item).where(Item.id == lease.item_id, Item.lease_id == lease.id)
-                    .values(lease_id=None, lease_expires_at=None).execution_options(synchronize_session=False))
+    session.execute(
+        sa.update(Item)
+        .where(Item.id == lease.item_id, Item.lease_id == lease.id)
+        .values(lease_id=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
     if lease.user_id == user.id:
         project = session.get(Project, lease.project_id)
         skip_hours = effective_settings(project, settings)["skip_hours"] if project is not None else None
-        session.execute(sa.update(Item).where(Item.id == lease.item_id).values(skip_count=Item.skip_count + 1)
-                        .execution_options(synchronize_session=False))
-        session.add(Skip(project_id=lease.project_id, item_id=lease.item_id, user_id=user.id, lease_id=lease.id,
-                         created_at=now, until=skip_until(now, skip_hours)))
+        session.execute(
+            sa.update(Item)
+            .where(Item.id == lease.item_id)
+            .values(skip_count=Item.skip_count + 1)
+            .execution_options(synchronize_session=False)
+        )
+        session.add(
+            Skip(
+                project_id=lease.project_id,
+                item_id=lease.item_id,
+                user_id=user.id,
+                lease_id=lease.id,
+                created_at=now,
+                until=skip_until(now, skip_hours),
+            )
+        )
     session.commit()
     return lease
 
@@ -203,9 +276,15 @@ def my_skips(*, session: Session, project: Project, user: User, now: datetime | 
 
 def labellers(*, session: Session, project: Project) -> list[int]:
     """Ids of the project's active experts: active accounts allowed to label that have held one of its leases."""
-    q = (sa.select(User.id).where(User.active.is_(True), User.role.in_(("expert", "admin")),
-                                  User.id.in_(sa.select(Lease.user_id).where(Lease.project_id == project.id)))
-         .order_by(User.id))
+    q = (
+        sa.select(User.id)
+        .where(
+            User.active.is_(True),
+            User.role.in_(("expert", "admin")),
+            User.id.in_(sa.select(Lease.user_id).where(Lease.project_id == project.id)),
+        )
+        .order_by(User.id)
+    )
     return [int(i) for i in session.scalars(q)]
 
 
@@ -219,11 +298,23 @@ def skipped_by_all(*, session: Session, project: Project, limit: int = 100) -> d
     if not experts:
         return out
     skippers = sa.func.count(sa.distinct(Skip.user_id))
-    q = (sa.select(Item.id, Item.skip_count, Item.split, sa.func.max(Skip.created_at))
-         .join(Skip, Skip.item_id == Item.id)
-         .where(Item.project_id == project.id, Item.labelled.is_(False), Skip.user_id.in_(experts))
-         .group_by(Item.id, Item.skip_count, Item.split).having(skippers >= len(experts))
-         .order_by(Item.skip_count.desc(), Item.id).limit(limit))
-    out["items"] = [{"item_id": int(i), "skip_count": int(c), "split": split, "last_skipped_at": last,
-                     "image_url": f"/api/v1/items/{int(i)}/image.png"} for i, c, split, last in session.execute(q)]
+    q = (
+        sa.select(Item.id, Item.skip_count, Item.split, sa.func.max(Skip.created_at))
+        .join(Skip, Skip.item_id == Item.id)
+        .where(Item.project_id == project.id, Item.labelled.is_(False), Skip.user_id.in_(experts))
+        .group_by(Item.id, Item.skip_count, Item.split)
+        .having(skippers >= len(experts))
+        .order_by(Item.skip_count.desc(), Item.id)
+        .limit(limit)
+    )
+    out["items"] = [
+        {
+            "item_id": int(i),
+            "skip_count": int(c),
+            "split": split,
+            "last_skipped_at": last,
+            "image_url": f"/api/v1/items/{int(i)}/image.png",
+        }
+        for i, c, split, last in session.execute(q)
+    ]
     return out

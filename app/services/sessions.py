@@ -24,8 +24,11 @@ def create(*, session: Session, user: User, days: float, replaces: str | None = 
     session.execute(sa.delete(WebSession).where(WebSession.user_id == user.id, WebSession.expires_at < now))
     sid = security.new_session_id()
     row = WebSession(
-        id=security.hash_token(sid), user_id=user.id, csrf_token=security.new_csrf_token(),
-        created_at=now, expires_at=now + timedelta(days=days),
+        id=security.hash_token(sid),
+        user_id=user.id,
+        csrf_token=security.new_csrf_token(),
+        created_at=now,
+        expires_at=now + timedelta(days=days),
     )
     session.add(row)
     session.commit()

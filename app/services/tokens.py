@@ -23,9 +23,7 @@ def create(*, session: Session, user: User, name: str) -> tuple[ApiToken, str]:
     if not name or len(name) > 100:
         raise Invalid("name: 1-100 characters")
     plaintext = security.new_api_token()
-    token = ApiToken(
-        user_id=user.id, name=name, token_hash=security.hash_token(plaintext), prefix=plaintext[:10]
-    )
+    token = ApiToken(user_id=user.id, name=name, token_hash=security.hash_token(plaintext), prefix=plaintext[:10])
     session.add(token)
     session.commit()
     return token, plaintext
@@ -33,9 +31,7 @@ def create(*, session: Session, user: User, name: str) -> tuple[ApiToken, str]:
 
 def list_for_user(*, session: Session, user: User) -> list[ApiToken]:
     """The user's tokens, newest first (revoked ones included, marked)."""
-    return list(session.scalars(
-        sa.select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id.desc())
-    ))
+    return list(session.scalars(sa.select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id.desc())))
 
 
 def revoke(*, session: Session, token_id: int, actor: User) -> ApiToken:

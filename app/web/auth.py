@@ -69,8 +69,9 @@ def login_url(request: Request) -> str:
 def page_principal(min_role: str) -> Callable[..., Principal]:
     """A dependency: the signed-in principal with at least ``min_role``, else LoginRequired / PageError(403)."""
 
-    def dependency(request: Request, session: SessionDep,
-                   form_csrf: Annotated[str | None, Depends(deps._csrf_from_form)]) -> Principal:
+    def dependency(
+        request: Request, session: SessionDep, form_csrf: Annotated[str | None, Depends(deps._csrf_from_form)]
+    ) -> Principal:
         try:
             principal = deps.get_principal(request, session, form_csrf)
         except HTTPException as exc:
@@ -81,8 +82,11 @@ def page_principal(min_role: str) -> Callable[..., Principal]:
             # Pages are for browsers; REST clients with tokens use /api/v1.
             raise PageError(403, "pages need a browser login; API tokens work on /api/v1 only")
         if not has_role(principal.user, min_role):
-            raise PageError(403, f"This page needs the {min_role} role; you are signed in as "
-                                 f"{principal.user.username} ({principal.user.role}).")
+            raise PageError(
+                403,
+                f"This page needs the {min_role} role; you are signed in as "
+                f"{principal.user.username} ({principal.user.role}).",
+            )
         request.state.csrf_token = principal.web_session.csrf_token if principal.web_session else None
         return principal
 

@@ -67,10 +67,13 @@ def attribute_rows(form: FormData) -> list[dict[str, str]]:
     levels, lows, highs = form.getlist("attr_levels"), form.getlist("attr_low"), form.getlist("attr_high")
     rows = []
     for i, name in enumerate(names):
-        row = {"name": str(name).strip(), "kind": str(kinds[i]) if i < len(kinds) else "categorical",
-               "levels": str(levels[i]).strip() if i < len(levels) else "",
-               "low": str(lows[i]).strip() if i < len(lows) else "",
-               "high": str(highs[i]).strip() if i < len(highs) else ""}
+        row = {
+            "name": str(name).strip(),
+            "kind": str(kinds[i]) if i < len(kinds) else "categorical",
+            "levels": str(levels[i]).strip() if i < len(levels) else "",
+            "low": str(lows[i]).strip() if i < len(lows) else "",
+            "high": str(highs[i]).strip() if i < len(highs) else "",
+        }
         if row["name"] or row["levels"]:
             rows.append(row)
     return rows
@@ -110,20 +113,47 @@ def project_in(form: FormData) -> tuple[ProjectIn | None, dict[str, str], dict[s
     if latent is not None:
         representation["latent_dim"] = latent
     settings: dict[str, Any] = {}
-    for key, integer in (("retrain_every", True), ("lease_seconds", True), ("eval_fraction", False),
-                         ("skip_hours", False)):
+    for key, integer in (
+        ("retrain_every", True),
+        ("lease_seconds", True),
+        ("eval_fraction", False),
+        ("skip_hours", False),
+    ):
         v = _number(_text(form, key), key, errors, integer=integer)
         if v is not None:
             settings[key] = v
-    body: dict[str, Any] = {"name": _text(form, "name"), "attributes": attrs, "representation": representation,
-                            "strategy": _text(form, "strategy") or "bald", "settings": settings}
+    body: dict[str, Any] = {
+        "name": _text(form, "name"),
+        "attributes": attrs,
+        "representation": representation,
+        "strategy": _text(form, "strategy") or "bald",
+        "settings": settings,
+    }
     spec = dataset_spec(form, errors)
     if spec is not None:
         body["dataset"] = spec
-    shown = {k: _text(form, k) for k in ("name", "source", "source_path", "source_n", "source_size", "source_seed",
-                                         "source_split", "source_limit", "source_mode", "source_images",
-                                         "representation", "latent_dim", "strategy", "retrain_every",
-                                         "lease_seconds", "eval_fraction", "skip_hours")}
+    shown = {
+        k: _text(form, k)
+        for k in (
+            "name",
+            "source",
+            "source_path",
+            "source_n",
+            "source_size",
+            "source_seed",
+            "source_split",
+            "source_limit",
+            "source_mode",
+            "source_images",
+            "representation",
+            "latent_dim",
+            "strategy",
+            "retrain_every",
+            "lease_seconds",
+            "eval_fraction",
+            "skip_hours",
+        )
+    }
     shown["attributes"] = rows
     if errors:
         return None, errors, shown
@@ -148,5 +178,6 @@ def import_spec(form: FormData) -> tuple[ImportIn | None, dict[str, str]]:
     try:
         return ImportIn.model_validate({"dataset": spec}), {}
     except ValidationError as exc:
-        return None, {_field_of(tuple(e["loc"])) or "form": f"{_field_of(tuple(e['loc']))}: {e['msg']}"
-                      for e in exc.errors()}
+        return None, {
+            _field_of(tuple(e["loc"])) or "form": f"{_field_of(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()
+        }

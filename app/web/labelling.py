@@ -26,10 +26,14 @@ def level_shortcuts(kind: str, levels: list[str]) -> list[dict[str, str | None]]
     """
     names = [str(v) for v in levels]
     own = [n.lower() for n in names]
-    if (kind == "categorical" and all(len(n) == 1 and n.isalnum() for n in own) and len(set(own)) == len(own)
-            and not RESERVED_KEYS & set(own)):
+    if (
+        kind == "categorical"
+        and all(len(n) == 1 and n.isalnum() for n in own)
+        and len(set(own)) == len(own)
+        and not RESERVED_KEYS & set(own)
+    ):
         keys: list[str | None] = list(own)
-    elif (kind == "ordinal" and own == [str(i) for i in range(1, len(own) + 1)] and len(own) <= 9):
+    elif kind == "ordinal" and own == [str(i) for i in range(1, len(own) + 1)] and len(own) <= 9:
         keys = list(own)
     else:
         keys = [INDEX_KEYS[i] if i < len(INDEX_KEYS) else None for i in range(len(names))]
@@ -44,8 +48,16 @@ def attribute_controls(project: Project) -> list[dict[str, Any]]:
             low = float(a.low) if a.low is not None else 0.0
             high = float(a.high) if a.high is not None else max(1.0, low + 1.0)
             span = high - low
-            out.append({"name": a.name, "kind": a.kind, "low": low, "high": high,
-                        "step": span / 100 if span > 0 else 0.01, "levels": []})
+            out.append(
+                {
+                    "name": a.name,
+                    "kind": a.kind,
+                    "low": low,
+                    "high": high,
+                    "step": span / 100 if span > 0 else 0.01,
+                    "levels": [],
+                }
+            )
         else:
             out.append({"name": a.name, "kind": a.kind, "levels": level_shortcuts(a.kind, list(a.levels or []))})
     return out
@@ -53,8 +65,9 @@ def attribute_controls(project: Project) -> list[dict[str, Any]]:
 
 def image_geometry(session: Session, project: Project) -> dict[str, int]:
     """Server scale and display size for the project's images: crisp integer upscaling to about 448 px."""
-    row = session.execute(sa.select(Item.width, Item.height).where(Item.project_id == project.id,
-                                                                  Item.width.is_not(None)).limit(1)).first()
+    row = session.execute(
+        sa.select(Item.width, Item.height).where(Item.project_id == project.id, Item.width.is_not(None)).limit(1)
+    ).first()
     w, h = (int(row.width or 0), int(row.height or 0)) if row else (0, 0)
     side = max(w, h, 1)
     if not row or side <= 0:
@@ -69,11 +82,20 @@ def counters(*, session: Session, project: Project, user: User, now: datetime | 
     now = now or utcnow()
     start = datetime.combine(now.astimezone(UTC).date(), time.min, tzinfo=UTC)
     undo = aliased(Label)
-    mine_today = session.scalar(
-        sa.select(sa.func.count(Label.id)).outerjoin(undo, undo.retracts_id == Label.id)
-        .where(Label.project_id == project.id, Label.user_id == user.id, Label.kind == "label",
-               Label.created_at >= start, undo.id.is_(None))
-    ) or 0
+    mine_today = (
+        session.scalar(
+            sa.select(sa.func.count(Label.id))
+            .outerjoin(undo, undo.retracts_id == Label.id)
+            .where(
+                Label.project_id == project.id,
+                Label.user_id == user.id,
+                Label.kind == "label",
+                Label.created_at >= start,
+                undo.id.is_(None),
+            )
+        )
+        or 0
+    )
     row = session.execute(
         sa.select(
             sa.func.count(Item.id),
@@ -82,5 +104,10 @@ def counters(*, session: Session, project: Project, user: User, now: datetime | 
             sa.func.coalesce(sa.func.sum(sa.case((sa.and_(Item.split == "eval", Item.labelled), 1), else_=0)), 0),
         ).where(Item.project_id == project.id)
     ).one()
-    return {"mine_today": int(mine_today), "items": int(row[0]), "labelled": int(row[1]), "eval_items": int(row[2]),
-            "eval_labelled": int(row[3])}
+    return {
+        "mine_today": int(mine_today),
+        "items": int(row[0]),
+        "labelled": int(row[1]),
+        "eval_items": int(row[2]),
+        "eval_labelled": int(row[3]),
+    }

@@ -70,11 +70,20 @@ def is_htmx(request: Request) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def render(request: Request, name: str, context: dict[str, Any] | None = None, *, status_code: int = 200,
-           headers: dict[str, str] | None = None) -> Any:
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Any:
     """A TemplateResponse of ``name`` with the request's user and CSRF token in the context."""
-    ctx = {"user": getattr(request.state, "user", None), "csrf_token": getattr(request.state, "csrf_token", None),
-           **(context or {})}
+    ctx = {
+        "user": getattr(request.state, "user", None),
+        "csrf_token": getattr(request.state, "csrf_token", None),
+        **(context or {}),
+    }
     resp = templates.TemplateResponse(request, name, ctx, status_code=status_code, headers=headers)
     # Pages carry a per-session CSRF token and personal data: never cached by shared caches.
     resp.headers.setdefault("Cache-Control", "no-store")

@@ -30,9 +30,20 @@ TICK_S = 0.05
 class JobContext:
     """What a task sees of its job: id, attempt, params, progress reporting and the stop flag."""
 
-    def __init__(self, db: Database, *, job_id: int, attempt: int, worker_id: str, project_id: int, kind: str,
-                 params: dict[str, Any], heartbeat_interval: float, device: str,
-                 shutdown: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        job_id: int,
+        attempt: int,
+        worker_id: str,
+        project_id: int,
+        kind: str,
+        params: dict[str, Any],
+        heartbeat_interval: float,
+        device: str,
+        shutdown: threading.Event | None = None,
+    ) -> None:
         self.db = db
         self.job_id = job_id
         self.attempt = attempt
@@ -57,8 +68,12 @@ class JobContext:
     # -- what the task calls ---------------------------------------------------------------
     def fenced(self) -> sa.ColumnElement[bool]:
         """The condition every write of this run is made under: the job is still this run's."""
-        return sa.and_(Job.id == self.job_id, Job.status == "running", Job.attempts == self.attempt,
-                       Job.worker_id == self.worker_id)
+        return sa.and_(
+            Job.id == self.job_id,
+            Job.status == "running",
+            Job.attempts == self.attempt,
+            Job.worker_id == self.worker_id,
+        )
 
     def stage(self, name: str, lo: float, hi: float) -> None:
         """Enter a stage that spans [lo, hi] of the job's overall progress."""
@@ -119,8 +134,12 @@ class JobContext:
                 if state is not None or now - last_hb >= self.heartbeat_interval:
                     values: dict[str, Any] = {"heartbeat_at": utcnow()}
                     if state is not None:
-                        values.update(progress=round(state["progress"], 4), stage=state["stage"],
-                                      eta_seconds=state["eta_seconds"], loss=state["loss"])
+                        values.update(
+                            progress=round(state["progress"], 4),
+                            stage=state["stage"],
+                            eta_seconds=state["eta_seconds"],
+                            loss=state["loss"],
+                        )
                     if not self._write(values):
                         self._halt("lost")
                         return
@@ -131,10 +150,17 @@ class JobContext:
                 if now - last_poll >= CANCEL_POLL_S:
                     last_poll = now
                     with self.db.session(write=False) as s:
-                        row = s.execute(sa.select(Job.cancel_requested, Job.status, Job.attempts, Job.worker_id)
-                                        .where(Job.id == self.job_id)).one_or_none()
-                    if row is None or row.status != "running" or row.attempts != self.attempt \
-                            or row.worker_id != self.worker_id:
+                        row = s.execute(
+                            sa.select(Job.cancel_requested, Job.status, Job.attempts, Job.worker_id).where(
+                                Job.id == self.job_id
+                            )
+                        ).one_or_none()
+                    if (
+                        row is None
+                        or row.status != "running"
+                        or row.attempts != self.attempt
+                        or row.worker_id != self.worker_id
+                    ):
                         self._halt("lost")
                         return
                     if row.cancel_requested:
@@ -144,7 +170,8 @@ class JobContext:
 
     def _write(self, values: dict[str, Any]) -> bool:
         with self.db.session() as s:
-            res = s.execute(sa.update(Job).where(self.fenced()).values(**values)
-                            .execution_options(synchronize_session=False))
+            res = s.execute(
+                sa.update(Job).where(self.fenced()).values(**values).execution_options(synchronize_session=False)
+            )
             s.commit()
             return res.rowcount == 1

@@ -76,12 +76,15 @@ def claim(db: Database, worker_id: str, *, max_attempts: int) -> Claimed | None:
     # still "queued" to this statement (its claim is not committed) rather than "running".
     blocked = sa.exists().where(
         busy.project_id == Job.project_id,
-        sa.or_(busy.status == "running",
-               sa.and_(busy.status == "queued",
-                       sa.or_(busy.created_at < Job.created_at,
-                              sa.and_(busy.created_at == Job.created_at, busy.id < Job.id)))))
-    q = (sa.select(Job.id).where(Job.status == "queued", ~blocked)
-         .order_by(Job.created_at, Job.id).limit(1))
+        sa.or_(
+            busy.status == "running",
+            sa.and_(
+                busy.status == "queued",
+                sa.or_(busy.created_at < Job.created_at, sa.and_(busy.created_at == Job.created_at, busy.id < Job.id)),
+            ),
+        ),
+    )
+    q = sa.select(Job.id).where(Job.status == "queued", ~blocked).order_by(Job.created_at, Job.id).limit(1)
     with db.session() as s:
         if not db.is_sqlite:
             q = q.with_for_update(skip_locked=True, of=Job)
@@ -91,11 +94,22 @@ def claim(db: Database, worker_id: str, *, max_attempts: int) -> Claimed | None:
             return None
         now = utcnow()
         res = s.execute(
-            sa.update(Job).where(Job.id == job_id, Job.status == "queued")
-            .values(status="running", attempts=Job.attempts + 1, worker_id=worker_id, heartbeat_at=now,
-                    started_at=sa.func.coalesce(Job.started_at, now), stage="claimed", progress=0.0,
-                    eta_seconds=None, loss=None, max_attempts=max_attempts)
-            .execution_options(synchronize_session=False))
+            sa.update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(
+                status="running",
+                attempts=Job.attempts + 1,
+                worker_id=worker_id,
+                heartbeat_at=now,
+                started_at=sa.func.coalesce(Job.started_at, now),
+                stage="claimed",
+                progress=0.0,
+                eta_seconds=None,
+                loss=None,
+                max_attempts=max_attempts,
+            )
+            .execution_options(synchronize_session=False)
+        )
         if res.rowcount != 1:  # SQLite never gets here (one writer); kept for any other engine
             s.rollback()
             return None
@@ -106,9 +120,12 @@ def claim(db: Database, worker_id: str, *, max_attempts: int) -> Claimed | None:
 
 
 def _end_run(s: Any, job_id: int, attempt: int, outcome: str, message: str | None) -> None:
-    s.execute(sa.update(JobRun).where(JobRun.job_id == job_id, JobRun.attempt == attempt)
-              .values(outcome=outcome, finished_at=utcnow(), message=message)
-              .execution_options(synchronize_session=False))
+    s.execute(
+        sa.update(JobRun)
+        .where(JobRun.job_id == job_id, JobRun.attempt == attempt)
+        .values(outcome=outcome, finished_at=utcnow(), message=message)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def requeue_stale(db: Database, *, timeout_s: float) -> list[tuple[int, str]]:
@@ -120,10 +137,11 @@ def requeue_stale(db: Database, *, timeout_s: float) -> list[tuple[int, str]]:
     """
     cutoff = utcnow() - timedelta(seconds=timeout_s)
     with db.session(write=False) as s:
-        stale = s.execute(sa.select(Job.id, Job.attempts, Job.max_attempts, Job.worker_id, Job.cancel_requested,
-                                    Job.project_id, Job.kind)
-                          .where(Job.status == "running", sa.or_(Job.heartbeat_at.is_(None),
-                                                                 Job.heartbeat_at < cutoff))).all()
+        stale = s.execute(
+            sa.select(
+                Job.id, Job.attempts, Job.max_attempts, Job.worker_id, Job.cancel_requested, Job.project_id, Job.kind
+            ).where(Job.status == "running", sa.or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+        ).all()
     handled: list[tuple[int, str]] = []
     for job in stale:
         lost = f"worker {job.worker_id} stopped heartbeating for over {timeout_s:g} s during attempt {job.attempts}"
@@ -136,8 +154,11 @@ def requeue_stale(db: Database, *, timeout_s: float) -> list[tuple[int, str]]:
         with db.session() as s:
             twin = None
             if status == "queued":
-                twin = s.scalar(sa.select(Job.id).where(Job.project_id == job.project_id, Job.kind == job.kind,
-                                                        Job.status == "queued"))
+                twin = s.scalar(
+                    sa.select(Job.id).where(
+                        Job.project_id == job.project_id, Job.kind == job.kind, Job.status == "queued"
+                    )
+                )
                 if twin is not None:
                     status, message = "failed", f"{lost}; superseded by queued job {twin}"
             values: dict[str, Any] = {"status": status, "message": message, "heartbeat_at": None}
@@ -146,10 +167,17 @@ def requeue_stale(db: Database, *, timeout_s: float) -> list[tuple[int, str]]:
             else:
                 values.update(finished_at=utcnow())
             try:
-                res = s.execute(sa.update(Job).where(Job.id == job.id, Job.status == "running",
-                                                     Job.attempts == job.attempts,
-                                                     sa.or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
-                                .values(**values).execution_options(synchronize_session=False))
+                res = s.execute(
+                    sa.update(Job)
+                    .where(
+                        Job.id == job.id,
+                        Job.status == "running",
+                        Job.attempts == job.attempts,
+                        sa.or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
+                    )
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                )
                 if res.rowcount != 1:
                     s.rollback()  # it heartbeated (or finished) meanwhile
                     continue
@@ -168,13 +196,15 @@ def _finish(db: Database, ctx: JobContext, status: str, message: str, *, requeue
     with db.session() as s:
         values: dict[str, Any] = {"status": status, "message": message[:4000], "heartbeat_at": None}
         if requeue:
-            values.update(worker_id=None, stage=None, progress=0.0, eta_seconds=None,
-                          attempts=Job.attempts - 1)  # a clean hand-back is not a failed attempt
+            values.update(
+                worker_id=None, stage=None, progress=0.0, eta_seconds=None, attempts=Job.attempts - 1
+            )  # a clean hand-back is not a failed attempt
         else:
             values.update(finished_at=utcnow())
         try:
-            res = s.execute(sa.update(Job).where(ctx.fenced()).values(**values)
-                            .execution_options(synchronize_session=False))
+            res = s.execute(
+                sa.update(Job).where(ctx.fenced()).values(**values).execution_options(synchronize_session=False)
+            )
         except sa_exc.IntegrityError:
             s.rollback()
             return _finish(db, ctx, "failed", f"{message}; a job of the same kind is queued and supersedes it")
@@ -190,8 +220,15 @@ def _finish(db: Database, ctx: JobContext, status: str, message: str, *, requeue
 class Worker:
     """Claims and runs jobs until stopped; ``run_one`` does one sweep + claim + run (tests drive it)."""
 
-    def __init__(self, db: Database, settings: Settings, *, worker_id: str | None = None,
-                 threads: int | None = None, shutdown: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        threads: int | None = None,
+        shutdown: threading.Event | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.worker_id = worker_id or default_worker_id()
@@ -220,12 +257,26 @@ class Worker:
         """Run a claimed job to its end; returns the status written (or "lost")."""
         from app.worker import tasks
 
-        ctx = JobContext(self.db, job_id=job.job_id, attempt=job.attempt, worker_id=self.worker_id,
-                         project_id=job.project_id, kind=job.kind, params=job.params,
-                         heartbeat_interval=self.settings.heartbeat_interval_s, device=self.settings.device,
-                         shutdown=self.shutdown).start()
-        log.info("job %s (%s, project %s): attempt %s on %s", job.job_id, job.kind, job.project_id, job.attempt,
-                 self.worker_id)
+        ctx = JobContext(
+            self.db,
+            job_id=job.job_id,
+            attempt=job.attempt,
+            worker_id=self.worker_id,
+            project_id=job.project_id,
+            kind=job.kind,
+            params=job.params,
+            heartbeat_interval=self.settings.heartbeat_interval_s,
+            device=self.settings.device,
+            shutdown=self.shutdown,
+        ).start()
+        log.info(
+            "job %s (%s, project %s): attempt %s on %s",
+            job.job_id,
+            job.kind,
+            job.project_id,
+            job.attempt,
+            self.worker_id,
+        )
         try:
             tasks.run(ctx, self.settings)
             return "succeeded"
@@ -301,8 +352,14 @@ class WorkerThread:
         torch.set_num_threads(self._saved_threads)
 
 
-def run_forever(settings: Settings, *, threads: int | None = None, worker_id: str | None = None,
-                once: bool = False, max_jobs: int | None = None) -> int:
+def run_forever(
+    settings: Settings,
+    *,
+    threads: int | None = None,
+    worker_id: str | None = None,
+    once: bool = False,
+    max_jobs: int | None = None,
+) -> int:
     """The ``lenslab worker`` process: SIGTERM/SIGINT hand the running job back and exit."""
     db = Database(settings)
     worker = Worker(db, settings, worker_id=worker_id, threads=threads)
@@ -314,8 +371,9 @@ def run_forever(settings: Settings, *, threads: int | None = None, worker_id: st
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    log.info("worker %s: polling %s every %.1f s", worker.worker_id, db.engine.url.render_as_string(),
-             settings.worker_poll_s)
+    log.info(
+        "worker %s: polling %s every %.1f s", worker.worker_id, db.engine.url.render_as_string(), settings.worker_poll_s
+    )
     t0 = time.monotonic()
     try:
         n = worker.run(once=once, max_jobs=max_jobs)

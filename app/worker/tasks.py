@@ -1,4 +1,4 @@
-"""One function per job kind: read what the job needs, call ``ml.pipeline``, write the outcome in one transaction.
+"""One function per job kind: read what the job needs, call ``ml.steps``, write the outcome in one transaction.
 
 Every task reads in short sessions, computes without holding a transaction, and ends with a single
 write transaction that stores its rows *and* marks the job succeeded, fenced to this run
@@ -27,7 +27,7 @@ from app.services import models as model_service
 from app.services.errors import ServiceError
 from app.services.projects import schema
 from app.worker.progress import JobContext
-from ml import pipeline
+from ml import steps
 from ml.attributes import MISSING_LEVEL, Attribute
 from ml.control import Stopped
 from ml.strategies import scored_strategy
@@ -86,14 +86,17 @@ def _images(db: Any, item_ids: np.ndarray, ctx: JobContext, chunk: int = 2000) -
             if shape is None:
                 shape = arr.shape
             elif arr.shape != shape:
-                raise TaskError(f"items differ in image size ({shape} vs {arr.shape} for item {iid}); "
-                                "import images of one size (e.g. with dataset.size)")
+                raise TaskError(
+                    f"items differ in image size ({shape} vs {arr.shape} for item {iid}); "
+                    "import images of one size (e.g. with dataset.size)"
+                )
             out.append(arr)
     return np.stack(out)
 
 
-def _label_arrays(values: dict[int, dict[str, Any]], item_ids: np.ndarray, attrs: list[Attribute]
-                  ) -> dict[str, np.ndarray]:
+def _label_arrays(
+    values: dict[int, dict[str, Any]], item_ids: np.ndarray, attrs: list[Attribute]
+) -> dict[str, np.ndarray]:
     """Label arrays for ``ml`` (level index / −1, value / NaN) in ``item_ids`` order."""
     S: dict[str, np.ndarray] = {}
     for a in attrs:
@@ -144,28 +147,46 @@ def _scoring_strategy(project: Project, params: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def _succeed(s: Session, ctx: JobContext, result: dict[str, Any], message: str,
-             params: dict[str, Any] | None = None) -> None:
+def _succeed(
+    s: Session, ctx: JobContext, result: dict[str, Any], message: str, params: dict[str, Any] | None = None
+) -> None:
     """Mark the job succeeded inside the caller's transaction; Stopped (and nothing written) if it is not ours."""
-    values: dict[str, Any] = {"status": "succeeded", "progress": 1.0, "stage": "done", "eta_seconds": 0.0,
-                              "message": message, "result": result, "finished_at": utcnow(), "heartbeat_at": None}
+    values: dict[str, Any] = {
+        "status": "succeeded",
+        "progress": 1.0,
+        "stage": "done",
+        "eta_seconds": 0.0,
+        "message": message,
+        "result": result,
+        "finished_at": utcnow(),
+        "heartbeat_at": None,
+    }
     if params is not None:
         values["params"] = params
-    res = s.execute(sa.update(Job).where(ctx.fenced(), Job.cancel_requested.is_(False)).values(**values)
-                    .execution_options(synchronize_session=False))
+    res = s.execute(
+        sa.update(Job)
+        .where(ctx.fenced(), Job.cancel_requested.is_(False))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
     if res.rowcount != 1:
         s.rollback()
         cancelled = s.scalar(sa.select(Job.cancel_requested).where(Job.id == ctx.job_id))
         ctx.stop_reason = ctx.stop_reason or ("cancel" if cancelled else "lost")
         raise Stopped("the job was cancelled or taken over before its results were stored")
-    s.execute(sa.update(JobRun).where(JobRun.job_id == ctx.job_id, JobRun.attempt == ctx.attempt)
-              .values(outcome="succeeded", finished_at=utcnow(), message=message)
-              .execution_options(synchronize_session=False))
+    s.execute(
+        sa.update(JobRun)
+        .where(JobRun.job_id == ctx.job_id, JobRun.attempt == ctx.attempt)
+        .values(outcome="succeeded", finished_at=utcnow(), message=message)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _insert_scores(s: Session, mv_id: int, strategy: str, item_ids: np.ndarray, scores: np.ndarray) -> None:
-    rows = [{"model_version_id": mv_id, "strategy": strategy, "item_id": int(i), "score": float(v)}
-            for i, v in zip(item_ids, scores, strict=True)]
+    rows = [
+        {"model_version_id": mv_id, "strategy": strategy, "item_id": int(i), "score": float(v)}
+        for i, v in zip(item_ids, scores, strict=True)
+    ]
     for i in range(0, len(rows), SCORE_INSERT_CHUNK):
         s.execute(sa.insert(Score), rows[i : i + SCORE_INSERT_CHUNK])
 
@@ -178,8 +199,9 @@ def _check(ctx: JobContext) -> None:
 # --------------------------------------------------------------------------- pretrain
 
 
-def _fit_representation(ctx: JobContext, settings: Settings, lo: float, hi: float
-                        ) -> tuple[pipeline.RepresentationResult, np.ndarray, Representation | None]:
+def _fit_representation(
+    ctx: JobContext, settings: Settings, lo: float, hi: float
+) -> tuple[steps.RepresentationResult, np.ndarray, Representation | None]:
     """Fit (or import) z for every item; returns (result, item ids in Z's row order, the row to reuse)."""
     db = ctx.db
     with db.session(write=False) as s:
@@ -192,9 +214,16 @@ def _fit_representation(ctx: JobContext, settings: Settings, lo: float, hi: floa
         active_id = active.id if active is not None else None
         uploaded = None
         if source == "torchscript":
-            uploaded = s.scalar(sa.select(Representation).where(
-                Representation.project_id == project.id, Representation.source == "torchscript",
-                Representation.checkpoint.is_not(None)).order_by(Representation.id.desc()).limit(1))
+            uploaded = s.scalar(
+                sa.select(Representation)
+                .where(
+                    Representation.project_id == project.id,
+                    Representation.source == "torchscript",
+                    Representation.checkpoint.is_not(None),
+                )
+                .order_by(Representation.id.desc())
+                .limit(1)
+            )
     if len(item_ids) == 0:
         raise TaskError("the project has no items: import a dataset first")
     ctx.stage(f"pretrain ({source})", lo, hi)
@@ -205,7 +234,7 @@ def _fit_representation(ctx: JobContext, settings: Settings, lo: float, hi: floa
         missing = np.setdiff1d(item_ids, table_ids)
         if missing.size:
             raise TaskError(f"{missing.size} item(s) have no embedding row (e.g. item {int(missing[0])})")
-        res = pipeline.fit_representation("embeddings", None, {}, embeddings=Z)
+        res = steps.fit_representation("embeddings", None, {}, embeddings=Z)
         return res, table_ids, None
     images = _images(db, item_ids, ctx)
     labels = n_classes = None
@@ -213,8 +242,9 @@ def _fit_representation(ctx: JobContext, settings: Settings, lo: float, hi: floa
         name = rep_cfg.get("attribute")
         cats = [a for a in attrs if a.kind == "categorical" and (name is None or a.name == name)]
         if not cats:
-            raise TaskError("representation 'classifier' needs a categorical attribute"
-                            + (f" named {name!r}" if name else ""))
+            raise TaskError(
+                "representation 'classifier' needs a categorical attribute" + (f" named {name!r}" if name else "")
+            )
         target = cats[0]
         with db.session(write=False) as s:
             values = label_service.current_values(session=s, project_id=ctx.project_id, eval=False)
@@ -224,38 +254,68 @@ def _fit_representation(ctx: JobContext, settings: Settings, lo: float, hi: floa
     encoder = None
     if source == "torchscript":
         if uploaded is None:
-            raise TaskError("representation 'torchscript' needs an uploaded encoder: "
-                            "POST it to /api/v1/projects/{pid}/representation/encoder, then run pretrain")
+            raise TaskError(
+                "representation 'torchscript' needs an uploaded encoder: "
+                "POST it to /api/v1/projects/{pid}/representation/encoder, then run pretrain"
+            )
         with db.session(write=False) as s:
             encoder = s.scalar(sa.select(Representation.checkpoint).where(Representation.id == uploaded.id))
     cfg = {k: v for k, v in rep_cfg.items() if k != "source"}
     try:
-        res = pipeline.fit_representation(source, images, cfg, labels=labels, n_classes=n_classes,
-                                          encoder_bytes=encoder, progress=ctx.progress, should_stop=ctx.should_stop,
-                                          device=ctx.device)
+        res = steps.fit_representation(
+            source,
+            images,
+            cfg,
+            labels=labels,
+            n_classes=n_classes,
+            encoder_bytes=encoder,
+            progress=ctx.progress,
+            should_stop=ctx.should_stop,
+            device=ctx.device,
+        )
     except ValueError as exc:
         raise TaskError(f"pretrain ({source}): {exc}") from None
     return res, item_ids, uploaded
 
 
-def _store_representation(s: Session, ctx: JobContext, project: Project, res: pipeline.RepresentationResult,
-                          item_ids: np.ndarray, reuse: Representation | None) -> Representation:
+def _store_representation(
+    s: Session,
+    ctx: JobContext,
+    project: Project,
+    res: steps.RepresentationResult,
+    item_ids: np.ndarray,
+    reuse: Representation | None,
+) -> Representation:
     """Insert (or, for an uploaded encoder, fill) the representation row and make it the active one."""
     config = {**(project.representation or {}), "info": res.info, "test_ll": res.test_ll}
-    s.execute(sa.update(Representation).where(Representation.project_id == project.id, Representation.active)
-              .values(active=False).execution_options(synchronize_session=False))
+    s.execute(
+        sa.update(Representation)
+        .where(Representation.project_id == project.id, Representation.active)
+        .values(active=False)
+        .execution_options(synchronize_session=False)
+    )
     # A lens fitted on the old z means nothing on the new one: no model is active until the next retrain.
-    s.execute(sa.update(ModelVersion).where(ModelVersion.project_id == project.id, ModelVersion.active)
-              .values(active=False).execution_options(synchronize_session=False))
+    s.execute(
+        sa.update(ModelVersion)
+        .where(ModelVersion.project_id == project.id, ModelVersion.active)
+        .values(active=False)
+        .execution_options(synchronize_session=False)
+    )
     s.flush()
     if reuse is not None and reuse.job_id is None:
         rep = s.get(Representation, reuse.id)
         assert rep is not None
         rep.z, rep.item_ids, rep.config, rep.job_id = _to_npy(res.Z), _to_npy(item_ids), config, ctx.job_id
     else:
-        rep = Representation(project_id=project.id, source=project.representation.get("source", "vae"),
-                             config=config, checkpoint=res.model_bytes, z=_to_npy(res.Z),
-                             item_ids=_to_npy(item_ids), job_id=ctx.job_id)
+        rep = Representation(
+            project_id=project.id,
+            source=project.representation.get("source", "vae"),
+            config=config,
+            checkpoint=res.model_bytes,
+            z=_to_npy(res.Z),
+            item_ids=_to_npy(item_ids),
+            job_id=ctx.job_id,
+        )
         s.add(rep)
     s.flush()
     rep.active = True
@@ -278,10 +338,20 @@ def run_pretrain(ctx: JobContext, settings: Settings) -> None:
         had_model = model_service.active(session=s, project_id=project.id) is not None
         rep = _store_representation(s, ctx, project, res, item_ids, reuse)
         if had_model:
-            job_service.enqueue(session=s, project_id=project.id, kind="retrain",
-                                params={"reason": f"new representation {rep.id}"}, commit=False)
-        result = {"representation_id": rep.id, "dim": int(res.Z.shape[1]), "n_items": len(item_ids),
-                  "test_ll": res.test_ll, "seconds": res.info.get("seconds")}
+            job_service.enqueue(
+                session=s,
+                project_id=project.id,
+                kind="retrain",
+                params={"reason": f"new representation {rep.id}"},
+                commit=False,
+            )
+        result = {
+            "representation_id": rep.id,
+            "dim": int(res.Z.shape[1]),
+            "n_items": len(item_ids),
+            "test_ll": res.test_ll,
+            "seconds": res.info.get("seconds"),
+        }
         ll = f", test LL {res.test_ll:.2f} nats" if res.test_ll is not None else ""
         _succeed(s, ctx, result, f"representation {rep.id}: z of {len(item_ids)} items, d={res.Z.shape[1]}{ll}")
         s.commit()
@@ -290,9 +360,9 @@ def run_pretrain(ctx: JobContext, settings: Settings) -> None:
 # --------------------------------------------------------------------------- retrain
 
 
-def _training_data(ctx: JobContext, attrs: list[Attribute], rep_id: int
-                   ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray,
-                              dict[str, np.ndarray], int]:
+def _training_data(
+    ctx: JobContext, attrs: list[Attribute], rep_id: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
     """Z and labels of the pool (training) and eval items, and the newest label id read."""
     db = ctx.db
     table_ids, Z_all = _z_table(db, rep_id)
@@ -310,12 +380,26 @@ def _training_data(ctx: JobContext, attrs: list[Attribute], rep_id: int
 
 
 def _next_version(s: Session, project_id: int) -> int:
-    return int(s.scalar(sa.select(sa.func.max(ModelVersion.version)).where(ModelVersion.project_id == project_id))
-               or 0) + 1
+    return (
+        int(s.scalar(sa.select(sa.func.max(ModelVersion.version)).where(ModelVersion.project_id == project_id)) or 0)
+        + 1
+    )
 
 
-POINT_EXTRA_KEYS = ("baseline_overall", "overall_accuracy", "k_dims", "overall_k", "overall_accuracy_k",
-                    "dims_per_attribute", "mig", "sap", "mig_z", "sap_z", "skipped", "n_eval")
+POINT_EXTRA_KEYS = (
+    "baseline_overall",
+    "overall_accuracy",
+    "k_dims",
+    "overall_k",
+    "overall_accuracy_k",
+    "dims_per_attribute",
+    "mig",
+    "sap",
+    "mig_z",
+    "sap_z",
+    "skipped",
+    "n_eval",
+)
 
 
 def _point_extra(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -365,28 +449,60 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
     fit_hi = fit_lo + (0.85 - fit_lo) * 0.9
     ctx.stage("fit", fit_lo, fit_hi)
     try:
-        blob, stats = pipeline.fit_lens(Z_pool, S_pool, attrs, warm_start_bytes=warm, params=lens_cfg,
-                                        progress=ctx.progress, should_stop=ctx.should_stop, device=ctx.device)
+        blob, stats = steps.fit_lens(
+            Z_pool,
+            S_pool,
+            attrs,
+            warm_start_bytes=warm,
+            params=lens_cfg,
+            progress=ctx.progress,
+            should_stop=ctx.should_stop,
+            device=ctx.device,
+        )
     except ValueError as exc:
         raise TaskError(f"retrain: {exc}") from None
     ctx.stage("score", fit_hi, 0.9)
-    lens = pipeline.load_lens(blob, device=ctx.device)
-    scores = pipeline.score_pool(lens, Z_pool, strategy, N_SAMPLES, chunk=SCORE_CHUNK, progress=ctx.progress,
-                                 should_stop=ctx.should_stop, device=ctx.device)
+    lens = steps.load_lens(blob, device=ctx.device)
+    scores = steps.score_pool(
+        lens,
+        Z_pool,
+        strategy,
+        N_SAMPLES,
+        chunk=SCORE_CHUNK,
+        progress=ctx.progress,
+        should_stop=ctx.should_stop,
+        device=ctx.device,
+    )
     ctx.stage("evaluate", 0.9, 0.97)
-    metrics = pipeline.evaluate(lens, Z_eval, S_eval, attrs, should_stop=ctx.should_stop, device=ctx.device)
+    metrics = steps.evaluate(lens, Z_eval, S_eval, attrs, should_stop=ctx.should_stop, device=ctx.device)
     metrics["test_ll"] = test_ll
     _check(ctx)
     ctx.stage("activate", 0.97, 1.0)
-    config = {"lens": lens_cfg, "strategy": strategy, "attributes": [a.to_dict() for a in attrs],
-              "representation_id": rep_id, "warm_start_from": prev_id, "device": stats.get("device")}
-    digest = pipeline.content_hash(blob)
+    config = {
+        "lens": lens_cfg,
+        "strategy": strategy,
+        "attributes": [a.to_dict() for a in attrs],
+        "representation_id": rep_id,
+        "warm_start_from": prev_id,
+        "device": stats.get("device"),
+    }
+    digest = steps.content_hash(blob)
     for _ in range(3):
         with db.session() as s:
             version = _next_version(s, ctx.project_id)
-            mv = ModelVersion(project_id=ctx.project_id, version=version, representation_id=rep_id, checkpoint=blob,
-                              content_hash=digest, config=config, stats=stats, metrics=metrics, n_labels=n_lab,
-                              active=False, job_id=ctx.job_id)
+            mv = ModelVersion(
+                project_id=ctx.project_id,
+                version=version,
+                representation_id=rep_id,
+                checkpoint=blob,
+                content_hash=digest,
+                config=config,
+                stats=stats,
+                metrics=metrics,
+                n_labels=n_lab,
+                active=False,
+                job_id=ctx.job_id,
+            )
             try:
                 s.add(mv)
                 s.flush()
@@ -394,22 +510,37 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
                 s.rollback()  # a concurrent retrain took this version number: take the next one
                 continue
             _insert_scores(s, mv.id, strategy, pool_ids, scores)
-            s.add(MetricPoint(project_id=ctx.project_id, model_version_id=mv.id, n_labels=n_lab,
-                              overall=metrics["overall"], attributes=metrics["attributes"], test_ll=test_ll,
-                              extra=_point_extra(metrics)))
+            s.add(
+                MetricPoint(
+                    project_id=ctx.project_id,
+                    model_version_id=mv.id,
+                    n_labels=n_lab,
+                    overall=metrics["overall"],
+                    attributes=metrics["attributes"],
+                    test_ll=test_ll,
+                    extra=_point_extra(metrics),
+                )
+            )
             model_service.switch_active(session=s, model=mv, with_representation=False)
-            result = {"model_id": mv.id, "version": version, "content_hash": digest, "n_labels": n_lab,
-                      "overall": metrics["overall"], "overall_k": metrics.get("overall_k"),
-                      "flow": stats.get("flow"), "warm_start": stats["warm_start"],
-                      "fit_seconds": stats["seconds"], "n_scored": len(pool_ids)}
+            result = {
+                "model_id": mv.id,
+                "version": version,
+                "content_hash": digest,
+                "n_labels": n_lab,
+                "overall": metrics["overall"],
+                "overall_k": metrics.get("overall_k"),
+                "flow": stats.get("flow"),
+                "warm_start": stats["warm_start"],
+                "fit_seconds": stats["seconds"],
+                "n_scored": len(pool_ids),
+            }
             params = {**ctx.params, "since_label_id": max(int(ctx.params.get("since_label_id", 0)), top)}
             why = metric_reasons.short_reason(metrics)
             if metrics["overall"] is not None:
                 measured = f"metric {metrics['overall']:.1f}" + (f" (not scored: {why})" if why else "")
             else:
                 measured = f"no metric yet ({why or 'not computed'})"
-            _succeed(s, ctx, result, f"version {version} active: {n_lab} labelled items, {measured}",
-                     params=params)
+            _succeed(s, ctx, result, f"version {version} active: {n_lab} labelled items, {measured}", params=params)
             s.commit()
             return
     raise TaskError("could not take a new version number after 3 tries (concurrent retrains)")
@@ -446,17 +577,29 @@ def run_score(ctx: JobContext, settings: Settings) -> None:
     table_ids, Z_all = _z_table(ctx.db, rep_id)
     rows, pool_ids = _rows_of(table_ids, item_ids[splits == "pool"])
     ctx.stage("score", 0.05, 0.95)
-    lens = pipeline.load_lens(blob, device=ctx.device)
-    scores = pipeline.score_pool(lens, Z_all[rows], strategy, N_SAMPLES, chunk=SCORE_CHUNK, progress=ctx.progress,
-                                 should_stop=ctx.should_stop, device=ctx.device)
+    lens = steps.load_lens(blob, device=ctx.device)
+    scores = steps.score_pool(
+        lens,
+        Z_all[rows],
+        strategy,
+        N_SAMPLES,
+        chunk=SCORE_CHUNK,
+        progress=ctx.progress,
+        should_stop=ctx.should_stop,
+        device=ctx.device,
+    )
     _check(ctx)
     ctx.stage("store", 0.95, 1.0)
     with ctx.db.session() as s:
         # Replaced in one transaction: the queue sees the old scores or the new ones, never a mix.
         s.execute(sa.delete(Score).where(Score.model_version_id == mv_id, Score.strategy == strategy))
         _insert_scores(s, mv_id, strategy, pool_ids, scores)
-        _succeed(s, ctx, {"model_id": mv_id, "strategy": strategy, "n_scored": len(pool_ids)},
-                 f"{len(pool_ids)} pool items scored ({strategy}) under model {mv_id}")
+        _succeed(
+            s,
+            ctx,
+            {"model_id": mv_id, "strategy": strategy, "n_scored": len(pool_ids)},
+            f"{len(pool_ids)} pool items scored ({strategy}) under model {mv_id}",
+        )
         s.commit()
 
 
@@ -475,17 +618,28 @@ def run_evaluate(ctx: JobContext, settings: Settings) -> None:
         raise TaskError(f"model version {mv_id} has no checkpoint or representation to evaluate")
     _, _, _, _, Z_eval, S_eval, _ = _training_data(ctx, attrs, rep_id)
     ctx.stage("evaluate", 0.1, 0.95)
-    metrics = pipeline.evaluate(pipeline.load_lens(blob, device=ctx.device), Z_eval, S_eval, attrs,
-                                should_stop=ctx.should_stop, device=ctx.device)
+    metrics = steps.evaluate(
+        steps.load_lens(blob, device=ctx.device), Z_eval, S_eval, attrs, should_stop=ctx.should_stop, device=ctx.device
+    )
     _check(ctx)
     with ctx.db.session() as s:
-        point = MetricPoint(project_id=ctx.project_id, model_version_id=mv_id, n_labels=n_lab,
-                            overall=metrics["overall"], attributes=metrics["attributes"], test_ll=test_ll,
-                            extra=_point_extra(metrics))
+        point = MetricPoint(
+            project_id=ctx.project_id,
+            model_version_id=mv_id,
+            n_labels=n_lab,
+            overall=metrics["overall"],
+            attributes=metrics["attributes"],
+            test_ll=test_ll,
+            extra=_point_extra(metrics),
+        )
         s.add(point)
         s.flush()
-        _succeed(s, ctx, {"model_id": mv_id, "metric_point_id": point.id, "overall": metrics["overall"]},
-                 f"evaluated model {mv_id} on {metrics['n_eval']} eval items")
+        _succeed(
+            s,
+            ctx,
+            {"model_id": mv_id, "metric_point_id": point.id, "overall": metrics["overall"]},
+            f"evaluated model {mv_id} on {metrics['n_eval']} eval items",
+        )
         s.commit()
 
 
@@ -494,8 +648,13 @@ def run_experiment(ctx: JobContext, settings: Settings) -> None:
     raise TaskError("experiment jobs are not available yet")
 
 
-TASKS = {"pretrain": run_pretrain, "retrain": run_retrain, "score": run_score, "evaluate": run_evaluate,
-         "experiment": run_experiment}
+TASKS = {
+    "pretrain": run_pretrain,
+    "retrain": run_retrain,
+    "score": run_score,
+    "evaluate": run_evaluate,
+    "experiment": run_experiment,
+}
 
 
 def run(ctx: JobContext, settings: Settings) -> None:

@@ -28,8 +28,9 @@ def upgrade() -> None:
         sa.Column("lease_id", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("until", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["project_id"], ["projects.id"], name=op.f("fk_skips_project_id_projects"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["project_id"], ["projects.id"], name=op.f("fk_skips_project_id_projects"), ondelete="CASCADE"
+        ),
         sa.ForeignKeyConstraint(["item_id"], ["items.id"], name=op.f("fk_skips_item_id_items"), ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_skips_user_id_users"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_skips")),

@@ -27,8 +27,9 @@ def run(*, data_dir: str = "../shared/data", repeats: int = 3, out_dir: str = "b
     if (mnist / "t10k-images-idx3-ubyte.gz").is_file():
         images = data.load_mnist(mnist, split="test").images[:1000]
         thick_s, _ = best_of(repeats, lambda: data.stroke_thickness(images))
-        rows.append({"step": "stroke_thickness(1000 MNIST)", "seconds": round(thick_s, 3),
-                     "items_per_s": round(1000 / thick_s)})
+        rows.append(
+            {"step": "stroke_thickness(1000 MNIST)", "seconds": round(thick_s, 3), "items_per_s": round(1000 / thick_s)}
+        )
     else:
         print(f"no MNIST under {mnist}: stroke thickness not measured")
     for r in rows:

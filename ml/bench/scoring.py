@@ -34,9 +34,7 @@ def _measure(
     labels = rng.integers(0, n_classes, 512)
     labels[256:] = -1
     # Scoring cost depends on the architecture, not on how well it is trained: one epoch will do.
-    lens = InterpretableLens([attr], n_flows=n_flows, epochs=1, device="cpu", seed=0).fit(
-        fit_z, {"a": labels}
-    )
+    lens = InterpretableLens([attr], n_flows=n_flows, epochs=1, device="cpu", seed=0).fit(fit_z, {"a": labels})
     Z = rng.normal(size=(n, d)).astype(np.float32)
     lens_scores(lens, Z[:4096], "bald", n_samples=n_samples)  # warm-up
     best, scores = best_of(repeats, lambda: lens_scores(lens, Z, "bald", n_samples=n_samples))
@@ -81,9 +79,7 @@ def run(
             )
         )
     rows.append(
-        run_isolated(
-            "ml.bench.scoring", ["--worker", "--n", str(rss_n), "--threads", "1", "--repeats", "1", *common]
-        )
+        run_isolated("ml.bench.scoring", ["--worker", "--n", str(rss_n), "--threads", "1", "--repeats", "1", *common])
     )
     target = {"items_per_s_1_thread": 100_000, "peak_rss_mb_at_1M": 1536}
     one = next(r for r in rows if r["threads"] == 1 and r["n"] == n)
@@ -105,13 +101,13 @@ def run(
         },
         "machine": machine(),
     }
-    print(
-        f"BALD pool scoring: d={d}, T={n_flows} planar flows, S={n_samples} samples, C={n_classes} classes (CPU)"
-    )
+    print(f"BALD pool scoring: d={d}, T={n_flows} planar flows, S={n_samples} samples, C={n_classes} classes (CPU)")
     print(table(rows, ["n", "threads", "seconds", "items_per_s", "peak_rss_mb"]))
     print(
-        f"targets: ≥ {target['items_per_s_1_thread']:,} items/s on 1 thread -> {'met' if payload['met']['items_per_s_1_thread'] else 'NOT met'}; "
-        f"peak RSS at N={rss_n:,} < {target['peak_rss_mb_at_1M']} MB -> {'met' if payload['met']['peak_rss_mb_at_1M'] else 'NOT met'}"
+        f"targets: ≥ {target['items_per_s_1_thread']:,} items/s on 1 thread -> "
+        f"{'met' if payload['met']['items_per_s_1_thread'] else 'NOT met'}; "
+        f"peak RSS at N={rss_n:,} < {target['peak_rss_mb_at_1M']} MB -> "
+        f"{'met' if payload['met']['peak_rss_mb_at_1M'] else 'NOT met'}"
     )
     path = write_results("scoring", payload, out_dir)
     print(f"results: {path}")

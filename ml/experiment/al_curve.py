@@ -48,8 +48,14 @@ ARMS = ("ilvm-bald", "max-entropy", "random")
 # BALD adds to the coverage.
 OPTIONAL = ("ilvm-bald-power", "ilvm-bald-diverse", "ilvm-bald-cover", "batchbald", "typiclust")
 # Each arm's per-item scores (ml.strategies.STRATEGIES); its batch rule follows its suffix.
-_ACQ = {"ilvm-bald": "bald", "ilvm-bald-power": "bald", "ilvm-bald-diverse": "bald", "ilvm-bald-cover": "bald",
-        "max-entropy": "max_entropy", "random": "random"}
+_ACQ = {
+    "ilvm-bald": "bald",
+    "ilvm-bald-power": "bald",
+    "ilvm-bald-diverse": "bald",
+    "ilvm-bald-cover": "bald",
+    "max-entropy": "max_entropy",
+    "random": "random",
+}
 assert set(_ACQ.values()) <= set(STRATEGIES)
 
 
@@ -67,8 +73,9 @@ def labels_to_reach(x: np.ndarray, y: np.ndarray, target: float) -> int | None:
     return int(np.asarray(x)[hit[0]]) if hit.size else None
 
 
-def _acquire(lens: Any, strategy: str, Z: np.ndarray, labelled: np.ndarray, k: int, seed: int,
-             profile: Profile, data: Prepared) -> np.ndarray:
+def _acquire(
+    lens: Any, strategy: str, Z: np.ndarray, labelled: np.ndarray, k: int, seed: int, profile: Profile, data: Prepared
+) -> np.ndarray:
     from ml.acquisition import lens_scores, select_batch
 
     if strategy == "typiclust":
@@ -82,15 +89,24 @@ def _acquire(lens: Any, strategy: str, Z: np.ndarray, labelled: np.ndarray, k: i
     if strategy.endswith("-power"):
         return select_batch(scores, k, "power", beta=profile.al_power_beta, exclude=labelled, seed=seed)
     if strategy.endswith("-diverse"):
-        return select_batch(scores, k, "diverse", features=Z, exclude=labelled, seed=seed,
-                            prefilter=profile.al_prefilter)
+        return select_batch(
+            scores, k, "diverse", features=Z, exclude=labelled, seed=seed, prefilter=profile.al_prefilter
+        )
     if strategy.endswith("-cover"):
         return select_batch(scores, k, "cover", features=Z, exclude=labelled, seed=seed)
     return select_batch(scores, k, "topk", exclude=labelled)
 
 
-def run_one(data: Prepared, profile: Profile, strategy: str, seed: int, Z: np.ndarray, Z_fit: np.ndarray,
-            Z_test: np.ndarray, progress: Progress | None = None) -> list[dict[str, Any]]:
+def run_one(
+    data: Prepared,
+    profile: Profile,
+    strategy: str,
+    seed: int,
+    Z: np.ndarray,
+    Z_fit: np.ndarray,
+    Z_test: np.ndarray,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
     """One active-learning run: the metric after every (re)fit, as rows {labels, overall, <attr>…}."""
     rng = np.random.default_rng(seed)
     idx = random_labelled(data.S_pool, profile.al_init, rng)  # the same 20 for every strategy of a seed
@@ -132,7 +148,10 @@ def summarise(rows: list[dict[str, Any]], strategies: list[str], seeds: list[int
         for st in strategies:
             mean, std = curves[st].mean(0), curves[st].std(0, ddof=1) if len(seeds) > 1 else np.zeros(len(x))
             entry = {
-                "mean": mean.tolist(), "std": std.tolist(), "auc": aucs[st], "auc_mean_std": mean_std(aucs[st]),
+                "mean": mean.tolist(),
+                "std": std.tolist(),
+                "auc": aucs[st],
+                "auc_mean_std": mean_std(aucs[st]),
                 "final_mean_std": mean_std(curves[st][:, -1]),
                 "labels_to_random_final": labels_to_reach(x, mean, rand_final),
                 "labels_to_random_final_per_seed": [labels_to_reach(x, c, rand_final) for c in curves[st]],
@@ -166,8 +185,14 @@ def plot(summary: dict[str, Any], keys: list[str], title: str, path: Path) -> Pa
     return path
 
 
-def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] = ("mnist",),
-        data_dir: str = "../shared/data", strategies: tuple[str, ...] | None = None) -> dict[str, Any]:
+def run(
+    profile: Profile,
+    out: Path,
+    seeds: int = 3,
+    datasets: tuple[str, ...] = ("mnist",),
+    data_dir: str = "../shared/data",
+    strategies: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """Run Figure 8 on each data set; write al-curve.{json,csv,png} (one file per data set) under ``out``.
 
     ``strategies``: default the profile's ``al_strategies``; "random" must be among them.
@@ -194,7 +219,9 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
             full, vae_profile = prepare(name, profile, data_dir), profile
         n_pool = min(profile.al_pool or len(full.X_pool), len(full.X_pool))
         # The AL pool: the first n_pool items of the (shuffled) pool the base VAE was trained on.
-        data = dataclasses.replace(full, X_pool=full.X_pool[:n_pool], S_pool={k: v[:n_pool] for k, v in full.S_pool.items()})
+        data = dataclasses.replace(
+            full, X_pool=full.X_pool[:n_pool], S_pool={k: v[:n_pool] for k, v in full.S_pool.items()}
+        )
         bar = Progress(seeds * (len(strategies) * (profile.al_rounds + 1) + 1), f"al-curve {name}")
         rows: list[dict[str, Any]] = []
         for seed in range(seeds):
@@ -209,20 +236,41 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
         for r in rows:
             r["dataset"] = name
         all_rows += rows
-        plot(summary, keys, f"Figure 8 — {name}, profile {profile.name}, {seeds} seeds "
-             f"({profile.al_init} initial + {profile.al_batch}/round)", out / f"al-curve-{name}.png")
+        plot(
+            summary,
+            keys,
+            f"Figure 8 — {name}, profile {profile.name}, {seeds} seeds "
+            f"({profile.al_init} initial + {profile.al_batch}/round)",
+            out / f"al-curve-{name}.png",
+        )
         vae_note = "; one base VAE (seed 0) on the whole training split, shared by all seeds" if shared else ""
-        results[name] = {"summary": summary, "notes": f"{data.notes}; AL pool = the first {n_pool} pool items{vae_note}",
-                         "attributes": [a.name for a in data.attributes], "al_pool": n_pool,
-                         "wall_s": round(time.perf_counter() - t_name, 1)}
+        results[name] = {
+            "summary": summary,
+            "notes": f"{data.notes}; AL pool = the first {n_pool} pool items{vae_note}",
+            "attributes": [a.name for a in data.attributes],
+            "al_pool": n_pool,
+            "wall_s": round(time.perf_counter() - t_name, 1),
+        }
         print(format_table(name, summary, keys))
-    payload = {**header("al-curve", profile, seeds, datasets, started), "strategies": list(strategies),
-               "settings": {"al_init": profile.al_init, "al_batch": profile.al_batch, "rounds": profile.al_rounds,
-                            "n_flows": profile.n_flows, "lens_hidden": profile.lens_hidden,
-                            "lens_epochs_first": profile.al_epochs_first or profile.lens_epochs_first, "lens_epochs_warm": profile.lens_epochs_warm,
-                            "lens_extra": dict(profile.lens_extra), "alpha": profile.lens_alpha, "n_samples": profile.n_samples,
-                            "power_beta": profile.al_power_beta, "prefilter": profile.al_prefilter},
-               "results": results}
+    payload = {
+        **header("al-curve", profile, seeds, datasets, started),
+        "strategies": list(strategies),
+        "settings": {
+            "al_init": profile.al_init,
+            "al_batch": profile.al_batch,
+            "rounds": profile.al_rounds,
+            "n_flows": profile.n_flows,
+            "lens_hidden": profile.lens_hidden,
+            "lens_epochs_first": profile.al_epochs_first or profile.lens_epochs_first,
+            "lens_epochs_warm": profile.lens_epochs_warm,
+            "lens_extra": dict(profile.lens_extra),
+            "alpha": profile.lens_alpha,
+            "n_samples": profile.n_samples,
+            "power_beta": profile.al_power_beta,
+            "prefilter": profile.al_prefilter,
+        },
+        "results": results,
+    }
     payload = save_outputs(out, "al-curve", payload, all_rows)
     return payload
 
@@ -235,9 +283,15 @@ def format_table(name: str, summary: dict[str, Any], keys: list[str]) -> str:
     for key in keys:
         for st, e in summary[key]["strategies"].items():
             vs = e.get("vs_random_auc") or {}
-            rows.append({"data": name, "metric": key, "strategy": st,
-                         "AUC": f"{e['auc_mean_std'][0]:.1f} ± {e['auc_mean_std'][1]:.1f}",
-                         "final": f"{e['final_mean_std'][0]:.1f} ± {e['final_mean_std'][1]:.1f}",
-                         "labels→random final": e["labels_to_random_final"],
-                         "p (t, vs random)": None if vs.get("p_ttest") is None else f"{vs['p_ttest']:.3f}"})
+            rows.append(
+                {
+                    "data": name,
+                    "metric": key,
+                    "strategy": st,
+                    "AUC": f"{e['auc_mean_std'][0]:.1f} ± {e['auc_mean_std'][1]:.1f}",
+                    "final": f"{e['final_mean_std'][0]:.1f} ± {e['final_mean_std'][1]:.1f}",
+                    "labels→random final": e["labels_to_random_final"],
+                    "p (t, vs random)": None if vs.get("p_ttest") is None else f"{vs['p_ttest']:.3f}",
+                }
+            )
     return table(rows, ["data", "metric", "strategy", "AUC", "final", "labels→random final", "p (t, vs random)"])

@@ -98,8 +98,17 @@ PROFILE_SPECS: dict[str, Profile] = {
             "mnist": DataSize(pool=600, eval_fit=200, eval_test=200, vae_epochs=2, n_labels=200),
             "shapes": DataSize(pool=500, eval_fit=200, eval_test=200, vae_epochs=2, n_labels=200),
         },
-        lens_epochs_first=30, lens_epochs_warm=10, n_flows=4, lens_hidden=64, al_rounds=2,
-        jlvm_betas=(1.0,), iwae_k=10, clf_epochs=3, clf_pool=600, clf_labels=200, n_samples=16,
+        lens_epochs_first=30,
+        lens_epochs_warm=10,
+        n_flows=4,
+        lens_hidden=64,
+        al_rounds=2,
+        jlvm_betas=(1.0,),
+        iwae_k=10,
+        clf_epochs=3,
+        clf_pool=600,
+        clf_labels=200,
+        n_samples=16,
     ),
     "cpu": Profile(
         "cpu",
@@ -110,10 +119,22 @@ PROFILE_SPECS: dict[str, Profile] = {
             "mnist": DataSize(pool=5000, eval_fit=1000, eval_test=1000, vae_epochs=30, n_labels=1000, lens_epochs=200),
             "shapes": DataSize(pool=3000, eval_fit=1000, eval_test=1000, vae_epochs=8, n_labels=1000, lens_epochs=334),
         },
-        lens_epochs_first=40, lens_epochs_warm=12, n_flows=32, lens_hidden=128, al_rounds=6, lens_alpha=300.0,
-        lens_extra={"propagation_weight": 3000.0}, al_pool=3000, al_epochs_first=40, al_shared_vae=True,
+        lens_epochs_first=40,
+        lens_epochs_warm=12,
+        n_flows=32,
+        lens_hidden=128,
+        al_rounds=6,
+        lens_alpha=300.0,
+        lens_extra={"propagation_weight": 3000.0},
+        al_pool=3000,
+        al_epochs_first=40,
+        al_shared_vae=True,
         al_strategies=("ilvm-bald", "ilvm-bald-power", "ilvm-bald-diverse", "ilvm-bald-cover", "max-entropy", "random"),
-        jlvm_betas=(1.0, 10.0), iwae_k=100, clf_epochs=4, clf_pool=5000, clf_labels=1000,
+        jlvm_betas=(1.0, 10.0),
+        iwae_k=100,
+        clf_epochs=4,
+        clf_pool=5000,
+        clf_labels=1000,
         label_curve_size=DataSize(pool=60000, eval_fit=2000, eval_test=8000, vae_epochs=20, n_labels=1000),
         label_counts=(100, 300, 1000, 3000, 10000),
     ),
@@ -124,10 +145,19 @@ PROFILE_SPECS: dict[str, Profile] = {
             "mnist": DataSize(pool=60000, eval_fit=2000, eval_test=8000, vae_epochs=30, n_labels=1000),
             "shapes": DataSize(pool=20000, eval_fit=2000, eval_test=4000, vae_epochs=30, n_labels=1000),
         },
-        lens_epochs_first=40, lens_epochs_warm=5, n_flows=32, lens_hidden=128, al_rounds=20, lens_alpha=300.0,
+        lens_epochs_first=40,
+        lens_epochs_warm=5,
+        n_flows=32,
+        lens_hidden=128,
+        al_rounds=20,
+        lens_alpha=300.0,
         lens_extra={"propagation_weight": 3000.0},
         al_strategies=("ilvm-bald", "ilvm-bald-cover", "max-entropy", "random"),
-        jlvm_betas=(0.1, 1.0, 10.0), iwae_k=1000, clf_epochs=10, clf_pool=60000, clf_labels=1000,
+        jlvm_betas=(0.1, 1.0, 10.0),
+        iwae_k=1000,
+        clf_epochs=10,
+        clf_pool=60000,
+        clf_labels=1000,
         label_curve_size=DataSize(pool=60000, eval_fit=2000, eval_test=8000, vae_epochs=30, n_labels=1000),
         label_counts=(100, 300, 1000, 3000, 10000),
     ),
@@ -169,7 +199,9 @@ def check_data_dir(data_dir: str | os.PathLike[str]) -> Path:
     root = Path(data_dir)
     mnist = root / "mnist"
     if not root.is_dir():
-        raise ValueError(f"data directory {str(root)!r} does not exist (pass --data-dir pointing at the folder holding mnist/)")
+        raise ValueError(
+            f"data directory {str(root)!r} does not exist (pass --data-dir pointing at the folder holding mnist/)"
+        )
     if not mnist.is_dir():
         raise ValueError(f"data directory {str(root)!r} has no mnist/ folder (expected {str(mnist)!r})")
     return mnist
@@ -197,8 +229,14 @@ def prepare(name: str, profile: Profile, data_dir: str | os.PathLike[str] = DEFA
         truth = {"digit": ds.factors["digit"]}
         X = ds.images
         return Prepared(
-            name, attrs, X[parts[0]], {k: v[parts[0]] for k, v in truth.items()},
-            X[parts[1]], {k: v[parts[1]] for k, v in truth.items()}, X[parts[2]], {k: v[parts[2]] for k, v in truth.items()},
+            name,
+            attrs,
+            X[parts[0]],
+            {k: v[parts[0]] for k, v in truth.items()},
+            X[parts[1]],
+            {k: v[parts[1]] for k, v in truth.items()},
+            X[parts[2]],
+            {k: v[parts[2]] for k, v in truth.items()},
             vae_kwargs={"image_shape": (1, 8, 8), "channels": (64, 128), "hidden": 256, "latent_dim": 10},
             notes="scikit-learn digits (8×8), one shuffled split",
         )
@@ -217,15 +255,19 @@ def prepare(name: str, profile: Profile, data_dir: str | os.PathLike[str] = DEFA
         lev_pool, edges = thickness_levels(thick_pool, 5)
         lev_fit, _ = thickness_levels(stroke_thickness(X_fit), edges=edges)
         lev_test, _ = thickness_levels(stroke_thickness(X_test), edges=edges)
-        attrs = [Attribute("digit", "categorical", _levels("", 10)),
-                 Attribute("thickness", "ordinal", _levels("t", 5))]
+        attrs = [Attribute("digit", "categorical", _levels("", 10)), Attribute("thickness", "ordinal", _levels("t", 5))]
         return Prepared(
-            name, attrs, X_pool, {"digit": train.factors["label"][pool_idx], "thickness": lev_pool},
-            X_fit, {"digit": test.factors["label"][fit_idx], "thickness": lev_fit},
-            X_test, {"digit": test.factors["label"][test_idx], "thickness": lev_test},
+            name,
+            attrs,
+            X_pool,
+            {"digit": train.factors["label"][pool_idx], "thickness": lev_pool},
+            X_fit,
+            {"digit": test.factors["label"][fit_idx], "thickness": lev_fit},
+            X_test,
+            {"digit": test.factors["label"][test_idx], "thickness": lev_test},
             vae_kwargs={"image_shape": (1, 28, 28), "channels": (64, 128), "hidden": 1024, "latent_dim": 10},
             notes=f"MNIST: pool = {size.pool} of the 60,000 training images; metric sets from the test split; "
-                  f"thickness edges {np.round(edges, 2).tolist()} px",
+            f"thickness edges {np.round(edges, 2).tolist()} px",
         )
     from ml.data import make_shapes
 
@@ -233,12 +275,19 @@ def prepare(name: str, profile: Profile, data_dir: str | os.PathLike[str] = DEFA
     ds = make_shapes(n, seed=1234, size=32, position_range=0.5)
     parts = np.split(np.arange(n), [size.pool, size.pool + size.eval_fit])
     truth = {"shape": ds.factors["shape"], "scale": ds.factors["scale"]}
-    attrs = [Attribute("shape", "categorical", ("square", "ellipse", "heart")),
-             Attribute("scale", "ordinal", _levels("s", 6))]
+    attrs = [
+        Attribute("shape", "categorical", ("square", "ellipse", "heart")),
+        Attribute("scale", "ordinal", _levels("s", 6)),
+    ]
     return Prepared(
-        name, attrs, ds.images[parts[0]], {k: v[parts[0]] for k, v in truth.items()},
-        ds.images[parts[1]], {k: v[parts[1]] for k, v in truth.items()},
-        ds.images[parts[2]], {k: v[parts[2]] for k, v in truth.items()},
+        name,
+        attrs,
+        ds.images[parts[0]],
+        {k: v[parts[0]] for k, v in truth.items()},
+        ds.images[parts[1]],
+        {k: v[parts[1]] for k, v in truth.items()},
+        ds.images[parts[2]],
+        {k: v[parts[2]] for k, v in truth.items()},
         vae_kwargs={"image_shape": (1, 32, 32), "channels": (64, 128), "hidden": 1024, "latent_dim": 10},
         notes="dSprites-like shapes (32×32, position_range 0.5, rotation and position as nuisances)",
     )
@@ -278,8 +327,9 @@ def mean_kl(model: Any, X: np.ndarray) -> float:
     return float(np.mean(0.5 * (mu**2 + np.exp(lv) - 1.0 - lv).sum(1)))
 
 
-def fit_healthy(make: Callable[[int], Any], X: np.ndarray, seed: int, label: str,
-                progress: Progress | None = None) -> tuple[Any, dict[str, Any]]:
+def fit_healthy(
+    make: Callable[[int], Any], X: np.ndarray, seed: int, label: str, progress: Progress | None = None
+) -> tuple[Any, dict[str, Any]]:
     """Fit ``make(seed)`` on X; if its posterior collapsed (mean KL < 1 nat), refit once with seed + 1000.
 
     Measured: the cpu-profile MNIST VAE of seed 2 stuck at the KL = 0 solution (208 nats per image
@@ -312,8 +362,15 @@ def save_health(model_path: Path, health: dict[str, Any]) -> None:
     _health_path(model_path).write_text(json.dumps(health))
 
 
-def cached_healthy(path: Path, loader: Callable[[Path], Any], factory: Callable[[int], Any], data: Prepared,
-                   seed: int, label: str, progress: Progress | None = None) -> Any:
+def cached_healthy(
+    path: Path,
+    loader: Callable[[Path], Any],
+    factory: Callable[[int], Any],
+    data: Prepared,
+    seed: int,
+    label: str,
+    progress: Progress | None = None,
+) -> Any:
     """A model trained once with the collapse check (``fit_healthy``) and cached at ``path``.
 
     A cached model without a health record (written before the check existed) is checked now.
@@ -349,8 +406,7 @@ def model_key(kind: str, data: Prepared, **settings: Any) -> str:
     h = hashlib.sha256()
     for name in MODEL_CODE[kind]:
         h.update(Path(importlib.import_module(name).__file__).read_bytes())
-    h.update(json.dumps({"settings": settings, "vae_kwargs": data.vae_kwargs}, sort_keys=True,
-                        default=str).encode())
+    h.update(json.dumps({"settings": settings, "vae_kwargs": data.vae_kwargs}, sort_keys=True, default=str).encode())
     h.update(np.ascontiguousarray(data.X_pool).tobytes())  # the images it is trained on
     return h.hexdigest()[:10]
 
@@ -362,10 +418,15 @@ def base_vae(data: Prepared, profile: Profile, seed: int, cache_dir: Path, progr
     epochs = profile.sizes[data.name].vae_epochs
     # The training length is in the name for a reader; the key changes with the code and settings.
     key = model_key("vae", data, epochs=epochs)
-    return cached_healthy(cache_dir / f"vae-{data.name}-{profile.name}-e{epochs}-seed{seed}-{key}.pt",
-                          lambda p: VAE.load(p, device="cpu"),
-                          lambda s: VAE(**data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
-                          data, seed, f"VAE {data.name}", progress)
+    return cached_healthy(
+        cache_dir / f"vae-{data.name}-{profile.name}-e{epochs}-seed{seed}-{key}.pt",
+        lambda p: VAE.load(p, device="cpu"),
+        lambda s: VAE(**data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
+        data,
+        seed,
+        f"VAE {data.name}",
+        progress,
+    )
 
 
 def health_report(cache_dir: Path, pattern: str) -> list[dict[str, Any]]:
@@ -388,8 +449,14 @@ def make_lens(data: Prepared, profile: Profile, seed: int, epochs: int) -> Any:
     from ml.lens import InterpretableLens
 
     return InterpretableLens(
-        data.attributes, n_flows=profile.n_flows, hidden=profile.lens_hidden, epochs=epochs,
-        alpha=profile.lens_alpha, device="cpu", seed=seed, **dict(profile.lens_extra),
+        data.attributes,
+        n_flows=profile.n_flows,
+        hidden=profile.lens_hidden,
+        epochs=epochs,
+        alpha=profile.lens_alpha,
+        device="cpu",
+        seed=seed,
+        **dict(profile.lens_extra),
     )
 
 
@@ -419,8 +486,13 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     from scipy import stats
 
     x, y = np.asarray(a, float), np.asarray(b, float)
-    out: dict[str, Any] = {"n": int(x.size), "mean_diff": float(np.mean(x - y)) if x.size else float("nan"),
-                           "t": None, "p_ttest": None, "p_wilcoxon": None}
+    out: dict[str, Any] = {
+        "n": int(x.size),
+        "mean_diff": float(np.mean(x - y)) if x.size else float("nan"),
+        "t": None,
+        "p_ttest": None,
+        "p_wilcoxon": None,
+    }
     if x.size >= 2 and np.any(x != y):
         t = stats.ttest_rel(x, y)
         out["t"], out["p_ttest"] = float(t.statistic), float(t.pvalue)
@@ -444,8 +516,10 @@ class Progress:
     def _draw(self, frac: float) -> None:
         filled = int(self.width * min(frac, 1.0))
         elapsed = time.perf_counter() - self.start
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-                          f"{self.done}/{self.total} {elapsed:6.0f}s {self.detail[:50]:<50}")
+        self.stream.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
+            f"{self.done}/{self.total} {elapsed:6.0f}s {self.detail[:50]:<50}"
+        )
         self.stream.flush()
 
     def step(self, detail: str = "") -> None:
@@ -456,9 +530,11 @@ class Progress:
 
     def sub(self, detail: str) -> Callable[[float, dict[str, Any]], None]:
         """A ``progress(fraction, info)`` callback for one fit inside the current step."""
+
         def cb(fraction: float, info: dict[str, Any]) -> None:
             self.detail = f"{detail} {100 * fraction:3.0f}%"
             self._draw((self.done + fraction) / self.total)
+
         return cb
 
     def close(self) -> None:
@@ -533,8 +609,12 @@ def _clean(v: Any) -> Any:
 def header(experiment: str, profile: Profile, seeds: int, datasets: Sequence[str], started: float) -> dict[str, Any]:
     """The common part of every result JSON: what ran, where, how long."""
     return {
-        "experiment": experiment, "profile": profile.name, "seeds": seeds, "datasets": list(datasets),
-        "wall_s": round(time.perf_counter() - started, 1), "machine": machine(),
+        "experiment": experiment,
+        "profile": profile.name,
+        "seeds": seeds,
+        "datasets": list(datasets),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "machine": machine(),
         "sizes": {d: vars(profile.sizes[d]) for d in datasets},
     }
 

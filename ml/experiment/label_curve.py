@@ -63,20 +63,51 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # the training length (half of planar-long's 40 epochs).
     "planar-long-a1000+propagation": {**_LONG, "alpha": 1000.0, "propagation_weight": 3000.0},
     "planar-e20+propagation": {**_LONG, "epochs": 20, "propagation_weight": 3000.0},
-    "coupling+propagation": {"flow": "coupling", "n_flows": 8, "hidden": 128, "alpha": 1000.0, "epochs": 40,
-                             "propagation_weight": 1000.0},
+    "coupling+propagation": {
+        "flow": "coupling",
+        "n_flows": 8,
+        "hidden": 128,
+        "alpha": 1000.0,
+        "epochs": 40,
+        "propagation_weight": 1000.0,
+    },
     # Flow family and depth, α and the number of epochs chosen by 2-fold CV on the labelled items
     # (two folds rather than the default three for time on a 2-core CPU: 4 flow candidates, then
     # 3 values of α, then possibly the winner's length: 16 selection fits instead of 24).
-    "auto+propagation": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128, "propagation_weight": 3000.0,
-                         "selection_folds": 2},
-    "auto+propagation-3folds": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128,
-                                "propagation_weight": 3000.0, "selection_folds": 3},
-    "auto+propagation+consistency": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128,
-                                     "propagation_weight": 3000.0, "consistency_weight": 1000.0,
-                                     "selection_folds": 2},
-    "auto+propagation-2dims": {"flow": "auto", "alpha": "auto", "n_flows": 32, "hidden": 128,
-                                 "propagation_weight": 3000.0, "dims_per_attribute": 2, "selection_folds": 2},
+    "auto+propagation": {
+        "flow": "auto",
+        "alpha": "auto",
+        "n_flows": 32,
+        "hidden": 128,
+        "propagation_weight": 3000.0,
+        "selection_folds": 2,
+    },
+    "auto+propagation-3folds": {
+        "flow": "auto",
+        "alpha": "auto",
+        "n_flows": 32,
+        "hidden": 128,
+        "propagation_weight": 3000.0,
+        "selection_folds": 3,
+    },
+    "auto+propagation+consistency": {
+        "flow": "auto",
+        "alpha": "auto",
+        "n_flows": 32,
+        "hidden": 128,
+        "propagation_weight": 3000.0,
+        "consistency_weight": 1000.0,
+        "selection_folds": 2,
+    },
+    "auto+propagation-2dims": {
+        "flow": "auto",
+        "alpha": "auto",
+        "n_flows": 32,
+        "hidden": 128,
+        "propagation_weight": 3000.0,
+        "dims_per_attribute": 2,
+        "selection_folds": 2,
+    },
 }
 # Not a lens: a supervised classifier (MLP, 2×256) on all of z per attribute, trained on the same
 # labels and scored on the test items like the metric (100·exp(mean log p(true level))). It bounds
@@ -110,8 +141,16 @@ def _metric(lens: Any, Z_fit: np.ndarray, Z_test: np.ndarray, data: Prepared, se
     return out
 
 
-def run_point(data: Prepared, Z: np.ndarray, Z_fit: np.ndarray, Z_test: np.ndarray, config: str, n_labels: int,
-              seed: int, bar: Progress) -> dict[str, Any]:
+def run_point(
+    data: Prepared,
+    Z: np.ndarray,
+    Z_fit: np.ndarray,
+    Z_test: np.ndarray,
+    config: str,
+    n_labels: int,
+    seed: int,
+    bar: Progress,
+) -> dict[str, Any]:
     """Fit one configuration on ``n_labels`` random labels (seed) and measure it: one CSV row."""
     from ml.lens import InterpretableLens
 
@@ -122,16 +161,28 @@ def run_point(data: Prepared, Z: np.ndarray, Z_fit: np.ndarray, Z_test: np.ndarr
     t0 = time.perf_counter()
     lens = InterpretableLens(data.attributes, device="cpu", seed=seed, **CONFIGS[config])
     lens.fit(Z, S, progress=bar.sub(f"{config} n={n_labels} s{seed}"))
-    row: dict[str, Any] = {"config": config, "n_labels": int(idx.size), "seed": seed,
-                           "flow": lens.config_.flow, "n_flows": lens.config_.n_flows, "alpha": lens.alpha_,
-                           "weight_decay": lens.config_.weight_decay, "epochs": len(lens.history_),
-                           "fit_s": round(time.perf_counter() - t0, 1)}
+    row: dict[str, Any] = {
+        "config": config,
+        "n_labels": int(idx.size),
+        "seed": seed,
+        "flow": lens.config_.flow,
+        "n_flows": lens.config_.n_flows,
+        "alpha": lens.alpha_,
+        "weight_decay": lens.config_.weight_decay,
+        "epochs": len(lens.history_),
+        "fit_s": round(time.perf_counter() - t0, 1),
+    }
     if lens.selection_:
-        row["selection"] = json.dumps({"chosen": lens.selection_["chosen"],
-                                       "scores": [[c["settings"], round(c["score"], 4), c["best_steps"]]
-                                                  for c in lens.selection_["candidates"]],
-                                       "length_steps": (lens.selection_.get("length") or {}).get("best_steps"),
-                                       "final_steps": lens.selection_.get("final_steps")})
+        row["selection"] = json.dumps(
+            {
+                "chosen": lens.selection_["chosen"],
+                "scores": [
+                    [c["settings"], round(c["score"], 4), c["best_steps"]] for c in lens.selection_["candidates"]
+                ],
+                "length_steps": (lens.selection_.get("length") or {}).get("best_steps"),
+                "final_steps": lens.selection_.get("final_steps"),
+            }
+        )
     # Fit accuracy on the lens's own labelled items: memorisation shows as a gap to the test accuracy.
     pred = lens.predict(Z[idx])
     for a in data.attributes:
@@ -201,9 +252,16 @@ def _merge_rows(path: Path, rows: list[dict[str, Any]], profile: str) -> list[di
     return kept + rows
 
 
-def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] = ("mnist",),
-        data_dir: str = "../shared/data", configs: Sequence[str] | None = None,
-        label_counts: Sequence[int] | None = None, first_seed: int = 0) -> dict[str, Any]:
+def run(
+    profile: Profile,
+    out: Path,
+    seeds: int = 3,
+    datasets: tuple[str, ...] = ("mnist",),
+    data_dir: str = "../shared/data",
+    configs: Sequence[str] | None = None,
+    label_counts: Sequence[int] | None = None,
+    first_seed: int = 0,
+) -> dict[str, Any]:
     """The label curve; writes label-curve.{json,csv,png} under ``out`` and prints the table.
 
     Seeds ``first_seed`` … ``first_seed + seeds − 1``: separate runs (one per core, say) may fill in
@@ -264,20 +322,35 @@ def _settings_of(config: str, earlier: dict[str, Any]) -> dict[str, Any]:
     return earlier.get("settings", {}).get("configs", {}).get(config, {})  # a configuration since renamed
 
 
-def _write(out: Path, jpath: Path, rows: list[dict[str, Any]], profile: Profile, prof: Profile, seeds: int,
-           started: float, data: Prepared, raw: dict[str, Any], run_id: str) -> dict[str, Any]:
+def _write(
+    out: Path,
+    jpath: Path,
+    rows: list[dict[str, Any]],
+    profile: Profile,
+    prof: Profile,
+    seeds: int,
+    started: float,
+    data: Prepared,
+    raw: dict[str, Any],
+    run_id: str,
+) -> dict[str, Any]:
     """Merge this run's rows with the earlier ones and write label-curve.{json,csv,png}."""
     earlier = json.loads(jpath.read_text()) if jpath.exists() else {}
     same = earlier.get("profile") == profile.name
     rows = _merge_rows(jpath, rows, profile.name)
-    keys = ["overall"] + [k for a in data.attributes for k in (a.name, f"{a.name}_accuracy", f"{a.name}_train_accuracy")]
+    keys = ["overall"] + [
+        k for a in data.attributes for k in (a.name, f"{a.name}_accuracy", f"{a.name}_train_accuracy")
+    ]
     keys += sorted({k for r in rows for k in r if re.fullmatch(r".+_\d+d", k)})  # k-dimension scores
     payload = {
         **header(STEM, prof, seeds, ["mnist"], started),
         "profile": profile.name,
-        "settings": {"configs": {c: _settings_of(c, earlier) for c in dict.fromkeys(r["config"] for r in rows)},
-                     "label_counts": sorted({int(r["n_labels"]) for r in rows}), "base_vae_seed": 0,
-                     "paper_ilvm_mnist": PAPER_ILVM_MNIST},
+        "settings": {
+            "configs": {c: _settings_of(c, earlier) for c in dict.fromkeys(r["config"] for r in rows)},
+            "label_counts": sorted({int(r["n_labels"]) for r in rows}),
+            "base_vae_seed": 0,
+            "paper_ilvm_mnist": PAPER_ILVM_MNIST,
+        },
         "notes": data.notes,
         "raw_z": raw,
         "summary": summarise(rows, keys),
@@ -302,9 +375,14 @@ def format_table(payload: dict[str, Any]) -> str:
     from ml.bench.common import table
 
     attrs = ["digit", "thickness"]
-    rows = [{"config": "raw z", "labels": "–",
-             **{a: f"{payload['raw_z'][a]:.1f}" for a in attrs},
-             **{f"{a} acc": f"{100 * payload['raw_z'][f'{a}_accuracy']:.1f}%" for a in attrs}}]
+    rows = [
+        {
+            "config": "raw z",
+            "labels": "–",
+            **{a: f"{payload['raw_z'][a]:.1f}" for a in attrs},
+            **{f"{a} acc": f"{100 * payload['raw_z'][f'{a}_accuracy']:.1f}%" for a in attrs},
+        }
+    ]
     for config, per_n in payload["summary"].items():
         for n, e in per_n.items():
             row: dict[str, Any] = {"config": config, "labels": f"{n} ×{e['seeds']}"}

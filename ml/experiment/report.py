@@ -1,8 +1,9 @@
 """Write EXPERIMENTS.md from the experiments' JSON results (``lenslab experiment report --out DIR``).
 
 Every number in the report is read from ``al-curve.json``, ``table1.json``, ``table2.json``,
-``lens-on-classifier.json`` and ``label-curve.json`` under the results directory; a missing file is reported as not run.
-The reproduction checks (acquisition beats random, lens beats raw z, lens beats β-VAE) are evaluated here from the same numbers.
+``lens-on-classifier.json`` and ``label-curve.json`` under the results directory; a missing file is
+reported as not run. The reproduction checks (acquisition beats random, lens beats raw z, lens beats
+β-VAE) are evaluated here from the same numbers.
 """
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ def _run_line(res: dict[str, Any]) -> str:
         source = f"code at commit `{m['commit'][:12]}`" + (" with uncommitted changes" if m.get("dirty") else "")
     else:
         source = "commit not recorded (measured before results kept their provenance)"
-    return (f"Profile `{res['profile']}`, {res['seeds']} seeds, data sets {', '.join(res['datasets'])}; "
-            f"{res['wall_s'] / 60:.1f} min wall on {m['cpu_count']} CPU(s) ({m['platform']}, torch {m['torch']}), "
-            f"measured {m['measured_at']}; {source}.")
+    return (
+        f"Profile `{res['profile']}`, {res['seeds']} seeds, data sets {', '.join(res['datasets'])}; "
+        f"{res['wall_s'] / 60:.1f} min wall on {m['cpu_count']} CPU(s) ({m['platform']}, torch {m['torch']}), "
+        f"measured {m['measured_at']}; {source}."
+    )
 
 
 def _variants(s: dict[str, Any], strategies: list[str]) -> str:
@@ -70,28 +73,37 @@ def _variants(s: dict[str, Any], strategies: list[str]) -> str:
     rules = {
         "ilvm-bald": f"`ilvm-bald` takes the {k} items of highest BALD",
         "ilvm-bald-power": f"`ilvm-bald-power` draws them ∝ BALD^{s.get('power_beta', 1.0):g} (Kirsch et al. 2023)",
-        "ilvm-bald-diverse": (f"`ilvm-bald-diverse` clusters the {s.get('prefilter', 10) * k} items of highest BALD by "
-                              f"BALD-weighted k-means in z and takes the item nearest each of the {k} centres (Zhdanov 2019)"),
-        "ilvm-bald-cover": (f"`ilvm-bald-cover` splits z into (labelled + {k}) k-means regions and takes, from each of the "
-                            f"{k} regions with the fewest labels per item (none first, larger first), the item of highest BALD × "
-                            f"density (density = 1 / mean distance to its 20 nearest unlabelled neighbours in the region; "
-                            f"after TypiClust, Hacohen et al. 2022; information density, Settles & Craven 2008)"),
-        "typiclust": ("`typiclust` is the regions-and-density rule of `ilvm-bald-cover` without BALD (density alone; "
-                      "the control)"),
+        "ilvm-bald-diverse": (
+            f"`ilvm-bald-diverse` clusters the {s.get('prefilter', 10) * k} items of highest BALD by "
+            f"BALD-weighted k-means in z and takes the item nearest each of the {k} centres (Zhdanov 2019)"
+        ),
+        "ilvm-bald-cover": (
+            f"`ilvm-bald-cover` splits z into (labelled + {k}) k-means regions and takes, from each of the "
+            f"{k} regions with the fewest labels per item (none first, larger first), the item of highest BALD × "
+            f"density (density = 1 / mean distance to its 20 nearest unlabelled neighbours in the region; "
+            f"after TypiClust, Hacohen et al. 2022; information density, Settles & Craven 2008)"
+        ),
+        "typiclust": (
+            "`typiclust` is the regions-and-density rule of `ilvm-bald-cover` without BALD (density alone; the control)"
+        ),
     }
     return "; ".join(rules[st] for st in strategies if st in rules) or "no BALD strategy in this run"
 
 
 def _al_table(r: dict[str, Any]) -> list[str]:
     """One data set's AUC table: every metric key and strategy, with the tests against random."""
-    lines = ["| metric | strategy | AUC | final score | labels → random final | p (t) | p (Wilcoxon) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| metric | strategy | AUC | final score | labels → random final | p (t) | p (Wilcoxon) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, summ in r["summary"].items():
         for st, e in summ["strategies"].items():
             vs = e.get("vs_random_auc")
-            lines.append(f"| {key} | {st} | {fmt_ms(*e['auc_mean_std'])} | {fmt_ms(*e['final_mean_std'])} | "
-                         f"{e['labels_to_random_final'] if e['labels_to_random_final'] is not None else 'not reached'} "
-                         f"| {_p(vs)} | {_p(vs, 'p_wilcoxon')} |")
+            lines.append(
+                f"| {key} | {st} | {fmt_ms(*e['auc_mean_std'])} | {fmt_ms(*e['final_mean_std'])} | "
+                f"{e['labels_to_random_final'] if e['labels_to_random_final'] is not None else 'not reached'} "
+                f"| {_p(vs)} | {_p(vs, 'p_wilcoxon')} |"
+            )
     return lines
 
 
@@ -99,18 +111,24 @@ def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
     if res is None:
         return "## Figure 8 — active learning\n\nNot run yet (`lenslab experiment al-curve`).\n"
     s = res["settings"]
-    lines = ["## Figure 8 — active learning (simulated oracle)\n", _run_line(res) + "\n",
-             f"{s['al_init']} random labels to start, {s['al_batch']} acquired per round, {s['rounds']} rounds; lens: "
-             f"{s['n_flows']} planar flows, hidden {s['lens_hidden']}, {s['lens_epochs_first']} epochs on the first fit "
-             f"then {s['lens_epochs_warm']} per warm-started round, regularisers: {_extra(s)}, "
-             f"α = {_alpha(s)}, "
-             f"{s['n_samples']} z* samples for BALD; {_variants(s, res.get('strategies', []))}. The metric is fitted on the held-out `fit` set and scored on `test` "
-             "after every fit. AUC = mean score over the label range (trapezoids); 'labels → random final' = the first "
-             "label count at which the strategy's mean curve reaches random acquisition's final mean score; p = paired "
-             "t-test (Wilcoxon beside it) of the per-seed AUCs against random's.\n"]
+    lines = [
+        "## Figure 8 — active learning (simulated oracle)\n",
+        _run_line(res) + "\n",
+        f"{s['al_init']} random labels to start, {s['al_batch']} acquired per round, {s['rounds']} rounds; lens: "
+        f"{s['n_flows']} planar flows, hidden {s['lens_hidden']}, {s['lens_epochs_first']} epochs on the first fit "
+        f"then {s['lens_epochs_warm']} per warm-started round, regularisers: {_extra(s)}, "
+        f"α = {_alpha(s)}, "
+        f"{s['n_samples']} z* samples for BALD; {_variants(s, res.get('strategies', []))}. The metric is fitted on the "
+        "held-out `fit` set and scored on `test` "
+        "after every fit. AUC = mean score over the label range (trapezoids); 'labels → random final' = the first "
+        "label count at which the strategy's mean curve reaches random acquisition's final mean score; p = paired "
+        "t-test (Wilcoxon beside it) of the per-seed AUCs against random's.\n",
+    ]
     # Runs kept in subfolders (controls, ablations) beside the main one, each with its own settings.
-    others = [(sub.parent.relative_to(out).as_posix(), json.loads(sub.read_text()))
-              for sub in sorted(out.glob("al-curve-*/al-curve.json"))]
+    others = [
+        (sub.parent.relative_to(out).as_posix(), json.loads(sub.read_text()))
+        for sub in sorted(out.glob("al-curve-*/al-curve.json"))
+    ]
     for name, r in res["results"].items():
         lines.append(f"### {name}\n\n{r['notes']}.\n")
         lines += _al_table(r)
@@ -119,8 +137,10 @@ def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
         for rel, other in others:
             if name not in other.get("results", {}):
                 continue
-            lines.append(f"\nAlso run, in `{rel}/` ({other['seeds']} seeds, strategies "
-                         f"{', '.join(other.get('strategies', []))}; regularisers: {_extra(other['settings'])}):\n")
+            lines.append(
+                f"\nAlso run, in `{rel}/` ({other['seeds']} seeds, strategies "
+                f"{', '.join(other.get('strategies', []))}; regularisers: {_extra(other['settings'])}):\n"
+            )
             lines += _al_table(other["results"][name])
         if name == "mnist":
             for key in ("digit", "thickness", "overall"):
@@ -134,10 +154,12 @@ def _al_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
                     lb, lr = b["labels_to_random_final"], rnd["labels_to_random_final"]
                     fewer = lb is not None and lr is not None and lb < lr
                     checks.append(
-                        f"- MNIST {key}: `{st}` mean AUC {b['auc_mean_std'][0]:.1f} vs random {rnd['auc_mean_std'][0]:.1f} "
+                        f"- MNIST {key}: `{st}` mean AUC {b['auc_mean_std'][0]:.1f} vs random "
+                        f"{rnd['auc_mean_std'][0]:.1f} "
                         f"(paired t p = {_p(b.get('vs_random_auc'))}) — "
                         f"{verdict(b['auc_mean_std'][0], rnd['auc_mean_std'][0], b.get('vs_random_auc'))}; "
-                        f"labels to reach random's final score: {lb if lb is not None else 'not reached'} vs random {lr} "
+                        f"labels to reach random's final score: {lb if lb is not None else 'not reached'} vs random "
+                        f"{lr} "
                         f"— {'**met**' if fewer else '**not met**'}."
                     )
     return "\n".join(lines) + "\n"
@@ -177,21 +199,28 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
     if res is None:
         return "## Table 1 — interpretability metric\n\nNot run yet (`lenslab experiment table1`).\n"
     s = res["settings"]
-    lines = ["## Table 1 — interpretability metric\n", _run_line(res) + "\n",
-             f"ILVM: lens with {s['n_flows']} flows, hidden {s['lens_hidden']}, epochs per data set below, regularisers: "
-             f"{_extra(s)}, α = {_alpha(s)}. JLVM: β ∈ {s['jlvm_betas']} chosen per seed by "
-             f"the metric cross-fitted on the held-out `fit` set; λ from the labelled fraction. β-VAE: β = {s['beta_vae_beta']}, "
-             "no labels. Scores: mean ± std over seeds; `*` = significant win (paired t-test against every other "
-             "method, p < 0.05), the paper's bold.\n"]
+    lines = [
+        "## Table 1 — interpretability metric\n",
+        _run_line(res) + "\n",
+        f"ILVM: lens with {s['n_flows']} flows, hidden {s['lens_hidden']}, epochs per data set below, regularisers: "
+        f"{_extra(s)}, α = {_alpha(s)}. JLVM: β ∈ {s['jlvm_betas']} chosen per seed by "
+        "the metric cross-fitted on the held-out `fit` set; λ from the labelled fraction. β-VAE: β = "
+        f"{s['beta_vae_beta']}, "
+        "no labels. Scores: mean ± std over seeds; `*` = significant win (paired t-test against every other "
+        "method, p < 0.05), the paper's bold.\n",
+    ]
     for name, r in res["results"].items():
         keys = r["keys"]
         summ = r["summary"]
         epochs = r.get("lens_epochs", s["lens_epochs"])  # results saved before per-data-set lengths: the profile's
         lines.append(f"### {name} ({r['n_labels']} labelled pool items, lens {epochs} epochs)\n\n{r['notes']}.\n")
         for c in r.get("collapsed_and_retrained", []):
-            lines.append(f"- Posterior collapse: `{c['model']}` (seed {c['requested_seed']}) had mean KL "
-                         f"{c['collapsed'][0]['mean_kl']:.2f} nats (z carries nothing); retrained with seed "
-                         f"{c['used_seed']} (mean KL {c['mean_kl']:.1f}), as the rule in `ml/experiment/common.py` does for every model.")
+            lines.append(
+                f"- Posterior collapse: `{c['model']}` (seed {c['requested_seed']}) had mean KL "
+                f"{c['collapsed'][0]['mean_kl']:.2f} nats (z carries nothing); retrained with seed "
+                f"{c['used_seed']} (mean KL {c['mean_kl']:.1f}), as the rule in `ml/experiment/common.py` does for "
+                "every model."
+            )
         if r.get("collapsed_and_retrained"):
             lines.append("")
         lines.append("| method | " + " | ".join(keys) + (" | paper (MNIST) |" if name == "mnist" else " |"))
@@ -201,33 +230,50 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
             if m in collapsed:  # a model whose z carries nothing is not a competitor: reported, not ranked
                 cells = [f"collapsed on {collapsed[m]} of {res['seeds']} seeds (not ranked)" for _ in keys]
             else:
-                cells = [fmt_ms(*summ[k]["mean_std"][m]) + (" *" if summ[k]["significant"] and summ[k]["best"] == m
-                                                              else "") for k in keys]
-            paper = {"ILVM": "95.2", "JLVM": "89.8", "beta-VAE": "–", "no lens (VAE z)": "–"}[m] if name == "mnist" else None
+                cells = [
+                    fmt_ms(*summ[k]["mean_std"][m]) + (" *" if summ[k]["significant"] and summ[k]["best"] == m else "")
+                    for k in keys
+                ]
+            paper = (
+                {"ILVM": "95.2", "JLVM": "89.8", "beta-VAE": "–", "no lens (VAE z)": "–"}[m]
+                if name == "mnist"
+                else None
+            )
             lines.append(f"| {m} | " + " | ".join(cells) + (f" | {paper} |" if paper is not None else " |"))
         if name == "mnist":
             lines.append("| InfoGAN (paper only) | " + " | ".join("–" for _ in keys) + " | 83.3 |")
         lines.append("")
         best_p = {k: {m: t for m, t in summ[k]["best_vs"].items() if m not in collapsed} for k in keys}
-        lines.append("Paired t-tests of the best method against the others (p): " + "; ".join(
-            f"{k}: best {summ[k]['best']} — " + ", ".join(f"{m} {_p(t)}" for m, t in best_p[k].items()) for k in keys) + ".\n")
+        lines.append(
+            "Paired t-tests of the best method against the others (p): "
+            + "; ".join(
+                f"{k}: best {summ[k]['best']} — " + ", ".join(f"{m} {_p(t)}" for m, t in best_p[k].items())
+                for k in keys
+            )
+            + ".\n"
+        )
         if name == "mnist":
             for key in ("digit", "thickness"):
                 if key not in summ:
                     continue
                 ilvm, raw = summ[key]["mean_std"]["ILVM"][0], summ[key]["mean_std"]["no lens (VAE z)"][0]
                 t = paired_test(summ[key]["per_seed"]["ILVM"], summ[key]["per_seed"]["no lens (VAE z)"])
-                checks.append(f"- MNIST {key}: ILVM {ilvm:.1f} vs raw z {raw:.1f} (+{ilvm - raw:.1f} points, paired t "
-                              f"p = {_p(t)}; need +15) — {'**met**' if ilvm >= raw + 15 else '**not met**'}.")
+                checks.append(
+                    f"- MNIST {key}: ILVM {ilvm:.1f} vs raw z {raw:.1f} (+{ilvm - raw:.1f} points, paired t "
+                    f"p = {_p(t)}; need +15) — {'**met**' if ilvm >= raw + 15 else '**not met**'}."
+                )
             for key in ("overall", "digit", "thickness"):
                 if "beta-VAE" in collapsed:
-                    checks.append(f"- MNIST {key}: ILVM vs β-VAE — not compared: the β-VAE collapsed on "
-                                  f"{collapsed['beta-VAE']} of {res['seeds']} seeds.")
+                    checks.append(
+                        f"- MNIST {key}: ILVM vs β-VAE — not compared: the β-VAE collapsed on "
+                        f"{collapsed['beta-VAE']} of {res['seeds']} seeds."
+                    )
                     continue
                 ilvm, bv = summ[key]["mean_std"]["ILVM"][0], summ[key]["mean_std"]["beta-VAE"][0]
                 t = paired_test(summ[key]["per_seed"]["ILVM"], summ[key]["per_seed"]["beta-VAE"])
-                checks.append(f"- MNIST {key}: ILVM {ilvm:.1f} vs β-VAE {bv:.1f} (paired t p = {_p(t)}) — "
-                              f"{verdict(ilvm, bv, t)}.")
+                checks.append(
+                    f"- MNIST {key}: ILVM {ilvm:.1f} vs β-VAE {bv:.1f} (paired t p = {_p(t)}) — {verdict(ilvm, bv, t)}."
+                )
     lines.append(_img(out, md_dir, "table1.png"))
     return "\n".join(lines) + "\n"
 
@@ -235,17 +281,23 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
 def _t2_section(res: dict[str, Any] | None) -> str:
     if res is None:
         return "## Table 2 — test log-likelihood\n\nNot run yet (`lenslab experiment table2`).\n"
-    lines = ["## Table 2 — test log-likelihood\n", _run_line(res) + "\n",
-             f"IWAE bound with k = {res['k']} importance samples on the held-out `test` images, nats per image; "
-             f"likelihood: {res['likelihood']}. ILVM's value is its base VAE's: the lens is a bijection on z and "
-             "leaves p(x) unchanged. JLVM is table 1's model with its validated β.\n",
-             "| data | ILVM (base VAE) | JLVM | ILVM − JLVM (paired t p) | paper ILVM | paper JLVM |", "|---|---|---|---|---|---|"]
+    lines = [
+        "## Table 2 — test log-likelihood\n",
+        _run_line(res) + "\n",
+        f"IWAE bound with k = {res['k']} importance samples on the held-out `test` images, nats per image; "
+        f"likelihood: {res['likelihood']}. ILVM's value is its base VAE's: the lens is a bijection on z and "
+        "leaves p(x) unchanged. JLVM is table 1's model with its validated β.\n",
+        "| data | ILVM (base VAE) | JLVM | ILVM − JLVM (paired t p) | paper ILVM | paper JLVM |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in res["results"].items():
         ms = r["mean_std"]
         t = r["ilvm_vs_jlvm"]
         pi, pj = (PAPER_TABLE2_MNIST["ILVM"], PAPER_TABLE2_MNIST["JLVM"]) if name == "mnist" else ("–", "–")
-        lines.append(f"| {name} | {fmt_ms(*ms['ILVM (base VAE)'])} | {fmt_ms(*ms['JLVM'])} | "
-                     f"{t['mean_diff']:.1f} ({_p(t)}) | {pi} | {pj} |")
+        lines.append(
+            f"| {name} | {fmt_ms(*ms['ILVM (base VAE)'])} | {fmt_ms(*ms['JLVM'])} | "
+            f"{t['mean_diff']:.1f} ({_p(t)}) | {pi} | {pj} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -253,17 +305,23 @@ def _clf_section(out: Path, md_dir: Path, res: dict[str, Any] | None) -> str:
     if res is None:
         return "## The lens on a classifier (MNISTrot)\n\nNot run yet (`lenslab experiment lens-on-classifier`).\n"
     s = res["settings"]
-    lines = ["## The lens on a classifier (paper 2.1, 6.1.3)\n", _run_line(res) + "\n",
-             f"A CNN (`ml.classifier`, hidden layer of {s['hidden_dim']} units) trained {s['clf_epochs']} epochs on "
-             f"{s['clf_pool']} rotated digits; the lens ({s['n_flows']} flows) sees orientation labels (8 bins of 45°) for "
-             f"{s['orientation_labels']} of them. Metric on held-out rotated images, before and after the lens.\n",
-             "| data | CNN test accuracy | attribute | hidden layer | after the lens | paired t p |", "|---|---|---|---|---|---|"]
+    lines = [
+        "## The lens on a classifier (paper 2.1, 6.1.3)\n",
+        _run_line(res) + "\n",
+        f"A CNN (`ml.classifier`, hidden layer of {s['hidden_dim']} units) trained {s['clf_epochs']} epochs on "
+        f"{s['clf_pool']} rotated digits; the lens ({s['n_flows']} flows) sees orientation labels (8 bins of 45°) for "
+        f"{s['orientation_labels']} of them. Metric on held-out rotated images, before and after the lens.\n",
+        "| data | CNN test accuracy | attribute | hidden layer | after the lens | paired t p |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in res["results"].items():
         summ = r["summary"]
         acc = fmt_ms(*summ["classifier_accuracy"], digits=3)
         for k in ("orientation", "digit"):
-            lines.append(f"| {name} | {acc} | {k} | {fmt_ms(*summ[k]['before'])} | {fmt_ms(*summ[k]['after'])} | "
-                         f"{_p(summ[k]['after_vs_before'])} |")
+            lines.append(
+                f"| {name} | {acc} | {k} | {fmt_ms(*summ[k]['before'])} | {fmt_ms(*summ[k]['after'])} | "
+                f"{_p(summ[k]['after_vs_before'])} |"
+            )
     lines.append("")
     lines.append(_img(out, md_dir, "lens-on-classifier.png"))
     return "\n".join(lines) + "\n"
@@ -278,21 +336,28 @@ def _label_curve_section(out: Path, md_dir: Path, res: dict[str, Any] | None, ch
         return "## The label curve\n\nNot run yet (`lenslab experiment label-curve`).\n"
     s = res["settings"]
     attrs = ["digit", "thickness"]
-    lines = ["## The label curve — how many labels the one-dimension score needs\n", _run_line(res) + "\n",
-             f"{res['notes']}. One base VAE (seed {s['base_vae_seed']}) on the whole pool; per label count and seed, "
-             "that many random pool items are labelled and each lens configuration is fitted on the pool. Metric "
-             "as everywhere here (one dimension per attribute), fitted and scored on test-split images no lens saw; "
-             "the curve is filled in by several runs, and the wall time above is their sum. "
-             "Cells: score ± std over seeds (test accuracy); `train acc` is the accuracy on the lens's own "
-             "labelled items (a large gap = memorisation). The paper's 95.2 is the dashed line on the plot.\n",
-             "Configurations (`ml/experiment/label_curve.py`):\n"]
+    lines = [
+        "## The label curve — how many labels the one-dimension score needs\n",
+        _run_line(res) + "\n",
+        f"{res['notes']}. One base VAE (seed {s['base_vae_seed']}) on the whole pool; per label count and seed, "
+        "that many random pool items are labelled and each lens configuration is fitted on the pool. Metric "
+        "as everywhere here (one dimension per attribute), fitted and scored on test-split images no lens saw; "
+        "the curve is filled in by several runs, and the wall time above is their sum. "
+        "Cells: score ± std over seeds (test accuracy); `train acc` is the accuracy on the lens's own "
+        "labelled items (a large gap = memorisation). The paper's 95.2 is the dashed line on the plot.\n",
+        "Configurations (`ml/experiment/label_curve.py`):\n",
+    ]
     for name, cfg in s["configs"].items():
         lines.append(f"- `{name}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
     raw = res["raw_z"]
-    lines += ["", "| configuration | labels | seeds | " + " | ".join(f"{a} score (acc) | {a} train acc" for a in attrs)
-              + " |", "|---|---|---|" + "---|---|" * len(attrs),
-              "| raw z (no lens) | – | – | " + " | ".join(f"{raw[a]:.1f} ({100 * raw[f'{a}_accuracy']:.1f}%) | –"
-                                                   for a in attrs) + " |"]
+    lines += [
+        "",
+        "| configuration | labels | seeds | " + " | ".join(f"{a} score (acc) | {a} train acc" for a in attrs) + " |",
+        "|---|---|---|" + "---|---|" * len(attrs),
+        "| raw z (no lens) | – | – | "
+        + " | ".join(f"{raw[a]:.1f} ({100 * raw[f'{a}_accuracy']:.1f}%) | –" for a in attrs)
+        + " |",
+    ]
     for config, per_n in res["summary"].items():
         for n, e in sorted(per_n.items(), key=lambda kv: int(kv[0])):
             cells = []
@@ -316,9 +381,11 @@ def _label_curve_section(out: Path, md_dir: Path, res: dict[str, Any] | None, ch
         for a, (score, acc) in LABEL_CURVE_TARGETS.items():
             m, a_m = e[a][0], e[f"{a}_accuracy"][0]
             ok = m >= score and a_m >= acc
-            checks.append(f"- MNIST, 1,000 random labels, `{config}` ({e['seeds']} seeds): {a} one-dimension score "
-                          f"{fmt_ms(*e[a])} (need ≥ {score:g}), accuracy {100 * a_m:.1f}% (need ≥ {100 * acc:.0f}%) — "
-                          f"{'**met**' if ok else '**not met**'}.")
+            checks.append(
+                f"- MNIST, 1,000 random labels, `{config}` ({e['seeds']} seeds): {a} one-dimension score "
+                f"{fmt_ms(*e[a])} (need ≥ {score:g}), accuracy {100 * a_m:.1f}% (need ≥ {100 * acc:.0f}%) — "
+                f"{'**met**' if ok else '**not met**'}."
+            )
     # The lens against raw z of this base VAE, at every label count measured on ≥ 3 seeds.
     from ml.experiment.label_curve import REFERENCE
 
@@ -327,9 +394,11 @@ def _label_curve_section(out: Path, md_dir: Path, res: dict[str, Any] | None, ch
             if config == REFERENCE or e["seeds"] < 3:
                 continue
             gains = {a: e[a][0] - raw[a] for a in attrs}
-            checks.append(f"- MNIST, full-pool base VAE, {int(n):,} random labels, `{config}` ({e['seeds']} seeds): "
-                          + ", ".join(f"{a} {e[a][0]:.1f} vs raw z {raw[a]:.1f} ({g:+.1f})" for a, g in gains.items())
-                          + f"; need +15 on each — {'**met**' if min(gains.values()) >= 15 else '**not met**'}.")
+            checks.append(
+                f"- MNIST, full-pool base VAE, {int(n):,} random labels, `{config}` ({e['seeds']} seeds): "
+                + ", ".join(f"{a} {e[a][0]:.1f} vs raw z {raw[a]:.1f} ({g:+.1f})" for a, g in gains.items())
+                + f"; need +15 on each — {'**met**' if min(gains.values()) >= 15 else '**not met**'}."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -395,11 +464,15 @@ lenslab experiment report             --out {out}          # regenerates this fi
 `--profile quick` runs every experiment in minutes (the CI test `tests/ml/test_experiment.py`
 runs a yet smaller version of each). Models are cached under `{out}/cache/` (ignored by git), so a
 rerun re-trains nothing that is there; delete the folder to start afresh.
-"""
+"""  # noqa: E501 (the reproduction commands are copied as they run, one command a line)
 
 
-def write_report(out: str | os.PathLike[str] = "benchmarks/experiments", markdown: str | os.PathLike[str] = "EXPERIMENTS.md",
-                 data_dir: str = "../shared/data", discussion: str | None = None) -> Path:
+def write_report(
+    out: str | os.PathLike[str] = "benchmarks/experiments",
+    markdown: str | os.PathLike[str] = "EXPERIMENTS.md",
+    data_dir: str = "../shared/data",
+    discussion: str | None = None,
+) -> Path:
     """Write the markdown report from the JSON results under ``out``; returns its path."""
     out_p, md = Path(out), Path(markdown)
     if not out_p.is_dir():
@@ -411,9 +484,14 @@ def write_report(out: str | os.PathLike[str] = "benchmarks/experiments", markdow
     t2 = _load(out_p, "table2")
     clf = _load(out_p, "lens-on-classifier")
     lc = _load(out_p, "label-curve")
-    body = [INTRO.format(out=out, data=data_dir),
-            _al_section(out_p, md_dir, al, checks), _t1_section(out_p, md_dir, t1, checks), _t2_section(t2),
-            _clf_section(out_p, md_dir, clf), _label_curve_section(out_p, md_dir, lc, checks)]
+    body = [
+        INTRO.format(out=out, data=data_dir),
+        _al_section(out_p, md_dir, al, checks),
+        _t1_section(out_p, md_dir, t1, checks),
+        _t2_section(t2),
+        _clf_section(out_p, md_dir, clf),
+        _label_curve_section(out_p, md_dir, lc, checks),
+    ]
     body.append("## Reproduction checks\n\n" + ("\n".join(checks) if checks else "No MNIST results yet.") + "\n")
     disc_path = Path(__file__).with_name("discussion.md")
     text = discussion if discussion is not None else (disc_path.read_text() if disc_path.exists() else "")

@@ -50,16 +50,29 @@ def jlvm_path(cache: Path, data: Prepared, profile: Profile, seed: int, beta: fl
     return cache / f"jlvm-{data.name}-{profile.name}-e{epochs}-seed{seed}-beta{beta:g}-{key}.pt"
 
 
-def fit_jlvm(data: Prepared, profile: Profile, seed: int, beta: float, S: dict[str, np.ndarray], cache: Path,
-             progress: Progress | None = None) -> Any:
+def fit_jlvm(
+    data: Prepared,
+    profile: Profile,
+    seed: int,
+    beta: float,
+    S: dict[str, np.ndarray],
+    cache: Path,
+    progress: Progress | None = None,
+) -> Any:
     """Train (or load from the cache) the JLVM of (data set, seed, β) on the pool with labels S."""
     from ml.jlvm import JLVM
 
     path = jlvm_path(cache, data, profile, seed, beta)
     if path.exists():
         return JLVM.load(path, device="cpu")
-    model = JLVM(data.attributes, beta=beta, **data.vae_kwargs, epochs=profile.sizes[data.name].vae_epochs,
-                 seed=seed, device="cpu")
+    model = JLVM(
+        data.attributes,
+        beta=beta,
+        **data.vae_kwargs,
+        epochs=profile.sizes[data.name].vae_epochs,
+        seed=seed,
+        device="cpu",
+    )
     model.fit(data.X_pool, S, progress=progress.sub(f"JLVM β={beta:g} s{seed}") if progress else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
@@ -72,19 +85,29 @@ def fit_beta_vae(data: Prepared, profile: Profile, seed: int, cache: Path, progr
 
     epochs = profile.sizes[data.name].vae_epochs
     return cached_healthy(
-        cache / (f"betavae-{data.name}-{profile.name}-e{epochs}-seed{seed}-beta{profile.beta_vae_beta:g}-"
-                 f"{model_key('jlvm', data, epochs=epochs, beta=profile.beta_vae_beta, model='beta-vae')}.pt"),
+        cache
+        / (
+            f"betavae-{data.name}-{profile.name}-e{epochs}-seed{seed}-beta{profile.beta_vae_beta:g}-"
+            f"{model_key('jlvm', data, epochs=epochs, beta=profile.beta_vae_beta, model='beta-vae')}.pt"
+        ),
         lambda p: JLVM.load(p, device="cpu"),
         lambda s: BetaVAE(profile.beta_vae_beta, **data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
-        data, seed, f"β-VAE {data.name}", progress)
+        data,
+        seed,
+        f"β-VAE {data.name}",
+        progress,
+    )
 
 
 def validation_score(model: Any, data: Prepared, seed: int) -> float:
     """β selection: the metric cross-fitted (2 folds) on the held-out ``fit`` set only, never on ``test``."""
     from ml.metrics import interpretability_score_cv
 
-    return float(interpretability_score_cv(model.transform(data.X_fit), data.S_fit, data.attributes,
-                                           folds=2, seed=seed)["overall"])
+    return float(
+        interpretability_score_cv(model.transform(data.X_fit), data.S_fit, data.attributes, folds=2, seed=seed)[
+            "overall"
+        ]
+    )
 
 
 def lens_epochs(profile: Profile, name: str) -> int:
@@ -105,8 +128,15 @@ def run_seed(data: Prepared, profile: Profile, seed: int, cache: Path, bar: Prog
 
     lens = make_lens(data, profile, seed, lens_epochs(profile, data.name))
     lens.fit(Z, S, progress=bar.sub(f"ILVM s{seed}"))
-    rows.append({"method": "ILVM", "seed": seed, "alpha": lens.alpha_, "epochs": len(lens.history_),
-                 **metric(lens.transform(Z_fit), lens.transform(Z_test), data, seed)})
+    rows.append(
+        {
+            "method": "ILVM",
+            "seed": seed,
+            "alpha": lens.alpha_,
+            "epochs": len(lens.history_),
+            **metric(lens.transform(Z_fit), lens.transform(Z_test), data, seed),
+        }
+    )
     bar.step(f"ILVM s{seed}: {rows[-1]['overall']:.1f}")
 
     val: dict[float, float] = {}
@@ -119,12 +149,25 @@ def run_seed(data: Prepared, profile: Profile, seed: int, cache: Path, bar: Prog
         bar.step(f"JLVM β={beta:g} s{seed}: val {val[beta]:.1f}")
     assert best is not None
     beta, model = best
-    rows.append({"method": "JLVM", "seed": seed, "beta": beta, "validation": json.dumps({f"{k:g}": round(v, 2) for k, v in val.items()}),
-                 **metric(model.transform(data.X_fit), model.transform(data.X_test), data, seed)})
+    rows.append(
+        {
+            "method": "JLVM",
+            "seed": seed,
+            "beta": beta,
+            "validation": json.dumps({f"{k:g}": round(v, 2) for k, v in val.items()}),
+            **metric(model.transform(data.X_fit), model.transform(data.X_test), data, seed),
+        }
+    )
 
     bvae = fit_beta_vae(data, profile, seed, cache, bar)
-    rows.append({"method": "beta-VAE", "seed": seed, "beta": profile.beta_vae_beta,
-                 **metric(bvae.transform(data.X_fit), bvae.transform(data.X_test), data, seed)})
+    rows.append(
+        {
+            "method": "beta-VAE",
+            "seed": seed,
+            "beta": profile.beta_vae_beta,
+            **metric(bvae.transform(data.X_fit), bvae.transform(data.X_test), data, seed),
+        }
+    )
     bar.step(f"β-VAE s{seed}: {rows[-1]['overall']:.1f}")
     for r in rows:
         r["dataset"] = data.name
@@ -141,14 +184,20 @@ def summarise(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
         stats = {m: mean_std(v) for m, v in vals.items()}
         best = max(METHODS, key=lambda m: stats[m][0])
         tests = {m: paired_test(vals[best], vals[m]) for m in METHODS if m != best}
-        significant = bool(tests) and all(t["p_ttest"] is not None and t["p_ttest"] < ALPHA and t["mean_diff"] > 0
-                                          for t in tests.values())
+        significant = bool(tests) and all(
+            t["p_ttest"] is not None and t["p_ttest"] < ALPHA and t["mean_diff"] > 0 for t in tests.values()
+        )
         out[key] = {"per_seed": vals, "mean_std": stats, "best": best, "best_vs": tests, "significant": significant}
     return out
 
 
-def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] = ("digits", "mnist", "shapes"),
-        data_dir: str = "../shared/data") -> dict[str, Any]:
+def run(
+    profile: Profile,
+    out: Path,
+    seeds: int = 3,
+    datasets: tuple[str, ...] = ("digits", "mnist", "shapes"),
+    data_dir: str = "../shared/data",
+) -> dict[str, Any]:
     """Table 1 on each data set; writes table1.{json,csv,png} under ``out``."""
     started = time.perf_counter()
     cache = out / "cache"
@@ -163,19 +212,33 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
             rows += run_seed(data, profile, seed, cache, bar)
         bar.close()
         keys = ["overall"] + [a.name for a in data.attributes]
-        results[name] = {"summary": summarise(rows, keys), "notes": data.notes, "keys": keys,
-                         "collapsed_and_retrained": health_report(
-                             cache, f"*-{name}-{profile.name}-e{profile.sizes[name].vae_epochs}-seed*.health.json"),
-                         "n_labels": profile.sizes[name].n_labels, "lens_epochs": lens_epochs(profile, name),
-                         "jlvm_beta": {r["seed"]: r["beta"] for r in rows if r["method"] == "JLVM"},
-                         "wall_s": round(time.perf_counter() - t_name, 1)}
+        results[name] = {
+            "summary": summarise(rows, keys),
+            "notes": data.notes,
+            "keys": keys,
+            "collapsed_and_retrained": health_report(
+                cache, f"*-{name}-{profile.name}-e{profile.sizes[name].vae_epochs}-seed*.health.json"
+            ),
+            "n_labels": profile.sizes[name].n_labels,
+            "lens_epochs": lens_epochs(profile, name),
+            "jlvm_beta": {r["seed"]: r["beta"] for r in rows if r["method"] == "JLVM"},
+            "wall_s": round(time.perf_counter() - t_name, 1),
+        }
         all_rows += rows
         print(format_table(name, results[name]["summary"], keys))
-    payload = {**header("table1", profile, seeds, datasets, started),
-               "settings": {"jlvm_betas": list(profile.jlvm_betas), "beta_vae_beta": profile.beta_vae_beta,
-                            "n_flows": profile.n_flows, "lens_hidden": profile.lens_hidden,
-                            "lens_epochs": profile.lens_epochs_first, "lens_extra": dict(profile.lens_extra), "alpha": profile.lens_alpha},
-               "results": results}
+    payload = {
+        **header("table1", profile, seeds, datasets, started),
+        "settings": {
+            "jlvm_betas": list(profile.jlvm_betas),
+            "beta_vae_beta": profile.beta_vae_beta,
+            "n_flows": profile.n_flows,
+            "lens_hidden": profile.lens_hidden,
+            "lens_epochs": profile.lens_epochs_first,
+            "lens_extra": dict(profile.lens_extra),
+            "alpha": profile.lens_alpha,
+        },
+        "results": results,
+    }
     payload = save_outputs(out, "table1", payload, all_rows)
     plot(payload["results"], out / "table1.png", profile.name)
     return payload

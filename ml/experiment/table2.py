@@ -45,8 +45,13 @@ def chosen_betas(out: Path, dataset: str, profile: Profile) -> dict[int, float]:
     return {int(s): float(b) for s, b in t1["results"][dataset].get("jlvm_beta", {}).items()}
 
 
-def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] = ("digits", "mnist", "shapes"),
-        data_dir: str = "../shared/data") -> dict[str, Any]:
+def run(
+    profile: Profile,
+    out: Path,
+    seeds: int = 3,
+    datasets: tuple[str, ...] = ("digits", "mnist", "shapes"),
+    data_dir: str = "../shared/data",
+) -> dict[str, Any]:
     """Table 2 on each data set; writes table2.{json,csv} under ``out``."""
     started = time.perf_counter()
     cache = out / "cache"
@@ -70,15 +75,25 @@ def run(profile: Profile, out: Path, seeds: int = 3, datasets: tuple[str, ...] =
             bar.step(f"JLVM s{seed}: {ll_j:.1f}")
             per["ILVM (base VAE)"].append(ll_vae)
             per["JLVM"].append(ll_j)
-            rows += [{"dataset": name, "seed": seed, "model": "ILVM (base VAE)", "test_ll": ll_vae, "k": k},
-                     {"dataset": name, "seed": seed, "model": "JLVM", "beta": beta, "test_ll": ll_j, "k": k}]
+            rows += [
+                {"dataset": name, "seed": seed, "model": "ILVM (base VAE)", "test_ll": ll_vae, "k": k},
+                {"dataset": name, "seed": seed, "model": "JLVM", "beta": beta, "test_ll": ll_j, "k": k},
+            ]
         bar.close()
-        results[name] = {"mean_std": {m: mean_std(v) for m, v in per.items()}, "per_seed": per,
-                         "ilvm_vs_jlvm": paired_test(per["ILVM (base VAE)"], per["JLVM"]), "notes": data.notes,
-                         "wall_s": round(time.perf_counter() - t_name, 1)}
+        results[name] = {
+            "mean_std": {m: mean_std(v) for m, v in per.items()},
+            "per_seed": per,
+            "ilvm_vs_jlvm": paired_test(per["ILVM (base VAE)"], per["JLVM"]),
+            "notes": data.notes,
+            "wall_s": round(time.perf_counter() - t_name, 1),
+        }
         print(format_table(name, results[name]))
-    payload = {**header("table2", profile, seeds, datasets, started), "k": k,
-               "likelihood": "Bernoulli on grey values (not binarised)", "results": results}
+    payload = {
+        **header("table2", profile, seeds, datasets, started),
+        "k": k,
+        "likelihood": "Bernoulli on grey values (not binarised)",
+        "results": results,
+    }
     payload = save_outputs(out, "table2", payload, rows)
     return payload
 
@@ -87,6 +102,7 @@ def format_table(name: str, res: dict[str, Any]) -> str:
     """One row per model: mean ± std test LL over seeds."""
     from ml.bench.common import table
 
-    return table([{"data": name, "model": m, "test LL (nats)": fmt_ms(*ms)} for m, ms in res["mean_std"].items()],
-                 ["data", "model", "test LL (nats)"])
-
+    return table(
+        [{"data": name, "model": m, "test LL (nats)": fmt_ms(*ms)} for m, ms in res["mean_std"].items()],
+        ["data", "model", "test LL (nats)"],
+    )

@@ -45,34 +45,51 @@ class LensConfig:
     """The lens's hyper-parameters (also the ``config`` of its checkpoints). ``"auto"`` values of
     ``flow``, ``alpha`` and ``weight_decay`` are chosen by cross-validation before the final fit."""
 
-    flow: str = _setting("planar", STRUCTURAL, (lambda v: v == AUTO or v in FLOW_NAMES,
-                                                f"one of {list(FLOW_NAMES)} or \"auto\""),
-                         "flow family (ml.flows; planar is the paper's eq. 5)")
+    flow: str = _setting(
+        "planar",
+        STRUCTURAL,
+        (lambda v: v == AUTO or v in FLOW_NAMES, f'one of {list(FLOW_NAMES)} or "auto"'),
+        "flow family (ml.flows; planar is the paper's eq. 5)",
+    )
     n_flows: int = _setting(8, STRUCTURAL, _INT_GE0, "flows in the stack, T of eq. (5)")
     dims_per_attribute: int = _setting(1, STRUCTURAL, _INT_GE1, "z* dimensions designated per attribute")
     hidden: int = _setting(256, STRUCTURAL, _INT_GE1, "width of q0's and p_θ's hidden layers")
-    epochs: int | None = _setting(None, TRAINING, (lambda v: v is None or (_is_int(v) and v >= 1),
-                                                   "an integer ≥ 1 or null"),
-                                  "passes over the pool (None: ~1,500 Adam steps, or chosen by selection)")
-    alpha: float | str | None = _setting(None, TRAINING, (lambda v: v is None or v == AUTO or (_is_number(v) and v >= 0),
-                                                          'a finite number ≥ 0, "auto" or null'),
-                                         "supervision weight α (None: ml.heads.default_alpha)")
+    epochs: int | None = _setting(
+        None,
+        TRAINING,
+        (lambda v: v is None or (_is_int(v) and v >= 1), "an integer ≥ 1 or null"),
+        "passes over the pool (None: ~1,500 Adam steps, or chosen by selection)",
+    )
+    alpha: float | str | None = _setting(
+        None,
+        TRAINING,
+        (lambda v: v is None or v == AUTO or (_is_number(v) and v >= 0), 'a finite number ≥ 0, "auto" or null'),
+        "supervision weight α (None: ml.heads.default_alpha)",
+    )
     lr: float = _setting(5e-3, TRAINING, (lambda v: _is_number(v) and v > 0, "a finite number > 0"), "Adam step")
-    weight_decay: float | str = _setting(0.0, TRAINING, (lambda v: v == AUTO or (_is_number(v) and v >= 0),
-                                                         'a finite number ≥ 0 or "auto"'), "Adam weight decay")
+    weight_decay: float | str = _setting(
+        0.0,
+        TRAINING,
+        (lambda v: v == AUTO or (_is_number(v) and v >= 0), 'a finite number ≥ 0 or "auto"'),
+        "Adam weight decay",
+    )
     batch_size: int = _setting(256, TRAINING, _INT_GE1, "items per ELBO minibatch")
     labelled_batch_size: int = _setting(128, TRAINING, _INT_GE1, "labelled items per α-term minibatch")
     seed: int = _setting(0, TRAINING, _INT_GE0, "seed of the initialisation and the minibatch order")
     pseudo_label_threshold: float | None = _setting(
-        None, TRAINING, (lambda v: v is None or (_is_number(v) and 0.0 < v < 1.0), "a number in (0, 1) or null"),
-        "confidence τ of pseudo-labels (None: off)")
+        None,
+        TRAINING,
+        (lambda v: v is None or (_is_number(v) and 0.0 < v < 1.0), "a number in (0, 1) or null"),
+        "confidence τ of pseudo-labels (None: off)",
+    )
     pseudo_label_weight: float = _setting(10.0, TRAINING, _WEIGHT, "weight of the pseudo-label term")
     consistency_weight: float = _setting(0.0, TRAINING, _WEIGHT, "weight of the consistency term")
     consistency_noise: float = _setting(0.3, TRAINING, _WEIGHT, "noise of the consistency term (std of z)")
     mixup_weight: float = _setting(0.0, TRAINING, _WEIGHT, "weight of the mixup (ICT) term")
     propagation_weight: float = _setting(0.0, TRAINING, _WEIGHT, "weight of the label-propagation term")
-    selection_folds: int = _setting(3, SELECTION, (lambda v: _is_int(v) and v >= 2, "an integer ≥ 2"),
-                                    "folds of the cross-validated selection")
+    selection_folds: int = _setting(
+        3, SELECTION, (lambda v: _is_int(v) and v >= 2, "an integer ≥ 2"), "folds of the cross-validated selection"
+    )
     selection_pool: int = _setting(10_000, SELECTION, _INT_GE1, "unlabelled items a selection fit sees")
 
     # -- the table ------------------------------------------------------------------------------
@@ -127,5 +144,8 @@ class LensConfig:
 
     def structural_changes(self, other: LensConfig) -> list[str]:
         """The structural settings whose values differ from ``other``'s, as "name (old → new)"."""
-        return [f"{k} ({getattr(other, k)!r} → {getattr(self, k)!r})" for k in self.names(STRUCTURAL)
-                if getattr(self, k) != getattr(other, k)]
+        return [
+            f"{k} ({getattr(other, k)!r} → {getattr(self, k)!r})"
+            for k in self.names(STRUCTURAL)
+            if getattr(self, k) != getattr(other, k)
+        ]

@@ -49,8 +49,9 @@ class InterpretableLens(Checkpointed):
     any ``set_params``.
     """
 
-    def __init__(self, attributes: Sequence[Attribute | Mapping[str, Any]], device: str = "auto",
-                 **settings: Any) -> None:
+    def __init__(
+        self, attributes: Sequence[Attribute | Mapping[str, Any]], device: str = "auto", **settings: Any
+    ) -> None:
         unknown = sorted(set(settings) - set(LensConfig.names()))
         if unknown:
             raise TypeError(f"InterpretableLens got unknown setting(s) {unknown}; known: {list(LensConfig.names())}")
@@ -63,8 +64,11 @@ class InterpretableLens(Checkpointed):
     # -- parameters (scikit-learn conventions) -----------------------------------------------------
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's arguments, as given."""
-        return {"attributes": self.attributes, "device": self.device,
-                **{k: getattr(self, k) for k in LensConfig.names()}}
+        return {
+            "attributes": self.attributes,
+            "device": self.device,
+            **{k: getattr(self, k) for k in LensConfig.names()},
+        }
 
     def set_params(self, **params: Any) -> InterpretableLens:
         """Change constructor arguments (checked); the fitted state is kept until the next ``fit``."""
@@ -105,8 +109,14 @@ class InterpretableLens(Checkpointed):
             raise ValueError("this InterpretableLens is not fitted yet: call fit(Z, S) first")
 
     # -- fitting --------------------------------------------------------------------------------------
-    def fit(self, Z: Any, S: Mapping[str, Any] | None = None, warm_start: bool = False,
-            progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> InterpretableLens:
+    def fit(
+        self,
+        Z: Any,
+        S: Mapping[str, Any] | None = None,
+        warm_start: bool = False,
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+    ) -> InterpretableLens:
         """Fit the lens by stochastic maximisation of the ELBO (7)/(8) + α·supervision (Adam).
 
         Settings given as ``"auto"`` are first chosen by k-fold cross-validation on the labelled
@@ -130,32 +140,54 @@ class InterpretableLens(Checkpointed):
                 raise ValueError("warm_start: the attributes changed since the last fit; fit without warm_start")
             concrete = {k: v for k, v in requested.to_dict().items() if v != "auto"}
             # Structural settings asked for "auto" keep the family the selection chose.
-            cfg = self.config_.with_changes(**{k: v for k, v in concrete.items() if k not in
-                                               LensConfig.names(STRUCTURAL) or requested.flow != "auto"})
+            cfg = self.config_.with_changes(
+                **{
+                    k: v
+                    for k, v in concrete.items()
+                    if k not in LensConfig.names(STRUCTURAL) or requested.flow != "auto"
+                }
+            )
             changed = cfg.structural_changes(self.config_)
             if changed:
-                raise ValueError(f"warm_start cannot change the networks' shape: {', '.join(changed)}; "
-                                 "fit without warm_start")
-            start = Fit(module=self.module_, z_mean=self.z_mean_, z_scale=self.z_scale_,
-                        attribute_dims=self.attribute_dims_)
-            self._set_fit(train(Z, labels, attrs, cfg, device=device, start=start, progress=progress,
-                                should_stop=should_stop), cfg, attrs, device, Z)
+                raise ValueError(
+                    f"warm_start cannot change the networks' shape: {', '.join(changed)}; fit without warm_start"
+                )
+            start = Fit(
+                module=self.module_, z_mean=self.z_mean_, z_scale=self.z_scale_, attribute_dims=self.attribute_dims_
+            )
+            self._set_fit(
+                train(Z, labels, attrs, cfg, device=device, start=start, progress=progress, should_stop=should_stop),
+                cfg,
+                attrs,
+                device,
+                Z,
+            )
             return self
         selection = None
         fit_progress = progress
         if requested.needs_selection:
-            selection = select_settings(requested, attrs, Z, labels, device=device,
-                                        progress=sub_progress(progress, 0.0, 0.75, stage="selection"),
-                                        should_stop=should_stop)
+            selection = select_settings(
+                requested,
+                attrs,
+                Z,
+                labels,
+                device=device,
+                progress=sub_progress(progress, 0.0, 0.75, stage="selection"),
+                should_stop=should_stop,
+            )
             fit_progress = sub_progress(progress, 0.75, 1.0)
         cfg = requested.with_changes(**(selection["chosen"] if selection else {}))
-        self._set_fit(train(Z, labels, attrs, cfg, device=device, progress=fit_progress, should_stop=should_stop),
-                      cfg, attrs, device, Z)
+        self._set_fit(
+            train(Z, labels, attrs, cfg, device=device, progress=fit_progress, should_stop=should_stop),
+            cfg,
+            attrs,
+            device,
+            Z,
+        )
         self.selection_ = selection
         return self
 
-    def _set_fit(self, fit: Fit, cfg: LensConfig, attrs: list[Attribute], device: torch.device,
-                 Z: np.ndarray) -> None:
+    def _set_fit(self, fit: Fit, cfg: LensConfig, attrs: list[Attribute], device: torch.device, Z: np.ndarray) -> None:
         self.module_, self.z_mean_, self.z_scale_ = fit.module, fit.z_mean, fit.z_scale
         self.attribute_dims_, self.alpha_, self.n_labelled_ = fit.attribute_dims, fit.alpha, fit.n_labelled
         self.history_, self.config_, self.attributes_ = fit.history, cfg, attrs
@@ -214,8 +246,10 @@ class InterpretableLens(Checkpointed):
 
     def predict(self, Z: Any) -> dict[str, np.ndarray]:
         """Most probable level index (discrete) or predicted mean (continuous) per attribute."""
-        return {a.name: (p.argmax(1) if a.is_discrete else p[0])
-                for a, p in zip(self.attributes_, self.predict_proba(Z).values(), strict=True)}
+        return {
+            a.name: (p.argmax(1) if a.is_discrete else p[0])
+            for a, p in zip(self.attributes_, self.predict_proba(Z).values(), strict=True)
+        }
 
     def predictive_samples(self, Z: Any, n_samples: int = 32) -> dict[str, Any]:
         """Heads at z*_t ~ q(z*|z) as torch tensors on the lens's device: {attr: probs [N, S, C]} or
@@ -253,8 +287,10 @@ class InterpretableLens(Checkpointed):
                 else:
                     assert isinstance(head, ContinuousHead)
                     m, v = head.mean_var_columns(zd)
-                    out[a.name] = (head.unscale_mean(m).reshape(n, n_samples),
-                                   head.unscale_var(v).reshape(n, n_samples))
+                    out[a.name] = (
+                        head.unscale_mean(m).reshape(n, n_samples),
+                        head.unscale_var(v).reshape(n, n_samples),
+                    )
         return out
 
     def sample_probs(self, Z: Any, n_samples: int = 32, seed: int | None = None) -> dict[str, Any]:
@@ -266,21 +302,33 @@ class InterpretableLens(Checkpointed):
     # -- persistence ----------------------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:
         self._require_fitted()
-        requested = {k: getattr(self, k) for k in ("flow", "n_flows", "epochs", "alpha", "weight_decay",
-                                                    *LensConfig.names(SELECTION))}
+        requested = {
+            k: getattr(self, k)
+            for k in ("flow", "n_flows", "epochs", "alpha", "weight_decay", *LensConfig.names(SELECTION))
+        }
         extra = {
-            "format": FORMAT_VERSION, "attribute_dims": self.attribute_dims_, "alpha": self.alpha_,
-            "n_labelled": self.n_labelled_, "history": self.history_, "device": self.device,
+            "format": FORMAT_VERSION,
+            "attribute_dims": self.attribute_dims_,
+            "alpha": self.alpha_,
+            "n_labelled": self.n_labelled_,
+            "history": self.history_,
+            "device": self.device,
             "selection": getattr(self, "selection_", None),
             # What was asked for ("auto" included), so a cold refit of a loaded lens selects again.
             "requested": requested,
         }
-        config = {"attributes": [a.to_dict() for a in self.attributes_], "dim": self.dim_,
-                  **asdict(self.config_), "extra": {}}
+        config = {
+            "attributes": [a.to_dict() for a in self.attributes_],
+            "dim": self.dim_,
+            **asdict(self.config_),
+            "extra": {},
+        }
         return {
-            "config": json.dumps(config), "extra": json.dumps(extra),
+            "config": json.dumps(config),
+            "extra": json.dumps(extra),
             "state": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()},
-            "z_mean": torch.as_tensor(self.z_mean_), "z_scale": torch.as_tensor(self.z_scale_),
+            "z_mean": torch.as_tensor(self.z_mean_),
+            "z_scale": torch.as_tensor(self.z_scale_),
             "zstar_quantiles": torch.as_tensor(self.zstar_quantiles_),
         }
 
@@ -316,10 +364,12 @@ class InterpretableLens(Checkpointed):
 # The constructor's signature as tools see it (help(), IDEs, scikit-learn's get_params introspection):
 # every LensConfig setting with its default, keyword-only, taken from the one table.
 InterpretableLens.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-     inspect.Parameter("attributes", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-     inspect.Parameter("device", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="auto"),
-     *[inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in LensConfig.defaults().items()]]
+    [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("attributes", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("device", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="auto"),
+        *[inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in LensConfig.defaults().items()],
+    ]
 )
 
 

@@ -118,9 +118,7 @@ class LensModule(nn.Module):
                 lat = (q * (logp - torch.log(q.clamp_min(1e-12)))).sum(1)
             else:
                 assert isinstance(head, ContinuousHead)
-                known = (
-                    ~torch.isnan(v) if v is not None else torch.zeros(n, dtype=torch.bool, device=z.device)
-                )
+                known = ~torch.isnan(v) if v is not None else torch.zeros(n, dtype=torch.bool, device=z.device)
                 val = (
                     head.scale(torch.where(known, v, torch.zeros_like(v)))
                     if v is not None

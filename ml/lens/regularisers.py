@@ -81,9 +81,7 @@ def propagate_labels(
         else:
             keep = np.arange(n)
         k = int(min(PROPAGATION_NEIGHBOURS, len(keep) - 1))
-        model = LabelSpreading(
-            kernel="knn", n_neighbors=k, alpha=PROPAGATION_ALPHA, max_iter=PROPAGATION_ITERS
-        )
+        model = LabelSpreading(kernel="knn", n_neighbors=k, alpha=PROPAGATION_ALPHA, max_iter=PROPAGATION_ITERS)
         with warnings.catch_warnings():
             # Not converging within the iteration cap only means the soft labels are a little less smooth.
             warnings.simplefilter("ignore")

@@ -77,9 +77,7 @@ def _folds(
     return [(lab_idx[tr], lab_idx[te]) for tr, te in splitter.split(lab_idx)]
 
 
-def _hide(
-    labels: Mapping[str, np.ndarray], attributes: list[Attribute], rows: np.ndarray
-) -> dict[str, np.ndarray]:
+def _hide(labels: Mapping[str, np.ndarray], attributes: list[Attribute], rows: np.ndarray) -> dict[str, np.ndarray]:
     """Labels restricted to ``rows`` (a subset of items, in that order)."""
     return {a.name: np.asarray(labels[a.name])[rows] for a in attributes}
 
@@ -111,8 +109,7 @@ def labelled_pass_steps(
 
     final_rate = passes_per_step(n_labelled)
     scaled = [
-        steps * passes_per_step(size) / final_rate
-        for steps, size in zip(best_steps, fold_train_sizes, strict=True)
+        steps * passes_per_step(size) / final_rate for steps, size in zip(best_steps, fold_train_sizes, strict=True)
     ]
     return math.ceil(round(float(np.median(scaled)), 6))  # round: 1500.0000001 is 1,500 steps
 
@@ -192,9 +189,7 @@ def select_settings(
     base: dict[str, Any] = {"alpha": default_alpha(n, len(lab_idx))} if cfg.alpha is None else {}
     stages: list[list[dict[str, Any]]] = []
     if cfg.flow == AUTO:
-        stages.append(
-            [{"flow": f, "n_flows": cfg.n_flows if depth is None else depth} for f, depth in FLOW_CANDIDATES]
-        )
+        stages.append([{"flow": f, "n_flows": cfg.n_flows if depth is None else depth} for f, depth in FLOW_CANDIDATES])
     else:
         base["flow"] = cfg.flow
     if cfg.alpha == AUTO:

@@ -70,8 +70,9 @@ def auto_epochs(steps_per_epoch: int) -> int:
     return int(min(200, max(10, math.ceil(1500 / steps_per_epoch))))
 
 
-def label_tensors(attributes: list[Attribute], labels: Mapping[str, np.ndarray],
-                  device: torch.device) -> dict[str, torch.Tensor]:
+def label_tensors(
+    attributes: list[Attribute], labels: Mapping[str, np.ndarray], device: torch.device
+) -> dict[str, torch.Tensor]:
     st = {a.name: torch.as_tensor(labels[a.name], device=device) for a in attributes}
     for a in attributes:
         if not a.is_discrete:
@@ -79,8 +80,9 @@ def label_tensors(attributes: list[Attribute], labels: Mapping[str, np.ndarray],
     return st
 
 
-def heldout_log_lik(mod: LensModule, attributes: list[Attribute], z_std: torch.Tensor,
-                    st: Mapping[str, torch.Tensor]) -> float:
+def heldout_log_lik(
+    mod: LensModule, attributes: list[Attribute], z_std: torch.Tensor, st: Mapping[str, torch.Tensor]
+) -> float:
     """Mean over items of Σ_j log p_ψ(s_j | f(z)) on observed attributes (nats per item)."""
     mod.eval()
     with torch.no_grad():
@@ -102,8 +104,14 @@ def heldout_log_lik(mod: LensModule, attributes: list[Attribute], z_std: torch.T
     return float(total[any_obs].mean()) if bool(any_obs.any()) else float("nan")
 
 
-def regularisers(mod: LensModule, cfg: LensConfig, zb: torch.Tensor, zs_b: torch.Tensor, idx: torch.Tensor,
-                 soft: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def regularisers(
+    mod: LensModule,
+    cfg: LensConfig,
+    zb: torch.Tensor,
+    zs_b: torch.Tensor,
+    idx: torch.Tensor,
+    soft: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
     """The weighted semi-supervised terms (``ml.lens.regularisers``) of one minibatch, to maximise."""
     out = torch.zeros((), device=zb.device)
     if cfg.pseudo_label_threshold is not None and cfg.pseudo_label_weight > 0:
@@ -146,11 +154,19 @@ def train(
     if start is None:
         dims = assign_dims(attributes, cfg.dims_per_attribute, d)
         std = Z.std(0)
-        fit = Fit(module=LensModule(cfg, d, attributes, dims).to(device), z_mean=Z.mean(0).astype(np.float64),
-                  z_scale=np.where(std > 1e-8, std, 1.0).astype(np.float64), attribute_dims=dims)
+        fit = Fit(
+            module=LensModule(cfg, d, attributes, dims).to(device),
+            z_mean=Z.mean(0).astype(np.float64),
+            z_scale=np.where(std > 1e-8, std, 1.0).astype(np.float64),
+            attribute_dims=dims,
+        )
     else:
-        fit = Fit(module=start.module.to(device), z_mean=start.z_mean, z_scale=start.z_scale,
-                  attribute_dims=start.attribute_dims)
+        fit = Fit(
+            module=start.module.to(device),
+            z_mean=start.z_mean,
+            z_scale=start.z_scale,
+            attribute_dims=start.attribute_dims,
+        )
     mod = fit.module
     labelled_any = np.zeros(n, bool)
     for a in attributes:
@@ -168,8 +184,10 @@ def train(
             soft[name] = (torch.as_tensor(p_hat, device=device), torch.as_tensor(w, device=device))
     val = None
     if validation is not None:
-        val = (torch.as_tensor(fit.standardise(validation[0]), dtype=torch.float32, device=device),
-               label_tensors(attributes, validation[1], device))
+        val = (
+            torch.as_tensor(fit.standardise(validation[0]), dtype=torch.float32, device=device),
+            label_tensors(attributes, validation[1], device),
+        )
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     epochs = cfg.epochs if cfg.epochs is not None else auto_epochs(steps_per_epoch)
     total = epochs * steps_per_epoch
@@ -188,8 +206,11 @@ def train(
             loss = -elbo.mean()
             if len(lab_idx) and alpha > 0:  # type: ignore[operator]
                 li = torch.as_tensor(
-                    rng.choice(lab_idx, size=min(cfg.labelled_batch_size, len(lab_idx)),
-                               replace=len(lab_idx) < cfg.labelled_batch_size),
+                    rng.choice(
+                        lab_idx,
+                        size=min(cfg.labelled_batch_size, len(lab_idx)),
+                        replace=len(lab_idx) < cfg.labelled_batch_size,
+                    ),
                     device=device,
                 )
                 sup = mod.supervised_terms(zt[li], {k: v[li] for k, v in st.items()})
@@ -212,6 +233,5 @@ def train(
             if patience is not None and epoch - best >= patience:
                 break
     mod.eval()
-    throttle(1.0, {"epoch": len(fit.history), "loss": fit.history[-1] if fit.history else float("nan")},
-             final=True)
+    throttle(1.0, {"epoch": len(fit.history), "loss": fit.history[-1] if fit.history else float("nan")}, final=True)
     return fit

@@ -21,9 +21,17 @@ def served(sqlite_template: Path, tmp_path: Path) -> Any:
 
     path = tmp_path / "lenslab.db"
     shutil.copy(sqlite_template, path)
-    settings = Settings(_env_file=None, database_url=f"sqlite:///{path}", data_dir=tmp_path / "data",
-                        import_roots=[SHARED_DATA], secret_key="test-secret-key-0123456789abcdef",
-                        eval_fraction=0.0, serve_worker=True, worker_poll_s=0.1, device="cpu")
+    settings = Settings(
+        _env_file=None,
+        database_url=f"sqlite:///{path}",
+        data_dir=tmp_path / "data",
+        import_roots=[SHARED_DATA],
+        secret_key="test-secret-key-0123456789abcdef",
+        eval_fraction=0.0,
+        serve_worker=True,
+        worker_poll_s=0.1,
+        device="cpu",
+    )
     app = create_app(settings)
     with TestClient(app) as client:
         yield client

@@ -49,8 +49,12 @@ ROUTES = api_routes()
 
 def test_the_route_list_covers_the_whole_contract():
     paths = {(m, p) for m, p, _ in ROUTES}
-    for expected in [("POST", "/api/v1/projects/{pid}/queue/next"), ("POST", "/api/v1/items/{iid}/labels"),
-                     ("GET", "/api/v1/projects/{pid}/traversals/{attribute}.png"), ("DELETE", "/api/v1/tokens/{token_id}")]:
+    for expected in [
+        ("POST", "/api/v1/projects/{pid}/queue/next"),
+        ("POST", "/api/v1/items/{iid}/labels"),
+        ("GET", "/api/v1/projects/{pid}/traversals/{attribute}.png"),
+        ("DELETE", "/api/v1/tokens/{token_id}"),
+    ]:
         assert expected in paths
     assert len(ROUTES) >= 30
 

@@ -21,10 +21,16 @@ def arranged(app, settings):
 
     with app.state.db.session() as s:
         admin = users.create(session=s, username="admin", password="admin password", role="admin")
-        p = projects.create(session=s, name="race", attributes=[{"name": "shape", "levels": ["a", "b", "c"]}],
-                            representation={"source": "vae"}, strategy="bald",
-                            settings={"eval_fraction": 0.1}, created_by_id=admin.id,
-                            loaded=imports.load_spec({"source": "shapes", "n": 300, "size": 16}, settings))
+        p = projects.create(
+            session=s,
+            name="race",
+            attributes=[{"name": "shape", "levels": ["a", "b", "c"]}],
+            representation={"source": "vae"},
+            strategy="bald",
+            settings={"eval_fraction": 0.1},
+            created_by_id=admin.id,
+            loaded=imports.load_spec({"source": "shapes", "n": 300, "size": 16}, settings),
+        )
         heads = []
         for k in range(CLIENTS):
             u = users.create(session=s, username=f"e{k}", password="expert password", role="expert")
@@ -36,8 +42,12 @@ def arranged(app, settings):
 def server(settings, arranged, tmp_path):
     from app.bench.server import uvicorn_server
 
-    env = {"LENSLAB_DATABASE_URL": settings.database_url, "LENSLAB_SECRET_KEY": settings.secret_key,
-           "LENSLAB_DATA_DIR": str(settings.data_dir), "LENSLAB_ENV": "development"}
+    env = {
+        "LENSLAB_DATABASE_URL": settings.database_url,
+        "LENSLAB_SECRET_KEY": settings.secret_key,
+        "LENSLAB_DATA_DIR": str(settings.data_dir),
+        "LENSLAB_ENV": "development",
+    }
     with uvicorn_server(env, log_path=tmp_path / "server.log") as base:
         yield base
 
@@ -65,8 +75,10 @@ def test_32_clients_never_share_a_live_lease_and_every_acknowledged_label_surviv
                 for j, it in enumerate(items):
                     if j == 0:
                         values = {"shape": "abc"[(k + rnd) % 3]}
-                        r = c.post(f"/api/v1/items/{it['item_id']}/labels", json={
-                            "values": values, "lease_id": it["lease_id"], "idempotency_key": f"e{k}-{rnd}"})
+                        r = c.post(
+                            f"/api/v1/items/{it['item_id']}/labels",
+                            json={"values": values, "lease_id": it["lease_id"], "idempotency_key": f"e{k}-{rnd}"},
+                        )
                         if r.status_code in (200, 201):
                             with lock:
                                 acknowledged[r.json()["id"]] = {"item_id": it["item_id"], "values": values}

@@ -49,8 +49,7 @@ def test_a_database_that_is_away_answers_503_with_retry_after(tmp_path):
     from app.config import Settings
     from app.main import create_app
 
-    app = create_app(Settings(_env_file=None, database_url="postgresql://nobody@127.0.0.1:1/none",
-                              data_dir=tmp_path))
+    app = create_app(Settings(_env_file=None, database_url="postgresql://nobody@127.0.0.1:1/none", data_dir=tmp_path))
     with TestClient(app) as client:
         r = client.get("/api/v1/projects", headers={"Authorization": "Bearer ll_whatever"})
     assert r.status_code == 503 and r.headers["retry-after"] and "retry" in r.json()["detail"]

@@ -59,7 +59,7 @@ def test_running_at_scale_docs_name_every_worker_setting():
     from app.config import Settings
 
     readme = (ROOT / "README.md").read_text()
-    doc = readme[readme.index("## Running at scale"):]
+    doc = readme[readme.index("## Running at scale") :]
     for field in ("heartbeat_timeout_s", "job_max_attempts", "worker_poll_s", "worker_threads", "device"):
         assert field in Settings.model_fields
         assert f"LENSLAB_{field.upper()}" in doc, field
@@ -77,7 +77,7 @@ def test_every_compose_command_parses_with_the_lenslab_cli_and_every_setting_exi
         parser.parse_args(cmd[1:])  # argparse exits (SystemExit) on an unknown command or flag
         for var in services[name]["environment"]:
             if var.startswith("LENSLAB_"):
-                assert var[len("LENSLAB_"):].lower() in Settings.model_fields, (name, var)
+                assert var[len("LENSLAB_") :].lower() in Settings.model_fields, (name, var)
     dockerfile = (ROOT / "Dockerfile").read_text()
     cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.M)
     assert cmd is not None
@@ -87,11 +87,18 @@ def test_every_compose_command_parses_with_the_lenslab_cli_and_every_setting_exi
             assert (ROOT / src).exists(), src
 
 
-@pytest.mark.skipif(shutil.which("docker") is None or subprocess.run(
-    ["docker", "compose", "version"], capture_output=True, check=False).returncode != 0,
-    reason="docker compose is not installed here")
+@pytest.mark.skipif(
+    shutil.which("docker") is None
+    or subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode != 0,
+    reason="docker compose is not installed here",
+)
 def test_docker_compose_config_accepts_the_file():
     env = {**os.environ, "LENSLAB_SECRET_KEY": "x" * 32}
-    out = subprocess.run(["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
-                         capture_output=True, text=True, env=env, check=False)
+    out = subprocess.run(
+        ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr

@@ -15,8 +15,9 @@ def test_posting_a_job_returns_the_already_queued_one_of_that_kind(client, admin
     pid = project["id"]
     r = client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "pretrain"}, headers=admin)
     assert r.status_code == 202 and r.json()["id"] == project["job"]["id"]
-    r2 = client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "score", "params": {"reason": "by hand"}},
-                     headers=admin)
+    r2 = client.post(
+        f"/api/v1/projects/{pid}/jobs", json={"kind": "score", "params": {"reason": "by hand"}}, headers=admin
+    )
     assert r2.status_code == 202 and r2.json()["kind"] == "score" and r2.json()["params"] == {"reason": "by hand"}
     assert count(db, "jobs") == 2
     listed = client.get(f"/api/v1/projects/{pid}/jobs", headers=admin).json()["jobs"]
@@ -24,16 +25,28 @@ def test_posting_a_job_returns_the_already_queued_one_of_that_kind(client, admin
     assert client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "dance"}, headers=admin).status_code == 422
 
 
-@pytest.mark.parametrize(("kind", "params", "message"), [
-    ("retrain", {"strategy": "magic"}, "params.strategy: must be one of ['bald', 'max_entropy', 'random'], got 'magic'"),
-    ("score", {"x": 1}, "params.x: not a parameter of score jobs (value 1); allowed: ['reason', 'model_id', 'strategy']"),
-    ("pretrain", {"lens": {}}, "params.lens: not a parameter of pretrain jobs"),
-    ("evaluate", {"model_id": 999}, "params.model_id: no model version 999 in project"),
-    ("score", {"model_id": "one"}, "params.model_id: must be a non-negative integer, got 'one'"),
-    ("retrain", {"lens": {"alpha": -2}}, "alpha"),
-])
-def test_unknown_job_parameters_and_values_are_refused_naming_key_value_and_allowed(client, admin, project, db,
-                                                                                     kind, params, message):
+@pytest.mark.parametrize(
+    ("kind", "params", "message"),
+    [
+        (
+            "retrain",
+            {"strategy": "magic"},
+            "params.strategy: must be one of ['bald', 'max_entropy', 'random'], got 'magic'",
+        ),
+        (
+            "score",
+            {"x": 1},
+            "params.x: not a parameter of score jobs (value 1); allowed: ['reason', 'model_id', 'strategy']",
+        ),
+        ("pretrain", {"lens": {}}, "params.lens: not a parameter of pretrain jobs"),
+        ("evaluate", {"model_id": 999}, "params.model_id: no model version 999 in project"),
+        ("score", {"model_id": "one"}, "params.model_id: must be a non-negative integer, got 'one'"),
+        ("retrain", {"lens": {"alpha": -2}}, "alpha"),
+    ],
+)
+def test_unknown_job_parameters_and_values_are_refused_naming_key_value_and_allowed(
+    client, admin, project, db, kind, params, message
+):
     r = client.post(f"/api/v1/projects/{project['id']}/jobs", json={"kind": kind, "params": params}, headers=admin)
     assert r.status_code == 422 and message in r.text, r.text
     assert count(db, "jobs") == 1  # only the project's own pretrain: nothing was queued
@@ -108,9 +121,19 @@ def test_metrics_lists_the_points_in_label_order(client, viewer, project, app):
 
     mv = _models(app, project["id"], 1)[0]
     with app.state.db.session() as s:
-        s.add_all([MetricPoint(project_id=project["id"], model_version_id=mv, n_labels=n, overall=o,
-                               attributes={"digit": {"score": o, "accuracy": 0.5, "dim": 0}}, test_ll=-90.0)
-                   for n, o in ((100, 30.0), (50, 20.0))])
+        s.add_all(
+            [
+                MetricPoint(
+                    project_id=project["id"],
+                    model_version_id=mv,
+                    n_labels=n,
+                    overall=o,
+                    attributes={"digit": {"score": o, "accuracy": 0.5, "dim": 0}},
+                    test_ll=-90.0,
+                )
+                for n, o in ((100, 30.0), (50, 20.0))
+            ]
+        )
         s.commit()
     points = client.get(f"/api/v1/projects/{project['id']}/metrics", headers=viewer).json()["points"]
     assert [(p["n_labels"], p["overall"], p["model_version"]) for p in points] == [(50, 20.0, 1), (100, 30.0, 1)]
@@ -126,28 +149,43 @@ def fitted(client, admin, app):
     from ml.lens import InterpretableLens
     from ml.vae import VAE
 
-    attrs = [{"name": "shape", "kind": "categorical", "levels": ["square", "ellipse", "heart"]},
-             {"name": "x", "kind": "continuous", "low": 0, "high": 1}]
-    p = create_project(client, admin, name="fitted", attributes=attrs, dataset={"source": "shapes", "n": 64, "size": 16})
+    attrs = [
+        {"name": "shape", "kind": "categorical", "levels": ["square", "ellipse", "heart"]},
+        {"name": "x", "kind": "continuous", "low": 0, "high": 1},
+    ]
+    p = create_project(
+        client, admin, name="fitted", attributes=attrs, dataset={"source": "shapes", "n": 64, "size": 16}
+    )
     ds = make_shapes(n=64, seed=0, size=16)
     vae = VAE(image_shape=(1, 16, 16), latent_dim=4, hidden=32, channels=(8, 8), epochs=1, device="cpu").fit(ds.images)
     Z = vae.encode(ds.images)
     S = {"shape": np.where(np.arange(64) < 32, ds.factors["shape"], -1), "x": ds.factors["x"]}
     lens = InterpretableLens(attrs, n_flows=2, hidden=16, epochs=2, device="cpu").fit(Z, S)
     with app.state.db.session() as s:
-        ids = np.asarray(s.scalars(sa.select(Item.id).where(Item.project_id == p["id"]).order_by(Item.source_index)).all())
+        ids = np.asarray(
+            s.scalars(sa.select(Item.id).where(Item.project_id == p["id"]).order_by(Item.source_index)).all()
+        )
 
         def npy(a):
             buf = io.BytesIO()
             np.save(buf, a)
             return buf.getvalue()
 
-        rep = Representation(project_id=p["id"], source="vae", checkpoint=vae.to_bytes(), z=npy(Z.astype(np.float32)),
-                             item_ids=npy(ids), active=True)
+        rep = Representation(
+            project_id=p["id"],
+            source="vae",
+            checkpoint=vae.to_bytes(),
+            z=npy(Z.astype(np.float32)),
+            item_ids=npy(ids),
+            active=True,
+        )
         s.add(rep)
         s.flush()
-        s.add(ModelVersion(project_id=p["id"], version=1, representation_id=rep.id, checkpoint=lens.to_bytes(),
-                           active=True))
+        s.add(
+            ModelVersion(
+                project_id=p["id"], version=1, representation_id=rep.id, checkpoint=lens.to_bytes(), active=True
+            )
+        )
         s.commit()
     return {"project": p, "ids": ids, "Z": Z, "lens": lens}
 
@@ -168,13 +206,17 @@ def test_traversal_png_has_one_row_per_item_and_one_column_per_step(client, view
     from PIL import Image
 
     ids = ",".join(str(int(i)) for i in fitted["ids"][:3])
-    r = client.get(f"/api/v1/projects/{fitted['project']['id']}/traversals/shape.png",
-                   params={"items": ids, "steps": 5, "scale": 1}, headers=viewer)
+    r = client.get(
+        f"/api/v1/projects/{fitted['project']['id']}/traversals/shape.png",
+        params={"items": ids, "steps": 5, "scale": 1},
+        headers=viewer,
+    )
     assert r.status_code == 200, r.text
     w, h = Image.open(io.BytesIO(r.content)).size
     assert (h, w) == (3 * 16 + 4, 5 * 16 + 6)  # tiles plus 1-pixel padding
     r = client.get(f"/api/v1/projects/{fitted['project']['id']}/traversals/colour.png", headers=viewer)
     assert r.status_code == 404
-    r = client.get(f"/api/v1/projects/{fitted['project']['id']}/traversals/shape.png", params={"items": "1,x"},
-                   headers=viewer)
+    r = client.get(
+        f"/api/v1/projects/{fitted['project']['id']}/traversals/shape.png", params={"items": "1,x"}, headers=viewer
+    )
     assert r.status_code == 422

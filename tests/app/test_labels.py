@@ -36,18 +36,21 @@ def test_a_later_partial_label_overrides_only_its_attribute(client, expert, proj
     assert client.get(f"/api/v1/items/{iid}", headers=expert).json()["labels"] == {"digit": "7", "thickness": "4"}
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ({"values": {"colour": "red"}}, "unknown attribute 'colour'"),
-    ({"values": {"digit": "11"}}, "'digit'"),
-    ({"values": {"thickness": "9"}}, "'thickness'"),
-    ({"values": {"digit": 3}}, "'digit'"),
-    ({"values": {}}, "at least one attribute"),
-    ({"values": {"digit": None}}, "at least one attribute"),
-    ({"values": "7"}, "values"),
-    ({"values": {"digit": "1"}, "idempotency_key": 5}, "idempotency_key"),
-    ({"values": {"digit": "1"}, "surprise": True}, "surprise"),
-    ({}, "values"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"values": {"colour": "red"}}, "unknown attribute 'colour'"),
+        ({"values": {"digit": "11"}}, "'digit'"),
+        ({"values": {"thickness": "9"}}, "'thickness'"),
+        ({"values": {"digit": 3}}, "'digit'"),
+        ({"values": {}}, "at least one attribute"),
+        ({"values": {"digit": None}}, "at least one attribute"),
+        ({"values": "7"}, "values"),
+        ({"values": {"digit": "1"}, "idempotency_key": 5}, "idempotency_key"),
+        ({"values": {"digit": "1"}, "surprise": True}, "surprise"),
+        ({}, "values"),
+    ],
+)
 def test_bad_label_bodies_are_422_naming_the_problem_and_write_nothing(client, expert, project, db, body, fragment):
     iid = _items(client, expert, project["id"], 1)[0]
     r = client.post(f"/api/v1/items/{iid}/labels", json=body, headers=expert)
@@ -58,8 +61,11 @@ def test_bad_label_bodies_are_422_naming_the_problem_and_write_nothing(client, e
 
 def test_malformed_json_is_422(client, expert, project, db):
     iid = _items(client, expert, project["id"], 1)[0]
-    r = client.post(f"/api/v1/items/{iid}/labels", content=b'{"values": {"digit": "1"', headers={
-        **expert, "Content-Type": "application/json"})
+    r = client.post(
+        f"/api/v1/items/{iid}/labels",
+        content=b'{"values": {"digit": "1"',
+        headers={**expert, "Content-Type": "application/json"},
+    )
     assert r.status_code == 422 and count(db, "labels") == 0
 
 
@@ -78,8 +84,11 @@ def test_a_label_for_another_projects_item_is_refused(client, admin, expert, pro
     iid = _items(client, expert, other["id"], 1)[0]
     r = _label(client, expert, iid, {"digit": "1"}, project_id=project["id"])
     assert r.status_code == 422 and "belongs to project" in r.json()["detail"]
-    r = client.post(f"/api/v1/projects/{project['id']}/labels:import",
-                    json={"labels": [{"item_id": iid, "values": {"digit": "1"}}]}, headers=admin)
+    r = client.post(
+        f"/api/v1/projects/{project['id']}/labels:import",
+        json={"labels": [{"item_id": iid, "values": {"digit": "1"}}]},
+        headers=admin,
+    )
     assert r.status_code == 422 and "belongs to project" in json.dumps(r.json()["detail"])
     assert count(db, "labels") == 0
 
@@ -128,8 +137,9 @@ def test_retracting_the_only_label_makes_the_item_unlabelled_again(client, exper
     client.post(f"/api/v1/labels/{lid}/retract", headers=expert)
     item = client.get(f"/api/v1/items/{iid}", headers=expert).json()
     assert item["labelled"] is False and item["labels"] == {}
-    unlabelled = client.get(f"/api/v1/projects/{project['id']}/items",
-                            params={"labelled": False, "limit": 1}, headers=expert).json()["items"]
+    unlabelled = client.get(
+        f"/api/v1/projects/{project['id']}/items", params={"labelled": False, "limit": 1}, headers=expert
+    ).json()["items"]
     assert unlabelled[0]["id"] == iid
 
 
@@ -157,9 +167,16 @@ def test_a_retrain_is_queued_after_retrain_every_training_labels(client, admin, 
 def test_eval_labels_do_not_count_towards_a_retrain(client, admin, expert, db):
     p = create_project(client, admin, name="small", settings={"retrain_every": 2})
     ids = _items(client, expert, p["id"], 3)
-    r = client.post(f"/api/v1/projects/{p['id']}/labels:import", headers=admin, json={"labels": [
-        {"item_id": ids[0], "values": {"digit": "1"}, "eval": True},
-        {"item_id": ids[1], "values": {"digit": "2"}, "eval": True}]})
+    r = client.post(
+        f"/api/v1/projects/{p['id']}/labels:import",
+        headers=admin,
+        json={
+            "labels": [
+                {"item_id": ids[0], "values": {"digit": "1"}, "eval": True},
+                {"item_id": ids[1], "values": {"digit": "2"}, "eval": True},
+            ]
+        },
+    )
     assert r.status_code == 201 and r.json()["eval"] == 2
     assert count(db, "jobs", "kind = 'retrain'") == 0
     assert client.get(f"/api/v1/items/{ids[0]}", headers=expert).json()["split"] == "eval"
@@ -180,8 +197,11 @@ def test_bulk_import_by_source_index_is_all_or_nothing(client, admin, project, d
 def test_an_item_with_training_labels_cannot_join_the_eval_split(client, admin, expert, project, db):
     iid = _items(client, expert, project["id"], 1)[0]
     _label(client, expert, iid, {"digit": "1"})
-    r = client.post(f"/api/v1/projects/{project['id']}/labels:import", headers=admin,
-                    json={"labels": [{"item_id": iid, "values": {"digit": "1"}, "eval": True}]})
+    r = client.post(
+        f"/api/v1/projects/{project['id']}/labels:import",
+        headers=admin,
+        json={"labels": [{"item_id": iid, "values": {"digit": "1"}, "eval": True}]},
+    )
     assert r.status_code == 422 and "training labels" in json.dumps(r.json()["detail"])
     assert count(db, "labels") == 1
 
@@ -192,8 +212,10 @@ def test_export_gives_current_values_as_json_jsonl_and_csv(client, expert, viewe
     _label(client, expert, ids[1], {"digit": "8"})
     url = f"/api/v1/projects/{project['id']}/labels"
     as_json = client.get(url, headers=viewer).json()["labels"]
-    assert [(r["item_id"], r["values"]) for r in as_json] == [(ids[0], {"digit": "4", "thickness": "1"}),
-                                                             (ids[1], {"digit": "8"})]
+    assert [(r["item_id"], r["values"]) for r in as_json] == [
+        (ids[0], {"digit": "4", "thickness": "1"}),
+        (ids[1], {"digit": "8"}),
+    ]
     lines = client.get(url, params={"format": "jsonl"}, headers=viewer).text.strip().splitlines()
     assert [json.loads(line)["item_id"] for line in lines] == ids
     rows = list(csv.DictReader(io.StringIO(client.get(url, params={"format": "csv"}, headers=viewer).text)))

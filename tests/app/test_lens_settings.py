@@ -21,16 +21,19 @@ SHAPE = [{"name": "shape", "kind": "categorical", "levels": ["square", "ellipse"
 TINY_K2_LENS = {"dims_per_attribute": 2, "epochs": 3, "n_flows": 2, "hidden": 16}
 
 
-@pytest.mark.parametrize(("lens", "named"), [
-    ({"flow": "bogus"}, ["settings.lens.flow", "'bogus'"]),
-    ({"alpha": "sometimes"}, ["settings.lens.alpha", "'sometimes'"]),
-    ({"consistency_weight": -1}, ["settings.lens.consistency_weight", "-1"]),
-    ({"mixup_weight": "lots"}, ["settings.lens.mixup_weight", "'lots'"]),
-    ({"selection_folds": 1}, ["settings.lens.selection_folds", "1"]),
-    ({"dims_per_attribute": 0}, ["settings.lens.dims_per_attribute", "0"]),
-    ({"pseudo_label_threshold": 1.5}, ["settings.lens.pseudo_label_threshold", "1.5"]),
-    ({"flows": 3}, ["settings.lens", "'flows'"]),
-])
+@pytest.mark.parametrize(
+    ("lens", "named"),
+    [
+        ({"flow": "bogus"}, ["settings.lens.flow", "'bogus'"]),
+        ({"alpha": "sometimes"}, ["settings.lens.alpha", "'sometimes'"]),
+        ({"consistency_weight": -1}, ["settings.lens.consistency_weight", "-1"]),
+        ({"mixup_weight": "lots"}, ["settings.lens.mixup_weight", "'lots'"]),
+        ({"selection_folds": 1}, ["settings.lens.selection_folds", "1"]),
+        ({"dims_per_attribute": 0}, ["settings.lens.dims_per_attribute", "0"]),
+        ({"pseudo_label_threshold": 1.5}, ["settings.lens.pseudo_label_threshold", "1.5"]),
+        ({"flows": 3}, ["settings.lens", "'flows'"]),
+    ],
+)
 def test_a_bad_lens_setting_is_a_422_naming_the_field_and_value(client, admin, lens, named):
     body = {"name": "bad-lens", "dataset": {"source": "digits"}, "attributes": SHAPE, "settings": {"lens": lens}}
     r = client.post("/api/v1/projects", json=body, headers=admin)
@@ -41,20 +44,30 @@ def test_a_bad_lens_setting_is_a_422_naming_the_field_and_value(client, admin, l
 
 
 def test_new_lens_settings_are_accepted_and_bad_ones_refused_on_patch_and_job(client, admin):
-    good = {"flow": "auto", "alpha": "auto", "dims_per_attribute": 2, "pseudo_label_threshold": 0.9,
-            "pseudo_label_weight": 5.0, "consistency_weight": 0.5, "mixup_weight": 0.1, "selection_folds": 3}
+    good = {
+        "flow": "auto",
+        "alpha": "auto",
+        "dims_per_attribute": 2,
+        "pseudo_label_threshold": 0.9,
+        "pseudo_label_weight": 5.0,
+        "consistency_weight": 0.5,
+        "mixup_weight": 0.1,
+        "selection_folds": 3,
+    }
     p = create_project(client, admin, name="good-lens", attributes=SHAPE, settings={"lens": good})
     assert p["settings"]["lens"] == good
-    r = client.patch(f"/api/v1/projects/{p['id']}", json={"settings": {"lens": {**good, "flow": "coupling"}}},
-                     headers=admin)
+    r = client.patch(
+        f"/api/v1/projects/{p['id']}", json={"settings": {"lens": {**good, "flow": "coupling"}}}, headers=admin
+    )
     assert r.status_code == 200 and r.json()["settings"]["lens"]["flow"] == "coupling", r.text
     r = client.patch(f"/api/v1/projects/{p['id']}", json={"settings": {"lens": {"flow": "bogus"}}}, headers=admin)
     assert r.status_code == 422 and "settings.lens.flow" in r.json()["detail"] and "bogus" in r.json()["detail"]
     assert client.get(f"/api/v1/projects/{p['id']}", headers=admin).json()["settings"]["lens"]["flow"] == "coupling"
     r = client.patch(f"/api/v1/projects/{p['id']}", json={"settings": {"lens": "planar"}}, headers=admin)
     assert r.status_code == 422  # not an object: pydantic names settings.lens
-    r = client.post(f"/api/v1/projects/{p['id']}/jobs", json={"kind": "retrain", "params": {"lens": {"alpha": -2}}},
-                    headers=admin)
+    r = client.post(
+        f"/api/v1/projects/{p['id']}/jobs", json={"kind": "retrain", "params": {"lens": {"alpha": -2}}}, headers=admin
+    )
     assert r.status_code == 422 and "params.lens.alpha" in r.json()["detail"], r.text
 
 
@@ -64,8 +77,11 @@ def test_new_lens_settings_are_accepted_and_bad_ones_refused_on_patch_and_job(cl
 def _sign_in(client: Any, username: str, password: str = "correct horse battery") -> None:
     page = client.get("/login?next=/projects")
     token = re.search(r'name="login_token" value="([^"]+)"', page.text).group(1)
-    r = client.post("/login", data={"username": username, "password": password, "login_token": token,
-                                    "next": "/projects"}, follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={"username": username, "password": password, "login_token": token, "next": "/projects"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303, r.text
 
 
@@ -78,9 +94,13 @@ def test_two_dims_per_attribute_retrain_reports_score_k_and_serves_a_2d_traversa
     client = served
     admin = Accounts(client.app).add("admin", "admin")
     n, size, steps = 120, 16, 5
-    body = {"name": "k2", "dataset": {"source": "shapes", "n": n, "size": size}, "attributes": SHAPE,
-            "representation": {"source": "vae", "latent_dim": 4, "epochs": 2, "hidden": 32, "channels": [8, 8]},
-            "settings": {"retrain_every": 100_000, "eval_fraction": 0.0, "lens": TINY_K2_LENS}}
+    body = {
+        "name": "k2",
+        "dataset": {"source": "shapes", "n": n, "size": size},
+        "attributes": SHAPE,
+        "representation": {"source": "vae", "latent_dim": 4, "epochs": 2, "hidden": 32, "channels": [8, 8]},
+        "settings": {"retrain_every": 100_000, "eval_fraction": 0.0, "lens": TINY_K2_LENS},
+    }
     r = client.post("/api/v1/projects", json=body, headers=admin)
     assert r.status_code == 201, r.text
     pid = r.json()["id"]
@@ -113,19 +133,24 @@ def test_two_dims_per_attribute_retrain_reports_score_k_and_serves_a_2d_traversa
 
     # One item: a steps × steps grid of 16-pixel tiles with 1-pixel padding.
     item = client.get(f"/api/v1/projects/{pid}/items?limit=1", headers=admin).json()["items"][0]["id"]
-    r = client.get(f"/api/v1/projects/{pid}/traversals/shape.png", params={"items": str(item), "steps": steps,
-                                                                           "scale": 1}, headers=admin)
+    r = client.get(
+        f"/api/v1/projects/{pid}/traversals/shape.png",
+        params={"items": str(item), "steps": steps, "scale": 1},
+        headers=admin,
+    )
     assert r.status_code == 200, r.text
     side = steps * size + steps + 1
     assert Image.open(io.BytesIO(r.content)).size == (side, side)
     # Two items: their grids stacked top to bottom with a 4-pixel band (× scale) between them.
     items = [it["id"] for it in client.get(f"/api/v1/projects/{pid}/items?limit=2", headers=admin).json()["items"]]
-    r = client.get(f"/api/v1/projects/{pid}/traversals/shape.png",
-                   params={"items": ",".join(map(str, items)), "steps": steps, "scale": 2}, headers=admin)
+    r = client.get(
+        f"/api/v1/projects/{pid}/traversals/shape.png",
+        params={"items": ",".join(map(str, items)), "steps": steps, "scale": 2},
+        headers=admin,
+    )
     w, h = Image.open(io.BytesIO(r.content)).size
     assert (w, h) == (steps * size * 2 + steps + 1, 2 * steps * size * 2 + 2 * steps + 1 + 4 * 2)
-    r = client.get(f"/api/v1/projects/{pid}/traversals/shape.png", params={"steps": steps, "scale": 1},
-                   headers=admin)
+    r = client.get(f"/api/v1/projects/{pid}/traversals/shape.png", params={"steps": steps, "scale": 1}, headers=admin)
     assert Image.open(io.BytesIO(r.content)).size == (side, 2 * steps * size + 2 * steps + 1 + 4)  # default: 2 items
 
     # The pages show the k-dim score and the grid; the models table the flow family.
@@ -149,16 +174,15 @@ def _digits_z(n: int = 150) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
 
 
 def test_warm_start_keeps_the_networks_and_a_changed_architecture_fits_cold():
-    from ml import pipeline
+    from ml import steps
 
     Z, S, attrs = _digits_z()
     tiny = {"epochs": 2, "warm_epochs": 2, "n_flows": 2, "hidden": 16}
-    blob, stats = pipeline.fit_lens(Z, S, attrs, params=tiny, device="cpu")
+    blob, stats = steps.fit_lens(Z, S, attrs, params=tiny, device="cpu")
     assert stats["flow"] == "planar" and stats["dims_per_attribute"] == 1 and "selection" not in stats
-    _, warm = pipeline.fit_lens(Z, S, attrs, warm_start_bytes=blob, params=tiny, device="cpu")
+    _, warm = steps.fit_lens(Z, S, attrs, warm_start_bytes=blob, params=tiny, device="cpu")
     assert warm["warm_start"] is True and "note" not in warm
-    _, cold = pipeline.fit_lens(Z, S, attrs, warm_start_bytes=blob, params={**tiny, "dims_per_attribute": 2},
-                                device="cpu")
+    _, cold = steps.fit_lens(Z, S, attrs, warm_start_bytes=blob, params={**tiny, "dims_per_attribute": 2}, device="cpu")
     assert cold["warm_start"] is False and "dims_per_attribute" in cold["note"] and "cold fit" in cold["note"]
     assert cold["dims_per_attribute"] == 2 and all(len(d) == 2 for d in cold["attribute_dims"].values())
 
@@ -166,38 +190,43 @@ def test_warm_start_keeps_the_networks_and_a_changed_architecture_fits_cold():
 def test_a_requested_flow_family_other_than_the_previous_one_means_a_cold_fit():
     from types import SimpleNamespace
 
-    from ml import pipeline
+    from ml import steps
 
     prev = SimpleNamespace(config_=SimpleNamespace(flow="coupling", n_flows=2, hidden=16, dims_per_attribute=1))
     same = {"n_flows": 2, "hidden": 16}
-    assert "flow" in pipeline._architecture_change(prev, {**same, "flow": "spline"})
-    assert pipeline._architecture_change(prev, {**same, "flow": "coupling"}) is None
+    assert "flow" in steps._architecture_change(prev, {**same, "flow": "spline"})
+    assert steps._architecture_change(prev, {**same, "flow": "coupling"}) is None
     # Switching a fixed family to "auto" selects again; "auto" asked again keeps what was chosen.
-    assert "flow" in pipeline._architecture_change(prev, {**same, "flow": "auto"})
-    chose = SimpleNamespace(flow="auto", n_flows=32, hidden=16, dims_per_attribute=1,
-                            config_=SimpleNamespace(flow="coupling", n_flows=8, hidden=16, dims_per_attribute=1))
-    assert pipeline._architecture_change(chose, {"flow": "auto", "n_flows": 32, "hidden": 16}) is None
-    assert "'coupling' → 'planar'" in pipeline._architecture_change(prev, same)  # the default asks planar
+    assert "flow" in steps._architecture_change(prev, {**same, "flow": "auto"})
+    chose = SimpleNamespace(
+        flow="auto",
+        n_flows=32,
+        hidden=16,
+        dims_per_attribute=1,
+        config_=SimpleNamespace(flow="coupling", n_flows=8, hidden=16, dims_per_attribute=1),
+    )
+    assert steps._architecture_change(chose, {"flow": "auto", "n_flows": 32, "hidden": 16}) is None
+    assert "'coupling' → 'planar'" in steps._architecture_change(prev, same)  # the default asks planar
     older = SimpleNamespace(config_=SimpleNamespace(n_flows=2, hidden=16, dims_per_attribute=1))  # before families
-    assert pipeline._architecture_change(older, {**same, "flow": "planar"}) is None
+    assert steps._architecture_change(older, {**same, "flow": "planar"}) is None
 
 
 def test_flow_change_fits_cold_and_auto_selection_is_summarised_for_the_models_table():
     from app.services.models import lens_summary
-    from ml import pipeline
+    from ml import steps
 
     Z, S, attrs = _digits_z()
     tiny = {"epochs": 2, "warm_epochs": 2, "n_flows": 2, "hidden": 16}
-    blob, _ = pipeline.fit_lens(Z, S, attrs, params=tiny, device="cpu")
-    coupling, stats = pipeline.fit_lens(Z, S, attrs, warm_start_bytes=blob, params={**tiny, "flow": "coupling"},
-                                        device="cpu")
+    blob, _ = steps.fit_lens(Z, S, attrs, params=tiny, device="cpu")
+    coupling, stats = steps.fit_lens(
+        Z, S, attrs, warm_start_bytes=blob, params={**tiny, "flow": "coupling"}, device="cpu"
+    )
     assert stats["flow"] == "coupling" and stats["warm_start"] is False and "flow" in stats["note"]
-    _, stats = pipeline.fit_lens(Z, S, attrs, warm_start_bytes=coupling, params={**tiny, "flow": "auto"},
-                                 device="cpu")
+    _, stats = steps.fit_lens(Z, S, attrs, warm_start_bytes=coupling, params={**tiny, "flow": "auto"}, device="cpu")
     assert stats["warm_start"] is False and stats["selection"] is not None  # a fixed family → "auto": select
     auto = {**tiny, "flow": "auto", "alpha": "auto", "selection_folds": 2}
-    auto_blob, stats = pipeline.fit_lens(Z, S, attrs, params=auto, device="cpu")
-    _, again = pipeline.fit_lens(Z, S, attrs, warm_start_bytes=auto_blob, params=auto, device="cpu")
+    auto_blob, stats = steps.fit_lens(Z, S, attrs, params=auto, device="cpu")
+    _, again = steps.fit_lens(Z, S, attrs, warm_start_bytes=auto_blob, params=auto, device="cpu")
     assert again["warm_start"] is True and again["flow"] == stats["flow"]  # "auto" again keeps the choice
     chosen = stats["selection"]["chosen"]
     assert chosen["flow"] == stats["flow"] and chosen["alpha"] == stats["alpha"]
@@ -213,15 +242,31 @@ def test_models_table_shows_the_flow_family_and_what_selection_chose():
     from app.services.models import lens_summary
     from app.web.templating import templates
 
-    stats = {"flow": "coupling", "dims_per_attribute": 2, "alpha": 30.0, "epochs": 12, "warm_start": False,
-             "selection": {"chosen": {"flow": "coupling", "alpha": 30.0, "epochs": 12}, "folds": 3}}
-    metrics = {"overall": 20.0, "overall_k": 35.5, "dims_per_attribute": 2,
-               "attributes": {"digit": {"score": 20.0, "score_k": 35.5}}}
-    v = SimpleNamespace(id=7, version=3, active=True, n_labels=80, metrics=metrics, stats=stats,
-                        created_at=datetime(2024, 1, 1))
+    stats = {
+        "flow": "coupling",
+        "dims_per_attribute": 2,
+        "alpha": 30.0,
+        "epochs": 12,
+        "warm_start": False,
+        "selection": {"chosen": {"flow": "coupling", "alpha": 30.0, "epochs": 12}, "folds": 3},
+    }
+    metrics = {
+        "overall": 20.0,
+        "overall_k": 35.5,
+        "dims_per_attribute": 2,
+        "attributes": {"digit": {"score": 20.0, "score_k": 35.5}},
+    }
+    v = SimpleNamespace(
+        id=7, version=3, active=True, n_labels=80, metrics=metrics, stats=stats, created_at=datetime(2024, 1, 1)
+    )
     html = templates.env.get_template("partials/models_table.html").render(
-        project=SimpleNamespace(id=1, name="p"), versions=[v], lens_of={7: lens_summary(stats)}, unscored_of={},
-        active_version=v, csrf_token="t")
+        project=SimpleNamespace(id=1, name="p"),
+        versions=[v],
+        lens_of={7: lens_summary(stats)},
+        unscored_of={},
+        active_version=v,
+        csrf_token="t",
+    )
     text = " ".join(html.split())
     assert 'data-flow="coupling"' in html and "2 dims/attribute" in text and "α 30" in text
     assert "chosen by 3-fold selection: flow coupling, alpha 30, epochs 12" in text

@@ -7,8 +7,14 @@ from types import SimpleNamespace
 from app.services import metric_reasons
 from app.web.insights import metric_table
 
-SKIPPED = {"overall": None, "n_eval": 1, "skipped": {
-    "digit": "1 eval label, 0 levels with 4 or more; needs 10 eval labels covering two or more levels with 4 or more each"}}
+SKIPPED = {
+    "overall": None,
+    "n_eval": 1,
+    "skipped": {
+        "digit": "1 eval label, 0 levels with 4 or more; needs 10 eval labels covering two or more levels "
+        "with 4 or more each"
+    },
+}
 
 
 def test_an_unscored_model_is_explained_with_the_reason_and_the_fix():
@@ -22,11 +28,19 @@ def test_an_unscored_model_is_explained_with_the_reason_and_the_fix():
 
 
 def test_the_table_flags_an_attribute_outside_its_designated_dims():
-    project = SimpleNamespace(attributes=[SimpleNamespace(name="digit", kind="categorical"),
-                                          SimpleNamespace(name="thickness", kind="ordinal")])
-    mv = SimpleNamespace(metrics={"overall": 20.0, "attributes": {"digit": {"score": 30.0, "dim": 2},
-                                                                  "thickness": {"score": 10.0, "dim": 1}}},
-                         n_labels=50)
+    project = SimpleNamespace(
+        attributes=[
+            SimpleNamespace(name="digit", kind="categorical"),
+            SimpleNamespace(name="thickness", kind="ordinal"),
+        ]
+    )
+    mv = SimpleNamespace(
+        metrics={
+            "overall": 20.0,
+            "attributes": {"digit": {"score": 30.0, "dim": 2}, "thickness": {"score": 10.0, "dim": 1}},
+        },
+        n_labels=50,
+    )
     table = metric_table(mv, project, None, {"digit": [0], "thickness": [1]})
     assert [r["in_own_dim"] for r in table["rows"]] == [False, True]
     assert table["mismatches"] == ["digit"]

@@ -17,8 +17,11 @@ PASSWORD = "correct horse battery"
 def sign_in(client: Any, username: str, password: str = PASSWORD, next_url: str = "/projects") -> Any:
     page = client.get(f"/login?next={next_url}")
     token = re.search(r'name="login_token" value="([^"]+)"', page.text).group(1)
-    return client.post("/login", data={"username": username, "password": password, "login_token": token,
-                                       "next": next_url}, follow_redirects=False)
+    return client.post(
+        "/login",
+        data={"username": username, "password": password, "login_token": token, "next": next_url},
+        follow_redirects=False,
+    )
 
 
 def csrf_of(html: str) -> str:
@@ -69,8 +72,9 @@ def test_each_page_renders_for_its_roles_and_is_403_for_the_others(client, accou
 def test_login_rejects_a_wrong_password_and_a_forged_form_then_logout_ends_the_session(client, accounts):
     r = sign_in(client, "expert", password="wrong password")
     assert r.status_code == 401 and "wrong username or password" in r.text.lower()
-    r = client.post("/login", data={"username": "expert", "password": PASSWORD, "login_token": "forged"},
-                    follow_redirects=False)
+    r = client.post(
+        "/login", data={"username": "expert", "password": PASSWORD, "login_token": "forged"}, follow_redirects=False
+    )
     assert r.status_code == 403
     r = sign_in(client, "expert", next_url="https://evil.example/")
     assert r.status_code == 303 and r.headers["location"] == "/projects"
@@ -82,13 +86,16 @@ def test_login_rejects_a_wrong_password_and_a_forged_form_then_logout_ends_the_s
     assert client.get("/projects", follow_redirects=False).status_code == 303
 
 
-@pytest.mark.parametrize("path,data", [
-    ("/admin/projects", {"name": "x", "attr_name": "a", "attr_kind": "categorical", "attr_levels": "p,q"}),
-    ("/admin/projects/{pid}/jobs", {"kind": "retrain"}),
-    ("/admin/projects/{pid}/import", {"source": "digits"}),
-    ("/admin/users", {"username": "zed", "role": "expert", "password": "password123"}),
-    ("/admin/tokens", {"user_id": "1", "name": "t"}),
-])
+@pytest.mark.parametrize(
+    "path,data",
+    [
+        ("/admin/projects", {"name": "x", "attr_name": "a", "attr_kind": "categorical", "attr_levels": "p,q"}),
+        ("/admin/projects/{pid}/jobs", {"kind": "retrain"}),
+        ("/admin/projects/{pid}/import", {"source": "digits"}),
+        ("/admin/users", {"username": "zed", "role": "expert", "password": "password123"}),
+        ("/admin/tokens", {"user_id": "1", "name": "t"}),
+    ],
+)
 def test_forms_without_the_csrf_token_are_403_and_change_nothing(client, accounts, pid, db, path, data):
     from tests.conftest import count
 
@@ -104,17 +111,40 @@ def test_admin_creates_a_project_from_the_form_and_bad_fields_are_named(client, 
 
     sign_in(client, "admin")
     csrf = csrf_of(client.get("/admin/projects/new").text)
-    bad = client.post("/admin/projects", data={"csrf_token": csrf, "name": "p", "source": "digits",
-                                               "attr_name": "size", "attr_kind": "continuous", "attr_low": "big",
-                                               "retrain_every": "0"})
+    bad = client.post(
+        "/admin/projects",
+        data={
+            "csrf_token": csrf,
+            "name": "p",
+            "source": "digits",
+            "attr_name": "size",
+            "attr_kind": "continuous",
+            "attr_low": "big",
+            "retrain_every": "0",
+        },
+    )
     assert bad.status_code == 422
     assert "attributes[0].low" in bad.text and "retrain_every" in bad.text
     assert count(db, "projects") == 0
-    ok = client.post("/admin/projects", data={
-        "csrf_token": csrf, "name": "digits", "source": "digits", "attr_name": ["digit", "thickness"],
-        "attr_kind": ["categorical", "ordinal"], "attr_levels": ["0,1,2,3,4,5,6,7,8,9", "1,2,3,4,5"],
-        "attr_low": ["", ""], "attr_high": ["", ""], "representation": "vae", "latent_dim": "8",
-        "strategy": "bald", "retrain_every": "25", "lease_seconds": "300", "eval_fraction": "0.1"})
+    ok = client.post(
+        "/admin/projects",
+        data={
+            "csrf_token": csrf,
+            "name": "digits",
+            "source": "digits",
+            "attr_name": ["digit", "thickness"],
+            "attr_kind": ["categorical", "ordinal"],
+            "attr_levels": ["0,1,2,3,4,5,6,7,8,9", "1,2,3,4,5"],
+            "attr_low": ["", ""],
+            "attr_high": ["", ""],
+            "representation": "vae",
+            "latent_dim": "8",
+            "strategy": "bald",
+            "retrain_every": "25",
+            "lease_seconds": "300",
+            "eval_fraction": "0.1",
+        },
+    )
     assert ok.status_code == 201, ok.text[:500]
     assert "1797 items imported" in ok.text
     assert count(db, "items") == 1797 and count(db, "jobs", "kind = 'pretrain'") == 1
@@ -139,8 +169,11 @@ def test_import_reports_bad_files_one_by_one(client, accounts, pid, tmp_path):
             Image.fromarray((np.random.default_rng(i).random((8, 8)) * 255).astype(np.uint8)).save(png, "PNG")
             zf.writestr(f"ok{i}.png", png.getvalue())
         zf.writestr("broken.png", b"not a png at all")
-    r = client.post(f"/admin/projects/{pid}/import", data={"csrf_token": csrf, "source": "none"},
-                    files={"file": ("images.zip", buf.getvalue(), "application/zip")})
+    r = client.post(
+        f"/admin/projects/{pid}/import",
+        data={"csrf_token": csrf, "source": "none"},
+        files={"file": ("images.zip", buf.getvalue(), "application/zip")},
+    )
     assert r.status_code == 200, r.text[:500]
     assert "3 items imported" in r.text
     assert "broken.png" in r.text and "1 file could not be imported" in r.text
@@ -149,8 +182,9 @@ def test_import_reports_bad_files_one_by_one(client, accounts, pid, tmp_path):
 def test_htmx_requests_get_partials(client, accounts, pid):
     sign_in(client, "admin")
     csrf = csrf_of(client.get(f"/admin/projects/{pid}/jobs").text)
-    r = client.post(f"/admin/projects/{pid}/jobs", data={"kind": "retrain"},
-                    headers={"HX-Request": "true", "X-CSRF-Token": csrf})
+    r = client.post(
+        f"/admin/projects/{pid}/jobs", data={"kind": "retrain"}, headers={"HX-Request": "true", "X-CSRF-Token": csrf}
+    )
     assert r.status_code == 200
     assert r.text.lstrip().startswith('<div id="jobs-table"') and "<html" not in r.text
     assert 'sse-connect="/api/v1/jobs/' in r.text
@@ -197,8 +231,9 @@ def test_scatter_is_409_before_a_model_and_gives_pca_and_zstar_points_after(clie
     Zs = fitted["lens"].transform(fitted["Z"][fitted["rows"](pts["item_id"])])
     assert np.allclose(np.asarray(pts["z_star"]), Zs[:, body["z_star"]["dims"]], atol=1e-3)
     assert body["z_star"]["dims"][0] == fitted["lens"].attribute_dims_["digit"][0]
-    assert client.get(f"/api/v1/projects/{pid}/scatter", params={"attribute": "colour"},
-                      headers=viewer).status_code == 404
+    assert (
+        client.get(f"/api/v1/projects/{pid}/scatter", params={"attribute": "colour"}, headers=viewer).status_code == 404
+    )
 
 
 def _fit(app: Any, client: Any, pid: int) -> dict[str, Any]:
@@ -215,8 +250,10 @@ def _fit(app: Any, client: Any, pid: int) -> dict[str, Any]:
         ids = np.asarray(s.scalars(sa.select(Item.id).where(Item.project_id == pid).order_by(Item.id)).all())
     Z = np.random.default_rng(0).normal(size=(len(ids), 4)).astype(np.float32)
     n = len(ids)
-    S = {"digit": np.where(np.arange(n) < 200, np.arange(n) % 10, -1),
-         "thickness": np.where(np.arange(n) < 200, np.arange(n) % 5, -1)}
+    S = {
+        "digit": np.where(np.arange(n) < 200, np.arange(n) % 10, -1),
+        "thickness": np.where(np.arange(n) < 200, np.arange(n) % 5, -1),
+    }
     lens = InterpretableLens(DIGITS_ATTRIBUTES, n_flows=1, hidden=8, epochs=1, device="cpu").fit(Z, S)
 
     def npy(a: np.ndarray) -> bytes:
@@ -228,7 +265,9 @@ def _fit(app: Any, client: Any, pid: int) -> dict[str, Any]:
         rep = Representation(project_id=pid, source="embeddings", z=npy(Z), item_ids=npy(ids), active=True)
         s.add(rep)
         s.flush()
-        s.add(ModelVersion(project_id=pid, version=1, representation_id=rep.id, checkpoint=lens.to_bytes(), active=True))
+        s.add(
+            ModelVersion(project_id=pid, version=1, representation_id=rep.id, checkpoint=lens.to_bytes(), active=True)
+        )
         s.commit()
     pos = {int(i): k for k, i in enumerate(ids)}
     return {"Z": Z, "lens": lens, "rows": lambda item_ids: [pos[int(i)] for i in item_ids]}

@@ -47,13 +47,16 @@ def test_project_names_are_unique(client, admin, project):
     assert r.status_code == 409
 
 
-@pytest.mark.parametrize("attributes, fragment", [
-    ([], "attributes"),
-    ([{"name": "a", "kind": "categorical", "levels": ["x"]}], "at least 2 levels"),
-    ([{"name": "a", "kind": "continuous", "low": 5, "high": 1}], "low < high"),
-    ([{"name": "a", "levels": ["x", "y"]}, {"name": "a", "levels": ["x", "y"]}], "unique"),
-    ([{"name": "a", "kind": "colour", "levels": ["x", "y"]}], "kind"),
-])
+@pytest.mark.parametrize(
+    "attributes, fragment",
+    [
+        ([], "attributes"),
+        ([{"name": "a", "kind": "categorical", "levels": ["x"]}], "at least 2 levels"),
+        ([{"name": "a", "kind": "continuous", "low": 5, "high": 1}], "low < high"),
+        ([{"name": "a", "levels": ["x", "y"]}, {"name": "a", "levels": ["x", "y"]}], "unique"),
+        ([{"name": "a", "kind": "colour", "levels": ["x", "y"]}], "kind"),
+    ],
+)
 def test_bad_attribute_schemas_are_422_and_write_nothing(client, admin, db, attributes, fragment):
     r = client.post("/api/v1/projects", json={"name": "p", "attributes": attributes}, headers=admin)
     assert r.status_code == 422 and fragment in str(r.json()["detail"])
@@ -68,8 +71,11 @@ def test_server_paths_outside_the_import_roots_are_refused_naming_the_field(clie
 
 
 def test_mnist_idx_files_import_with_a_limit(client, admin):
-    body = {"name": "mnist", "attributes": DIGITS_ATTRIBUTES,
-            "dataset": {"source": "mnist", "path": str(SHARED_DATA / "mnist"), "split": "test", "limit": 50}}
+    body = {
+        "name": "mnist",
+        "attributes": DIGITS_ATTRIBUTES,
+        "dataset": {"source": "mnist", "path": str(SHARED_DATA / "mnist"), "split": "test", "limit": 50},
+    }
     r = client.post("/api/v1/projects", json=body, headers=admin)
     assert r.status_code == 201, r.text
     assert r.json()["n_items"] == 50
@@ -79,8 +85,9 @@ def test_mnist_idx_files_import_with_a_limit(client, admin):
 
 def test_shapes_import_through_the_items_endpoint_adds_items(client, admin):
     p = _empty_project(client, admin)
-    r = client.post(f"/api/v1/projects/{p['id']}/items:import", json={"dataset": {"source": "shapes", "n": 40}},
-                    headers=admin)
+    r = client.post(
+        f"/api/v1/projects/{p['id']}/items:import", json={"dataset": {"source": "shapes", "n": 40}}, headers=admin
+    )
     assert r.status_code == 201, r.text
     assert r.json()["imported"] == 40 and r.json()["job"]["kind"] == "pretrain"
 
@@ -88,12 +95,15 @@ def test_shapes_import_through_the_items_endpoint_adds_items(client, admin):
 def test_a_corrupt_image_inside_a_zip_is_reported_and_the_rest_imported(client, admin, db):
     p = _empty_project(client, admin)
     data = _zip({"a.png": _png(10), "b.png": b"\x89PNG this is not an image", "c.png": _png(200)})
-    r = client.post(f"/api/v1/projects/{p['id']}/items:import", files={"file": ("x.zip", data, "application/zip")},
-                    headers=admin)
+    r = client.post(
+        f"/api/v1/projects/{p['id']}/items:import", files={"file": ("x.zip", data, "application/zip")}, headers=admin
+    )
     assert r.status_code == 201, r.text
     assert r.json()["imported"] == 2
     assert len(r.json()["errors"]) == 1 and "b.png" in r.json()["errors"][0]
-    ids = sorted(i["external_id"] for i in client.get(f"/api/v1/projects/{p['id']}/items", headers=admin).json()["items"])
+    ids = sorted(
+        i["external_id"] for i in client.get(f"/api/v1/projects/{p['id']}/items", headers=admin).json()["items"]
+    )
     assert ids == ["a.png", "c.png"]
 
 
@@ -101,8 +111,9 @@ def test_a_corrupt_image_inside_a_zip_is_reported_and_the_rest_imported(client, 
 def test_a_zip_slip_name_is_refused_and_nothing_is_imported(client, admin, db, name):
     p = _empty_project(client, admin)
     data = _zip({"good.png": _png(), name: _png()})
-    r = client.post(f"/api/v1/projects/{p['id']}/items:import", files={"file": ("x.zip", data, "application/zip")},
-                    headers=admin)
+    r = client.post(
+        f"/api/v1/projects/{p['id']}/items:import", files={"file": ("x.zip", data, "application/zip")}, headers=admin
+    )
     assert r.status_code == 422 and "file" in r.json()["detail"]
     assert count(db, "items") == 0 and count(db, "jobs") == 0
 
@@ -120,14 +131,19 @@ def test_an_oversize_streamed_upload_without_content_length_is_413(client, admin
     boundary = "lenslabboundary"
 
     def body():
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.zip\"\r\n"
-               "Content-Type: application/zip\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.zip"\r\n'
+            "Content-Type: application/zip\r\n\r\n"
+        ).encode()
         for _ in range(settings.max_upload_bytes // 65536 + 2):
             yield b"\0" * 65536
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    r = client.post(f"/api/v1/projects/{p['id']}/items:import", content=body(),
-                    headers={**admin, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    r = client.post(
+        f"/api/v1/projects/{p['id']}/items:import",
+        content=body(),
+        headers={**admin, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert r.status_code == 413
     assert count(db, "items") == 0
 
@@ -138,8 +154,11 @@ def test_embeddings_upload_with_images_creates_items_and_the_active_representati
     buf = io.BytesIO()
     np.save(buf, z)
     images = _zip({"0.png": _png(1), "1.png": _png(2), "2.png": _png(3)})
-    r = client.post(f"/api/v1/projects/{p['id']}/items:import", headers=admin,
-                    files={"file": ("z.npy", buf.getvalue()), "images": ("i.zip", images)})
+    r = client.post(
+        f"/api/v1/projects/{p['id']}/items:import",
+        headers=admin,
+        files={"file": ("z.npy", buf.getvalue()), "images": ("i.zip", images)},
+    )
     assert r.status_code == 201, r.text
     assert r.json()["imported"] == 3
     assert count(db, "representations", "active AND source = 'embeddings'") == 1
@@ -152,7 +171,9 @@ def test_a_pickled_npy_upload_is_refused(client, admin, db):
     p = _empty_project(client, admin, representation={"source": "embeddings"})
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    r = client.post(f"/api/v1/projects/{p['id']}/items:import", headers=admin, files={"file": ("z.npy", buf.getvalue())})
+    r = client.post(
+        f"/api/v1/projects/{p['id']}/items:import", headers=admin, files={"file": ("z.npy", buf.getvalue())}
+    )
     assert r.status_code == 422
     assert count(db, "items") == 0
 
@@ -184,20 +205,24 @@ def test_image_is_png_upscaled_crisply_with_an_etag(client, viewer, project):
     img = np.asarray(Image.open(io.BytesIO(r.content)))
     assert img.shape == (32, 32)
     assert (img[::4, ::4] == img[1::4, 1::4]).all()  # every 4×4 block is one source pixel
-    again = client.get(f"/api/v1/items/{iid}/image.png", params={"scale": 4},
-                       headers={**viewer, "If-None-Match": r.headers["etag"]})
+    again = client.get(
+        f"/api/v1/items/{iid}/image.png", params={"scale": 4}, headers={**viewer, "If-None-Match": r.headers["etag"]}
+    )
     assert again.status_code == 304
     assert client.get(f"/api/v1/items/{iid}/image.png", params={"scale": 99}, headers=viewer).status_code == 422
 
 
 def test_patch_changes_settings_and_refuses_changing_a_labelled_attribute(client, admin, expert, project):
     pid = project["id"]
-    r = client.patch(f"/api/v1/projects/{pid}", json={"settings": {"retrain_every": 7}, "strategy": "max_entropy"},
-                     headers=admin)
+    r = client.patch(
+        f"/api/v1/projects/{pid}", json={"settings": {"retrain_every": 7}, "strategy": "max_entropy"}, headers=admin
+    )
     assert r.status_code == 200 and r.json()["settings"]["retrain_every"] == 7
     assert client.get(f"/api/v1/projects/{pid}", headers=admin).json()["effective_settings"]["retrain_every"] == 7
     iid = client.get(f"/api/v1/projects/{pid}/items?limit=1", headers=admin).json()["items"][0]["id"]
-    assert client.post(f"/api/v1/items/{iid}/labels", json={"values": {"digit": "3"}}, headers=expert).status_code == 201
+    assert (
+        client.post(f"/api/v1/items/{iid}/labels", json={"values": {"digit": "3"}}, headers=expert).status_code == 201
+    )
     changed = [{"name": "digit", "kind": "categorical", "levels": ["a", "b"]}, DIGITS_ATTRIBUTES[1]]
     assert client.patch(f"/api/v1/projects/{pid}", json={"attributes": changed}, headers=admin).status_code == 409
     added = [*DIGITS_ATTRIBUTES, {"name": "slant", "kind": "continuous", "low": -1, "high": 1}]

@@ -41,8 +41,11 @@ def test_your_own_live_leases_come_back_first(client, expert, project):
 def test_next_item_never_hands_out_a_labelled_item(client, admin, expert, db):
     p = create_project(client, admin, name="tiny", dataset={"source": "shapes", "n": 6})
     ids = [i["id"] for i in client.get(f"/api/v1/projects/{p['id']}/items", headers=admin).json()["items"]]
-    r = client.post(f"/api/v1/projects/{p['id']}/labels:import", headers=admin,
-                    json={"labels": [{"item_id": i, "values": {"digit": "1"}} for i in ids[:4]]})
+    r = client.post(
+        f"/api/v1/projects/{p['id']}/labels:import",
+        headers=admin,
+        json={"labels": [{"item_id": i, "values": {"digit": "1"}} for i in ids[:4]]},
+    )
     assert r.status_code == 201
     got = {i["item_id"] for i in _next(client, expert, p["id"], 10)}
     assert got == set(ids[4:])
@@ -50,8 +53,11 @@ def test_next_item_never_hands_out_a_labelled_item(client, admin, expert, db):
 
 def test_submitting_a_label_ends_the_lease(client, expert, project, db):
     item = _next(client, expert, project["id"])[0]
-    r = client.post(f"/api/v1/items/{item['item_id']}/labels", headers=expert,
-                    json={"values": {"digit": "3"}, "lease_id": item["lease_id"]})
+    r = client.post(
+        f"/api/v1/items/{item['item_id']}/labels",
+        headers=expert,
+        json={"values": {"digit": "3"}, "lease_id": item["lease_id"]},
+    )
     assert r.status_code == 201
     db.rollback()
     row = db.execute(sa.text("SELECT end_reason FROM leases WHERE id = :i"), {"i": item["lease_id"]}).scalar()
@@ -77,15 +83,16 @@ def test_a_skipped_item_goes_to_other_experts_not_back_to_the_one_who_skipped(cl
 
 
 def test_a_skip_lapses_after_the_projects_skip_hours(client, admin, expert, db):
-    p = create_project(client, admin, name="tiny", dataset={"source": "shapes", "n": 1},
-                       settings={"skip_hours": 0.5})
+    p = create_project(client, admin, name="tiny", dataset={"source": "shapes", "n": 1}, settings={"skip_hours": 0.5})
     item = _next(client, expert, p["id"])[0]
     client.post(f"/api/v1/leases/{item['lease_id']}/release", headers=expert)
     assert _next(client, expert, p["id"]) == []
     # Half an hour later (moved by hand) the item is back for them.
     past = utcnow() - timedelta(seconds=1)
-    db.execute(sa.text("UPDATE skips SET until = :t"),
-               {"t": past.replace(tzinfo=None) if db.get_bind().dialect.name == "sqlite" else past})
+    db.execute(
+        sa.text("UPDATE skips SET until = :t"),
+        {"t": past.replace(tzinfo=None) if db.get_bind().dialect.name == "sqlite" else past},
+    )
     db.commit()
     assert [i["item_id"] for i in _next(client, expert, p["id"])] == [item["item_id"]]
 
@@ -138,10 +145,14 @@ def test_an_admin_freeing_someone_elses_lease_is_not_their_skip(client, admin, e
 def _expire(db, lease_id):
     past = utcnow() - timedelta(seconds=1)
     db.rollback()
-    db.execute(sa.text("UPDATE leases SET expires_at = :t WHERE id = :i"), {"t": past.replace(tzinfo=None) if
-               db.get_bind().dialect.name == "sqlite" else past, "i": lease_id})
-    db.execute(sa.text("UPDATE items SET lease_expires_at = :t WHERE lease_id = :i"), {"t": past.replace(tzinfo=None)
-               if db.get_bind().dialect.name == "sqlite" else past, "i": lease_id})
+    db.execute(
+        sa.text("UPDATE leases SET expires_at = :t WHERE id = :i"),
+        {"t": past.replace(tzinfo=None) if db.get_bind().dialect.name == "sqlite" else past, "i": lease_id},
+    )
+    db.execute(
+        sa.text("UPDATE items SET lease_expires_at = :t WHERE lease_id = :i"),
+        {"t": past.replace(tzinfo=None) if db.get_bind().dialect.name == "sqlite" else past, "i": lease_id},
+    )
     db.commit()
 
 
@@ -154,14 +165,20 @@ def test_an_expired_lease_returns_its_item_to_the_pool(client, accounts, admin, 
     got = _next(client, other, p["id"])
     assert [i["item_id"] for i in got] == [item["item_id"]]
     db.rollback()
-    assert db.execute(sa.text("SELECT end_reason FROM leases WHERE id = :i"), {"i": item["lease_id"]}).scalar() == "expired"
+    assert (
+        db.execute(sa.text("SELECT end_reason FROM leases WHERE id = :i"), {"i": item["lease_id"]}).scalar()
+        == "expired"
+    )
 
 
 def test_a_label_with_an_expired_lease_is_409_and_writes_nothing(client, expert, project, db):
     item = _next(client, expert, project["id"])[0]
     _expire(db, item["lease_id"])
-    r = client.post(f"/api/v1/items/{item['item_id']}/labels", headers=expert,
-                    json={"values": {"digit": "3"}, "lease_id": item["lease_id"]})
+    r = client.post(
+        f"/api/v1/items/{item['item_id']}/labels",
+        headers=expert,
+        json={"values": {"digit": "3"}, "lease_id": item["lease_id"]},
+    )
     assert r.status_code == 409 and "expired" in r.json()["detail"]
     assert count(db, "labels") == 0
 
@@ -169,8 +186,11 @@ def test_a_label_with_an_expired_lease_is_409_and_writes_nothing(client, expert,
 def test_a_label_with_another_users_lease_is_403_and_writes_nothing(client, accounts, expert, project, db):
     other = accounts.add("expert2", "expert")
     item = _next(client, other, project["id"])[0]
-    r = client.post(f"/api/v1/items/{item['item_id']}/labels", headers=expert,
-                    json={"values": {"digit": "3"}, "lease_id": item["lease_id"]})
+    r = client.post(
+        f"/api/v1/items/{item['item_id']}/labels",
+        headers=expert,
+        json={"values": {"digit": "3"}, "lease_id": item["lease_id"]},
+    )
     assert r.status_code == 403 and "another user" in r.json()["detail"]
     assert client.post(f"/api/v1/leases/{item['lease_id']}/release", headers=expert).status_code == 403
     assert count(db, "labels") == 0
@@ -178,11 +198,15 @@ def test_a_label_with_another_users_lease_is_403_and_writes_nothing(client, acco
 
 def test_a_lease_for_a_different_item_is_422(client, expert, project, db):
     a, b = _next(client, expert, project["id"], 2)
-    r = client.post(f"/api/v1/items/{b['item_id']}/labels", headers=expert,
-                    json={"values": {"digit": "3"}, "lease_id": a["lease_id"]})
+    r = client.post(
+        f"/api/v1/items/{b['item_id']}/labels",
+        headers=expert,
+        json={"values": {"digit": "3"}, "lease_id": a["lease_id"]},
+    )
     assert r.status_code == 422 and count(db, "labels") == 0
-    r = client.post(f"/api/v1/items/{b['item_id']}/labels", headers=expert,
-                    json={"values": {"digit": "3"}, "lease_id": "nope"})
+    r = client.post(
+        f"/api/v1/items/{b['item_id']}/labels", headers=expert, json={"values": {"digit": "3"}, "lease_id": "nope"}
+    )
     assert r.status_code == 422
 
 
@@ -191,8 +215,11 @@ def test_eval_hand_outs_join_the_eval_split_and_their_labels_are_flagged(client,
     items = _next(client, expert, p["id"], 4)
     assert all(i["eval"] for i in items)
     assert count(db, "items", "split = 'eval'") == 4
-    r = client.post(f"/api/v1/items/{items[0]['item_id']}/labels", headers=expert,
-                    json={"values": {"digit": "3"}, "lease_id": items[0]["lease_id"]})
+    r = client.post(
+        f"/api/v1/items/{items[0]['item_id']}/labels",
+        headers=expert,
+        json={"values": {"digit": "3"}, "lease_id": items[0]["lease_id"]},
+    )
     assert r.json()["eval"] is True
 
 

@@ -38,10 +38,16 @@ def _arrange(app: Any, settings: Any, n: int = 400) -> tuple[int, list[dict[str,
 
     with app.state.db.session() as s:
         admin = users.create(session=s, username="admin", password="admin password", role="admin")
-        p = projects.create(session=s, name="faults", attributes=[{"name": "shape", "levels": ["a", "b", "c"]}],
-                            representation={"source": "vae"}, strategy="bald", settings={"eval_fraction": 0.0},
-                            created_by_id=admin.id,
-                            loaded=imports.load_spec({"source": "shapes", "n": n, "size": 16}, settings))
+        p = projects.create(
+            session=s,
+            name="faults",
+            attributes=[{"name": "shape", "levels": ["a", "b", "c"]}],
+            representation={"source": "vae"},
+            strategy="bald",
+            settings={"eval_fraction": 0.0},
+            created_by_id=admin.id,
+            loaded=imports.load_spec({"source": "shapes", "n": n, "size": 16}, settings),
+        )
         heads = []
         for k in range(CLIENTS):
             u = users.create(session=s, username=f"e{k}", password="expert password", role="expert")
@@ -50,16 +56,36 @@ def _arrange(app: Any, settings: Any, n: int = 400) -> tuple[int, list[dict[str,
 
 
 def _server_env(settings: Any) -> dict[str, str]:
-    return {"LENSLAB_DATABASE_URL": settings.database_url, "LENSLAB_SECRET_KEY": settings.secret_key,
-            "LENSLAB_DATA_DIR": str(settings.data_dir), "LENSLAB_ENV": "development"}
+    return {
+        "LENSLAB_DATABASE_URL": settings.database_url,
+        "LENSLAB_SECRET_KEY": settings.secret_key,
+        "LENSLAB_DATA_DIR": str(settings.data_dir),
+        "LENSLAB_ENV": "development",
+    }
 
 
 def _start_server(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
     """A uvicorn process on 127.0.0.1:port; returns once /healthz answers."""
     log = open(log_path, "ab")  # noqa: SIM115  (the child holds it; the tmp dir goes with the test)
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host",
-                             "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, log_path.read_text(errors="replace")[-2000:]
@@ -100,8 +126,11 @@ class Labeller:
                     continue
                 it = r.json()["items"][0]
                 n += 1
-                body = {"values": {"shape": "abc"[n % 3]}, "lease_id": it["lease_id"],
-                        "idempotency_key": f"k{self.k}-{n}"}
+                body = {
+                    "values": {"shape": "abc"[n % 3]},
+                    "lease_id": it["lease_id"],
+                    "idempotency_key": f"k{self.k}-{n}",
+                }
                 try:
                     r = c.post(f"/api/v1/items/{it['item_id']}/labels", json=body)
                 except httpx.HTTPError:
@@ -139,14 +168,17 @@ def _check_acknowledged(db: Any, labellers: list[Labeller]) -> int:
             assert lid in rows and rows[lid].item_id == want["item_id"], f"acknowledged label {lid} lost"
             assert rows[lid].idempotency_key == want["body"]["idempotency_key"]
             n += 1
-    dupes = db.execute(sa.text("SELECT user_id, idempotency_key FROM labels WHERE idempotency_key IS NOT NULL "
-                               "GROUP BY user_id, idempotency_key HAVING count(*) > 1")).all()
+    dupes = db.execute(
+        sa.text(
+            "SELECT user_id, idempotency_key FROM labels WHERE idempotency_key IS NOT NULL "
+            "GROUP BY user_id, idempotency_key HAVING count(*) > 1"
+        )
+    ).all()
     assert dupes == []
     return n
 
 
-def test_web_process_killed_mid_submit_loses_no_acknowledged_label_and_retries_land_once(
-        app, settings, db, tmp_path):
+def test_web_process_killed_mid_submit_loses_no_acknowledged_label_and_retries_land_once(app, settings, db, tmp_path):
     from app.bench.server import free_port
 
     pid, heads = _arrange(app, settings)
@@ -182,16 +214,21 @@ def test_web_process_killed_mid_submit_loses_no_acknowledged_label_and_retries_l
                     lab.acked[r.json()["id"]] = u
         assert len(retried) == len(set(retried))
         total = _check_acknowledged(db, labellers)
-        print(f"\nkill -9 mid-submit: {acked} acknowledged before the kill, {len(retried)} unanswered and retried, "
-              f"{total} stored exactly once")
+        print(
+            f"\nkill -9 mid-submit: {acked} acknowledged before the kill, {len(retried)} unanswered and retried, "
+            f"{total} stored exactly once"
+        )
         assert 500 not in [s for lab in labellers for s in lab.statuses]
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-@pytest.mark.parametrize("url", ["postgresql+psycopg://lenslab@127.0.0.1:{port}/lenslab",
-                                 "sqlite:///{missing}"], ids=["postgres-down", "sqlite-unopenable"])
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql+psycopg://lenslab@127.0.0.1:{port}/lenslab", "sqlite:///{missing}"],
+    ids=["postgres-down", "sqlite-unopenable"],
+)
 def test_database_away_answers_503_with_retry_after_on_api_and_pages(url, tmp_path):
     from fastapi.testclient import TestClient
 
@@ -205,18 +242,24 @@ def test_database_away_answers_503_with_retry_after_on_api_and_pages(url, tmp_pa
     missing = tmp_path / "a-directory.db"
     missing.mkdir()  # SQLite cannot open a directory as its database file
     url = url.format(port=free_port(), missing=missing)
-    settings = Settings(_env_file=None, env="development", database_url=url, data_dir=tmp_path / "data",
-                        secret_key="test-secret-key-0123456789abcdef")
+    settings = Settings(
+        _env_file=None,
+        env="development",
+        database_url=url,
+        data_dir=tmp_path / "data",
+        secret_key="test-secret-key-0123456789abcdef",
+    )
     app = create_app(settings)
     try:
         with TestClient(app, raise_server_exceptions=False) as c:
             cookie = {security.SESSION_COOKIE: app.state.signer.dumps("some-session-id")}
             bearer = {"Authorization": f"Bearer {security.new_api_token()}"}  # well-formed, so it is looked up
-            for method, path, kw in [("GET", "/api/v1/projects", {"headers": bearer}),
-                                     ("POST", "/api/v1/auth/login", {"json": {"username": "a", "password": "b"}}),
-                                     ("POST", "/api/v1/items/1/labels",
-                                      {"json": {"values": {}}, "headers": bearer}),
-                                     ("GET", "/projects", {"cookies": cookie})]:
+            for method, path, kw in [
+                ("GET", "/api/v1/projects", {"headers": bearer}),
+                ("POST", "/api/v1/auth/login", {"json": {"username": "a", "password": "b"}}),
+                ("POST", "/api/v1/items/1/labels", {"json": {"values": {}}, "headers": bearer}),
+                ("GET", "/projects", {"cookies": cookie}),
+            ]:
                 r = c.request(method, path, **kw)
                 assert r.status_code == 503, (path, r.status_code, r.text[:300])
                 assert int(r.headers["retry-after"]) >= 1
@@ -226,6 +269,7 @@ def test_database_away_answers_503_with_retry_after_on_api_and_pages(url, tmp_pa
 
 
 # --- PostgreSQL restarted under load ----------------------------------------------------------
+
 
 def _as_postgres(cmd: list[str]) -> list[str]:
     return ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(cmd)] if os.getuid() == 0 else cmd
@@ -244,13 +288,25 @@ def private_postgres() -> Iterator[tuple[str, Path]]:
         shutil.chown(d, "postgres")
     port = free_port()
     data = d / "data"
-    ok = subprocess.run(_as_postgres(["initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"]),
-                        capture_output=True).returncode == 0
+    ok = (
+        subprocess.run(
+            _as_postgres(["initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"]), capture_output=True
+        ).returncode
+        == 0
+    )
     if not ok:
         shutil.rmtree(d, ignore_errors=True)
         pytest.skip("initdb failed (no postgres user?)")
-    ctl = ["pg_ctl", "-D", str(data), "-l", str(d / "server.log"), "-w", "-o",
-           f"'-h 127.0.0.1 -p {port} -k {d} -c fsync=off'"]
+    ctl = [
+        "pg_ctl",
+        "-D",
+        str(data),
+        "-l",
+        str(d / "server.log"),
+        "-w",
+        "-o",
+        f"'-h 127.0.0.1 -p {port} -k {d} -c fsync=off'",
+    ]
     subprocess.run(_as_postgres([*ctl, "start"]), check=True, capture_output=True)
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", d
@@ -268,8 +324,14 @@ def test_postgres_restarted_under_load_gives_503_not_500_and_loses_nothing(tmp_p
 
     with private_postgres() as (url, pgdir):
         upgrade(url)
-        settings = Settings(_env_file=None, env="development", database_url=url, data_dir=tmp_path / "data",
-                            secret_key="test-secret-key-0123456789abcdef", eval_fraction=0.0)
+        settings = Settings(
+            _env_file=None,
+            env="development",
+            database_url=url,
+            data_dir=tmp_path / "data",
+            secret_key="test-secret-key-0123456789abcdef",
+            eval_fraction=0.0,
+        )
         app = create_app(settings)
         pid, heads = _arrange(app, settings)
         port = free_port()
@@ -287,8 +349,11 @@ def test_postgres_restarted_under_load_gives_503_not_500_and_loses_nothing(tmp_p
                 subprocess.run(_as_postgres([*ctl, "-m", "immediate", "stop"]), check=True, capture_output=True)
                 time.sleep(2.0)  # load continues against a database that is away
                 during = sum(len(lab.statuses) for lab in labellers)
-                subprocess.run(_as_postgres([*ctl, "-o", f"'-h 127.0.0.1 -p {sa.make_url(url).port} -k {pgdir}'",
-                                             "start"]), check=True, capture_output=True)
+                subprocess.run(
+                    _as_postgres([*ctl, "-o", f"'-h 127.0.0.1 -p {sa.make_url(url).port} -k {pgdir}'", "start"]),
+                    check=True,
+                    capture_output=True,
+                )
                 time.sleep(3.0)  # and after it is back
                 for lab in labellers:
                     lab.__exit__()
@@ -298,8 +363,10 @@ def test_postgres_restarted_under_load_gives_503_not_500_and_loses_nothing(tmp_p
                 assert sum(len(lab.statuses) for lab in labellers) > during, "no request succeeded after the restart"
                 assert statuses[-1] in (200, 201)
                 total = _check_acknowledged(db, labellers)
-                print(f"\npostgres restart: {len(statuses)} responses, {statuses.count(503)} × 503, "
-                      f"{statuses.count(500)} × 500, {total} acknowledged labels all stored")
+                print(
+                    f"\npostgres restart: {len(statuses)} responses, {statuses.count(503)} × 503, "
+                    f"{statuses.count(500)} × 500, {total} acknowledged labels all stored"
+                )
         finally:
             for lab in labellers:
                 lab.stop.set()
@@ -311,6 +378,7 @@ def test_postgres_restarted_under_load_gives_503_not_500_and_loses_nothing(tmp_p
 
 
 # --- a full disk during a checkpoint write ----------------------------------------------------
+
 
 @pytest.fixture
 def small_tmpfs() -> Iterator[Path]:
@@ -328,7 +396,8 @@ def small_tmpfs() -> Iterator[Path]:
 
 
 def test_a_full_disk_during_a_retrain_checkpoint_fails_the_job_with_a_reason_and_keeps_the_active_model(
-        small_tmpfs, sqlite_template, tmp_path):
+    small_tmpfs, sqlite_template, tmp_path
+):
     from fastapi.testclient import TestClient
 
     from app.config import Settings
@@ -337,10 +406,17 @@ def test_a_full_disk_during_a_retrain_checkpoint_fails_the_job_with_a_reason_and
     from tests.conftest import Accounts
 
     shutil.copy(sqlite_template, small_tmpfs / "lenslab.db")
-    settings = Settings(_env_file=None, env="development", database_url=f"sqlite:///{small_tmpfs / 'lenslab.db'}",
-                        data_dir=small_tmpfs / "data", import_roots=[tmp_path / "imports"],
-                        secret_key="test-secret-key-0123456789abcdef", eval_fraction=0.0, job_max_attempts=2,
-                        heartbeat_timeout_s=1.0)
+    settings = Settings(
+        _env_file=None,
+        env="development",
+        database_url=f"sqlite:///{small_tmpfs / 'lenslab.db'}",
+        data_dir=small_tmpfs / "data",
+        import_roots=[tmp_path / "imports"],
+        secret_key="test-secret-key-0123456789abcdef",
+        eval_fraction=0.0,
+        job_max_attempts=2,
+        heartbeat_timeout_s=1.0,
+    )
     app = create_app(settings)
     try:
         with TestClient(app, raise_server_exceptions=False) as client:
@@ -402,4 +478,3 @@ def test_a_full_disk_during_a_retrain_checkpoint_fails_the_job_with_a_reason_and
             assert r.status_code == 200, r.text
     finally:
         app.state.db.dispose()
-

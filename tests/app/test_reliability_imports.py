@@ -29,9 +29,15 @@ def _mnist_dir(root: Path, name: str, data: bytes, *, gz: bool = False) -> Path:
 
 
 def _create(client, admin, directory: Path):
-    return client.post("/api/v1/projects", headers=admin, json={
-        "name": f"idx-{directory.name}", "attributes": DIGITS_ATTRIBUTES,
-        "dataset": {"source": "mnist", "path": str(directory), "split": "train"}})
+    return client.post(
+        "/api/v1/projects",
+        headers=admin,
+        json={
+            "name": f"idx-{directory.name}",
+            "attributes": DIGITS_ATTRIBUTES,
+            "dataset": {"source": "mnist", "path": str(directory), "split": "train"},
+        },
+    )
 
 
 CASES = {
@@ -78,15 +84,18 @@ def test_a_zip_bomb_is_refused_with_expansion_bounded(client, admin, db, setting
     # 1.5 GB of zeros (above the 4 × upload-limit expansion budget) compress to about 1.5 MB.
     budget = settings.max_upload_bytes * 4
     bomb = io.BytesIO()
-    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf, \
-            zf.open("huge.png", "w", force_zip64=True) as f:
+    with (
+        zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf,
+        zf.open("huge.png", "w", force_zip64=True) as f,
+    ):
         chunk = bytes(2**20)
         for _ in range(budget // 2**20 + 8):
             f.write(chunk)
     data = bomb.getvalue()
     assert len(data) < settings.max_upload_bytes
-    r = client.post(f"/api/v1/projects/{pid}/items:import", files={"file": ("bomb.zip", data, "application/zip")},
-                    headers=admin)
+    r = client.post(
+        f"/api/v1/projects/{pid}/items:import", files={"file": ("bomb.zip", data, "application/zip")}, headers=admin
+    )
     assert r.status_code in (413, 422), r.text
     assert "limit" in r.text or "large" in r.text or "bytes" in r.text, r.text
     assert count(db, "items") == 0 and count(db, "jobs", "kind != 'pretrain'") == 0
@@ -95,20 +104,29 @@ def test_a_zip_bomb_is_refused_with_expansion_bounded(client, admin, db, setting
 def test_non_image_files_in_a_zip_are_reported_and_a_zip_of_only_those_writes_nothing(client, admin, db):
     pid = _empty_project(client, admin)
     data = _zip({"notes.txt": b"hello", "script.png": b"#!/bin/sh\necho pwned\n", "x.pdf": b"%PDF-1.4"})
-    r = client.post(f"/api/v1/projects/{pid}/items:import", files={"file": ("x.zip", data, "application/zip")},
-                    headers=admin)
+    r = client.post(
+        f"/api/v1/projects/{pid}/items:import", files={"file": ("x.zip", data, "application/zip")}, headers=admin
+    )
     assert r.status_code == 422, r.text
     assert "image" in r.text.lower()
     assert count(db, "items") == 0
 
 
-@pytest.mark.parametrize("blob, fragment", [(b"just some text, not an archive", "zip"),
-                                            (b"\x89PNG\r\n\x1a\n" + bytes(20), "zip"),
-                                            (b"PK\x03\x04" + bytes(30), "zip")])
+@pytest.mark.parametrize(
+    "blob, fragment",
+    [
+        (b"just some text, not an archive", "zip"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(20), "zip"),
+        (b"PK\x03\x04" + bytes(30), "zip"),
+    ],
+)
 def test_an_upload_that_is_neither_a_zip_nor_embeddings_is_refused(client, admin, db, blob, fragment):
     pid = _empty_project(client, admin)
-    r = client.post(f"/api/v1/projects/{pid}/items:import", files={"file": ("f.bin", blob, "application/octet-stream")},
-                    headers=admin)
+    r = client.post(
+        f"/api/v1/projects/{pid}/items:import",
+        files={"file": ("f.bin", blob, "application/octet-stream")},
+        headers=admin,
+    )
     assert r.status_code == 422, r.text
     assert fragment in r.text.lower() and "file" in r.text
     assert count(db, "items") == 0
@@ -119,7 +137,10 @@ def test_embeddings_with_absurd_shape_or_non_finite_values_are_refused(client, a
     for arr, fragment in [(np.zeros((3, 4, 5), np.float32), "2-d"), (np.array([[np.nan, 1.0]], np.float32), "finite")]:
         buf = io.BytesIO()
         np.save(buf, arr)
-        r = client.post(f"/api/v1/projects/{pid}/items:import", files={"file": ("z.npy", buf.getvalue(), "application/octet-stream")},
-                        headers=admin)
+        r = client.post(
+            f"/api/v1/projects/{pid}/items:import",
+            files={"file": ("z.npy", buf.getvalue(), "application/octet-stream")},
+            headers=admin,
+        )
         assert r.status_code == 422 and fragment in r.text.lower(), r.text
     assert count(db, "items") == 0

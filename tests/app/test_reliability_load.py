@@ -21,16 +21,26 @@ def test_a_burst_above_the_pool_and_thread_counts_is_served_without_a_stall_or_5
     n = 60
     with app.state.db.session() as s:
         admin = users.create(session=s, username="admin", password="admin password", role="admin")
-        p = projects.create(session=s, name="burst", attributes=[{"name": "shape", "levels": ["a", "b"]}],
-                            representation={"source": "vae"}, strategy="bald", settings={"eval_fraction": 0.0},
-                            created_by_id=admin.id,
-                            loaded=imports.load_spec({"source": "shapes", "n": 200, "size": 16}, settings))
+        p = projects.create(
+            session=s,
+            name="burst",
+            attributes=[{"name": "shape", "levels": ["a", "b"]}],
+            representation={"source": "vae"},
+            strategy="bald",
+            settings={"eval_fraction": 0.0},
+            created_by_id=admin.id,
+            loaded=imports.load_spec({"source": "shapes", "n": 200, "size": 16}, settings),
+        )
         heads = []
         for k in range(n):
             u = users.create(session=s, username=f"b{k}", password="expert password", role="expert")
             heads.append({"Authorization": f"Bearer {tokens.create(session=s, user=u, name='t')[1]}"})
-    env = {"LENSLAB_DATABASE_URL": settings.database_url, "LENSLAB_SECRET_KEY": settings.secret_key,
-           "LENSLAB_DATA_DIR": str(settings.data_dir), "LENSLAB_ENV": "development"}
+    env = {
+        "LENSLAB_DATABASE_URL": settings.database_url,
+        "LENSLAB_SECRET_KEY": settings.secret_key,
+        "LENSLAB_DATA_DIR": str(settings.data_dir),
+        "LENSLAB_ENV": "development",
+    }
     results: list[tuple[int, float]] = []
     lock = threading.Lock()
     with uvicorn_server(env, log_path=tmp_path / "server.log") as base:
@@ -64,8 +74,9 @@ def test_a_short_load_run_reconciles_every_acknowledged_label_and_lease(backend,
         if not PG_URL:
             pytest.skip("LENSLAB_TEST_POSTGRES_URL is not set")
         url = PG_URL  # the bench names its project and users uniquely, so a shared database is fine
-    result = run_load_bench(experts=8, seconds=8, think_ms=150, retrain_every=60, database_url=url,
-                            out=tmp_path / "load.json", quiet=True)
+    result = run_load_bench(
+        experts=8, seconds=8, think_ms=150, retrain_every=60, database_url=url, out=tmp_path / "load.json", quiet=True
+    )
     c = result["reconciliation"]
     assert result["errors"] == 0 and result["server_tracebacks"] == 0, result["error_samples"]
     assert result["reconciled"], c

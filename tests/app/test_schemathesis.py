@@ -37,10 +37,17 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) ->
 
     tmp = tmp_path_factory.mktemp("fuzz")
     shutil.copy(sqlite_template, tmp / "fuzz.db")
-    settings = Settings(_env_file=None, env="development", database_url=f"sqlite:///{tmp / 'fuzz.db'}",
-                        data_dir=tmp / "data", import_roots=[SHARED_DATA, tmp / "imports"],
-                        secret_key="test-secret-key-0123456789abcdef", max_upload_mb=2, eval_fraction=0.0,
-                        login_max_failures=1000)
+    settings = Settings(
+        _env_file=None,
+        env="development",
+        database_url=f"sqlite:///{tmp / 'fuzz.db'}",
+        data_dir=tmp / "data",
+        import_roots=[SHARED_DATA, tmp / "imports"],
+        secret_key="test-secret-key-0123456789abcdef",
+        max_upload_mb=2,
+        eval_fraction=0.0,
+        login_max_failures=1000,
+    )
     app = create_app(settings)
     heads = {}
     with app.state.db.session() as s:
@@ -48,17 +55,28 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) ->
             u = users.create(session=s, username=role, password="correct horse battery", role=role)
             heads[role] = {"Authorization": f"Bearer {tokens.create(session=s, user=u, name='seed')[1]}"}
     with TestClient(app) as c:
-        r = c.post("/api/v1/projects", headers=heads["admin"], json={
-            "name": "fuzz", "dataset": {"source": "shapes", "n": 60, "size": 16},
-            "attributes": [{"name": "shape", "kind": "categorical", "levels": ["a", "b", "c"]},
-                           {"name": "size", "kind": "ordinal", "levels": ["1", "2", "3"]},
-                           {"name": "angle", "kind": "continuous", "low": 0, "high": 360}]})
+        r = c.post(
+            "/api/v1/projects",
+            headers=heads["admin"],
+            json={
+                "name": "fuzz",
+                "dataset": {"source": "shapes", "n": 60, "size": 16},
+                "attributes": [
+                    {"name": "shape", "kind": "categorical", "levels": ["a", "b", "c"]},
+                    {"name": "size", "kind": "ordinal", "levels": ["1", "2", "3"]},
+                    {"name": "angle", "kind": "continuous", "low": 0, "high": 360},
+                ],
+            },
+        )
         assert r.status_code == 201, r.text
         pid = r.json()["id"]
         items = c.post(f"/api/v1/projects/{pid}/queue/next", params={"n": 3}, headers=heads["expert"]).json()["items"]
         for it in items[:2]:
-            r = c.post(f"/api/v1/items/{it['item_id']}/labels", headers=heads["expert"],
-                       json={"values": {"shape": "a", "angle": 10.0}, "lease_id": it["lease_id"]})
+            r = c.post(
+                f"/api/v1/items/{it['item_id']}/labels",
+                headers=heads["expert"],
+                json={"values": {"shape": "a", "angle": 10.0}, "lease_id": it["lease_id"]},
+            )
             assert r.status_code == 201, r.text
     yield app
     app.state.db.dispose()
@@ -94,12 +112,18 @@ schema = _schema().exclude(path_regex=r"/events$")
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-          phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 def test_no_server_error_and_no_schema_violation(case: Any, fuzz_app: Any) -> None:
     # Each generated request is sent once per role, so the roles see the same hostile inputs.
     for role in ROLES:
         response = case.call(app=fuzz_app, headers={**(case.headers or {}), **_fresh_headers(fuzz_app, role)})
-        case.validate_response(response, checks=[not_a_server_error],
-                               additional_checks=[schemathesis.checks.response_schema_conformance])
+        case.validate_response(
+            response, checks=[not_a_server_error], additional_checks=[schemathesis.checks.response_schema_conformance]
+        )

@@ -30,8 +30,11 @@ def test_a_lease_of_project_a_cannot_label_an_item_of_project_b(client, expert, 
     a, b = two
     lease_a = _lease(client, expert, a["id"])
     item_b = _lease(client, expert, b["id"])["item_id"]
-    r = client.post(f"/api/v1/items/{item_b}/labels", headers=expert,
-                    json={"values": {"digit": "1"}, "lease_id": lease_a["lease_id"]})
+    r = client.post(
+        f"/api/v1/items/{item_b}/labels",
+        headers=expert,
+        json={"values": {"digit": "1"}, "lease_id": lease_a["lease_id"]},
+    )
     assert r.status_code in (403, 409, 422), r.text
     assert "lease" in r.text
     assert count(db, "labels") == 0
@@ -40,8 +43,9 @@ def test_a_lease_of_project_a_cannot_label_an_item_of_project_b(client, expert, 
 def test_a_project_id_in_the_body_must_match_the_item(client, expert, two, db):
     a, b = two
     item_b = _lease(client, expert, b["id"])["item_id"]
-    r = client.post(f"/api/v1/items/{item_b}/labels", headers=expert,
-                    json={"values": {"digit": "1"}, "project_id": a["id"]})
+    r = client.post(
+        f"/api/v1/items/{item_b}/labels", headers=expert, json={"values": {"digit": "1"}, "project_id": a["id"]}
+    )
     assert 400 <= r.status_code < 500 and "project" in r.text, r.text
     assert count(db, "labels") == 0
 
@@ -52,8 +56,11 @@ def test_another_users_lease_cannot_be_released_or_used(client, accounts, expert
     it = _lease(client, expert, a["id"])
     r = client.post(f"/api/v1/leases/{it['lease_id']}/release", headers=other)
     assert r.status_code == 403, r.text
-    r = client.post(f"/api/v1/items/{it['item_id']}/labels", headers=other,
-                    json={"values": {"digit": "1"}, "lease_id": it["lease_id"]})
+    r = client.post(
+        f"/api/v1/items/{it['item_id']}/labels",
+        headers=other,
+        json={"values": {"digit": "1"}, "lease_id": it["lease_id"]},
+    )
     assert r.status_code in (403, 409), r.text
     assert count(db, "labels") == 0 and count(db, "leases", "ended_at IS NULL") == 1
 
@@ -61,8 +68,11 @@ def test_another_users_lease_cannot_be_released_or_used(client, accounts, expert
 def test_bulk_import_refuses_item_ids_of_another_project(client, admin, expert, two, db):
     a, b = two
     item_b = _lease(client, expert, b["id"])["item_id"]
-    r = client.post(f"/api/v1/projects/{a['id']}/labels:import", headers=admin,
-                    json={"labels": [{"item_id": item_b, "values": {"digit": "1"}}]})
+    r = client.post(
+        f"/api/v1/projects/{a['id']}/labels:import",
+        headers=admin,
+        json={"labels": [{"item_id": item_b, "values": {"digit": "1"}}]},
+    )
     assert r.status_code in (404, 409, 422), r.text
     assert count(db, "labels") == 0
 

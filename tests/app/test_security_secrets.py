@@ -42,8 +42,11 @@ def test_passwords_tokens_and_session_ids_are_stored_only_as_hashes(client, acco
     sessions = [s for (s,) in db.execute(sa.text("SELECT id FROM web_sessions")).all()]
     assert sessions == [security.hash_token(sid)] and sid not in sessions
     # Nothing in any table holds a plaintext secret (the dump of every row as text).
-    dump = " ".join(str(row) for table in ("users", "api_tokens", "web_sessions")
-                    for row in db.execute(sa.text(f"SELECT * FROM {table}")).all())
+    dump = " ".join(
+        str(row)
+        for table in ("users", "api_tokens", "web_sessions")
+        for row in db.execute(sa.text(f"SELECT * FROM {table}")).all()
+    )
     for secret in (PASSWORD, token, sid, *accounts.tokens.values()):
         assert secret not in dump
 
@@ -55,8 +58,9 @@ def test_no_password_token_or_session_id_appears_in_logs_or_error_bodies(client,
     secrets: list[str] = [PASSWORD, "a wrong password 123", *accounts.tokens.values()]
     bodies: list[str] = []
     bodies.append(_login(client, password="a wrong password 123").text)
-    bodies.append(client.post("/api/v1/auth/login", json={"username": "admin", "password": PASSWORD,
-                                                          "extra": PASSWORD}).text)  # 422 must not echo it
+    bodies.append(
+        client.post("/api/v1/auth/login", json={"username": "admin", "password": PASSWORD, "extra": PASSWORD}).text
+    )  # 422 must not echo it
     bodies.append(client.post("/api/v1/auth/login", json={"username": ["x"], "password": PASSWORD}).text)
     r = _login(client)
     assert r.status_code == 200
@@ -124,9 +128,13 @@ def test_encoder_and_checkpoint_uploads_are_for_admins_only(client, accounts, ad
     p = create_project(client, admin, name="ts", representation={"source": "torchscript"})
     files = {"file": ("enc.pt", b"PK\x03\x04not really", "application/octet-stream")}
     for role in ("viewer", "expert"):
-        r = client.post(f"/api/v1/projects/{p['id']}/representation/encoder", files=files,
-                        headers=accounts.headers(role))
+        r = client.post(
+            f"/api/v1/projects/{p['id']}/representation/encoder", files=files, headers=accounts.headers(role)
+        )
         assert r.status_code == 403, r.text
-    r = client.post(f"/api/v1/projects/{p['id']}/representation/encoder",
-                    files={"file": ("enc.pt", b"not a zip", "application/octet-stream")}, headers=admin)
+    r = client.post(
+        f"/api/v1/projects/{p['id']}/representation/encoder",
+        files={"file": ("enc.pt", b"not a zip", "application/octet-stream")},
+        headers=admin,
+    )
     assert r.status_code == 422 and "TorchScript" in r.text

@@ -10,8 +10,12 @@ def test_bench_train_times_a_pretrain_and_a_warm_retrain_and_writes_json(tmp_pat
 
     out = tmp_path / "train.json"
     # Tiny models: this checks the benchmark's plumbing; `lenslab bench train` uses the product defaults.
-    payload = run_train_bench(out=out, threads=1, representation={"epochs": 1, "test_ll_k": 5},
-                              lens={"epochs": 3, "warm_epochs": 2, "n_flows": 2, "hidden": 16})
+    payload = run_train_bench(
+        out=out,
+        threads=1,
+        representation={"epochs": 1, "test_ll_k": 5},
+        lens={"epochs": 3, "warm_epochs": 2, "n_flows": 2, "hidden": 16},
+    )
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(payload["rows"]))
     pretrain, _cold, warm, cancel = saved["rows"]
@@ -21,6 +25,8 @@ def test_bench_train_times_a_pretrain_and_a_warm_retrain_and_writes_json(tmp_pat
     assert {"commit", "dirty", "command", "cpu_model"} <= set(saved["machine"])
     assert saved["machine"]["commit"] is None or len(saved["machine"]["commit"]) == 40
     assert all(r["seconds"] > 0 for r in saved["rows"])
-    assert saved["retrain_warm"]["result"]["warm_start"] is True and saved["retrain_cold"]["result"]["warm_start"] is False
+    assert (
+        saved["retrain_warm"]["result"]["warm_start"] is True and saved["retrain_cold"]["result"]["warm_start"] is False
+    )
     assert saved["retrain_warm"]["result"]["n_labels"] == 200 and saved["retrain_warm"]["result"]["version"] == 2
     assert "retrain, warm (200 labels)" in capsys.readouterr().out

@@ -41,20 +41,29 @@ def test_labels_through_the_api_trigger_a_retrain_whose_scores_order_the_queue(s
     random.seed(SEED)
     acc = Accounts(client.app)
     admin, expert = acc.add("admin", "admin"), acc.add("expert", "expert")
-    body = {"name": "digits", "dataset": {"source": "digits"}, "attributes": DIGITS_ATTRIBUTES,
-            "representation": REP,
-            "settings": {"retrain_every": 50, "eval_fraction": 0.0, "lens": LENS}}
+    body = {
+        "name": "digits",
+        "dataset": {"source": "digits"},
+        "attributes": DIGITS_ATTRIBUTES,
+        "representation": REP,
+        "settings": {"retrain_every": 50, "eval_fraction": 0.0, "lens": LENS},
+    }
     r = client.post("/api/v1/projects", json=body, headers=admin)
     assert r.status_code == 201, r.text
     pid, pretrain = r.json()["id"], r.json()["job"]["id"]
     job = wait_job(client, admin, pretrain, timeout=120)
-    assert job["result"]["dim"] == REP["latent_dim"] and job["result"]["n_items"] == 1797 and job["result"]["test_ll"] < 0
+    assert (
+        job["result"]["dim"] == REP["latent_dim"] and job["result"]["n_items"] == 1797 and job["result"]["test_ll"] < 0
+    )
     assert job["runs"][0]["outcome"] == "succeeded"
 
     digit, thick = _ground_truth()
     # Held-out labels for the metric, by source_index (the simulated expert knows the ground truth).
     rows = [{"source_index": i, "values": _values(digit, thick, i), "eval": True} for i in range(1500, 1500 + N_EVAL)]
-    assert client.post(f"/api/v1/projects/{pid}/labels:import", json={"labels": rows}, headers=admin).status_code in (200, 201)
+    assert client.post(f"/api/v1/projects/{pid}/labels:import", json={"labels": rows}, headers=admin).status_code in (
+        200,
+        201,
+    )
 
     labelled: list[int] = []
     while len(labelled) < 60:
@@ -64,13 +73,17 @@ def test_labels_through_the_api_trigger_a_retrain_whose_scores_order_the_queue(s
                 client.post(f"/api/v1/leases/{entry['lease_id']}/release", headers=expert)
                 continue
             src = client.get(f"/api/v1/items/{entry['item_id']}", headers=expert).json()["source_index"]
-            r = client.post(f"/api/v1/items/{entry['item_id']}/labels", headers=expert,
-                            json={"values": _values(digit, thick, src), "lease_id": entry["lease_id"]})
+            r = client.post(
+                f"/api/v1/items/{entry['item_id']}/labels",
+                headers=expert,
+                json={"values": _values(digit, thick, src), "lease_id": entry["lease_id"]},
+            )
             assert r.status_code == 201, r.text
             labelled.append(entry["item_id"])
 
-    retrains = [j for j in client.get(f"/api/v1/projects/{pid}/jobs", headers=admin).json()["jobs"]
-                if j["kind"] == "retrain"]
+    retrains = [
+        j for j in client.get(f"/api/v1/projects/{pid}/jobs", headers=admin).json()["jobs"] if j["kind"] == "retrain"
+    ]
     assert len(retrains) == 1 and retrains[0]["params"]["reason"] == "50 new labels"
     done = wait_job(client, admin, retrains[0]["id"], timeout=120)
     assert done["result"]["version"] == 1 and done["result"]["n_labels"] >= 50

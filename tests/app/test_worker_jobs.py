@@ -73,8 +73,9 @@ def test_cancel_stops_a_running_retrain_and_keeps_the_active_model(client, admin
 
 
 def test_job_events_stream_each_change_then_the_terminal_status_and_close(client, admin, viewer, app, tmp_path):
-    p = embeddings_project(client, admin, tmp_path / "imports", "events", lens={"epochs": 150, "n_flows": 4,
-                                                                               "hidden": 32})
+    p = embeddings_project(
+        client, admin, tmp_path / "imports", "events", lens={"epochs": 150, "n_flows": 4, "hidden": 32}
+    )
     assert client.get("/api/v1/jobs/999999/events", headers=viewer).status_code == 404
     assert client.get("/api/v1/jobs/1/events").status_code == 401
     with worker_thread(app):
@@ -82,7 +83,7 @@ def test_job_events_stream_each_change_then_the_terminal_status_and_close(client
         jid = _retrain(client, admin, p["id"])
         with client.stream("GET", f"/api/v1/jobs/{jid}/events", headers=viewer) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-            events = [json.loads(line[len("data: "):]) for line in r.iter_lines() if line.startswith("data: ")]
+            events = [json.loads(line[len("data: ") :]) for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1]["status"] == "succeeded" and events[-1]["result"]["version"] == 1
     assert all(e["status"] in ("queued", "running") for e in events[:-1])
     assert any(e["stage"] == "fit" and e["status"] == "running" for e in events)
@@ -152,8 +153,17 @@ def test_progress_is_written_at_most_once_a_second(app, project):
 
     db = app.state.db
     job = claim(db, "w-p", max_attempts=3)
-    ctx = JobContext(db, job_id=job.job_id, attempt=job.attempt, worker_id="w-p", project_id=job.project_id,
-                     kind=job.kind, params={}, heartbeat_interval=10.0, device="cpu").start()
+    ctx = JobContext(
+        db,
+        job_id=job.job_id,
+        attempt=job.attempt,
+        worker_id="w-p",
+        project_id=job.project_id,
+        kind=job.kind,
+        params={},
+        heartbeat_interval=10.0,
+        device="cpu",
+    ).start()
     ctx.stage("fit", 0.0, 1.0)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 2.5:
@@ -180,11 +190,17 @@ def test_an_uploaded_torchscript_encoder_gives_every_item_its_z(client, admin, a
     encoder = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 6)))
     buf = io.BytesIO()
     torch.jit.save(encoder, buf)
-    r = client.post(f"/api/v1/projects/{p['id']}/representation/encoder", headers=admin,
-                    files={"file": ("enc.pt", buf.getvalue(), "application/octet-stream")})
+    r = client.post(
+        f"/api/v1/projects/{p['id']}/representation/encoder",
+        headers=admin,
+        files={"file": ("enc.pt", buf.getvalue(), "application/octet-stream")},
+    )
     assert r.status_code == 202, r.text
-    bad = client.post(f"/api/v1/projects/{p['id']}/representation/encoder", headers=admin,
-                      files={"file": ("enc.pt", b"not a model", "application/octet-stream")})
+    bad = client.post(
+        f"/api/v1/projects/{p['id']}/representation/encoder",
+        headers=admin,
+        files={"file": ("enc.pt", b"not a model", "application/octet-stream")},
+    )
     assert bad.status_code == 422 and "TorchScript" in bad.json()["detail"]
     with worker_thread(app):
         job = wait_job(client, admin, r.json()["job"]["id"])

@@ -18,8 +18,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "browser-test-password"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless=new",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = pytest.mark.browser
 
@@ -68,20 +75,39 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_url = f"sqlite:///{tmp / 'lenslab.db'}"
-        self.env = {**os.environ, "LENSLAB_DATABASE_URL": self.db_url, "LENSLAB_DATA_DIR": str(tmp / "data"),
-                    "LENSLAB_SECRET_KEY": "browser-test-secret-0123456789", "LENSLAB_ENV": "development",
-                    "LENSLAB_DEVICE": "cpu", "LENSLAB_LEASE_SECONDS": "600", "LENSLAB_RETRAIN_EVERY": "100000",
-                    "LENSLAB_EVAL_FRACTION": "0.0", "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            "LENSLAB_DATABASE_URL": self.db_url,
+            "LENSLAB_DATA_DIR": str(tmp / "data"),
+            "LENSLAB_SECRET_KEY": "browser-test-secret-0123456789",
+            "LENSLAB_ENV": "development",
+            "LENSLAB_DEVICE": "cpu",
+            "LENSLAB_LEASE_SECONDS": "600",
+            "LENSLAB_RETRAIN_EVERY": "100000",
+            "LENSLAB_EVAL_FRACTION": "0.0",
+            "PYTHONUNBUFFERED": "1",
+        }
         upgrade(self.db_url)
-        self.settings = Settings(_env_file=None, database_url=self.db_url, data_dir=tmp / "data",
-                                 secret_key=self.env["LENSLAB_SECRET_KEY"])
+        self.settings = Settings(
+            _env_file=None, database_url=self.db_url, data_dir=tmp / "data", secret_key=self.env["LENSLAB_SECRET_KEY"]
+        )
         self.db = Database(self.settings)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "server.log"
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
         self._log = open(self.log, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

@@ -75,8 +75,9 @@ def test_empty_metrics_say_why_before_the_first_evaluable_retrain(browser: Any, 
     page = login(browser, server, "admin")
     page.goto(f"/projects/{pid}/insights")
     curve = page.locator("[data-chart=metrics][data-metric=score]")
-    page.wait_for_function("() => document.querySelector('[data-chart=metrics][data-metric=score]')"
-                           ".dataset.empty === 'true'")
+    page.wait_for_function(
+        "() => document.querySelector('[data-chart=metrics][data-metric=score]').dataset.empty === 'true'"
+    )
     text = curve.inner_text()
     assert "No score yet" in text and "shape: 3 eval labels" in text and "needs 10 eval labels" in text, text
     assert "1 in 10 items" in text
@@ -93,13 +94,15 @@ def test_empty_metrics_say_why_before_the_first_evaluable_retrain(browser: Any, 
     page.context.close()
 
 
-def test_metric_curve_draws_chance_and_the_table_flags_a_dimension_mismatch(browser: Any, server: Server,
-                                                                            model_project: dict[str, Any]):
+def test_metric_curve_draws_chance_and_the_table_flags_a_dimension_mismatch(
+    browser: Any, server: Server, model_project: dict[str, Any]
+):
     pid = model_project["project_id"]
     page = login(browser, server, "vera")
     page.goto(f"/projects/{pid}/insights")
-    page.wait_for_function("() => document.querySelector('[data-chart=metrics][data-metric=score]')"
-                           ".dataset.chance === 'true'")
+    page.wait_for_function(
+        "() => document.querySelector('[data-chart=metrics][data-metric=score]').dataset.chance === 'true'"
+    )
     legend = page.inner_text("[data-chart=metrics][data-metric=score]")
     assert "chance (overall)" in legend
     assert "designated dims" in page.inner_text("[data-role=dims-explained]")
@@ -110,9 +113,13 @@ def test_metric_curve_draws_chance_and_the_table_flags_a_dimension_mismatch(brow
     import json
 
     metrics = json.loads(raw) if isinstance(raw, str) else raw
-    expected = sorted(name for name, m in metrics["attributes"].items()
-                      if m.get("dim") is not None and scatter["attribute_dims"].get(name)
-                      and m["dim"] not in scatter["attribute_dims"][name])
+    expected = sorted(
+        name
+        for name, m in metrics["attributes"].items()
+        if m.get("dim") is not None
+        and scatter["attribute_dims"].get(name)
+        and m["dim"] not in scatter["attribute_dims"][name]
+    )
     print(f"\nchosen dims not designated: {expected or 'none'}")
     flagged = page.locator("[data-role=mismatch]")
     assert flagged.count() == len(expected)

@@ -15,12 +15,16 @@ from tests.browser.conftest import Server, login, worker_present
 
 pytestmark = pytest.mark.browser
 
-READY = ("() => { const r = document.getElementById('labeller'); "
-         "return r && r.dataset.state === 'ready' && r.dataset.prefetched === 'true'; }")
+READY = (
+    "() => { const r = document.getElementById('labeller'); "
+    "return r && r.dataset.state === 'ready' && r.dataset.prefetched === 'true'; }"
+)
 # Layout shifts (CLS entries) since `since`, whether or not they followed input.
 SHIFTS = """(since) => new Promise((resolve) => {
   let total = 0;
-  const po = new PerformanceObserver((list) => { for (const e of list.getEntries()) if (e.startTime > since) total += e.value; });
+  const po = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) if (e.startTime > since) total += e.value;
+  });
   po.observe({ type: 'layout-shift', buffered: true });
   setTimeout(() => { po.disconnect(); resolve(total); }, 300);
 })"""
@@ -63,9 +67,11 @@ def db_counts(server: Server, pid: int, username: str) -> dict[str, int]:
         return {
             "labelled": q("SELECT count(*) FROM items WHERE project_id = :p AND labelled"),
             "eval-labelled": q("SELECT count(*) FROM items WHERE project_id = :p AND labelled AND split = 'eval'"),
-            "mine": q("SELECT count(*) FROM labels l WHERE l.project_id = :p AND l.kind = 'label' AND l.user_id = "
-                      "(SELECT id FROM users WHERE username = :u) AND NOT EXISTS "
-                      "(SELECT 1 FROM labels r WHERE r.retracts_id = l.id)"),
+            "mine": q(
+                "SELECT count(*) FROM labels l WHERE l.project_id = :p AND l.kind = 'label' AND l.user_id = "
+                "(SELECT id FROM users WHERE username = :u) AND NOT EXISTS "
+                "(SELECT 1 FROM labels r WHERE r.retracts_id = l.id)"
+            ),
         }
 
 
@@ -126,11 +132,14 @@ def test_expert_labels_ten_items_by_keyboard_undoes_one_skips_one_and_counters_m
     page.wait_for_timeout(500)
 
     with server.session(write=False) as s:
-        reason = s.scalar(sa.text("SELECT end_reason FROM leases WHERE item_id = :i ORDER BY created_at DESC LIMIT 1"),
-                          {"i": after_ten})
+        reason = s.scalar(
+            sa.text("SELECT end_reason FROM leases WHERE item_id = :i ORDER BY created_at DESC LIMIT 1"),
+            {"i": after_ten},
+        )
         undone = s.execute(sa.text("SELECT labelled, label_count FROM items WHERE id = :i"), {"i": labelled[-1]}).one()
-        rows = s.execute(sa.text("SELECT kind, count(*) FROM labels WHERE project_id = :p GROUP BY kind"),
-                         {"p": pid}).all()
+        rows = s.execute(
+            sa.text("SELECT kind, count(*) FROM labels WHERE project_id = :p GROUP BY kind"), {"p": pid}
+        ).all()
     assert reason == "released"
     assert tuple(undone) == (0, 0)
     assert dict(rows) == {"label": 10, "retraction": 1}
@@ -163,8 +172,12 @@ def test_two_experts_never_see_the_same_item_at_the_same_time(browser, server):
             seen[name].append(label_by_keys(p, str(step % 10), "3"))
     assert not set(seen["ada"]) & set(seen["bob"])
     with server.session(write=False) as s:
-        live = s.execute(sa.text("SELECT item_id, count(DISTINCT user_id) FROM leases WHERE ended_at IS NULL "
-                                 "GROUP BY item_id HAVING count(DISTINCT user_id) > 1")).all()
+        live = s.execute(
+            sa.text(
+                "SELECT item_id, count(DISTINCT user_id) FROM leases WHERE ended_at IS NULL "
+                "GROUP BY item_id HAVING count(DISTINCT user_id) > 1"
+            )
+        ).all()
     assert live == []
     for p in pages.values():
         p.context.close()
@@ -187,8 +200,10 @@ def test_labelling_page_weight_and_enter_to_paint_latency(browser, server, artif
     page.wait_for_function(READY)
     page.remove_listener("response", record)
     weight = sum(n for _, ctype, n in sizes if not ctype.startswith("image/png"))
-    print(f"\nlabelling page weight (HTML+JS+CSS+JSON, no images): {weight / 1024:.1f} KiB in "
-          f"{sum(1 for _, c, _ in sizes if not c.startswith('image/png'))} responses")
+    print(
+        f"\nlabelling page weight (HTML+JS+CSS+JSON, no images): {weight / 1024:.1f} KiB in "
+        f"{sum(1 for _, c, _ in sizes if not c.startswith('image/png'))} responses"
+    )
     assert weight < 150 * 1024
 
     for i in range(50):
@@ -198,8 +213,9 @@ def test_labelling_page_weight_and_enter_to_paint_latency(browser, server, artif
     q = statistics.quantiles(timings, n=20)
     p50, p95 = statistics.median(timings), q[18]
     print(f"Enter→next image painted over 50 submits: p50 {p50:.1f} ms, p95 {p95:.1f} ms (max {max(timings):.1f})")
-    (artifacts_dir / "enter_to_paint.json").write_text(json.dumps(
-        {"p50_ms": p50, "p95_ms": p95, "timings_ms": timings, "page_weight_bytes": weight}))
+    (artifacts_dir / "enter_to_paint.json").write_text(
+        json.dumps({"p50_ms": p50, "p95_ms": p95, "timings_ms": timings, "page_weight_bytes": weight})
+    )
     assert len(timings) == 50 and all(t > 0 for t in timings)
     page.context.close()
 
@@ -236,7 +252,8 @@ def test_admin_starts_a_retrain_and_its_progress_bar_reaches_done(browser, serve
     row.wait_for()
     page.wait_for_function(
         "() => ['succeeded', 'failed'].includes(document.querySelector('tr[data-job-row]').dataset.jobStatus)",
-        timeout=150_000)
+        timeout=150_000,
+    )
     row = page.locator("tr[data-job-row]").first
     assert row.get_attribute("data-job-status") == "succeeded", row.inner_text()
     assert row.locator("progress").get_attribute("value") == "100"
@@ -249,11 +266,14 @@ def test_insights_show_traversals_curves_scatter_and_follow_activation(browser, 
     page = login(browser, server, "vera")
     page.goto(f"/projects/{pid}/insights")
     curve = page.locator("[data-chart=metrics][data-metric=score]")
-    page.wait_for_function("() => Number(document.querySelector('[data-chart=metrics][data-metric=score]')"
-                           ".dataset.points || 0) >= 2")
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-chart=metrics][data-metric=score]').dataset.points || 0) >= 2"
+    )
     assert curve.locator("canvas").count() >= 1
     # Every traversal grid decodes to a non-blank image (pixel spread well above zero).
-    page.wait_for_function("() => [...document.querySelectorAll('img.traversal')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('img.traversal')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     spreads = page.evaluate("""() => [...document.querySelectorAll('img.traversal')].map((img) => {
         const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
         const g = c.getContext('2d'); g.drawImage(img, 0, 0);

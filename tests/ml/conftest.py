@@ -10,8 +10,8 @@ import torch
 
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
-    """One torch thread for the test (``LENSLAB_TEST_THREADS`` when measuring spreads): on small matrices thread hand-offs cost more than they save,
-    and CI may share its cores."""
+    """One torch thread for the test (``LENSLAB_TEST_THREADS`` when measuring spreads): on small matrices
+    thread hand-offs cost more than they save, and CI may share its cores."""
     from tests.quality import THREADS
 
     before = torch.get_num_threads()

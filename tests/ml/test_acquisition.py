@@ -222,7 +222,9 @@ def test_feature_batches_reject_missing_or_misshapen_features_and_negative_score
         select_batch(scores, 2, method)
     with pytest.raises(ValueError, match=r"features: expected shape \[10, D\]"):
         select_batch(scores, 2, method, features=np.ones((9, 2)))
-    with pytest.raises(ValueError, match=f"the {method} batch weights items by score and needs finite non-negative scores"):
+    with pytest.raises(
+        ValueError, match=f"the {method} batch weights items by score and needs finite non-negative scores"
+    ):
         select_batch(-scores, 2, method, features=np.ones((10, 2)))
     assert select_batch(scores, 20, method, features=np.eye(10)).size == 10
 
@@ -300,9 +302,7 @@ def _naive_batchbald(probs: np.ndarray, k: int) -> list[int]:
             items = [*chosen, cand]
             h = 0.0
             for config in itertools.product(range(c), repeat=len(items)):
-                p = np.mean(
-                    [np.prod([probs[i, t, y] for i, y in zip(items, config, strict=True)]) for t in range(s)]
-                )
+                p = np.mean([np.prod([probs[i, t, y] for i, y in zip(items, config, strict=True)]) for t in range(s)])
                 h -= p * math.log(p)
             val = h - sum(cond[i] for i in items)
             if val > best_val:

@@ -121,11 +121,15 @@ def test_stop_and_progress(monkeypatch, split) -> None:
     Xtr, _, ytr, _ = split
     polls: list[int] = []
     with pytest.raises(Stopped):
-        HiddenLayerClassifier(10, (1, 8, 8), epochs=3).fit(Xtr, ytr, should_stop=lambda: polls.append(1) or len(polls) == 2)
+        HiddenLayerClassifier(10, (1, 8, 8), epochs=3).fit(
+            Xtr, ytr, should_stop=lambda: polls.append(1) or len(polls) == 2
+        )
     assert len(polls) == 2
     monkeypatch.setattr(ml.classifier, "PROGRESS_INTERVAL_S", 0.0)
     seen: list[float] = []
-    HiddenLayerClassifier(10, (1, 8, 8), epochs=2, batch_size=512).fit(Xtr[:1000], ytr[:1000], progress=lambda f, i: seen.append(f))
+    HiddenLayerClassifier(10, (1, 8, 8), epochs=2, batch_size=512).fit(
+        Xtr[:1000], ytr[:1000], progress=lambda f, i: seen.append(f)
+    )
     assert seen == [0.25, 0.5, 0.75, 1.0, 1.0]  # 2 batches per epoch, then the final report
 
 

@@ -1,10 +1,10 @@
-"""Why the metric cannot score an attribute yet: the reason ``ml.pipeline.evaluate`` reports, in words."""
+"""Why the metric cannot score an attribute yet: the reason ``ml.steps.evaluate`` reports, in words."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ml import pipeline
+from ml import steps
 from ml.attributes import Attribute
 
 DIGIT = Attribute(name="digit", kind="categorical", levels=tuple(str(i) for i in range(10)))
@@ -12,15 +12,19 @@ X = Attribute(name="x", kind="continuous", low=0.0, high=1.0)
 
 
 def test_reason_names_the_count_and_what_would_fix_it():
-    one = pipeline.unscorable_reason(np.array([3, -1, -1]), DIGIT)
-    assert one == ("1 eval label, 0 levels with 4 or more; needs 10 eval labels covering two or more levels "
-                   "with 4 or more each")
+    one = steps.unscorable_reason(np.array([3, -1, -1]), DIGIT)
+    assert one == (
+        "1 eval label, 0 levels with 4 or more; needs 10 eval labels covering two or more levels with 4 or more each"
+    )
     # Ten labels, but only one level has 4: the cross-validated metric could not fit.
-    lopsided = pipeline.unscorable_reason(np.array([1] * 7 + [2, 2, 3]), DIGIT)
+    lopsided = steps.unscorable_reason(np.array([1] * 7 + [2, 2, 3]), DIGIT)
     assert lopsided is not None and lopsided.startswith("10 eval labels, 1 level with 4 or more")
-    assert pipeline.unscorable_reason(np.array([1] * 5 + [2] * 5), DIGIT) is None
-    assert pipeline.unscorable_reason(np.full(12, 0.5), X) == "12 eval labels, all with the same value; needs two or more distinct values"
-    assert pipeline.unscorable_reason(np.linspace(0, 1, 10), X) is None
+    assert steps.unscorable_reason(np.array([1] * 5 + [2] * 5), DIGIT) is None
+    assert (
+        steps.unscorable_reason(np.full(12, 0.5), X)
+        == "12 eval labels, all with the same value; needs two or more distinct values"
+    )
+    assert steps.unscorable_reason(np.linspace(0, 1, 10), X) is None
 
 
 def test_evaluate_skips_with_the_reason_and_scores_once_the_labels_suffice():
@@ -30,7 +34,7 @@ def test_evaluate_skips_with_the_reason_and_scores_once_the_labels_suffice():
     Z = rng.normal(size=(60, 4)).astype(np.float32)
     y = (Z[:, 0] > 0).astype(np.int64)
     lens = InterpretableLens([DIGIT], n_flows=1, hidden=8, epochs=2, device="cpu", seed=0).fit(Z, {"digit": y})
-    few = pipeline.evaluate(lens, Z[:5], {"digit": y[:5]}, [DIGIT], device="cpu")
+    few = steps.evaluate(lens, Z[:5], {"digit": y[:5]}, [DIGIT], device="cpu")
     assert few["overall"] is None and few["skipped"]["digit"].startswith("5 eval labels")
-    enough = pipeline.evaluate(lens, Z, {"digit": y}, [DIGIT], device="cpu")
+    enough = steps.evaluate(lens, Z, {"digit": y}, [DIGIT], device="cpu")
     assert enough["skipped"] == {} and enough["overall"] is not None

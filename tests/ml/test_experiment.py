@@ -27,8 +27,17 @@ TINY = dataclasses.replace(
         "mnist": DataSize(pool=300, eval_fit=150, eval_test=150, vae_epochs=1, n_labels=100),
         "shapes": DataSize(pool=300, eval_fit=150, eval_test=150, vae_epochs=1, n_labels=100, lens_epochs=5),
     },
-    lens_epochs_first=15, lens_epochs_warm=4, n_flows=4, lens_hidden=32, al_rounds=2, jlvm_betas=(1.0, 10.0),
-    iwae_k=5, clf_epochs=8, clf_pool=500, clf_labels=150, n_samples=8,
+    lens_epochs_first=15,
+    lens_epochs_warm=4,
+    n_flows=4,
+    lens_hidden=32,
+    al_rounds=2,
+    jlvm_betas=(1.0, 10.0),
+    iwae_k=5,
+    clf_epochs=8,
+    clf_pool=500,
+    clf_labels=150,
+    n_samples=8,
     label_curve_size=DataSize(pool=400, eval_fit=150, eval_test=150, vae_epochs=1, n_labels=100),
     label_counts=(40, 120),
 )
@@ -82,7 +91,7 @@ def test_al_curve_writes_curves_and_paired_tests(out: Path, al_run: dict) -> Non
         assert (out / f).stat().st_size > 0
     summ = res["results"]["digits"]["summary"]["digit"]
     assert summ["labels"] == [20, 70, 120]  # 20 random, then 50 per round
-    rows = (_csv(out / "al-curve.csv"))
+    rows = _csv(out / "al-curve.csv")
     assert len(rows) == 2 * 3 * 3  # seeds × strategies × (rounds + 1)
     finals = [float(r["digit"]) for r in rows if r["strategy"] == "random" and r["round"] == "2"]
     assert summ["random_final"] == pytest.approx(np.mean(finals))
@@ -101,7 +110,7 @@ needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST not found under {
 def test_table1_scores_every_method_and_picks_beta_on_validation(out: Path, t1_run: dict) -> None:
     res = t1_run
     assert (out / "table1.png").stat().st_size > 0
-    rows = (_csv(out / "table1.csv"))
+    rows = _csv(out / "table1.csv")
     assert {r["method"] for r in rows} == set(table1.METHODS)
     for r in rows:
         assert 0 < float(r["overall"]) <= 100
@@ -142,7 +151,9 @@ def test_cached_models_are_named_by_their_training_length(tmp_path: Path) -> Non
     key = model_key("vae", data, epochs=6)
     assert [p.name for p in cache.glob("vae-*.pt")] == [f"vae-digits-tiny-e6-seed0-{key}.pt"]
     assert table1.jlvm_path(cache, data, TINY, 0, 1.0).name.startswith("jlvm-digits-tiny-e6-seed0-beta1-")
-    shorter = dataclasses.replace(TINY, sizes={**TINY.sizes, "digits": dataclasses.replace(TINY.sizes["digits"], vae_epochs=1)})
+    shorter = dataclasses.replace(
+        TINY, sizes={**TINY.sizes, "digits": dataclasses.replace(TINY.sizes["digits"], vae_epochs=1)}
+    )
     vae = base_vae(prepare("digits", shorter, str(DATA_DIR)), shorter, 0, cache)
     assert vae.epochs == 1 and len(list(cache.glob("vae-digits-tiny-e1-seed0-*.pt"))) == 1
 
@@ -168,8 +179,11 @@ def test_table2_reports_finite_iwae_bounds_for_table1_models(out: Path, t2_run: 
     ms = res["results"]["digits"]["mean_std"]
     # 64 grey pixels: a uniform Bernoulli model scores 64·log(1/2) ≈ −44 nats; a fitted VAE does better.
     assert -44 < ms["ILVM (base VAE)"][0] < 0 and -60 < ms["JLVM"][0] < 0
-    betas = {int(r["seed"]): float(r["beta"]) for r in _csv(out / "table1.csv")
-             if r["dataset"] == "digits" and r["method"] == "JLVM"}
+    betas = {
+        int(r["seed"]): float(r["beta"])
+        for r in _csv(out / "table1.csv")
+        if r["dataset"] == "digits" and r["method"] == "JLVM"
+    }
     used = {int(r["seed"]): float(r["beta"]) for r in _csv(out / "table2.csv") if r["model"] == "JLVM"}
     assert used == betas  # table 1's validated β, read back from its results
 
@@ -196,8 +210,14 @@ def test_label_curve_measures_every_configuration_and_accumulates_runs(tmp_path:
         assert 0 < r["digit"] <= 100 and 0 <= r["thickness_accuracy"] <= 1
         # The lens's own labelled items are fitted at least as well as unseen ones.
         assert r["digit_train_accuracy"] >= r["digit_accuracy"] - 0.05
-    second = label_curve.run(TINY, out, seeds=1, data_dir=str(DATA_DIR), configs=("planar-long+propagation", "mlp-all-dims"),
-                             label_counts=(120,))
+    second = label_curve.run(
+        TINY,
+        out,
+        seeds=1,
+        data_dir=str(DATA_DIR),
+        configs=("planar-long+propagation", "mlp-all-dims"),
+        label_counts=(120,),
+    )
     summary = second["summary"]
     assert summary["planar"]["40"]["seeds"] == 2 and summary["planar-long+propagation"]["120"]["seeds"] == 1
     assert len(_csv(out / "label-curve.csv")) == 6
@@ -211,8 +231,13 @@ def test_label_curve_measures_every_configuration_and_accumulates_runs(tmp_path:
 
 
 def test_al_curve_runs_the_bald_batch_variants(tmp_path: Path) -> None:
-    res = al_curve.run(TINY, tmp_path, seeds=1, datasets=("digits",),
-                       strategies=("ilvm-bald-power", "ilvm-bald-diverse", "ilvm-bald-cover", "random"))
+    res = al_curve.run(
+        TINY,
+        tmp_path,
+        seeds=1,
+        datasets=("digits",),
+        strategies=("ilvm-bald-power", "ilvm-bald-diverse", "ilvm-bald-cover", "random"),
+    )
     assert res["settings"]["prefilter"] == TINY.al_prefilter and res["strategies"][-1] == "random"
     for st in ("ilvm-bald-power", "ilvm-bald-diverse", "ilvm-bald-cover"):
         e = res["results"]["digits"]["summary"]["digit"]["strategies"][st]
@@ -222,8 +247,15 @@ def test_al_curve_runs_the_bald_batch_variants(tmp_path: Path) -> None:
         al_curve.run(TINY, tmp_path, seeds=1, datasets=("digits",), strategies=("ilvm-bald-greedy", "random"))
 
 
-def test_report_and_cli(out: Path, al_run: dict, t1_run: dict, t2_run: dict, clf_run: dict, tmp_path: Path,
-                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_and_cli(
+    out: Path,
+    al_run: dict,
+    t1_run: dict,
+    t2_run: dict,
+    clf_run: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # A control run kept in a subfolder is reported beside the main al-curve run.
     (out / "al-curve-control").mkdir(exist_ok=True)
     control = json.loads((out / "al-curve.json").read_text())
@@ -263,11 +295,19 @@ def test_a_partial_rerun_counts_the_kept_data_sets_time_once(tmp_path: Path) -> 
     from ml.experiment.common import save_outputs
 
     def payload(walls: dict[str, float], total: float) -> dict:
-        return {"profile": "quick", "seeds": 3, "wall_s": total,
-                "results": {d: {"summary": {}, "wall_s": w} for d, w in walls.items()}}
+        return {
+            "profile": "quick",
+            "seeds": 3,
+            "wall_s": total,
+            "results": {d: {"summary": {}, "wall_s": w} for d, w in walls.items()},
+        }
 
-    first = save_outputs(tmp_path, "t", payload({"digits": 100.0, "mnist": 500.0}, 600.0),
-                         [{"dataset": "digits", "x": 1}, {"dataset": "mnist", "x": 2}])
+    first = save_outputs(
+        tmp_path,
+        "t",
+        payload({"digits": 100.0, "mnist": 500.0}, 600.0),
+        [{"dataset": "digits", "x": 1}, {"dataset": "mnist", "x": 2}],
+    )
     assert first["wall_s"] == 600.0
     # mnist again: its old 500 s are replaced by the new 50 s, digits' 100 s are kept.
     second = save_outputs(tmp_path, "t", payload({"mnist": 50.0}, 50.0), [{"dataset": "mnist", "x": 3}])
@@ -296,12 +336,29 @@ def test_a_higher_mean_without_a_significant_paired_test_is_not_reported_as_met(
 def test_a_model_still_collapsed_after_its_retry_is_reported_as_collapsed_not_ranked() -> None:
     from ml.experiment.report import still_collapsed
 
-    result = {"collapsed_and_retrained": [
-        {"model": "betavae-digits-cpu-e30-seed0-beta4", "requested_seed": 0, "used_seed": 1000, "mean_kl": 0.0,
-         "collapsed": [{"mean_kl": 0.0}]},
-        {"model": "betavae-digits-cpu-e30-seed1-beta4", "requested_seed": 1, "used_seed": 1001, "mean_kl": 0.004,
-         "collapsed": [{"mean_kl": 0.0}]},
-        {"model": "vae-mnist-cpu-e30-seed2", "requested_seed": 2, "used_seed": 1002, "mean_kl": 18.4,
-         "collapsed": [{"mean_kl": 0.01}]},  # healthy after its retry: ranked as usual
-    ]}
+    result = {
+        "collapsed_and_retrained": [
+            {
+                "model": "betavae-digits-cpu-e30-seed0-beta4",
+                "requested_seed": 0,
+                "used_seed": 1000,
+                "mean_kl": 0.0,
+                "collapsed": [{"mean_kl": 0.0}],
+            },
+            {
+                "model": "betavae-digits-cpu-e30-seed1-beta4",
+                "requested_seed": 1,
+                "used_seed": 1001,
+                "mean_kl": 0.004,
+                "collapsed": [{"mean_kl": 0.0}],
+            },
+            {
+                "model": "vae-mnist-cpu-e30-seed2",
+                "requested_seed": 2,
+                "used_seed": 1002,
+                "mean_kl": 18.4,
+                "collapsed": [{"mean_kl": 0.01}],
+            },  # healthy after its retry: ranked as usual
+        ]
+    }
     assert still_collapsed(result) == {"beta-VAE": 2}

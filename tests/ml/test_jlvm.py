@@ -50,7 +50,8 @@ def test_the_supervised_head_predicts_held_out_digits_far_above_chance(
     X, y = digits
     proba = fitted.predict_proba(X[1200:])["digit"]  # items never seen in training
     accuracy = float(np.mean(proba.argmax(1) == y[1200:]))
-    # Chance is 0.1; ten classes read linearly from one z* dimension (measured 0.236 / 0.276 / 0.288 over seeds 0-4 × threads 1, 2). Without
+    # Chance is 0.1; ten classes read linearly from one z* dimension (measured 0.236 / 0.276 / 0.288 over seeds 0-4 ×
+    # threads 1, 2). Without
     # the supervised term of eq. (13) the head is never trained and stays near chance.
     at_least("JLVM head held-out digit accuracy", accuracy, 0.17)
     assert fitted.transform(X[:5]).shape == (5, 6)
@@ -74,7 +75,9 @@ def test_round_trip_through_bytes_keeps_every_output(fitted: JLVM, digits: tuple
     # float32 tolerance: a lost or mis-loaded weight moves z* by far more than 1e-5.
     np.testing.assert_allclose(back.transform(X[:50]), fitted.transform(X[:50]), rtol=0, atol=1e-5)
     np.testing.assert_allclose(back.decode(np.zeros((2, 6), np.float32)), fitted.decode(np.zeros((2, 6), np.float32)))
-    assert back.test_log_likelihood(X[:50], k=5, seed=1) == pytest.approx(fitted.test_log_likelihood(X[:50], k=5, seed=1))
+    assert back.test_log_likelihood(X[:50], k=5, seed=1) == pytest.approx(
+        fitted.test_log_likelihood(X[:50], k=5, seed=1)
+    )
     assert back.beta == 1.0 and back.lam_ == fitted.lam_
 
 

@@ -158,7 +158,8 @@ def test_bald_is_highest_where_the_sampled_predictions_split_between_classes(fit
     scores = bald(probs)
     top2 = np.sort(probs.mean(1), axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]  # 0 = split between two classes, 1 = one class for sure
-    # Spearman of BALD with −margin, measured 0.50 / 0.80 / 0.88 (seeds 0-4 × threads 1, 2); a score that ignores the samples' disagreement
+    # Spearman of BALD with −margin, measured 0.50 / 0.80 / 0.88 (seeds 0-4 × threads 1, 2); a score that ignores the
+    # samples' disagreement
     # (constant, random) gives about 0, one with its sign flipped a negative value.
     at_least("Spearman(BALD, -margin of the sampled prediction)", spearmanr(scores, -margin).statistic, 0.3)
 
@@ -195,12 +196,12 @@ def test_continuous_attribute_gets_a_gaussian_head() -> None:
     lens = InterpretableLens([VAL], n_flows=4, epochs=40, device="cpu", seed=SEED).fit(z, {"val": s})
     mean, var = lens.predict_proba(z[mte])["val"]
     assert mean.shape == var.shape == (len(mte),) and (var > 0).all()
-    # Measured 0.962 / 0.997 / 0.998 (seeds 0-4 × threads 1, 2); an untrained head's mean is unrelated to the value (about 0).
+    # Measured 0.962 / 0.997 / 0.998 (seeds 0-4 × threads 1, 2); an untrained head's mean is unrelated to the value
+    # (about 0).
     at_least("continuous head correlation", np.corrcoef(mean, val[mte])[0, 1], 0.9)
     zs = lens.transform(z)
     assert (
-        abs(np.corrcoef(zs[mte, 0], val[mte])[0, 1])
-        > abs(np.corrcoef(z[mte], val[mte], rowvar=False)[-1, :-1]).max()
+        abs(np.corrcoef(zs[mte, 0], val[mte])[0, 1]) > abs(np.corrcoef(z[mte], val[mte], rowvar=False)[-1, :-1]).max()
     )
     sc = lens_scores(lens, z[:100], "bald")
     assert np.isfinite(sc).all() and (sc >= 0).all()
@@ -210,9 +211,7 @@ def test_progress_is_reported_and_should_stop_interrupts() -> None:
     z, cls, _, _ = entangled_problem(n=400)
     s = {"cls": np.where(np.arange(400) < 60, cls, -1)}
     seen: list[float] = []
-    InterpretableLens([CLS], n_flows=2, epochs=3, device="cpu").fit(
-        z, s, progress=lambda f, info: seen.append(f)
-    )
+    InterpretableLens([CLS], n_flows=2, epochs=3, device="cpu").fit(z, s, progress=lambda f, info: seen.append(f))
     assert seen[-1] == 1.0 and seen == sorted(seen)
     calls = {"n": 0}
 
@@ -272,8 +271,9 @@ def test_use_before_fit_and_wrong_width_are_refused(fitted) -> None:
 def test_pseudo_label_option_trains_and_survives_the_checkpoint() -> None:
     z, cls, _, _ = entangled_problem(n=600)
     s = {"cls": np.where(np.arange(600) < 60, cls, -1)}
-    lens = InterpretableLens([CLS], n_flows=4, epochs=5, device="cpu", pseudo_label_threshold=0.9,
-                             pseudo_label_weight=3.0).fit(z, s)
+    lens = InterpretableLens(
+        [CLS], n_flows=4, epochs=5, device="cpu", pseudo_label_threshold=0.9, pseudo_label_weight=3.0
+    ).fit(z, s)
     back = InterpretableLens.from_bytes(lens.to_bytes(), device="cpu")
     assert (back.pseudo_label_threshold, back.pseudo_label_weight) == (0.9, 3.0)
     with pytest.raises(ValueError, match="pseudo_label_threshold"):

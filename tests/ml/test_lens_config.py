@@ -45,13 +45,18 @@ def test_the_constructor_signature_is_the_config_table() -> None:
 
 
 def test_a_warm_retrain_honours_a_changed_batch_size() -> None:
-    from ml import pipeline
+    from ml import steps
 
     Z, S = _problem()
-    blob, _ = pipeline.fit_lens(Z, S, [CLS], params={"n_flows": 2, "hidden": 16, "epochs": 2}, device="cpu")
-    warm, stats = pipeline.fit_lens(Z, S, [CLS], warm_start_bytes=blob,
-                                    params={"n_flows": 2, "hidden": 16, "batch_size": 64, "warm_epochs": 1},
-                                    device="cpu")
+    blob, _ = steps.fit_lens(Z, S, [CLS], params={"n_flows": 2, "hidden": 16, "epochs": 2}, device="cpu")
+    warm, stats = steps.fit_lens(
+        Z,
+        S,
+        [CLS],
+        warm_start_bytes=blob,
+        params={"n_flows": 2, "hidden": 16, "batch_size": 64, "warm_epochs": 1},
+        device="cpu",
+    )
     assert stats["warm_start"] and "note" not in stats
     back = InterpretableLens.from_bytes(warm, device="cpu")
     assert back.config_.batch_size == 64 and back.batch_size == 64
@@ -71,9 +76,11 @@ def test_a_warm_start_refuses_a_structural_change_naming_it() -> None:
 
 
 def test_settings_are_checked_without_torch() -> None:
-    code = ("import sys; from ml.lens.config import LensConfig; "
-            "LensConfig.from_settings({'flow': 'planar', 'n_flows': 4}); "
-            "print(json.dumps('torch' in sys.modules))")
+    code = (
+        "import sys; from ml.lens.config import LensConfig; "
+        "LensConfig.from_settings({'flow': 'planar', 'n_flows': 4}); "
+        "print(json.dumps('torch' in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) is False
     with pytest.raises(ValueError, match=r"settings.lens.flow must be one of"):

@@ -67,19 +67,26 @@ def test_lens_puts_each_attribute_on_its_own_dimension_and_beats_raw_vae_z_on_sh
         # 1 and 2); an untrained lens leaves the metric's choice to chance (1 in 10 per attribute).
         for name in truth:
             assert lensed["attributes"][name]["dim"] == lens.attribute_dims_[name][0], (name, lensed["attributes"])
-        # Shape: gain over raw z measured 21.6 / 34.8 / 50.0 (seeds 0-4 × threads 1, 2); an untrained lens gains about 0.
+        # Shape: gain over raw z measured 21.6 / 34.8 / 50.0 (seeds 0-4 × threads 1, 2); an untrained lens gains about
+        # 0.
         gain = lensed["attributes"]["shape"]["score"] - raw["attributes"]["shape"]["score"]
         at_least("shapes lens shape score gain over raw z", gain, 10, report)
         # Shape accuracy from the one designated dimension, measured 0.72 / 0.89 / 0.95; chance is 1/3,
         # raw z's best single dimension 0.23 / 0.42 / 0.50.
         record("raw z shape accuracy (one best dimension)", raw["attributes"]["shape"]["accuracy"], 0.0, "info")
-        at_least("shapes lens shape accuracy", lensed["attributes"]["shape"]["accuracy"], 0.6,
-                 lensed["attributes"]["shape"])
+        at_least(
+            "shapes lens shape accuracy", lensed["attributes"]["shape"]["accuracy"], 0.6, lensed["attributes"]["shape"]
+        )
         # Scale is not asserted against raw z: measured over seeds 0-4 (threads 1) the gain was
-        # +52, +34, +15, +57 and −8.6 (threads 2: as low as −18.9) — on seed 4 the lens reads scale worse than raw z does, so a
+        # +52, +34, +15, +57 and −8.6 (threads 2: as low as −18.9) — on seed 4 the lens reads scale worse than raw z
+        # does, so a
         # bound here would only hold for lucky seeds. Recorded for the spread table.
-        record("shapes lens scale score gain over raw z", lensed["attributes"]["scale"]["score"]
-               - raw["attributes"]["scale"]["score"], 0.0, "info")
+        record(
+            "shapes lens scale score gain over raw z",
+            lensed["attributes"]["scale"]["score"] - raw["attributes"]["scale"]["score"],
+            0.0,
+            "info",
+        )
         assert np.abs(lens.inverse_transform(z_star) - z).max() < 1e-4
     finally:
         torch.set_num_threads(threads)

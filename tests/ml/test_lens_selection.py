@@ -26,8 +26,9 @@ def problem():
     return z, s, cls, lab
 
 
-def _step_budgets(mp: pytest.MonkeyPatch, screen: int, patience: int, length: int = 400,
-                  length_patience: int = 100) -> None:
+def _step_budgets(
+    mp: pytest.MonkeyPatch, screen: int, patience: int, length: int = 400, length_patience: int = 100
+) -> None:
     """Selection step budgets sized for these small problems (the defaults suit pools of thousands)."""
     mp.setattr(lens_selection, "SELECTION_MAX_STEPS", screen)
     mp.setattr(lens_selection, "SELECTION_PATIENCE_STEPS", patience)
@@ -42,8 +43,17 @@ def auto_lens(problem):
     z, s, _, _ = problem
     with pytest.MonkeyPatch.context() as mp:
         _step_budgets(mp, 200, 50)
-        lens = InterpretableLens([CLS, LEV], flow="auto", alpha="auto", n_flows=4, hidden=32, device="cpu",
-                                 seed=SEED, selection_pool=400, selection_folds=3).fit(z, s)
+        lens = InterpretableLens(
+            [CLS, LEV],
+            flow="auto",
+            alpha="auto",
+            n_flows=4,
+            hidden=32,
+            device="cpu",
+            seed=SEED,
+            selection_pool=400,
+            selection_folds=3,
+        ).fit(z, s)
     torch.set_num_threads(before)
     return lens
 
@@ -74,8 +84,12 @@ def test_cross_validated_likelihood_predicts_the_likelihood_on_unseen_labels(aut
     unseen = np.setdiff1d(np.arange(len(z)), lab)
     p = auto_lens.predict_proba(z[unseen])
     rows = np.arange(len(unseen))
-    heldout = float(np.mean(np.log(np.clip(p["cls"][rows, cls[unseen]], 1e-12, 1))
-                            + np.log(np.clip(p["lev"][rows, lev[unseen]], 1e-12, 1))))
+    heldout = float(
+        np.mean(
+            np.log(np.clip(p["cls"][rows, cls[unseen]], 1e-12, 1))
+            + np.log(np.clip(p["lev"][rows, lev[unseen]], 1e-12, 1))
+        )
+    )
     # The k-fold estimate (Σ_j log p(s_j | f(z)) on hidden labels) is an honest one: close to what the
     # final lens achieves on labels nobody gave it, not the optimistic value of its own labelled items.
     best = max(c["score"] for c in auto_lens.selection_["candidates"])
@@ -153,8 +167,13 @@ def test_selection_needs_labels_in_every_fold(problem) -> None:
 
 @pytest.mark.parametrize(
     ("kw", "word"),
-    [({"flow": "curvy"}, "flow"), ({"alpha": "sometimes"}, "alpha"), ({"weight_decay": -1.0}, "weight_decay"),
-     ({"propagation_weight": float("nan")}, "propagation_weight"), ({"selection_folds": 1}, "selection_folds")],
+    [
+        ({"flow": "curvy"}, "flow"),
+        ({"alpha": "sometimes"}, "alpha"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"propagation_weight": float("nan")}, "propagation_weight"),
+        ({"selection_folds": 1}, "selection_folds"),
+    ],
 )
 def test_bad_settings_name_the_parameter(kw, word) -> None:
     with pytest.raises(ValueError, match=word):
@@ -174,8 +193,16 @@ def test_a_winner_still_improving_at_the_budget_gets_its_length_measured_again(p
     with pytest.MonkeyPatch.context() as mp:
         # A screening budget far too short for this problem: every fit is still improving at its end.
         _step_budgets(mp, 12, 4, length=240, length_patience=60)
-        lens = InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=SEED,
-                                 selection_pool=300, selection_folds=2).fit(z, s)
+        lens = InterpretableLens(
+            [CLS, LEV],
+            alpha="auto",
+            n_flows=2,
+            hidden=16,
+            device="cpu",
+            seed=SEED,
+            selection_pool=300,
+            selection_folds=2,
+        ).fit(z, s)
     sel = lens.selection_
     best = max(sel["candidates"], key=lambda c: c["score"])
     assert any(best["ran_out"])
@@ -201,15 +228,25 @@ def test_no_second_length_run_when_the_screening_fits_stopped_early_or_epochs_ar
     with pytest.MonkeyPatch.context() as mp:
         # A generous budget with a short patience: every fold stops early on its own.
         _step_budgets(mp, 3000, 30)
-        lens = InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=0,
-                                 selection_pool=300, selection_folds=2).fit(z, s)
+        lens = InterpretableLens(
+            [CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=0, selection_pool=300, selection_folds=2
+        ).fit(z, s)
         sel = lens.selection_
         assert all(not any(c["ran_out"]) for c in sel["candidates"])
         assert all(max(c["best_steps"]) < 3000 for c in sel["candidates"])
         assert sel["length"] is None
         # Epochs set by the user: they are not chosen, so there is no length to measure.
-        fixed = InterpretableLens([CLS, LEV], alpha="auto", n_flows=2, hidden=16, device="cpu", seed=0, epochs=3,
-                                  selection_pool=300, selection_folds=2).fit(z, s)
+        fixed = InterpretableLens(
+            [CLS, LEV],
+            alpha="auto",
+            n_flows=2,
+            hidden=16,
+            device="cpu",
+            seed=0,
+            epochs=3,
+            selection_pool=300,
+            selection_folds=2,
+        ).fit(z, s)
     assert fixed.selection_["length"] is None and fixed.selection_["chosen"]["epochs"] == 3
     assert fixed.selection_["final_steps"] is None  # the length is the user's, not a converted one
     assert len(fixed.history_) == 3

@@ -146,15 +146,13 @@ def test_only_observed_items_count_and_unseen_test_levels_get_the_floor():
     Zte, yte = _coded(60, 11, classes=4)
     ytr_missing = ytr.copy()
     ytr_missing[::3] = -1  # missing labels are ignored, not a class
-    r = interpretability_score(Ztr, {"digit": ytr_missing}, Zte, {"digit": yte}, [DIGIT])["attributes"][
-        "digit"
-    ]
+    r = interpretability_score(Ztr, {"digit": ytr_missing}, Zte, {"digit": yte}, [DIGIT])["attributes"]["digit"]
     assert r["n_train"] == 200 and r["n_classes"] == 3
     # Level 3 never appears in the train part: those test items get probability 1e-12.
     seen = yte < 3
-    r_seen = interpretability_score(Ztr, {"digit": ytr}, Zte[seen], {"digit": yte[seen]}, [DIGIT])[
-        "attributes"
-    ]["digit"]
+    r_seen = interpretability_score(Ztr, {"digit": ytr}, Zte[seen], {"digit": yte[seen]}, [DIGIT])["attributes"][
+        "digit"
+    ]
     frac = 1 - seen.mean()
     want = 100 * math.exp((1 - frac) * math.log(r_seen["score"] / 100) + frac * math.log(PROB_FLOOR))
     r_all = interpretability_score(Ztr, {"digit": ytr}, Zte, {"digit": yte}, [DIGIT])["attributes"]["digit"]

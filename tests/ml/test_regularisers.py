@@ -107,8 +107,7 @@ def test_propagation_lifts_a_lens_trained_on_few_labels() -> None:
         fit_i, test_i = rest[::2], rest[1::2]
 
         def acc(**kw: float) -> float:
-            lens = InterpretableLens([MOON], n_flows=8, hidden=32, epochs=25, alpha=10.0, device="cpu", seed=SEED,
-                                     **kw)
+            lens = InterpretableLens([MOON], n_flows=8, hidden=32, epochs=25, alpha=10.0, device="cpu", seed=SEED, **kw)
             lens.fit(Z, {"moon": s})  # noqa: B023  (used within this iteration)
             zs = lens.transform(Z)
             r = interpretability_score(zs[fit_i], {"moon": y[fit_i]}, zs[test_i], {"moon": y[test_i]}, [MOON])  # noqa: B023
@@ -118,8 +117,8 @@ def test_propagation_lifts_a_lens_trained_on_few_labels() -> None:
         plain, propagated = acc(), acc(propagation_weight=300.0)
         lifts.append(propagated - plain)
         propagated_accs.append(propagated)
-    # Median lift measured 0.037 / 0.102 / 0.130 (seeds 0-4 × threads 1, 2). A propagation term with no effect lifts exactly 0: both fits
+    # Median lift measured 0.037 / 0.102 / 0.130 (seeds 0-4 × threads 1, 2). A propagation term with no effect lifts
+    # exactly 0: both fits
     # share the seed, so they are the same fit. Median accuracy measured 0.874 / 0.934 / 0.981; chance 0.5.
     at_least("propagation lift of lens accuracy (median of 3 draws)", float(np.median(lifts)), 0.02, lifts)
-    at_least("propagated lens accuracy (median of 3 draws)", float(np.median(propagated_accs)), 0.8,
-             propagated_accs)
+    at_least("propagated lens accuracy (median of 3 draws)", float(np.median(propagated_accs)), 0.8, propagated_accs)

@@ -121,8 +121,11 @@ def test_attribute_grid_with_a_lens_inverse_round_trips() -> None:
     values = (attribute_values(Zs, d0, steps=3), attribute_values(Zs, d1, steps=3))
     imgs = attribute_grid(identity_decoder, Zs[:2], [d0, d1], values, inverse=lens.inverse_transform)
     z_back = imgs[:, :, :, 0, 0, :].reshape(-1, 4)
-    np.testing.assert_allclose(np.asarray(lens.transform(z_back)).reshape(2, 3, 3, 4),
-                               traverse(Zs[:2], [d0, d1], values).reshape(2, 3, 3, 4), atol=1e-3)
+    np.testing.assert_allclose(
+        np.asarray(lens.transform(z_back)).reshape(2, 3, 3, 4),
+        traverse(Zs[:2], [d0, d1], values).reshape(2, 3, 3, 4),
+        atol=1e-3,
+    )
 
 
 def test_grid_png_groups_rows_with_a_gap() -> None:
@@ -131,7 +134,7 @@ def test_grid_png_groups_rows_with_a_gap() -> None:
     assert img.size == (3 * 4 + 4, 6 * 4 + 7 + 5)
     px = np.asarray(img)
     y0 = 1 + 3 * 5 + 5  # the first tile row of the second block starts after the gap
-    np.testing.assert_array_equal(px[y0 : y0 + 4, 1 : 5], np.round(images[3, 0, 0] * 255))
+    np.testing.assert_array_equal(px[y0 : y0 + 4, 1:5], np.round(images[3, 0, 0] * 255))
     assert _decode_png(grid_png(images, group_rows=6)).size == _decode_png(grid_png(images)).size
     with pytest.raises(ValueError, match="group_rows"):
         grid_png(images, group_rows=4)

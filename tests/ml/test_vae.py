@@ -48,7 +48,8 @@ def fitted(digits: np.ndarray) -> VAE:
 def test_training_lowers_the_negative_elbo_by_at_least_a_fifth(digits: np.ndarray, fitted: VAE) -> None:
     untrained = VAE(image_shape=(1, 8, 8), seed=SEED).fit(digits, epochs=0)
     before, after = -untrained.elbo(digits), -fitted.elbo(digits)
-    # −ELBO after / before, measured 0.552 / 0.576 / 0.637 (seeds 0-4 × threads 1, 2); a model that does not learn stays near 1.
+    # −ELBO after / before, measured 0.552 / 0.576 / 0.637 (seeds 0-4 × threads 1, 2); a model that does not learn stays
+    # near 1.
     at_most("VAE -ELBO trained / untrained", after / before, 0.8, (before, after))
     assert fitted.loss_history_[-1] < fitted.loss_history_[0]
     assert len(fitted.loss_history_) == fitted.n_epochs_ == 10
@@ -252,7 +253,9 @@ def test_should_stop_stops_within_one_batch_and_keeps_the_old_state(digits: np.n
 def test_progress_fractions_increase_to_one(monkeypatch, digits: np.ndarray) -> None:
     monkeypatch.setattr(ml.vae, "PROGRESS_INTERVAL_S", 0.0)
     calls: list[tuple[float, dict]] = []
-    VAE(image_shape=(1, 8, 8), epochs=2, batch_size=256, **SMALL).fit(digits, progress=lambda f, i: calls.append((f, i)))
+    VAE(image_shape=(1, 8, 8), epochs=2, batch_size=256, **SMALL).fit(
+        digits, progress=lambda f, i: calls.append((f, i))
+    )
     fractions = [f for f, _ in calls]
     assert len(calls) == 2 * 8 + 1  # every batch, then the final report
     assert all(a <= b for a, b in itertools.pairwise(fractions)) and fractions[-1] == 1.0

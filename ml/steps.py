@@ -1,4 +1,5 @@
-"""The narrow surface a background worker calls: fit a base representation, fit the lens, score, evaluate.
+"""The product's steps on plain arrays and bytes, the narrow surface the worker calls: fit a base representation,
+fit the lens, score, evaluate, load a stored model.
 
 Everything here is plain arrays and bytes in, plain arrays, bytes and JSON-able dicts out, so the
 caller (``app.worker``) never touches a model's internals and a notebook can run the same steps.
@@ -25,8 +26,19 @@ from ml.lens.config import STRUCTURAL, TRAINING, LensConfig
 REPRESENTATION_SOURCES = ("vae", "classifier", "torchscript", "embeddings")
 
 # VAE settings a project's representation config may give (anything else is refused, naming the key).
-VAE_KEYS = ("latent_dim", "hidden", "channels", "epochs", "lr", "batch_size", "likelihood", "seed",
-            "heldout_fraction", "test_ll_k", "test_ll_max_items")
+VAE_KEYS = (
+    "latent_dim",
+    "hidden",
+    "channels",
+    "epochs",
+    "lr",
+    "batch_size",
+    "likelihood",
+    "seed",
+    "heldout_fraction",
+    "test_ll_k",
+    "test_ll_max_items",
+)
 CLASSIFIER_KEYS = ("hidden_dim", "epochs", "lr", "batch_size", "seed", "attribute")
 # What a project's settings.lens may hold: every LensConfig setting, and warm_epochs (the length of a
 # warm-started retrain, a worker matter).
@@ -112,8 +124,9 @@ def fit_representation(
     return result
 
 
-def _fit_vae(images: np.ndarray, cfg: dict[str, Any], progress: ProgressFn | None, should_stop: StopFn | None,
-             device: str) -> RepresentationResult:
+def _fit_vae(
+    images: np.ndarray, cfg: dict[str, Any], progress: ProgressFn | None, should_stop: StopFn | None, device: str
+) -> RepresentationResult:
     from ml.vae import VAE
 
     _unknown_keys(cfg, VAE_KEYS, "representation (vae)")
@@ -143,13 +156,26 @@ def _fit_vae(images: np.ndarray, cfg: dict[str, Any], progress: ProgressFn | Non
     if progress is not None:
         progress(1.0, {"loss": vae.loss_history_[-1] if vae.loss_history_ else None})
     cfg_used = {key: (list(v) if isinstance(v, tuple) else v) for key, v in vae.get_params().items()}
-    info = {"config": cfg_used, "dim": int(Z.shape[1]), "n_train": len(train_idx),
-            "n_heldout": int(n_test), "test_ll_k": k, "loss_history": [float(x) for x in vae.loss_history_]}
+    info = {
+        "config": cfg_used,
+        "dim": int(Z.shape[1]),
+        "n_train": len(train_idx),
+        "n_heldout": int(n_test),
+        "test_ll_k": k,
+        "loss_history": [float(x) for x in vae.loss_history_],
+    }
     return RepresentationResult(vae.to_bytes(), Z.astype(np.float32), test_ll, info)
 
 
-def _fit_classifier(images: np.ndarray, cfg: dict[str, Any], labels: np.ndarray | None, n_classes: int | None,
-                    progress: ProgressFn | None, should_stop: StopFn | None, device: str) -> RepresentationResult:
+def _fit_classifier(
+    images: np.ndarray,
+    cfg: dict[str, Any],
+    labels: np.ndarray | None,
+    n_classes: int | None,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    device: str,
+) -> RepresentationResult:
     from ml.classifier import HiddenLayerClassifier
 
     _unknown_keys(cfg, CLASSIFIER_KEYS, "representation (classifier)")
@@ -159,20 +185,30 @@ def _fit_classifier(images: np.ndarray, cfg: dict[str, Any], labels: np.ndarray 
     y = np.asarray(labels, dtype=np.int64)
     n_labelled = int((y >= 0).sum())
     if n_labelled < 2 or len(np.unique(y[y >= 0])) < 2:
-        raise ValueError(f"representation 'classifier' needs training labels of at least 2 classes; "
-                         f"{n_labelled} item(s) are labelled: label more items, then run pretrain again")
+        raise ValueError(
+            f"representation 'classifier' needs training labels of at least 2 classes; "
+            f"{n_labelled} item(s) are labelled: label more items, then run pretrain again"
+        )
     clf = HiddenLayerClassifier(n_classes=n_classes, image_shape=tuple(images.shape[1:]), device=device, **cfg)
     clf.fit(images, y, progress=sub_progress(progress, 0.0, 0.95), should_stop=should_stop)
     check_stop(should_stop)
     Z = clf.transform(images)
-    info = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in clf.get_params().items()},
-            "dim": int(Z.shape[1]), "n_labelled": n_labelled,
-            "loss_history": [float(x) for x in clf.loss_history_]}
+    info = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in clf.get_params().items()},
+        "dim": int(Z.shape[1]),
+        "n_labelled": n_labelled,
+        "loss_history": [float(x) for x in clf.loss_history_],
+    }
     return RepresentationResult(clf.to_bytes(), Z.astype(np.float32), None, info)
 
 
-def _run_torchscript(images: np.ndarray, encoder_bytes: bytes | None, progress: ProgressFn | None,
-                     should_stop: StopFn | None, batch_size: int = 512) -> RepresentationResult:
+def _run_torchscript(
+    images: np.ndarray,
+    encoder_bytes: bytes | None,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    batch_size: int = 512,
+) -> RepresentationResult:
     import torch
 
     if not encoder_bytes:
@@ -292,12 +328,21 @@ def fit_lens(
     lens.fit(Z, S, warm_start=warm, progress=progress, should_stop=should_stop)
     blob = lens.to_bytes()
     config = getattr(lens, "config_", None)
-    stats = {"warm_start": warm, "epochs": len(lens.history_), "final_loss": float(lens.history_[-1]),
-             "loss_history": [float(x) for x in lens.history_], "alpha": lens.alpha_,
-             "n_items": len(Z), "n_labelled": int(lens.n_labelled_), "dim": int(Z.shape[1]),
-             "attribute_dims": lens.attribute_dims_, "seconds": round(time.perf_counter() - t0, 3),
-             "device": str(lens.device_), "flow": getattr(config, "flow", "planar"),
-             "dims_per_attribute": int(getattr(config, "dims_per_attribute", 1))}
+    stats = {
+        "warm_start": warm,
+        "epochs": len(lens.history_),
+        "final_loss": float(lens.history_[-1]),
+        "loss_history": [float(x) for x in lens.history_],
+        "alpha": lens.alpha_,
+        "n_items": len(Z),
+        "n_labelled": int(lens.n_labelled_),
+        "dim": int(Z.shape[1]),
+        "attribute_dims": lens.attribute_dims_,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "device": str(lens.device_),
+        "flow": getattr(config, "flow", "planar"),
+        "dims_per_attribute": int(getattr(config, "dims_per_attribute", 1)),
+    }
     selection = getattr(lens, "selection_", None)
     if selection is not None:
         stats["selection"] = _jsonable(selection)
@@ -370,8 +415,9 @@ def score_pool(
     out = np.empty(len(Z), dtype=np.float64)
     for i in range(0, len(Z), chunk):
         check_stop(should_stop)
-        out[i : i + chunk] = lens_scores(model, Z[i : i + chunk], strategy=strategy, n_samples=n_samples,
-                                         seed=seed + i // chunk)
+        out[i : i + chunk] = lens_scores(
+            model, Z[i : i + chunk], strategy=strategy, n_samples=n_samples, seed=seed + i // chunk
+        )
         if progress is not None:
             progress(min(1.0, (i + chunk) / max(1, len(Z))), {})
     return out
@@ -380,8 +426,9 @@ def score_pool(
 # --------------------------------------------------------------------------- evaluation
 
 
-def unscorable_reason(y: np.ndarray, attribute: Attribute, *, min_labels: int = MIN_EVAL_LABELS,
-                      folds: int = 2) -> str | None:
+def unscorable_reason(
+    y: np.ndarray, attribute: Attribute, *, min_labels: int = MIN_EVAL_LABELS, folds: int = 2
+) -> str | None:
     """Why the metric cannot score ``attribute`` from these eval labels (None when it can), in words that
     say what would fix it.
 
@@ -396,9 +443,11 @@ def unscorable_reason(y: np.ndarray, attribute: Attribute, *, min_labels: int = 
         _, counts = np.unique(observed, return_counts=True)
         ready = int(np.sum(counts >= per_level))
         if n < min_labels or ready < 2:
-            return (f"{n} eval label{'s' if n != 1 else ''}, {ready} level{'s' if ready != 1 else ''} with "
-                    f"{per_level} or more; needs {min_labels} eval labels covering two or more levels with "
-                    f"{per_level} or more each")
+            return (
+                f"{n} eval label{'s' if n != 1 else ''}, {ready} level{'s' if ready != 1 else ''} with "
+                f"{per_level} or more; needs {min_labels} eval labels covering two or more levels with "
+                f"{per_level} or more each"
+            )
         return None
     if n < min_labels:
         return f"{n} eval label{'s' if n != 1 else ''}; needs at least {min_labels}"
@@ -447,10 +496,22 @@ def evaluate(
             scorable.append(a)
         else:
             skipped[a.name] = reason
-    out: dict[str, Any] = {"attributes": {}, "overall": None, "overall_accuracy": None, "baseline_overall": None,
-                           "k_dims": {}, "overall_k": None, "overall_accuracy_k": None, "dims_per_attribute": None,
-                           "mig": None, "sap": None, "mig_z": None, "sap_z": None,
-                           "skipped": skipped, "n_eval": len(Z)}
+    out: dict[str, Any] = {
+        "attributes": {},
+        "overall": None,
+        "overall_accuracy": None,
+        "baseline_overall": None,
+        "k_dims": {},
+        "overall_k": None,
+        "overall_accuracy_k": None,
+        "dims_per_attribute": None,
+        "mig": None,
+        "sap": None,
+        "mig_z": None,
+        "sap_z": None,
+        "skipped": skipped,
+        "n_eval": len(Z),
+    }
     if not scorable or len(Z) == 0:
         return out
     model = _lens(lens, device)
@@ -488,8 +549,9 @@ def evaluate(
         for name, entry in out["attributes"].items():
             r = k_res["attributes"].get(name)
             if r is not None:
-                entry.update(_jsonable({"score_k": r.get("score"), "accuracy_k": r.get("accuracy"),
-                                        "dims_k": r.get("dim")}))
+                entry.update(
+                    _jsonable({"score_k": r.get("score"), "accuracy_k": r.get("accuracy"), "dims_k": r.get("dim")})
+                )
         out["overall_k"] = _float(k_res.get("overall"))
         out["overall_accuracy_k"] = _float(k_res.get("overall_accuracy"))
     check_stop(should_stop)

@@ -1,0 +1,46 @@
+"""Image data sets for lenslab: loaders, a procedural sprite set with known factors, and stroke thickness.
+
+Every loader returns a :class:`Dataset` whose ``images`` are float32 in [0, 1], shaped (N, C, H, W),
+with whatever ground-truth factors the source knows (used to simulate experts and to score the
+interpretability metric). One module per concept: ``dataset`` (the container), ``loaders`` (digits,
+IDX, image folders and zips, embeddings), ``shapes`` (procedural sprites), ``morphometry`` (stroke
+thickness, rotations).
+
+Factor keys:
+
+- ``load_digits``: ``"digit"`` (int64, 0..9).
+- ``load_mnist``: ``"label"`` (int64, 0..9) for MNIST and Fashion-MNIST alike, since the same
+  reader serves both and a Fashion-MNIST class is not a digit.
+- ``make_shapes``: ``"shape"`` (0 square, 1 ellipse, 2 heart), ``"scale"`` (0..5), ``"rotation"``
+  (degrees, counter-clockwise as displayed), ``"x"`` and ``"y"`` (centre position in [0, 1]; x grows
+  to the right, y downwards, like image columns and rows).
+"""
+
+from __future__ import annotations
+
+from ml.data.dataset import Dataset
+from ml.data.loaders import load_digits, load_embeddings, load_image_folder, load_mnist, read_idx
+from ml.data.morphometry import (
+    binarise_for_thickness,
+    fast_medial_axis,
+    rotate_images,
+    stroke_thickness,
+    thickness_levels,
+)
+from ml.data.shapes import SHAPE_NAMES, make_shapes
+
+__all__ = [
+    "SHAPE_NAMES",
+    "Dataset",
+    "binarise_for_thickness",
+    "fast_medial_axis",
+    "load_digits",
+    "load_embeddings",
+    "load_image_folder",
+    "load_mnist",
+    "make_shapes",
+    "read_idx",
+    "rotate_images",
+    "stroke_thickness",
+    "thickness_levels",
+]
