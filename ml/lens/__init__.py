@@ -1,12 +1,13 @@
 """The interpretable lens (ILVM, paper section 2): planar flows from z to z*, z* linear in s.
 
-One concept per module, dependencies one way (estimator → selection → train → model/regularisers → config):
+One concept per module, dependencies one way (estimator → selection → train → checkpoint → model → config):
 
 - ``config``: ``LensConfig``, every hyper-parameter once with its kind and check (no torch);
-- ``model``: ``LensModule``, the networks and the per-item ELBO (7)/(8);
+- ``model``: ``LensModule``, the networks, the per-item ELBO (7)/(8) and the predictive samples;
 - ``regularisers``: the semi-supervised terms over the unlabelled pool;
 - ``train``: ``train()``, the one training loop;
 - ``selection``: k-fold cross-validated choice of the "auto" settings, a function over configs;
+- ``checkpoint``: the checkpoint format (what ``save``/``to_bytes`` write);
 - ``estimator``: ``InterpretableLens``, the scikit-learn-style estimator.
 
 Training maximises ELBO (7) for labelled attributes and ELBO (8) for unlabelled ones — s latent,

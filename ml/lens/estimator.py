@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -22,15 +20,13 @@ import torch
 from ml.attributes import Attribute, coerce_attributes, validate_labels
 from ml.control import ProgressFn, StopFn, sub_progress
 from ml.device import resolve_device
-from ml.flows import FlowStack, PlanarFlowStack
+from ml.flows import FlowStack
 from ml.heads import AttributeHead, ContinuousHead
-from ml.lens.config import SELECTION, STRUCTURAL, LensConfig
-from ml.lens.model import LensModule
+from ml.lens import checkpoint
+from ml.lens.config import STRUCTURAL, LensConfig
 from ml.lens.selection import select_settings
 from ml.lens.train import Fit, assign_dims, check_label_support, train
 from ml.persistence import Checkpointed
-
-FORMAT_VERSION = 1
 
 
 class InterpretableLens(Checkpointed):
@@ -255,43 +251,13 @@ class InterpretableLens(Checkpointed):
         """Heads at z*_t ~ q(z*|z) as torch tensors on the lens's device: {attr: probs [N, S, C]} or
         {attr: (means, variances) [N, S]} — what acquisition (``ml.acquisition.lens_scores``) reads.
 
-        Points are laid out as columns (d, N·S) and only the designated dims of z* are formed
-        (``PlanarFlowStack.project_columns``), the layout in which the small per-point operations
-        vectorise; the returned tensors are views in the usual (N, S, …) order. Antithetic pairs
-        (ε, −ε) halve the random draws and lower the variance of the mean predictive.
+        Computed by ``LensModule.predictive_columns`` (antithetic draws, designated dims only).
         """
         self._require_fitted()
         Z = self._check_Z(Z, fitted=True)
-        mod = self.module_
+        z_std = torch.as_tensor(self._standardise(Z), dtype=torch.float32, device=self.device_)
         with torch.no_grad():
-            z_std = torch.as_tensor(self._standardise(Z), dtype=torch.float32, device=self.device_)
-            n, d = z_std.shape
-            std = torch.exp(0.5 * mod.q0_log_var(z_std, mod.encode_s({}, n, z_std.device)))  # (N, d)
-            half = torch.randn(d, n, (n_samples + 1) // 2, device=z_std.device, dtype=z_std.dtype)
-            eps = torch.cat([half, -half], 2)[:, :, :n_samples]
-            z0 = torch.addcmul(z_std.T[:, :, None], std.T[:, :, None], eps).reshape(d, n * n_samples)
-            heads = [mod.heads[a.name] for a in self.attributes_]
-            wanted = torch.cat([h.dims for h in heads])
-            # One pass of the flows for every attribute's designated rows of z*.
-            if isinstance(mod.flows, PlanarFlowStack):
-                rows = mod.flows.project_columns(z0, wanted)  # (Σk, N·S)
-            else:
-                rows = mod.flows.transform(z0.T).index_select(1, wanted).T
-            out: dict[str, Any] = {}
-            start = 0
-            for a, head in zip(self.attributes_, heads, strict=True):
-                k = len(head.dims)
-                zd, start = rows[start : start + k], start + k
-                if a.is_discrete:
-                    out[a.name] = head.probs_columns(zd).reshape(-1, n, n_samples).permute(1, 2, 0)
-                else:
-                    assert isinstance(head, ContinuousHead)
-                    m, v = head.mean_var_columns(zd)
-                    out[a.name] = (
-                        head.unscale_mean(m).reshape(n, n_samples),
-                        head.unscale_var(v).reshape(n, n_samples),
-                    )
-        return out
+            return self.module_.predictive_columns(z_std, n_samples)
 
     def sample_probs(self, Z: Any, n_samples: int = 32, seed: int | None = None) -> dict[str, Any]:
         """``predictive_samples`` as NumPy arrays: {attr: [N, S, C]} or {attr: (means [N, S], variances [N, S])}."""
@@ -299,66 +265,14 @@ class InterpretableLens(Checkpointed):
             torch.manual_seed(seed)
         return {k: _np(v) for k, v in self.predictive_samples(Z, n_samples).items()}
 
-    # -- persistence ----------------------------------------------------------------------------------
+    # -- persistence (ml.persistence's interface; the format is ml.lens.checkpoint's) ----------------
     def _checkpoint(self) -> dict[str, Any]:
         self._require_fitted()
-        requested = {
-            k: getattr(self, k)
-            for k in ("flow", "n_flows", "epochs", "alpha", "weight_decay", *LensConfig.names(SELECTION))
-        }
-        extra = {
-            "format": FORMAT_VERSION,
-            "attribute_dims": self.attribute_dims_,
-            "alpha": self.alpha_,
-            "n_labelled": self.n_labelled_,
-            "history": self.history_,
-            "device": self.device,
-            "selection": getattr(self, "selection_", None),
-            # What was asked for ("auto" included), so a cold refit of a loaded lens selects again.
-            "requested": requested,
-        }
-        config = {
-            "attributes": [a.to_dict() for a in self.attributes_],
-            "dim": self.dim_,
-            **asdict(self.config_),
-            "extra": {},
-        }
-        return {
-            "config": json.dumps(config),
-            "extra": json.dumps(extra),
-            "state": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()},
-            "z_mean": torch.as_tensor(self.z_mean_),
-            "z_scale": torch.as_tensor(self.z_scale_),
-            "zstar_quantiles": torch.as_tensor(self.zstar_quantiles_),
-        }
+        return checkpoint.dump(self)
 
     @classmethod
     def _restore(cls, ckpt: Mapping[str, Any], device: str) -> InterpretableLens:
-        try:
-            config = json.loads(ckpt["config"])
-            extra = json.loads(ckpt["extra"])
-            attributes, dim = config.pop("attributes"), int(config.pop("dim"))
-            config.pop("extra", None)
-            cfg = LensConfig(**config)
-        except (TypeError, KeyError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not an InterpretableLens checkpoint: {exc}") from exc
-        if extra.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported lens checkpoint format {extra.get('format')!r} (expected {FORMAT_VERSION})")
-        lens = cls(attributes, device=device, **{**cfg.to_dict(), **(extra.get("requested") or {})})
-        attrs = coerce_attributes(attributes)
-        dims = {k: list(v) for k, v in extra["attribute_dims"].items()}
-        lens.device_ = resolve_device(device)
-        module = LensModule(cfg, dim, attrs, dims).to(lens.device_)
-        module.load_state_dict(ckpt["state"])
-        module.eval()
-        lens.module_, lens.config_, lens.attributes_, lens.dim_ = module, cfg, attrs, dim
-        lens.selection_ = extra.get("selection")
-        lens.attribute_dims_, lens.alpha_ = dims, float(extra["alpha"])
-        lens.n_labelled_, lens.history_ = int(extra["n_labelled"]), list(extra["history"])
-        lens.z_mean_ = ckpt["z_mean"].cpu().numpy()
-        lens.z_scale_ = ckpt["z_scale"].cpu().numpy()
-        lens.zstar_quantiles_ = ckpt["zstar_quantiles"].cpu().numpy()
-        return lens
+        return checkpoint.restore(cls, ckpt, device)
 
 
 # The constructor's signature as tools see it (help(), IDEs, scikit-learn's get_params introspection):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ml.attributes import Attribute
-from ml.flows import FlowStack, build_flow_stack, log_normal_std
+from ml.flows import FlowStack, PlanarFlowStack, build_flow_stack, log_normal_std
 from ml.heads import ContinuousHead, make_head
 from ml.lens.config import LensConfig
 
@@ -177,3 +178,40 @@ class LensModule(nn.Module):
             logp = head.log_probs(zs).gather(1, guess[:, None]).squeeze(1)
             total = total + torch.where(conf >= threshold, logp, torch.zeros_like(logp))
         return total
+
+    def predictive_columns(self, z_std: torch.Tensor, n_samples: int) -> dict[str, Any]:
+        """Heads at z*_t ~ q(z*|z) for standardised z: {attr: probs (N, S, C)} or {attr: (means, variances) (N, S)}.
+
+        Points are laid out as columns (d, N·S) and only the designated dims of z* are formed
+        (``PlanarFlowStack.project_columns``), the layout in which the small per-point operations
+        vectorise; the returned tensors are views in the usual (N, S, …) order. Antithetic pairs
+        (ε, −ε) halve the random draws and lower the variance of the mean predictive.
+        """
+        mod = self
+        n, d = z_std.shape
+        std = torch.exp(0.5 * mod.q0_log_var(z_std, mod.encode_s({}, n, z_std.device)))  # (N, d)
+        half = torch.randn(d, n, (n_samples + 1) // 2, device=z_std.device, dtype=z_std.dtype)
+        eps = torch.cat([half, -half], 2)[:, :, :n_samples]
+        z0 = torch.addcmul(z_std.T[:, :, None], std.T[:, :, None], eps).reshape(d, n * n_samples)
+        heads = [mod.heads[a.name] for a in self.attributes]
+        wanted = torch.cat([h.dims for h in heads])
+        # One pass of the flows for every attribute's designated rows of z*.
+        if isinstance(mod.flows, PlanarFlowStack):
+            rows = mod.flows.project_columns(z0, wanted)  # (Σk, N·S)
+        else:
+            rows = mod.flows.transform(z0.T).index_select(1, wanted).T
+        out: dict[str, Any] = {}
+        start = 0
+        for a, head in zip(self.attributes, heads, strict=True):
+            k = len(head.dims)
+            zd, start = rows[start : start + k], start + k
+            if a.is_discrete:
+                out[a.name] = head.probs_columns(zd).reshape(-1, n, n_samples).permute(1, 2, 0)
+            else:
+                assert isinstance(head, ContinuousHead)
+                mean, var = head.mean_var_columns(zd)
+                out[a.name] = (
+                    head.unscale_mean(mean).reshape(n, n_samples),
+                    head.unscale_var(var).reshape(n, n_samples),
+                )
+        return out
