@@ -20,7 +20,6 @@ from app import security
 from app.api.deps import ProjectDep, RowId, SessionDep, SettingsDep, ViewerUser
 from app.db.models import ROLES, STRATEGIES, Job, MetricPoint, ModelVersion, Project, Representation, User
 from app.routes import auth as auth_routes
-from app.routes import projects as project_routes
 from app.services import imports, jobs, metric_reasons, models, projects, queue
 from app.services import sessions as session_service
 from app.services import tokens as token_service
@@ -369,7 +368,17 @@ def create_project(
     if body is None:
         return render(request, "admin/project_new.html", _admin_form_context(shown, errors), status_code=422)
     try:
-        out = project_routes.create_project(principal.user, body, session, settings)
+        project, loaded = projects.create_with_dataset(
+            session=session,
+            settings=settings,
+            name=body.name,
+            attributes=[a.model_dump(exclude_none=True) for a in body.attributes],
+            representation=body.representation.model_dump(),
+            strategy=body.strategy,
+            project_settings=body.settings.model_dump(exclude_none=True),
+            dataset=body.dataset.model_dump() if body.dataset is not None else None,
+            created_by_id=principal.user.id,
+        )
     except ServiceError as exc:
         return render(
             request,
@@ -377,8 +386,7 @@ def create_project(
             _admin_form_context(shown, {"form": str(exc.detail)}),
             status_code=exc.status_code,
         )
-    project = _project(session, out["id"])
-    report = out.get("import")
+    report = {"imported": len(loaded), "errors": loaded.errors} if loaded is not None else None
     return render(
         request,
         "admin/project.html",

@@ -76,25 +76,16 @@ def list_projects(user: ViewerUser, session: SessionDep) -> dict[str, Any]:
 @router.post("/projects", status_code=status.HTTP_201_CREATED)
 def create_project(user: AdminUser, body: ProjectIn, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """Create a project (attributes, representation, strategy, settings), import its dataset, queue its pretrain."""
-    user_id = user.id
-    representation = body.representation.model_dump()
-    projects.validate_attributes([a.model_dump(exclude_none=True) for a in body.attributes])
-    projects.validate_settings(body.settings.model_dump(exclude_none=True))  # before a slow import
-    loaded: Loaded | None = None
-    if body.dataset is not None:
-        projects.check_dataset(representation, body.dataset.source)
-        # Loading can take seconds: end the read transaction (and SQLite's write lock) first.
-        session.rollback()
-        loaded = imports.load_spec(body.dataset.model_dump(), settings)
-    project = projects.create(
+    project, loaded = projects.create_with_dataset(
         session=session,
+        settings=settings,
         name=body.name,
         attributes=[a.model_dump(exclude_none=True) for a in body.attributes],
-        representation=representation,
+        representation=body.representation.model_dump(),
         strategy=body.strategy,
-        settings=body.settings.model_dump(exclude_none=True),
-        loaded=loaded,
-        created_by_id=user_id,
+        project_settings=body.settings.model_dump(exclude_none=True),
+        dataset=body.dataset.model_dump() if body.dataset is not None else None,
+        created_by_id=user.id,
     )
     pretrain = session.scalar(sa.select(Job).where(Job.project_id == project.id, Job.kind == "pretrain"))
     return project_out(

@@ -11,7 +11,7 @@ from app.config import Settings
 from app.db.models import Attribute, Item, Label, Project
 from app.services import jobs, models
 from app.services.errors import Conflict, Invalid, NotFound
-from app.services.imports import Loaded, store
+from app.services.imports import Loaded, load_spec, store
 from ml.attributes import Attribute as MlAttribute
 from ml.attributes import coerce_attributes
 from ml.steps import lens_params
@@ -128,6 +128,44 @@ def create(
         )
     session.commit()
     return project
+
+
+def create_with_dataset(
+    *,
+    session: Session,
+    settings: Settings,
+    name: str,
+    attributes: list[dict[str, Any]],
+    representation: dict[str, Any],
+    strategy: str,
+    project_settings: dict[str, Any],
+    dataset: dict[str, Any] | None,
+    created_by_id: int | None,
+) -> tuple[Project, Loaded | None]:
+    """Check everything, load the dataset (if any), then create the project with its items and pretrain job.
+
+    What the REST API's create and the admin page's form share. Settings and attributes are checked
+    before the load, which can take seconds; the read transaction ends first so SQLite's write lock
+    is not held meanwhile.
+    """
+    validate_attributes(attributes)
+    validate_settings(project_settings)
+    loaded: Loaded | None = None
+    if dataset is not None:
+        check_dataset(representation, dataset["source"])
+        session.rollback()
+        loaded = load_spec(dataset, settings)
+    project = create(
+        session=session,
+        name=name,
+        attributes=attributes,
+        representation=representation,
+        strategy=strategy,
+        settings=project_settings,
+        loaded=loaded,
+        created_by_id=created_by_id,
+    )
+    return project, loaded
 
 
 def update(*, session: Session, project: Project, changes: dict[str, Any]) -> Project:
