@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase
@@ -37,6 +37,11 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def start_of_utc_day(now: datetime) -> datetime:
+    """Midnight (UTC) that began ``now``'s day: the day of "my labels today" and of a skip's default length."""
+    return datetime.combine(now.astimezone(UTC).date(), time.min, tzinfo=UTC)
 
 
 def utcnow() -> datetime:

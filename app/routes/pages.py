@@ -225,7 +225,7 @@ def label_page(
             "config": config,
             "attributes": config["attributes"],
             "counters": labelling.counters(session=session, project=project, user=principal.user),
-            "eval_every": round(1 / eff["eval_fraction"]) if eff["eval_fraction"] > 0 else None,
+            "eval_every": metric_reasons.held_out_every(eff["eval_fraction"]),
         },
     )
 
@@ -369,15 +369,7 @@ def create_project(
         return render(request, "admin/project_new.html", _admin_form_context(shown, errors), status_code=422)
     try:
         project, loaded = projects.create_with_dataset(
-            session=session,
-            settings=settings,
-            name=body.name,
-            attributes=[a.model_dump(exclude_none=True) for a in body.attributes],
-            representation=body.representation.model_dump(),
-            strategy=body.strategy,
-            project_settings=body.settings.model_dump(exclude_none=True),
-            dataset=body.dataset.model_dump() if body.dataset is not None else None,
-            created_by_id=principal.user.id,
+            session=session, settings=settings, body=body, created_by_id=principal.user.id
         )
     except ServiceError as exc:
         return render(

@@ -76,17 +76,7 @@ def list_projects(user: ViewerUser, session: SessionDep) -> dict[str, Any]:
 @router.post("/projects", status_code=status.HTTP_201_CREATED)
 def create_project(user: AdminUser, body: ProjectIn, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """Create a project (attributes, representation, strategy, settings), import its dataset, queue its pretrain."""
-    project, loaded = projects.create_with_dataset(
-        session=session,
-        settings=settings,
-        name=body.name,
-        attributes=[a.model_dump(exclude_none=True) for a in body.attributes],
-        representation=body.representation.model_dump(),
-        strategy=body.strategy,
-        project_settings=body.settings.model_dump(exclude_none=True),
-        dataset=body.dataset.model_dump() if body.dataset is not None else None,
-        created_by_id=user.id,
-    )
+    project, loaded = projects.create_with_dataset(session=session, settings=settings, body=body, created_by_id=user.id)
     pretrain = session.scalar(sa.select(Job).where(Job.project_id == project.id, Job.kind == "pretrain"))
     return project_out(
         project,

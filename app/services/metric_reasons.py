@@ -17,6 +17,11 @@ def attribute_reasons(metrics: Mapping[str, Any] | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in skipped.items()} if isinstance(skipped, Mapping) else {}
 
 
+def held_out_every(eval_fraction: float) -> int | None:
+    """N of "1 in N items handed out is held out" (None when nothing is held out)."""
+    return max(1, round(1 / eval_fraction)) if eval_fraction > 0 else None
+
+
 def eval_hint(eval_fraction: float | None) -> str:
     """What makes eval labels appear: the share of hand-outs held out, or the setting to change."""
     if eval_fraction is None:
@@ -26,7 +31,7 @@ def eval_hint(eval_fraction: float | None) -> str:
             "This project holds out no eval items (eval fraction 0), so nothing can be measured: "
             "set an eval fraction above 0 in its settings."
         )
-    every = max(1, round(1 / eval_fraction))
+    every = held_out_every(eval_fraction)
     return (
         f"Keep labelling: about 1 in {every} items the queue hands out joins the held-out eval set "
         "(it wears the “eval set” badge), and only those measure the lens."

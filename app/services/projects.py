@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Attribute, Item, Label, Project
+from app.schemas import ProjectIn
 from app.services import jobs, models
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.imports import Loaded, load_spec, store
@@ -131,36 +132,30 @@ def create(
 
 
 def create_with_dataset(
-    *,
-    session: Session,
-    settings: Settings,
-    name: str,
-    attributes: list[dict[str, Any]],
-    representation: dict[str, Any],
-    strategy: str,
-    project_settings: dict[str, Any],
-    dataset: dict[str, Any] | None,
-    created_by_id: int | None,
+    *, session: Session, settings: Settings, body: ProjectIn, created_by_id: int | None
 ) -> tuple[Project, Loaded | None]:
     """Check everything, load the dataset (if any), then create the project with its items and pretrain job.
 
-    What the REST API's create and the admin page's form share. Settings and attributes are checked
-    before the load, which can take seconds; the read transaction ends first so SQLite's write lock
-    is not held meanwhile.
+    What the REST API's create and the admin page's form share (both hold a validated ``ProjectIn``).
+    Settings and attributes are checked before the load, which can take seconds; the read transaction
+    ends first so SQLite's write lock is not held meanwhile.
     """
+    attributes = [a.model_dump(exclude_none=True) for a in body.attributes]
+    representation = body.representation.model_dump()
+    project_settings = body.settings.model_dump(exclude_none=True)
     validate_attributes(attributes)
     validate_settings(project_settings)
     loaded: Loaded | None = None
-    if dataset is not None:
-        check_dataset(representation, dataset["source"])
+    if body.dataset is not None:
+        check_dataset(representation, body.dataset.source)
         session.rollback()
-        loaded = load_spec(dataset, settings)
+        loaded = load_spec(body.dataset.model_dump(), settings)
     project = create(
         session=session,
-        name=name,
+        name=body.name,
         attributes=attributes,
         representation=representation,
-        strategy=strategy,
+        strategy=body.strategy,
         settings=project_settings,
         loaded=loaded,
         created_by_id=created_by_id,

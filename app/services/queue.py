@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.base import utcnow
+from app.db.base import start_of_utc_day, utcnow
 from app.db.models import Item, Lease, Project, Score, Skip, User
 from app.services import models
 from app.services.errors import Conflict, Forbidden, NotFound
@@ -46,7 +46,7 @@ def _not_skipped_by(project_id: int, user_id: int, now: datetime) -> sa.ColumnEl
 def skip_until(now: datetime, skip_hours: float | None) -> datetime:
     """When a skip made at ``now`` lapses: after ``skip_hours``, or at the next midnight UTC when unset."""
     if skip_hours is None:
-        return datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time.min, tzinfo=UTC)
+        return start_of_utc_day(now) + timedelta(days=1)
     return now + timedelta(hours=float(skip_hours))
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
 
-from app.db.base import utcnow
+from app.db.base import start_of_utc_day, utcnow
 from app.db.models import Item, Label, Project, User
 
 # Keys with a fixed meaning on the labelling page; level shortcuts never use them.
@@ -80,7 +80,7 @@ def image_geometry(session: Session, project: Project) -> dict[str, int]:
 def counters(*, session: Session, project: Project, user: User, now: datetime | None = None) -> dict[str, int]:
     """Counts for the labelling page: my labels today (UTC, undone ones excluded), project and eval progress."""
     now = now or utcnow()
-    start = datetime.combine(now.astimezone(UTC).date(), time.min, tzinfo=UTC)
+    start = start_of_utc_day(now)
     undo = aliased(Label)
     mine_today = (
         session.scalar(
