@@ -12,6 +12,7 @@ from collections import defaultdict, deque
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeSerializer
+from starlette.responses import Response
 
 SESSION_COOKIE = "lenslab_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -76,6 +77,19 @@ class CookieSigner:
         except BadSignature:
             return None
         return out if isinstance(out, str) else None
+
+
+def set_session_cookie(response: Response, signer: CookieSigner, session_id: str, *, days: float, secure: bool) -> None:
+    """The session cookie, the same for the API login and the sign-in page: signed, HttpOnly, SameSite=Lax."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        signer.dumps(session_id),
+        max_age=int(days * 86400),
+        httponly=True,
+        samesite="lax",
+        secure=secure,
+        path="/",
+    )
 
 
 class LoginThrottle:

@@ -11,7 +11,6 @@ from app import security
 from app.api.deps import CurrentUser, PrincipalDep, SessionDep, SettingsDep
 from app.db.models import User
 from app.services import sessions as session_service
-from app.services import users as user_service
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -37,29 +36,22 @@ def login(
     body: LoginIn, request: Request, response: Response, session: SessionDep, settings: SettingsDep
 ) -> dict[str, Any]:
     """Check a username and password; set the session cookie and return the user and CSRF token."""
-    throttle: security.LoginThrottle = request.app.state.throttle
-    client = request.client.host if request.client else "?"
-    wait = throttle.retry_after(body.username, client)
-    if wait is not None:
-        raise HTTPException(
-            429, detail=f"too many failed logins; retry in {wait:.0f} s", headers={"Retry-After": str(int(wait) + 1)}
-        )
-    user = user_service.authenticate(session=session, username=body.username, password=body.password)
-    if user is None:
-        throttle.failed(body.username, client)
-        raise HTTPException(401, detail="wrong username or password")
-    throttle.succeeded(body.username, client)
     old = request.cookies.get(security.SESSION_COOKIE)
-    old_sid = request.app.state.signer.loads(old) if old else None
-    row, sid = session_service.create(session=session, user=user, days=settings.session_days, replaces=old_sid)
-    response.set_cookie(
-        security.SESSION_COOKIE,
-        request.app.state.signer.dumps(sid),
-        max_age=int(settings.session_days * 86400),
-        httponly=True,
-        samesite="lax",
-        secure=settings.cookie_secure,
-        path="/",
+    try:
+        user, row, sid = session_service.sign_in(
+            session=session,
+            throttle=request.app.state.throttle,
+            username=body.username,
+            password=body.password,
+            client=request.client.host if request.client else "?",
+            days=settings.session_days,
+            replaces=request.app.state.signer.loads(old) if old else None,
+        )
+    except session_service.SignInRefused as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        raise HTTPException(exc.status_code, detail=exc.detail, headers=headers) from None
+    security.set_session_cookie(
+        response, request.app.state.signer, sid, days=settings.session_days, secure=settings.cookie_secure
     )
     return {"user": user_out(user), "csrf_token": row.csrf_token}
 

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ExpertUser, ItemDep, RowId, SessionDep, SettingsDep, ViewerUser
+from app.api.item_out import item_out
 from app.db.models import Item, Project
-from app.routes.projects import item_out
 from app.schemas import LabelIn
 from app.services import labels, models, projects
 from app.services.errors import NotFound

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -19,7 +19,6 @@ from starlette.datastructures import FormData, UploadFile
 from app import security
 from app.api.deps import ProjectDep, RowId, SessionDep, SettingsDep, ViewerUser
 from app.db.models import ROLES, STRATEGIES, Job, MetricPoint, ModelVersion, Project, Representation, User
-from app.routes import auth as auth_routes
 from app.services import imports, jobs, metric_reasons, models, projects, queue
 from app.services import sessions as session_service
 from app.services import tokens as token_service
@@ -115,7 +114,7 @@ def login_submit(
     login_token: Annotated[str, Form(max_length=512)] = "",
     next: Annotated[str, Form(max_length=2000)] = "/projects",
 ) -> Response:
-    """Check the form's CSRF pair and the password (through the API's login); set the session cookie."""
+    """Check the form's CSRF pair and the password (the same sign-in as the API's login); set the session cookie."""
     next_url = safe_next(next)
     if not _login_form(request).check(login_token, request.cookies.get(LOGIN_NONCE_COOKIE)):
         return _render_login(
@@ -129,12 +128,18 @@ def login_submit(
         return _render_login(
             request, next_url=next_url, username=username, status_code=422, error="Enter your username and password."
         )
-    scratch = Response()
+    old = request.cookies.get(security.SESSION_COOKIE)
     try:
-        auth_routes.login(
-            auth_routes.LoginIn(username=username, password=password), request, scratch, session, settings
+        _user, _row, sid = session_service.sign_in(
+            session=session,
+            throttle=request.app.state.throttle,
+            username=username,
+            password=password,
+            client=request.client.host if request.client else "?",
+            days=settings.session_days,
+            replaces=request.app.state.signer.loads(old) if old else None,
         )
-    except HTTPException as exc:
+    except session_service.SignInRefused as exc:
         resp = _render_login(
             request,
             next_url=next_url,
@@ -142,13 +147,13 @@ def login_submit(
             status_code=exc.status_code,
             error=str(exc.detail).capitalize() + ".",
         )
-        if exc.headers and "Retry-After" in exc.headers:
-            resp.headers["Retry-After"] = exc.headers["Retry-After"]
+        if exc.retry_after:
+            resp.headers["Retry-After"] = str(exc.retry_after)
         return resp
     resp = _see_other(next_url)
-    for key, value in scratch.raw_headers:
-        if key == b"set-cookie":
-            resp.raw_headers.append((key, value))
+    security.set_session_cookie(
+        resp, request.app.state.signer, sid, days=settings.session_days, secure=settings.cookie_secure
+    )
     resp.delete_cookie(LOGIN_NONCE_COOKIE, path="/login")
     return resp
 

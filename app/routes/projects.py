@@ -13,6 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.deps import AdminUser, ProjectDep, SessionDep, SettingsDep, ViewerUser
+from app.api.item_out import item_out
 from app.config import Settings
 from app.db.models import Item, Job, Project
 from app.schemas import ImportIn, ProjectIn, ProjectPatch
@@ -42,24 +43,6 @@ def project_out(project: Project, extra: dict[str, Any] | None = None) -> dict[s
         ],
         "created_at": project.created_at,
         **(extra or {}),
-    }
-
-
-def item_out(item: Item, current: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The public fields of an item, with its current label values."""
-    return {
-        "id": item.id,
-        "project_id": item.project_id,
-        "split": item.split,
-        "external_id": item.external_id,
-        "source_index": item.source_index,
-        "labels": current or {},
-        "label_count": item.label_count,
-        "labelled": item.labelled,
-        "width": item.width,
-        "height": item.height,
-        "channels": item.channels,
-        "image_url": f"/api/v1/items/{item.id}/image.png" if item.content_hash else None,
     }
 
 

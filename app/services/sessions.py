@@ -10,6 +10,43 @@ from sqlalchemy.orm import Session
 from app import security
 from app.db.base import utcnow
 from app.db.models import User, WebSession
+from app.services import users as user_service
+from app.services.errors import ServiceError
+
+
+class SignInRefused(ServiceError):
+    """Wrong username or password (401), or too many failures from this client (429, ``retry_after`` set)."""
+
+    def __init__(self, detail: str, status_code: int = 401, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+def sign_in(
+    *,
+    session: Session,
+    throttle: security.LoginThrottle,
+    username: str,
+    password: str,
+    client: str,
+    days: float,
+    replaces: str | None,
+) -> tuple[User, WebSession, str]:
+    """Check a password under the failed-login throttle and open a session (the one API and sign-in page use).
+
+    Returns the user, the session row (its CSRF token) and the plaintext session id for the cookie.
+    """
+    wait = throttle.retry_after(username, client)
+    if wait is not None:
+        raise SignInRefused(f"too many failed logins; retry in {wait:.0f} s", 429, retry_after=int(wait) + 1)
+    user = user_service.authenticate(session=session, username=username, password=password)
+    if user is None:
+        throttle.failed(username, client)
+        raise SignInRefused("wrong username or password")
+    throttle.succeeded(username, client)
+    row, sid = create(session=session, user=user, days=days, replaces=replaces)
+    return user, row, sid
 
 
 def create(*, session: Session, user: User, days: float, replaces: str | None = None) -> tuple[WebSession, str]:

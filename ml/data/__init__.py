@@ -2,9 +2,9 @@
 
 Every loader returns a :class:`Dataset` whose ``images`` are float32 in [0, 1], shaped (N, C, H, W),
 with whatever ground-truth factors the source knows (used to simulate experts and to score the
-interpretability metric). One module per concept: ``dataset`` (the container), ``loaders`` (digits,
-IDX, image folders and zips, embeddings), ``shapes`` (procedural sprites), ``morphometry`` (stroke
-thickness, rotations).
+interpretability metric). One module per concept: ``dataset`` (the container), ``idx`` (MNIST files),
+``image_files`` (folders and zips), ``loaders`` (digits, embeddings), ``shapes`` (procedural sprites),
+``morphometry`` (stroke thickness, rotations).
 
 Factor keys:
 
@@ -19,7 +19,9 @@ Factor keys:
 from __future__ import annotations
 
 from ml.data.dataset import Dataset
-from ml.data.loaders import load_digits, load_embeddings, load_image_folder, load_mnist, read_idx
+from ml.data.idx import load_mnist, read_idx
+from ml.data.image_files import load_image_folder
+from ml.data.loaders import load_digits, load_embeddings
 from ml.data.morphometry import (
     binarise_for_thickness,
     fast_medial_axis,

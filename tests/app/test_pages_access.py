@@ -86,6 +86,20 @@ def test_login_rejects_a_wrong_password_and_a_forged_form_then_logout_ends_the_s
     assert client.get("/projects", follow_redirects=False).status_code == 303
 
 
+def test_the_sign_in_page_and_the_api_login_share_one_throttle_and_one_cookie(client, accounts, settings):
+    for _ in range(settings.login_max_failures):  # failures through the API ...
+        r = client.post("/api/v1/auth/login", json={"username": "expert", "password": "wrong password"})
+        assert r.status_code == 401
+    r = sign_in(client, "expert")  # ... make the page wait too, even with the right password
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "retry in" in r.text.lower()
+    assert client.get("/projects", follow_redirects=False).status_code == 303
+    client.app.state.throttle.succeeded("expert", "testclient")
+    r = sign_in(client, "expert")
+    cookie = r.headers["set-cookie"].lower()
+    assert r.status_code == 303 and "httponly" in cookie and "samesite=lax" in cookie
+    assert client.get("/api/v1/auth/me").json()["user"]["username"] == "expert"
+
+
 @pytest.mark.parametrize(
     "path,data",
     [

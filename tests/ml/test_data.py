@@ -313,7 +313,7 @@ def test_streaming_read_stops_at_the_budget():
             return len(buffer)
 
     stream = Endless()
-    from ml.data.loaders import _read_capped, _TooLarge
+    from ml.data.image_files import _read_capped, _TooLarge
 
     with pytest.raises(_TooLarge):
         _read_capped(stream, 10_000)

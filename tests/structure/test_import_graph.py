@@ -117,3 +117,10 @@ def test_the_lens_depends_one_way() -> None:
     assert not graph["ml.acquisition"] & {m for m in graph if m.startswith("ml.lens")}
     assert not {m for m in graph["ml.lens.estimator"] if m == "ml.acquisition"}
     assert "ml.lens.estimator" not in graph["ml.jlvm"] and "ml.lens" not in graph["ml.jlvm"]
+
+
+def test_no_route_module_calls_another() -> None:
+    # The HTML pages and the REST API share services (app/services), never each other's route functions.
+    graph = import_graph()
+    routes = {m for m in graph if m.startswith("app.routes.")}
+    assert sorted((m, t) for m in routes for t in graph[m] if t in routes) == []
