@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # How long a skipped item stays away from the expert who skipped it, in hours (0: it may come straight
     # back); unset means the rest of the day (UTC, the day of the labelling page's "mine today" counter).
     skip_hours: float | None = Field(None, ge=0, le=30 * 24)
+    # A retrained version goes live only when its metric reaches raw z's and the live version's plus this
+    # many points (on the same eval items); below 0 tolerates a small loss, above 0 asks for a clear gain.
+    activation_margin: float = Field(0.0, ge=-100, le=100)
     max_upload_mb: float = Field(200.0, gt=0)
     # Server-side import paths must lie under DATA_DIR or one of these roots (comma-separated).
     import_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)

@@ -83,6 +83,13 @@ class ProjectSettingsIn(BaseModel):
         description="How long a skipped item stays away from the expert who skipped it "
         "(hours; 0: it may come straight back). Unset: the rest of the day (UTC).",
     )
+    activation_margin: float | None = Field(
+        None,
+        ge=-100,
+        le=100,
+        description="Points by which a retrained version must reach raw z's metric and the live version's "
+        "(on the same eval items) to go live; otherwise it is kept but not activated. Unset: 0.",
+    )
     lens: dict[str, Any] | None = Field(
         None,
         description="Lens hyper-parameters for retrains (checked when saved; 422 names a bad key or value): "

@@ -561,6 +561,29 @@ def evaluate(
     return out
 
 
+def hold_back_reason(candidate: Mapping[str, Any], active: Mapping[str, Any] | None, margin: float = 0.0) -> str | None:
+    """Why a newly fitted lens must not go live, or None when it may: never worse than doing nothing.
+
+    ``candidate`` and ``active`` are ``evaluate`` results on the same eval items (``active``: the
+    version serving now, re-measured, or None). The candidate goes live only when its one-dimension
+    overall score is at least raw z's (``baseline_overall``, the same metric with no lens at all) and at
+    least the active version's, each plus ``margin`` points. A candidate that cannot be measured yet
+    (too few eval labels) goes live: there is nothing to compare it with, and without a first version
+    nothing would ever be served.
+    """
+    new = candidate.get("overall")
+    if new is None:
+        return None
+    raw = candidate.get("baseline_overall")
+    plus = f" + margin {margin:g}" if margin else ""
+    if raw is not None and new < raw + margin:
+        return f"its score {new:.1f} is below raw z's {raw:.1f}{plus} on the same eval items"
+    old = active.get("overall") if active is not None else None
+    if old is not None and new < old + margin:
+        return f"its score {new:.1f} is below the active version's {old:.1f}{plus} on the same eval items"
+    return None
+
+
 def _dims_per_attribute(model: Any) -> int:
     """The lens's designated z* dimensions per attribute (1 for a lens that predates the setting)."""
     dims = getattr(model, "attribute_dims_", None) or {}

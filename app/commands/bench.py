@@ -52,6 +52,60 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", default="benchmarks/results/train.json")
     t.set_defaults(func=_train)
 
+    _register_al(bsub)
+
+
+def _register_al(bsub: argparse._SubParsersAction) -> None:
+    al = bsub.add_parser(
+        "al", help="simulated experts label MNIST through the REST API; the served score after every retrain"
+    )
+    al.add_argument("--data-dir", default="../shared/data", help="folder holding mnist/")
+    al.add_argument("--seeds", type=int, default=3, help="base representations (one VAE per seed), paired")
+    al.add_argument("--strategies", default="random", help="comma-separated project strategies")
+    al.add_argument("--pool", type=int, default=5000, help="MNIST test images the experts label from")
+    al.add_argument("--eval", type=int, default=1000, help="further test images with eval labels")
+    al.add_argument("--labels", type=int, default=300, help="training labels per run")
+    al.add_argument("--retrain-every", type=int, default=50, help="labels per round (one retrain each)")
+    al.add_argument("--experts", type=int, default=1, help="concurrent simulated experts")
+    al.add_argument("--base-epochs", type=int, default=10, help="epochs of each seed's base VAE")
+    al.add_argument("--lens", default=None, help="project lens settings as JSON (default: the product's)")
+    al.add_argument("--cache-dir", default="benchmarks/cache", help="where the base representations are kept")
+    al.add_argument("--out", default="benchmarks/results/al.json")
+    al.set_defaults(func=_al)
+
+
+def _al(args: argparse.Namespace) -> int:
+    import json
+
+    from app.bench.al import run_al_bench
+    from ml.strategies import STRATEGIES
+
+    for name in ("seeds", "pool", "eval", "labels", "retrain_every", "experts", "base_epochs"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if not strategies or unknown:
+        raise ValueError(f"--strategies: unknown {unknown or strategies}; choose from {list(STRATEGIES)}")
+    try:
+        lens = json.loads(args.lens) if args.lens else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--lens must be a JSON object, got {args.lens!r} ({exc})") from None
+    run_al_bench(
+        data_dir=Path(args.data_dir),
+        seeds=args.seeds,
+        strategies=strategies,
+        n_pool=args.pool,
+        n_eval=args.eval,
+        labels=args.labels,
+        retrain_every=args.retrain_every,
+        experts=args.experts,
+        base_epochs=args.base_epochs,
+        cache_dir=Path(args.cache_dir),
+        lens=lens,
+        out=Path(args.out),
+    )
+    return 0
+
 
 def _positive(name: str, value: int) -> None:
     if value < 1:

@@ -17,7 +17,7 @@ from ml.attributes import Attribute as MlAttribute
 from ml.attributes import coerce_attributes
 from ml.steps import lens_params
 
-SETTING_DEFAULTS = ("retrain_every", "lease_seconds", "eval_fraction", "skip_hours")
+SETTING_DEFAULTS = ("retrain_every", "lease_seconds", "eval_fraction", "skip_hours", "activation_margin")
 
 
 def get(*, session: Session, project_id: int) -> Project | None:
@@ -53,7 +53,8 @@ def schema(project: Project) -> list[MlAttribute]:
 
 
 def effective_settings(project: Project, settings: Settings) -> dict[str, Any]:
-    """The project's settings over the global defaults (retrain_every, lease_seconds, eval_fraction, skip_hours)."""
+    """The project's settings over the global defaults (retrain_every, lease_seconds, eval_fraction, skip_hours,
+    activation_margin)."""
     out = {k: getattr(settings, k) for k in SETTING_DEFAULTS}
     out.update({k: v for k, v in (project.settings or {}).items() if v is not None})
     return out

@@ -25,7 +25,7 @@ from app.services import labels as label_service
 from app.services import metric_reasons
 from app.services import models as model_service
 from app.services.errors import ServiceError
-from app.services.projects import schema
+from app.services.projects import effective_settings, schema
 from app.worker.progress import JobContext
 from ml import steps
 from ml.attributes import MISSING_LEVEL, Attribute
@@ -407,6 +407,65 @@ def _point_extra(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics.get(k) for k in POINT_EXTRA_KEYS}
 
 
+def _served_point(
+    project_id: int,
+    n_lab: int,
+    new_id: int,
+    prev_id: int | None,
+    metrics: dict[str, Any],
+    active_metrics: dict[str, Any] | None,
+    held_back: str | None,
+) -> MetricPoint:
+    """The curve's point for this retrain: the score of what is served after it.
+
+    The new version's when it went live; else the live version's, re-measured on the same eval items;
+    else (nothing live yet) raw z's, the same metric with no lens. A held-back version's own score is
+    kept under ``candidate``.
+    """
+    candidate = {"model_id": new_id, "overall": metrics["overall"], "held_back": held_back}
+    if held_back is None:
+        return MetricPoint(
+            project_id=project_id,
+            model_version_id=new_id,
+            n_labels=n_lab,
+            overall=metrics["overall"],
+            attributes=metrics["attributes"],
+            test_ll=metrics.get("test_ll"),
+            extra={**_point_extra(metrics), "candidate": candidate},
+        )
+    if active_metrics is not None:
+        return MetricPoint(
+            project_id=project_id,
+            model_version_id=prev_id,
+            n_labels=n_lab,
+            overall=active_metrics["overall"],
+            attributes=active_metrics["attributes"],
+            test_ll=active_metrics.get("test_ll"),
+            extra={**_point_extra(active_metrics), "candidate": candidate},
+        )
+    raw = {
+        name: {
+            "score": a.get("z_score"),
+            "dim": a.get("z_dim"),
+            "chance_score": a.get("chance_score"),
+            "n_test": a.get("n_test"),
+            "z_score": a.get("z_score"),
+            "z_dim": a.get("z_dim"),
+        }
+        for name, a in metrics["attributes"].items()
+    }
+    extra = {k: metrics.get(k) for k in ("baseline_overall", "skipped", "n_eval")}
+    return MetricPoint(
+        project_id=project_id,
+        model_version_id=None,
+        n_labels=n_lab,
+        overall=metrics["baseline_overall"],
+        attributes=raw,
+        test_ll=metrics.get("test_ll"),
+        extra={**extra, "raw_z": True, "candidate": candidate},
+    )
+
+
 def run_retrain(ctx: JobContext, settings: Settings) -> None:
     """Fit the lens (warm-started) on the training labels, score the pool, evaluate, store and activate."""
     db = ctx.db
@@ -417,11 +476,21 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
         # Per-job overrides (params.lens) on top of the project's settings.lens.
         lens_cfg = {**dict((project.settings or {}).get("lens") or {}), **dict(ctx.params.get("lens") or {})}
         strategy = _scoring_strategy(project, ctx.params)
+        margin = float(effective_settings(project, settings)["activation_margin"])
         rep = _active_rep(s, project.id)
         rep_id = rep.id if rep is not None else None
         test_ll = (rep.config or {}).get("test_ll") if rep is not None else None
         prev = model_service.active(session=s, project_id=project.id)
         prev_id = prev.id if prev is not None and prev.representation_id == rep_id else None
+        prev_version = prev.version if prev_id is not None and prev is not None else None
+        # The warm start is the newest fit on this representation, live or held back: a version held
+        # back by the eval comparison still carries every training step so far.
+        latest_id = s.scalar(
+            sa.select(ModelVersion.id)
+            .where(ModelVersion.project_id == project.id, ModelVersion.representation_id == rep_id)
+            .order_by(ModelVersion.version.desc())
+            .limit(1)
+        )
     if rep_id is None:
         # No representation yet (its pretrain failed or never ran): fit it first, as part of this job.
         res, item_ids, reuse = _fit_representation(ctx, settings, 0.0, 0.4)
@@ -443,9 +512,9 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
     if n_lab == 0:
         raise TaskError("no training labels yet: label some items (eval labels never train the lens)")
     warm = None
-    if prev_id is not None:
+    if latest_id is not None:
         with db.session(write=False) as s:
-            warm = s.scalar(sa.select(ModelVersion.checkpoint).where(ModelVersion.id == prev_id))
+            warm = s.scalar(sa.select(ModelVersion.checkpoint).where(ModelVersion.id == latest_id))
     fit_hi = fit_lo + (0.85 - fit_lo) * 0.9
     ctx.stage("fit", fit_lo, fit_hi)
     try:
@@ -476,6 +545,22 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
     ctx.stage("evaluate", 0.9, 0.97)
     metrics = steps.evaluate(lens, Z_eval, S_eval, attrs, should_stop=ctx.should_stop, device=ctx.device)
     metrics["test_ll"] = test_ll
+    # Never worse than doing nothing: the live version, re-measured on today's eval items, is the bar too.
+    active_metrics = None
+    if prev_id is not None and metrics["overall"] is not None:
+        with db.session(write=False) as s:
+            prev_blob = s.scalar(sa.select(ModelVersion.checkpoint).where(ModelVersion.id == prev_id))
+        active_metrics = steps.evaluate(
+            steps.load_lens(prev_blob, device=ctx.device),
+            Z_eval,
+            S_eval,
+            attrs,
+            should_stop=ctx.should_stop,
+            device=ctx.device,
+        )
+        active_metrics["test_ll"] = test_ll
+    held_back = steps.hold_back_reason(metrics, active_metrics, margin)
+    stats = {**stats, "held_back": held_back}
     _check(ctx)
     ctx.stage("activate", 0.97, 1.0)
     config = {
@@ -483,7 +568,7 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
         "strategy": strategy,
         "attributes": [a.to_dict() for a in attrs],
         "representation_id": rep_id,
-        "warm_start_from": prev_id,
+        "warm_start_from": latest_id,
         "device": stats.get("device"),
     }
     digest = steps.content_hash(blob)
@@ -510,18 +595,9 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
                 s.rollback()  # a concurrent retrain took this version number: take the next one
                 continue
             _insert_scores(s, mv.id, strategy, pool_ids, scores)
-            s.add(
-                MetricPoint(
-                    project_id=ctx.project_id,
-                    model_version_id=mv.id,
-                    n_labels=n_lab,
-                    overall=metrics["overall"],
-                    attributes=metrics["attributes"],
-                    test_ll=test_ll,
-                    extra=_point_extra(metrics),
-                )
-            )
-            model_service.switch_active(session=s, model=mv, with_representation=False)
+            s.add(_served_point(ctx.project_id, n_lab, mv.id, prev_id, metrics, active_metrics, held_back))
+            if held_back is None:
+                model_service.switch_active(session=s, model=mv, with_representation=False)
             result = {
                 "model_id": mv.id,
                 "version": version,
@@ -529,6 +605,10 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
                 "n_labels": n_lab,
                 "overall": metrics["overall"],
                 "overall_k": metrics.get("overall_k"),
+                "baseline_overall": metrics.get("baseline_overall"),
+                "activated": held_back is None,
+                "held_back": held_back,
+                "active_overall": active_metrics.get("overall") if active_metrics is not None else None,
                 "flow": stats.get("flow"),
                 "warm_start": stats["warm_start"],
                 "fit_seconds": stats["seconds"],
@@ -540,7 +620,12 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
                 measured = f"metric {metrics['overall']:.1f}" + (f" (not scored: {why})" if why else "")
             else:
                 measured = f"no metric yet ({why or 'not computed'})"
-            _succeed(s, ctx, result, f"version {version} active: {n_lab} labelled items, {measured}", params=params)
+            if held_back is None:
+                message = f"version {version} active: {n_lab} labelled items, {measured}"
+            else:
+                staying = f"version {prev_version} stays active" if prev_id is not None else "raw z is served"
+                message = f"version {version} kept but not activated: {held_back}; {staying}"
+            _succeed(s, ctx, result, message, params=params)
             s.commit()
             return
     raise TaskError("could not take a new version number after 3 tries (concurrent retrains)")

@@ -47,6 +47,10 @@
       defs.push({ label: "overall", pick: (p) => p.overall });
       attributes.forEach((a) => defs.push({ label: a, pick: (p) => (p.attributes && p.attributes[a] ? p.attributes[a].score : undefined) }));
     }
+    if (metric !== "test_ll" && strategies.length <= 1) {
+      // Raw z: the same metric with no lens at all, the bar a version must clear to go live.
+      defs.push({ label: "raw z, no lens (overall)", reference: true, pick: (p) => p.baseline_overall });
+    }
     if (metric !== "test_ll") {
       // Chance: the score a classifier reaches from the label frequencies alone, averaged like "overall".
       defs.push({ label: "chance (overall)", chance: true, pick: (p) => {
@@ -73,7 +77,7 @@
     let points;
     try { points = (await getJson(el.dataset.url)).points; } catch (err) { note(el, "Metrics unavailable: " + err.message); return; }
     const { defs, data } = seriesOf(points, attributes, metric);
-    const filled = data.slice(1).map((ys, i) => (defs[i].chance ? 0 : ys.filter((v) => v !== null).length));
+    const filled = data.slice(1).map((ys, i) => (defs[i].chance || defs[i].reference ? 0 : ys.filter((v) => v !== null).length));
     el.dataset.points = String(Math.max(0, ...filled));
     if (!points.length || !filled.some((n) => n > 0)) {
       // The server says why (the evaluation's reasons for the latest point, or what must happen first).
@@ -89,6 +93,8 @@
       axes: [{ label: "number of labels" }, { label: metric === "test_ll" ? "test LL (nats)" : "score (%)" }],
       series: [{ label: "labels" }].concat(defs.map((d, i) => (d.chance
         ? { label: d.label, stroke: "#888", width: 1.5, dash: [6, 4], spanGaps: true, points: { show: false } }
+        : d.reference
+        ? { label: d.label, stroke: "#444", width: 1.5, dash: [2, 3], spanGaps: true, points: { show: false } }
         : { label: d.label, stroke: TAB10[i % TAB10.length], width: i === 0 ? 2.5 : 1.5, spanGaps: true,
             points: { show: true, size: 6 } }))),
       legend: { live: true },

@@ -16,3 +16,34 @@ def test_api_bench_runs_clients_against_a_real_server_and_writes_json(tmp_path):
     assert 0 < ops["p50_ms"] <= ops["p99_ms"] <= ops["max_ms"]
     assert json.loads(out.read_text())["clients"] == 3
     assert "queue_next" in format_table(result)
+
+
+def test_al_bench_drives_the_product_through_rest_and_never_serves_worse_than_raw_z(tmp_path):
+    from app.bench.al import run_al_bench
+    from tests.conftest import SHARED_DATA
+
+    out = tmp_path / "al.json"
+    result = run_al_bench(
+        data_dir=SHARED_DATA,
+        seeds=1,
+        strategies=["random"],
+        n_pool=300,
+        n_eval=200,
+        labels=100,
+        retrain_every=50,
+        experts=2,
+        base_epochs=1,
+        cache_dir=tmp_path / "cache",
+        lens={"epochs": 5, "n_flows": 4, "hidden": 32},
+        out=out,
+    )
+    (run,) = result["runs"]
+    assert run["errors"] == [] and run["handed"] == 100 and run["items_handed_twice"] == 0
+    assert [r["n_labels"] for r in run["rounds"]] == [50, 100]
+    for r in run["rounds"]:
+        # What is served after a retrain measures at least raw z on the same eval items (the gate).
+        assert r["served"] >= r["raw_z"]
+        assert r["activated"] or r["held_back"]
+        assert set(r["attributes"]) == {"digit", "thickness"}
+    assert sum(run["digit_counts"]) == 100
+    assert json.loads(out.read_text())["runs"][0]["strategy"] == "random"

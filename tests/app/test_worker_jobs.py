@@ -233,3 +233,48 @@ def test_changing_the_strategy_scores_the_pool_for_it_and_the_queue_follows(clie
     client.patch(f"/api/v1/projects/{p['id']}", json={"strategy": "bald"}, headers=admin)
     kinds = [j["kind"] for j in client.get(f"/api/v1/projects/{p['id']}/jobs", headers=admin).json()["jobs"]]
     assert kinds.count("score") == 1
+
+
+def test_a_version_below_the_bar_is_kept_but_not_activated_and_the_curve_shows_what_is_served(
+    client, admin, app, tmp_path
+):
+    # The bar is raw z's metric plus the margin: a margin of 100 points no lens can clear, -100 any lens clears.
+    p = embeddings_project(client, admin, tmp_path / "imports", "gate", activation_margin=100.0)
+    pid = p["id"]
+    with worker_thread(app):
+        _ready(client, admin, pid)
+        first = wait_job(client, admin, _retrain(client, admin, pid))
+        res = first["result"]
+        assert res["activated"] is False and "below raw z's" in res["held_back"] and "margin 100" in res["held_back"]
+        assert "kept but not activated" in first["message"] and "raw z is served" in first["message"]
+        assert client.get(f"/api/v1/projects/{pid}/scores", headers=admin).status_code == 409  # nothing live
+        point = client.get(f"/api/v1/projects/{pid}/metrics", headers=admin).json()["points"][-1]
+        # Nothing is live, so the curve shows raw z's score; the held-back candidate's is kept beside it.
+        assert point["raw_z"] is True and point["model_id"] is None
+        assert point["overall"] == res["baseline_overall"] and point["candidate"]["overall"] == res["overall"]
+        assert point["attributes"]["digit"]["score"] == point["attributes"]["digit"]["z_score"]
+        models = client.get(f"/api/v1/projects/{pid}/models", headers=admin).json()["models"]
+        assert [m["active"] for m in models] == [False]
+
+        r = client.patch(f"/api/v1/projects/{pid}", json={"settings": {"activation_margin": -100}}, headers=admin)
+        assert r.status_code == 200, r.text
+        second = wait_job(client, admin, _retrain(client, admin, pid))["result"]
+        assert second["activated"] is True and second["held_back"] is None
+        assert second["warm_start"]  # from the held-back version: it carries the training so far
+        v2 = client.get(f"/api/v1/models/{second['model_id']}", headers=admin).json()
+        assert v2["active"] is True and v2["config"]["warm_start_from"] == res["model_id"]
+        point = client.get(f"/api/v1/projects/{pid}/metrics", headers=admin).json()["points"][-1]
+        assert point["model_id"] == second["model_id"] and point["overall"] == second["overall"]
+
+        # Now a live version exists: a candidate held back leaves it live and the point re-measures it.
+        client.patch(f"/api/v1/projects/{pid}", json={"settings": {"activation_margin": 100}}, headers=admin)
+        third = wait_job(client, admin, _retrain(client, admin, pid))
+        assert third["result"]["activated"] is False and f"version {v2['version']} stays active" in third["message"]
+        point = client.get(f"/api/v1/projects/{pid}/metrics", headers=admin).json()["points"][-1]
+        assert point["model_id"] == second["model_id"] and point["overall"] == third["result"]["active_overall"]
+        assert point["candidate"]["model_id"] == third["result"]["model_id"]
+    from tests.app.test_pages_access import sign_in
+
+    assert sign_in(client, "admin").status_code == 303
+    html = client.get(f"/admin/projects/{pid}/models").text
+    assert html.count('data-role="held-back"') == 2 and "held back: its score" in html

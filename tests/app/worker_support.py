@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGIT_ATTR = [{"name": "digit", "kind": "categorical", "levels": [str(i) for i in range(10)]}]
 # A tiny lens: the tests check the worker's behaviour, not the lens's quality.
 TINY_LENS = {"epochs": 5, "n_flows": 4, "hidden": 32}
+# ... so every version goes live however it measures against raw z (tests of the gate set their own margin).
+ALWAYS_ACTIVATE = -100.0
 
 
 def digits_pca(n: int, dim: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +40,7 @@ def embeddings_project(
     n_train: int = 100,
     n_eval: int = 40,
     lens: dict[str, Any] | None = None,
+    activation_margin: float = ALWAYS_ACTIVATE,
 ) -> dict[str, Any]:
     """An embeddings project of n digits (PCA z) with n_train training and n_eval eval labels imported."""
     Z, y = digits_pca(n)
@@ -49,7 +52,7 @@ def embeddings_project(
         "dataset": {"source": "embeddings", "path": str(path)},
         "attributes": DIGIT_ATTR,
         "representation": {"source": "embeddings"},
-        "settings": {"retrain_every": 100_000, "lens": lens or TINY_LENS},
+        "settings": {"retrain_every": 100_000, "lens": lens or TINY_LENS, "activation_margin": activation_margin},
     }
     r = client.post("/api/v1/projects", json=body, headers=headers)
     assert r.status_code == 201, r.text

@@ -38,3 +38,17 @@ def test_evaluate_skips_with_the_reason_and_scores_once_the_labels_suffice():
     assert few["overall"] is None and few["skipped"]["digit"].startswith("5 eval labels")
     enough = steps.evaluate(lens, Z, {"digit": y}, [DIGIT], device="cpu")
     assert enough["skipped"] == {} and enough["overall"] is not None
+
+
+def test_a_lens_goes_live_only_at_or_above_raw_z_and_the_live_version():
+    from ml.steps import hold_back_reason
+
+    cand = {"overall": 20.0, "baseline_overall": 18.0}
+    assert hold_back_reason(cand, None) is None
+    assert hold_back_reason(cand, {"overall": 20.0}) is None  # a tie goes live: it has seen more labels
+    assert "below raw z's 21.0" in hold_back_reason({"overall": 20.0, "baseline_overall": 21.0}, None)
+    assert "below the active version's 22.0" in hold_back_reason(cand, {"overall": 22.0})
+    assert "margin 3" in hold_back_reason(cand, None, margin=3.0)
+    assert hold_back_reason(cand, {"overall": 21.0}, margin=-1.5) is None
+    # Not measurable yet (too few eval labels): nothing to compare, so it goes live.
+    assert hold_back_reason({"overall": None, "baseline_overall": None}, {"overall": 30.0}) is None
