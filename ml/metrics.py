@@ -195,8 +195,8 @@ def _score_attribute(
             f"attribute {a.name!r}: the train part has a single class ({int(classes[0])}); "
             "the metric needs at least two"
         )
-    # Platt scaling cross-validates inside the train part: a class seen once cannot be calibrated,
-    # so it is left out and its test items get PROB_FLOOR, like levels absent from the train part.
+    # Platt scaling cross-validates inside the train part: a class seen once cannot be calibrated, so
+    # it is left out of the classifier, like levels absent from the train part; see _true_class_probs.
     fit_classes = classes[counts >= 2]
     if fit_classes.size < 2:
         raise ValueError(
@@ -210,13 +210,8 @@ def _score_attribute(
 
     proba = clf.predict_proba(Z_te[:, chosen])  # (n_test, K)
     known = clf.classes_
-    col = np.searchsorted(known, c_te).clip(max=known.size - 1)
-    seen = known[col] == c_te
-    p_true = np.where(seen, proba[np.arange(c_te.size), col], 0.0)
     accuracy = float(np.mean(known[proba.argmax(1)] == c_te))
-
-    freq = dict(zip(classes.tolist(), (counts / counts.sum()).tolist(), strict=True))
-    p_chance = np.array([freq.get(c, 0.0) for c in c_te.tolist()])
+    p_true, p_chance = _true_class_probs(proba, known, c_tr, c_te)
     return {
         "score": geo_mean_percent(p_true),
         "accuracy": accuracy,
@@ -227,6 +222,30 @@ def _score_attribute(
         "chance_score": geo_mean_percent(p_chance),
         "n_classes": int(known.size),
     }
+
+
+def _true_class_probs(
+    proba: np.ndarray, known: np.ndarray, c_tr: np.ndarray, c_te: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """p(true class) per test item under the classifier, and under chance (the train frequencies).
+
+    Both use the add-one (Laplace) train frequencies over every class seen in either part, so a class
+    the classifier could not be fitted on (seen once in the train part, or never) keeps its smoothed
+    frequency instead of a probability of 0; the classifier's probabilities share the rest of the
+    mass. With few eval labels (folds in which a level appears once) an unsmoothed 0 made the score
+    collapse below chance whatever z* held; when every class has 2 or more train items the
+    classifier's probabilities are used as they are.
+    """
+    every = np.union1d(np.unique(c_tr), np.unique(c_te))
+    prior = (np.array([(c_tr == c).sum() for c in every]) + 1.0) / (c_tr.size + every.size)
+    prior_of = dict(zip(every.tolist(), prior.tolist(), strict=True))
+    left_out = [c for c in every.tolist() if c not in set(known.tolist())]
+    rest = 1.0 - sum(prior_of[c] for c in left_out)
+    col = np.searchsorted(known, c_te).clip(max=known.size - 1)
+    seen = known[col] == c_te
+    p_fallback = np.array([prior_of[c] for c in c_te.tolist()])
+    p_true = np.where(seen, rest * proba[np.arange(c_te.size), col], p_fallback)
+    return p_true, p_fallback
 
 
 def _summary(per_attr: dict[str, dict[str, Any]], skipped: dict[str, str]) -> dict[str, Any]:
@@ -264,8 +283,9 @@ def interpretability_score(
     Per attribute j, on items with s_j observed: the dimension(s) of ``Zs_train`` [N, d] most
     informative about s_j (``dims``: 1, k, or "all") and a Platt-scaled linear SVM from them to
     s_j are fitted on the train part; on the test part score_j = 100·exp(mean log p(s_j|z*_i))
-    (probabilities floored at 1e-12) and the accuracy are reported, with ``chance_score``, the
-    same score of the train class frequencies. Continuous attributes are cut into
+    (a class the classifier could not be fitted on gets its add-one train frequency; probabilities
+    floored at 1e-12) and the accuracy are reported, with ``chance_score``, the same score of the
+    add-one train class frequencies. Continuous attributes are cut into
     ``continuous_bins`` quantile groups with edges from the train part.
 
     Returns ``{"attributes": {name: {"score", "accuracy", "dim", "mi", "n_train", "n_test",

@@ -279,7 +279,8 @@ def _insights_context(session: Any, project: Project, settings: Any) -> dict[str
         "designated": designated,
         "has_grid": any(len(dims) >= 2 for dims in designated.values()),
         "curve_empty": _curve_empty_reason(points, mv, eff),
-        "unscored": metric_reasons.why_unscored(mv.metrics, eval_fraction=eff["eval_fraction"])
+        # The latest measurement of the active model (a held-back retrain re-measures it), else its own.
+        "unscored": metric_reasons.why_unscored(last or mv.metrics, eval_fraction=eff["eval_fraction"])
         if mv is not None
         else None,
         "versions": models.list_versions(session=session, project_id=project.id),

@@ -119,11 +119,11 @@ def metric_table(
     With k > 1 designated dims per attribute, ``k`` and each row's ``score_k`` / ``accuracy_k`` (and
     ``overall_k``) carry the metric on k dims beside the paper's one-dimension score.
 
-    Reads what the evaluation stored: ``metrics["attributes"][name]`` first, then the latest metric
-    point of that model.
+    Reads the latest metric point of that model first (a retrain whose new version was held back
+    re-measures the active one on the eval labels of the day), then what its own evaluation stored.
     """
-    metrics = dict(mv.metrics or {}) if mv is not None else {}
     point = last_point or {}
+    metrics = {**dict(mv.metrics or {}), **point} if mv is not None else {}
     reasons = metric_reasons.attribute_reasons(metrics or point)
     rows = []
     for a in project.attributes:

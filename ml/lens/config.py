@@ -51,9 +51,11 @@ class LensConfig:
         (lambda v: v == AUTO or v in FLOW_NAMES, f'one of {list(FLOW_NAMES)} or "auto"'),
         "flow family (ml.flows; planar is the paper's eq. 5)",
     )
-    n_flows: int = _setting(8, STRUCTURAL, _INT_GE0, "flows in the stack, T of eq. (5)")
+    # The defaults are what measured best: 32 planar flows of width 128 with label propagation lift the
+    # served digit score at every label count (EXPERIMENTS.md "The label curve"; README, lenslab bench al).
+    n_flows: int = _setting(32, STRUCTURAL, _INT_GE0, "flows in the stack, T of eq. (5)")
     dims_per_attribute: int = _setting(1, STRUCTURAL, _INT_GE1, "z* dimensions designated per attribute")
-    hidden: int = _setting(256, STRUCTURAL, _INT_GE1, "width of q0's and p_θ's hidden layers")
+    hidden: int = _setting(128, STRUCTURAL, _INT_GE1, "width of q0's and p_θ's hidden layers")
     epochs: int | None = _setting(
         None,
         TRAINING,
@@ -86,7 +88,7 @@ class LensConfig:
     consistency_weight: float = _setting(0.0, TRAINING, _WEIGHT, "weight of the consistency term")
     consistency_noise: float = _setting(0.3, TRAINING, _WEIGHT, "noise of the consistency term (std of z)")
     mixup_weight: float = _setting(0.0, TRAINING, _WEIGHT, "weight of the mixup (ICT) term")
-    propagation_weight: float = _setting(0.0, TRAINING, _WEIGHT, "weight of the label-propagation term")
+    propagation_weight: float = _setting(3000.0, TRAINING, _WEIGHT, "weight of the label-propagation term")
     selection_folds: int = _setting(
         3, SELECTION, (lambda v: _is_int(v) and v >= 2, "an integer ≥ 2"), "folds of the cross-validated selection"
     )

@@ -9,7 +9,6 @@ import pytest
 
 from ml.attributes import Attribute
 from ml.metrics import (
-    PROB_FLOOR,
     histogram_discretize,
     interpretability_score,
     interpretability_score_cv,
@@ -141,20 +140,22 @@ def test_two_dimensions_help_an_attribute_encoded_in_two():
     assert every["score"] > one["score"]
 
 
-def test_only_observed_items_count_and_unseen_test_levels_get_the_floor():
+def test_only_observed_items_count_and_unseen_test_levels_get_their_add_one_frequency():
     Ztr, ytr = _coded(300, 10, classes=3)
     Zte, yte = _coded(60, 11, classes=4)
     ytr_missing = ytr.copy()
     ytr_missing[::3] = -1  # missing labels are ignored, not a class
     r = interpretability_score(Ztr, {"digit": ytr_missing}, Zte, {"digit": yte}, [DIGIT])["attributes"]["digit"]
     assert r["n_train"] == 200 and r["n_classes"] == 3
-    # Level 3 never appears in the train part: those test items get probability 1e-12.
+    # Level 3 never appears in the train part: those test items get its add-one frequency 1/(300 + 4),
+    # and the classifier's probabilities of the three others share the remaining mass.
     seen = yte < 3
     r_seen = interpretability_score(Ztr, {"digit": ytr}, Zte[seen], {"digit": yte[seen]}, [DIGIT])["attributes"][
         "digit"
     ]
     frac = 1 - seen.mean()
-    want = 100 * math.exp((1 - frac) * math.log(r_seen["score"] / 100) + frac * math.log(PROB_FLOOR))
+    unseen_p = 1 / (300 + 4)
+    want = 100 * math.exp((1 - frac) * math.log(r_seen["score"] / 100 * (1 - unseen_p)) + frac * math.log(unseen_p))
     r_all = interpretability_score(Ztr, {"digit": ytr}, Zte, {"digit": yte}, [DIGIT])["attributes"]["digit"]
     assert r_all["score"] == pytest.approx(want, rel=1e-6)
     assert r_all["accuracy"] == pytest.approx(r_seen["accuracy"] * seen.mean())
@@ -264,3 +265,15 @@ def test_sap_prefers_the_disentangled_code():
     # The continuous attribute's predictability is the squared correlation: 1 vs ≈ 0.
     assert sap(Z, {"angle": angle}, [ANGLE]) > 0.98
     assert sap(Z, S_all, attrs, seed=3) == pytest.approx(disentangled, abs=0.05)
+
+
+def test_a_perfect_code_scores_above_chance_even_when_levels_are_seen_once():
+    # Few eval labels: in a fold, several levels appear once (left out of the classifier) or never.
+    rng = np.random.default_rng(0)
+    y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9] * 2)
+    Z = np.c_[y + 0.01 * rng.normal(size=y.size), rng.normal(size=(y.size, 3))]
+    ten = Attribute(name="digit", kind="categorical", levels=tuple(str(i) for i in range(10)))
+    r = interpretability_score_cv(Z, {"digit": y}, [ten], folds=2)["attributes"]["digit"]
+    # Measured 16.7 against chance 11.1. Before the add-one fallback such items got 1e-12, and the
+    # score of this perfect code was below 0.1.
+    assert r["score"] > r["chance_score"] + 2
