@@ -54,6 +54,9 @@ ChunkOutput: TypeAlias = ArrayT | tuple[ArrayT, ArrayT] | Mapping[str, Any]
 # --------------------------------------------------------------------------- helpers
 
 
+COLD_START_MAX_ITEMS = 100_000
+
+
 def _as_probs(probs: Any, name: str = "probs") -> ArrayT:
     """probs as float64 NumPy or floating torch, checked to be [N, S, C] and non-negative."""
     if isinstance(probs, torch.Tensor):
@@ -559,3 +562,21 @@ def select_batch(
         return _diverse(scores, k, allowed, feats, int(prefilter), rng).astype(np.int64)
     out = _topk(scores, k, allowed) if method == "topk" else _power(scores, k, allowed, float(beta), rng)
     return out.astype(np.int64)
+
+
+def cold_start_order(Z: np.ndarray, k: int, *, seed: int = 0, max_items: int = COLD_START_MAX_ITEMS) -> np.ndarray:
+    """The first ``k`` items to label before any lens exists: one typical item per k-means region of z.
+
+    TypiClust (Hacohen et al. 2022) on the base representation: ``select_batch``'s ``"cover"`` rule
+    with equal scores, so the densest item of each of k regions, larger regions first. With few labels
+    this covers the data where a random draw leaves regions out (measured in the queue's tests). Pools
+    larger than ``max_items`` are ranked within a seeded random subsample of that size (k-means and the
+    per-region densities cost O(N) each). Returns int64 row indices of Z, best first.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    if Z.ndim != 2 or not np.isfinite(Z).all():
+        raise ValueError(f"Z must be a finite [N, d] array, got shape {Z.shape}")
+    rng = np.random.default_rng(seed)
+    rows = np.arange(len(Z)) if len(Z) <= max_items else np.sort(rng.choice(len(Z), max_items, replace=False))
+    picked = select_batch(np.ones(len(rows)), min(int(k), len(rows)), "cover", features=Z[rows], seed=rng)
+    return rows[picked].astype(np.int64)

@@ -212,8 +212,13 @@ def _score_attribute(
     known = clf.classes_
     accuracy = float(np.mean(known[proba.argmax(1)] == c_te))
     p_true, p_chance = _true_class_probs(proba, known, c_tr, c_te)
+    score = geo_mean_percent(p_true)
+    log_p = np.log(np.clip(p_true, PROB_FLOOR, 1.0))
     return {
-        "score": geo_mean_percent(p_true),
+        "score": score,
+        # Its standard error over test items (delta method on the geometric mean): the measured spread
+        # a comparison of two scores on the same items must exceed to mean something.
+        "score_se": float(score * log_p.std(ddof=1) / np.sqrt(log_p.size)) if log_p.size > 1 else float("nan"),
         "accuracy": accuracy,
         "dim": chosen[0] if dims == 1 else chosen,
         "mi": float(mi[chosen[0]]) if dims == 1 else [float(mi[i]) for i in chosen],
@@ -407,6 +412,7 @@ def _average_folds(results: list[dict[str, Any]]) -> dict[str, Any]:
     )
     return {
         "score": float(np.mean([r["score"] for r in results])),
+        "score_se": float(np.sqrt(np.sum([r["score_se"] ** 2 for r in results])) / len(results)),
         "accuracy": float(np.mean([r["accuracy"] for r in results])),
         "dim": dim,
         "mi": mi,

@@ -426,6 +426,13 @@ def score_pool(
 # --------------------------------------------------------------------------- evaluation
 
 
+def cold_start_order(Z: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Rows of Z to hand out first while no lens exists: TypiClust on z (``ml.acquisition.cold_start_order``)."""
+    from ml.acquisition import cold_start_order as typiclust_order
+
+    return typiclust_order(Z, k, seed=seed)
+
+
 def unscorable_reason(
     y: np.ndarray, attribute: Attribute, *, min_labels: int = MIN_EVAL_LABELS, folds: int = 2
 ) -> str | None:
@@ -525,15 +532,18 @@ def evaluate(
     main = cv(Zs)
     raw = cv(Z)
     for name, r in main["attributes"].items():
-        entry = {k: r[k] for k in ("score", "accuracy", "dim", "chance_score", "n_test", "mi") if k in r}
+        entry = {k: r[k] for k in ("score", "score_se", "accuracy", "dim", "chance_score", "n_test", "mi") if k in r}
         if name in raw["attributes"]:
             entry["z_score"] = raw["attributes"][name]["score"]
+            entry["z_score_se"] = raw["attributes"][name].get("score_se")
             entry["z_dim"] = raw["attributes"][name]["dim"]
         out["attributes"][name] = _jsonable(entry)
     skipped.update(main.get("skipped", {}))
     out["overall"] = _float(main.get("overall"))
     out["overall_accuracy"] = _float(main.get("overall_accuracy"))
     out["baseline_overall"] = _float(raw.get("overall"))
+    out["overall_se"] = _overall_se(main)
+    out["baseline_overall_se"] = _overall_se(raw)
     k_results: dict[Any, dict[str, Any]] = {}
     for k in (2, "all"):
         if k == 2 and Z.shape[1] < 2:
@@ -565,23 +575,40 @@ def hold_back_reason(candidate: Mapping[str, Any], active: Mapping[str, Any] | N
     """Why a newly fitted lens must not go live, or None when it may: never worse than doing nothing.
 
     ``candidate`` and ``active`` are ``evaluate`` results on the same eval items (``active``: the
-    version serving now, re-measured, or None). The candidate goes live only when its one-dimension
-    overall score is at least raw z's (``baseline_overall``, the same metric with no lens at all) and at
-    least the active version's, each plus ``margin`` points. A candidate that cannot be measured yet
-    (too few eval labels) goes live: there is nothing to compare it with, and without a first version
-    nothing would ever be served.
+    version serving now, re-measured, or None). The candidate is held back when its one-dimension
+    overall score is measurably below raw z's (``baseline_overall``, the same metric with no lens at
+    all) or the active version's, each plus ``margin`` points: below by more than the measured spread,
+    the standard error of the difference (``overall_se`` of both; unpaired, so on the generous side).
+    Within the spread the newer version goes live: it has seen more labels, and the eval items cannot
+    tell the two apart. A candidate that cannot be measured yet (too few eval labels) goes live: there
+    is nothing to compare it with, and without a first version nothing would ever be served.
     """
     new = candidate.get("overall")
     if new is None:
         return None
-    raw = candidate.get("baseline_overall")
+    new_se = candidate.get("overall_se") or 0.0
     plus = f" + margin {margin:g}" if margin else ""
-    if raw is not None and new < raw + margin:
-        return f"its score {new:.1f} is below raw z's {raw:.1f}{plus} on the same eval items"
-    old = active.get("overall") if active is not None else None
-    if old is not None and new < old + margin:
-        return f"its score {new:.1f} is below the active version's {old:.1f}{plus} on the same eval items"
+    bars = [("raw z's", candidate.get("baseline_overall"), candidate.get("baseline_overall_se"))]
+    if active is not None:
+        bars.append(("the active version's", active.get("overall"), active.get("overall_se")))
+    for who, bar, bar_se in bars:
+        if bar is None:
+            continue
+        spread = math.sqrt(new_se**2 + (bar_se or 0.0) ** 2)
+        if new + spread < bar + margin:
+            return (
+                f"its score {new:.1f} is below {who} {bar:.1f}{plus} by more than the measured spread "
+                f"({spread:.1f}) on the same eval items"
+            )
     return None
+
+
+def _overall_se(result: Mapping[str, Any]) -> float | None:
+    """Standard error of "overall" (the mean over attributes) from the attributes' own."""
+    ses = [r.get("score_se") for r in result.get("attributes", {}).values()]
+    if not ses or any(v is None or not math.isfinite(v) for v in ses):
+        return None
+    return float(math.sqrt(sum(v * v for v in ses)) / len(ses))
 
 
 def _dims_per_attribute(model: Any) -> int:

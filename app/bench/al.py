@@ -250,6 +250,9 @@ def _drive(
                 "n_labels": point["n_labels"],
                 "served": point["overall"],
                 "raw_z": point.get("baseline_overall"),
+                # The measured spread of the two (standard errors over the eval items).
+                "served_se": point.get("overall_se"),
+                "raw_z_se": point.get("baseline_overall_se"),
                 "served_is_raw_z": bool(point.get("raw_z")),
                 "attributes": {
                     a: {k: v.get(k) for k in ("score", "z_score", "chance_score", "dim")}
@@ -279,6 +282,42 @@ def auc(rounds: list[dict[str, Any]]) -> float:
     """Mean served score over the rounds (the area under the label curve per round)."""
     vals = [r["served"] for r in rounds if r["served"] is not None]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Per strategy: the served score per round (mean ± std over seeds), raw z's, the AUC, and how many
+    retrains served at least raw z's score; printed as a table."""
+    out: dict[str, Any] = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in results["runs"]):
+        runs = [r for r in results["runs"] if r["strategy"] == strategy]
+        counts = [x["n_labels"] for x in runs[0]["rounds"]]
+        served = np.array([[x["served"] for x in r["rounds"]] for r in runs], dtype=float)
+        raw = np.array([[x["raw_z"] for x in r["rounds"]] for r in runs], dtype=float)
+        spread = np.array(
+            [[np.hypot(x.get("served_se") or 0.0, x.get("raw_z_se") or 0.0) for x in r["rounds"]] for r in runs]
+        )
+        out[strategy] = {
+            "n_labels": counts,
+            "served_mean": served.mean(0).round(2).tolist(),
+            "served_std": served.std(0).round(2).tolist(),
+            "raw_z_mean": raw.mean(0).round(2).tolist(),
+            "auc_per_seed": [round(r["auc"], 2) for r in runs],
+            "retrains_at_or_above_raw_z": f"{int((served >= raw).sum())} of {served.size}",
+            "retrains_within_spread_of_raw_z": f"{int((served + spread >= raw).sum())} of {served.size}",
+            "activated": f"{sum(bool(x['activated']) for r in runs for x in r['rounds'])} of {served.size}",
+        }
+        print(f"{strategy} ({len(runs)} seeds): labels " + " ".join(f"{c:>11}" for c in counts))
+        print(
+            "  served   " + " ".join(f"{m:5.1f} ± {s:3.1f}" for m, s in zip(served.mean(0), served.std(0), strict=True))
+        )
+        print("  raw z    " + " ".join(f"{m:11.1f}" for m in raw.mean(0)))
+        print(
+            f"  AUC {np.mean(out[strategy]['auc_per_seed']):.1f} (per seed {out[strategy]['auc_per_seed']}); "
+            f"served ≥ raw z at {out[strategy]['retrains_at_or_above_raw_z']} retrains "
+            f"({out[strategy]['retrains_within_spread_of_raw_z']} within the measured spread); "
+            f"activated {out[strategy]['activated']}"
+        )
+    return out
 
 
 def run_al_bench(
@@ -335,4 +374,8 @@ def run_al_bench(
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results["summary"] = summarize(results)
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"wrote {out}")
     return results

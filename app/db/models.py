@@ -124,6 +124,7 @@ class Item(Base):
         sa.CheckConstraint(_in("split", SPLITS), name="split"),
         sa.Index("ix_items_project_source_index", "project_id", "source_index"),
         sa.Index("ix_items_queue", "project_id", "labelled", "split", "random_key"),
+        sa.Index("ix_items_project_cold_rank", "project_id", "cold_rank"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -144,6 +145,9 @@ class Item(Base):
     label_count: Mapped[int] = mapped_column(default=0, server_default="0")
     # How often experts skipped it: an item many skip may be unjudgeable (the admin's list shows them).
     skip_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Place in the diversity order of the base representation (TypiClust on z) that the queue follows
+    # before the first lens is live; None for items outside the first rounds' picks.
+    cold_rank: Mapped[int | None]
     labelled: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -22,7 +22,7 @@ def queue_next(
 ) -> dict[str, Any]:
     """Up to ``n`` items leased to you (your live leases first), by the active model's acquisition score."""
     eff = projects.effective_settings(project, settings)
-    items = queue.next_items(
+    items, order = queue.next_batch(
         session=session,
         project=project,
         user=user,
@@ -30,7 +30,7 @@ def queue_next(
         lease_seconds=float(eff["lease_seconds"]),
         eval_fraction=float(eff["eval_fraction"]),
     )
-    out: dict[str, Any] = {"items": items}
+    out: dict[str, Any] = {"items": items, **order}
     if len(items) < n:
         # Fewer than asked: say whether items you skipped are held back, and until when.
         out.update(queue.my_skips(session=session, project=project, user=user))

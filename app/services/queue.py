@@ -82,6 +82,33 @@ def _scored_candidates(
     return [(int(i), float(s)) for i, s in session.execute(_lock(q, session))]
 
 
+def _cold_candidates(session: Session, cond: sa.ColumnElement[bool], m: int) -> list[tuple[int, None]]:
+    q = sa.select(Item.id).where(cond, Item.cold_rank.is_not(None)).order_by(Item.cold_rank).limit(m)
+    return [(int(i), None) for i in session.scalars(_lock(q, session))]
+
+
+def _has_cold_ranks(session: Session, project_id: int) -> bool:
+    q = sa.select(Item.id).where(Item.project_id == project_id, Item.cold_rank.is_not(None)).limit(1)
+    return session.scalar(q) is not None
+
+
+def _order(project: Project, model: Any, has_cold: bool) -> dict[str, str]:
+    """How new pool items are ordered for this project now, and why (the queue's response says it)."""
+    if project.strategy == "random":
+        return {"order": "random", "order_reason": "the project's strategy is random"}
+    if model is not None:
+        return {"order": "scores", "order_reason": f"{project.strategy} scores of model version {model.version}"}
+    if has_cold:
+        return {
+            "order": "cold_start",
+            "order_reason": "no lens is live yet: items that cover the base representation z (TypiClust), then random",
+        }
+    return {
+        "order": "random",
+        "order_reason": "no lens and no cold-start order of z yet (the pretrain job has not finished): random",
+    }
+
+
 def _claim(
     session: Session, item_id: int, lease_id: str, expires: datetime, now: datetime, *, project_id: int, to_eval: bool
 ) -> bool:
@@ -110,7 +137,7 @@ def lease_out(lease: Lease, *, resumed: bool = False) -> dict[str, Any]:
     }
 
 
-def next_items(
+def next_batch(
     *,
     session: Session,
     project: Project,
@@ -120,12 +147,14 @@ def next_items(
     eval_fraction: float,
     now: datetime | None = None,
     rng: random.Random | None = None,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Up to ``n`` items leased to ``user``: their own live leases first, then new ones; committed.
+    Also how new pool items were ordered (``order``, ``order_reason``).
 
     New slots are eval hand-outs with probability ``eval_fraction`` (uniformly random items that join
-    the held-out split), otherwise the highest acquisition scores of the active model (random order
-    before a model exists or when the strategy is "random").
+    the held-out split), otherwise the highest acquisition scores of the active model; before a model
+    exists, the cold-start diversity order of z (the returned ``order`` says which), then random order (always
+    random when the strategy is "random").
     """
     n = max(1, min(int(n), MAX_BATCH))
     now = now or utcnow()
@@ -145,10 +174,13 @@ def next_items(
         )
     )
     out = [lease_out(lease, resumed=True) for lease in mine]
+    model = models.active(session=session, project_id=project.id) if project.strategy != "random" else None
+    has_cold = model is None and project.strategy != "random" and _has_cold_ranks(session, project.id)
+    order = _order(project, model, has_cold)
     need = n - len(out)
     if need <= 0:
         session.commit()
-        return out
+        return out, order
     n_eval = sum(rng.random() < eval_fraction for _ in range(need))
     new_leases: list[Lease] = []
 
@@ -190,10 +222,12 @@ def next_items(
     k = need - got_eval
     if k > 0:
         pool = sa.and_(free, Item.split == "pool")
-        model = models.active(session=session, project_id=project.id) if project.strategy != "random" else None
         won = 0
         if model is not None:
             won = take(_scored_candidates(session, pool, model.id, project.strategy, k + SLACK), k, False)
+        elif has_cold:
+            # Cold start: before the first lens, the diversity order the pretrain stored (cold_rank).
+            won = take(_cold_candidates(session, pool, k + SLACK), k, False)
         if won < k:
             # Items without a score (imported after the model) or no model yet: random order.
             take(_random_candidates(session, pool, k - won + SLACK), k - won, False)
@@ -211,7 +245,7 @@ def next_items(
             .execution_options(synchronize_session=False)
         )
     session.commit()
-    return out + [lease_out(lease) for lease in new_leases]
+    return out + [lease_out(lease) for lease in new_leases], order
 
 
 def release(*, session: Session, lease_id: str, user: User, settings: Settings) -> Lease:

@@ -323,6 +323,29 @@ def _store_representation(
     return rep
 
 
+def _cold_ranks(s: Session, project: Project, settings: Settings, item_ids: np.ndarray, Z: np.ndarray) -> int:
+    """Rank the pool for the rounds before the first lens: a diversity order on z (``ml.acquisition``).
+
+    Two rounds' worth (2 × retrain_every) of pool items get a ``cold_rank``: the queue hands them out
+    first, in that order, while no lens is live (a first version held back leaves the second round
+    covered too). Returns how many were ranked.
+    """
+    k = 2 * int(effective_settings(project, settings)["retrain_every"])
+    splits = dict(s.execute(sa.select(Item.id, Item.split).where(Item.project_id == project.id)).tuples().all())
+    pool = np.array([splits.get(int(i)) == "pool" for i in item_ids], dtype=bool)
+    s.execute(sa.update(Item).where(Item.project_id == project.id).values(cold_rank=None))
+    if not pool.any():
+        return 0
+    rows = np.flatnonzero(pool)
+    order = steps.cold_start_order(Z[rows], k, seed=project.id)
+    items = Item.__table__  # Core executemany: one statement, one row of parameters per ranked item
+    s.execute(
+        sa.update(items).where(items.c.id == sa.bindparam("iid")).values(cold_rank=sa.bindparam("rank")),
+        [{"iid": int(item_ids[rows[j]]), "rank": r} for r, j in enumerate(order)],
+    )
+    return len(order)
+
+
 def run_pretrain(ctx: JobContext, settings: Settings) -> None:
     """Fit or import the base representation z of every item and make it the project's active one."""
     res, item_ids, reuse = _fit_representation(ctx, settings, 0.0, 0.95)
@@ -330,8 +353,9 @@ def run_pretrain(ctx: JobContext, settings: Settings) -> None:
     ctx.stage("store", 0.95, 1.0)
     with ctx.db.session() as s:
         project = _project(s, ctx.project_id)
+        ranked = _cold_ranks(s, project, settings, item_ids, res.Z)
         if project.representation.get("source") == "embeddings":
-            result = {"dim": int(res.Z.shape[1]), "n_items": len(item_ids), "imported": True}
+            result = {"dim": int(res.Z.shape[1]), "n_items": len(item_ids), "imported": True, "cold_ranked": ranked}
             _succeed(s, ctx, result, f"embeddings checked: {len(item_ids)} items, d={res.Z.shape[1]}")
             s.commit()
             return
@@ -351,6 +375,7 @@ def run_pretrain(ctx: JobContext, settings: Settings) -> None:
             "n_items": len(item_ids),
             "test_ll": res.test_ll,
             "seconds": res.info.get("seconds"),
+            "cold_ranked": ranked,
         }
         ll = f", test LL {res.test_ll:.2f} nats" if res.test_ll is not None else ""
         _succeed(s, ctx, result, f"representation {rep.id}: z of {len(item_ids)} items, d={res.Z.shape[1]}{ll}")
@@ -388,6 +413,8 @@ def _next_version(s: Session, project_id: int) -> int:
 
 POINT_EXTRA_KEYS = (
     "baseline_overall",
+    "overall_se",
+    "baseline_overall_se",
     "overall_accuracy",
     "k_dims",
     "overall_k",
@@ -454,7 +481,7 @@ def _served_point(
         }
         for name, a in metrics["attributes"].items()
     }
-    extra = {k: metrics.get(k) for k in ("baseline_overall", "skipped", "n_eval")}
+    extra = {k: metrics.get(k) for k in ("baseline_overall", "baseline_overall_se", "skipped", "n_eval")}
     return MetricPoint(
         project_id=project_id,
         model_version_id=None,

@@ -41,9 +41,11 @@ def test_al_bench_drives_the_product_through_rest_and_never_serves_worse_than_ra
     assert run["errors"] == [] and run["handed"] == 100 and run["items_handed_twice"] == 0
     assert [r["n_labels"] for r in run["rounds"]] == [50, 100]
     for r in run["rounds"]:
-        # What is served after a retrain measures at least raw z on the same eval items (the gate).
-        assert r["served"] >= r["raw_z"]
+        # What is served after a retrain measures at least raw z on the same eval items, within the
+        # measured spread (the gate); a broken gate serves tiny lenses far below it.
+        assert r["served"] + (r["served_se"] ** 2 + r["raw_z_se"] ** 2) ** 0.5 >= r["raw_z"]
         assert r["activated"] or r["held_back"]
         assert set(r["attributes"]) == {"digit", "thickness"}
     assert sum(run["digit_counts"]) == 100
+    assert result["summary"]["random"]["retrains_within_spread_of_raw_z"] == "2 of 2"
     assert json.loads(out.read_text())["runs"][0]["strategy"] == "random"

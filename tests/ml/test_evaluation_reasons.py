@@ -50,5 +50,32 @@ def test_a_lens_goes_live_only_at_or_above_raw_z_and_the_live_version():
     assert "below the active version's 22.0" in hold_back_reason(cand, {"overall": 22.0})
     assert "margin 3" in hold_back_reason(cand, None, margin=3.0)
     assert hold_back_reason(cand, {"overall": 21.0}, margin=-1.5) is None
+    # Below, but within the measured spread (the standard error of the difference): the newer one goes live.
+    assert (
+        hold_back_reason(
+            {"overall": 20.0, "overall_se": 1.0, "baseline_overall": 21.0, "baseline_overall_se": 1.0}, None
+        )
+        is None
+    )
+    below = hold_back_reason(
+        {"overall": 20.0, "overall_se": 0.3, "baseline_overall": 21.0, "baseline_overall_se": 0.4}, None
+    )
+    assert "by more than the measured spread (0.5)" in below
     # Not measurable yet (too few eval labels): nothing to compare, so it goes live.
     assert hold_back_reason({"overall": None, "baseline_overall": None}, {"overall": 30.0}) is None
+
+
+def test_evaluate_reports_the_spread_of_its_scores():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 30)
+    Z = np.c_[y + rng.normal(scale=2.0, size=y.size), rng.normal(size=(y.size, 3))].astype(np.float32)
+
+    class Identity:  # a lens whose z* is z: its scores are raw z's
+        attribute_dims_ = {"digit": [0]}
+
+        def transform(self, X):
+            return np.asarray(X)
+
+    m = steps.evaluate(Identity(), Z, {"digit": y}, [DIGIT], device="cpu")
+    assert m["overall"] == m["baseline_overall"] and 0 < m["overall_se"] == m["baseline_overall_se"] < 5
+    assert steps.hold_back_reason(m, None) is None
