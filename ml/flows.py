@@ -80,11 +80,11 @@ class PlanarFlow(Flow):
         return u + (_m(wu) - wu) * w / w_sq
 
     def _terms(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        u_hat = self.u_hat().to(dtype)
-        w = self.w.to(dtype)
+        u_hat = self.u_hat()
         # wᵀû equals m(wᵀu) analytically; taking it from m directly keeps it > −1 after rounding.
-        c = _m(self.w @ self.u).to(dtype) if (self.w @ self.w) > 1e-12 else (w @ u_hat)
-        return u_hat, w, self.b.to(dtype), c
+        # A select, not a Python branch on the device's value: no host round trip per flow.
+        c = torch.where((self.w @ self.w) > 1e-12, _m(self.w @ self.u), self.w @ u_hat).to(dtype)
+        return u_hat.to(dtype), self.w.to(dtype), self.b.to(dtype), c
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u_hat, w, b, c = self._terms(z.dtype)

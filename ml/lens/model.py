@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ml.attributes import Attribute
@@ -61,7 +60,9 @@ class LensModule(nn.Module):
                     miss = torch.ones(n, 1, device=device)
                 else:
                     known = v >= 0
-                    oh = F.one_hot(v.clamp_min(0), a.n_levels).float() * known[:, None]
+                    # A comparison, not F.one_hot: one_hot checks its input's range on the host.
+                    levels = torch.arange(a.n_levels, device=device)
+                    oh = (v[:, None] == levels[None, :]).float()  # a missing level (−1) matches none
                     miss = (~known).float()[:, None]
                 parts += [oh, miss]
             else:
