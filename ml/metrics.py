@@ -293,8 +293,9 @@ def interpretability_score(
     add-one train class frequencies. Continuous attributes are cut into
     ``continuous_bins`` quantile groups with edges from the train part.
 
-    Returns ``{"attributes": {name: {"score", "accuracy", "dim", "mi", "n_train", "n_test",
-    "chance_score", "n_classes"}}, "overall", "overall_accuracy"}`` ("dim" and "mi" are lists
+    Returns ``{"attributes": {name: {"score", "score_se", "accuracy", "dim", "mi", "n_train",
+    "n_test", "chance_score", "n_classes"}}, "overall", "overall_accuracy"}`` (``score_se``: the
+    score's standard error over the test items, by the delta method) ("dim" and "mi" are lists
     when dims ≠ 1). Raises ValueError on bad shapes, unknown attribute names, an attribute with
     no observed item in a part or a single class in the train part; with ``skip_unscorable``
     such attributes are listed under "skipped" (name → reason) and left out of "overall".

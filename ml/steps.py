@@ -479,10 +479,12 @@ def evaluate(
 
     ``Z_eval``/``S_eval`` must be items whose labels did not train the lens (the app's eval split).
     Returns a JSON-able dict: ``attributes`` (per attribute on z*, one dimension: score, accuracy,
-    dim, chance_score, n_test, and ``z_score`` — the same metric on raw z), ``overall``,
-    ``baseline_overall`` (raw z), ``k_dims`` ({"2": overall, "all": overall} on z*), ``mig`` and
-    ``sap`` on z* and z, ``skipped`` (attribute → reason: fewer than ``min_labels`` eval labels, a
-    single class, ...) and ``n_eval``. Never raises for too few labels: it skips.
+    dim, chance_score, n_test, ``score_se``, and ``z_score`` / ``z_score_se`` — the same metric on
+    raw z), ``overall``, ``baseline_overall`` (raw z), ``overall_se`` and ``baseline_overall_se``
+    (standard errors over the eval items, the spread ``hold_back_reason`` allows for), ``k_dims``
+    ({"2": overall, "all": overall} on z*), ``mig`` and ``sap`` on z* and z, ``skipped`` (attribute →
+    reason: fewer than ``min_labels`` eval labels, a single class, ...) and ``n_eval``. Never raises
+    for too few labels: it skips.
 
     A lens with k = ``dims_per_attribute`` > 1 designated dimensions per attribute also gets the
     metric with ``dims=k``: per attribute ``score_k``, ``accuracy_k`` and ``dims_k`` (the chosen
