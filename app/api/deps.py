@@ -143,3 +143,22 @@ def item_or_404(session: SessionDep, iid: Annotated[int, Path(ge=1, le=MAX_ROW_I
 
 ProjectDep = Annotated[Project, Depends(project_or_404)]
 ItemDep = Annotated[Item, Depends(item_or_404)]
+
+
+def sign_in(
+    request: Request, session: Session, settings: Settings, username: str, password: str
+) -> tuple[User, WebSession, str]:
+    """``sessions.sign_in`` with what the request carries (the app's throttle, the client, the old cookie).
+
+    The API login and the sign-in page both call this; SignInRefused propagates for each to answer.
+    """
+    old = request.cookies.get(security.SESSION_COOKIE)
+    return session_service.sign_in(
+        session=session,
+        throttle=request.app.state.throttle,
+        username=username,
+        password=password,
+        client=request.client.host if request.client else "?",
+        days=settings.session_days,
+        replaces=request.app.state.signer.loads(old) if old else None,
+    )

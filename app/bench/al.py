@@ -265,9 +265,6 @@ def _drive(
             }
         )
     picks = [base.truth["digit"][row_of[i]] for _, i in handed]
-    per_expert = {}
-    for k, i in handed:
-        per_expert.setdefault(i, set()).add(k)
     return {
         "rounds": rounds,
         "wall_seconds": round(time.perf_counter() - t0, 1),

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from app import security
-from app.api.deps import CurrentUser, PrincipalDep, SessionDep, SettingsDep
+from app.api.deps import CurrentUser, PrincipalDep, SessionDep, SettingsDep, sign_in
 from app.db.models import User
 from app.services import sessions as session_service
 
@@ -36,17 +36,8 @@ def login(
     body: LoginIn, request: Request, response: Response, session: SessionDep, settings: SettingsDep
 ) -> dict[str, Any]:
     """Check a username and password; set the session cookie and return the user and CSRF token."""
-    old = request.cookies.get(security.SESSION_COOKIE)
     try:
-        user, row, sid = session_service.sign_in(
-            session=session,
-            throttle=request.app.state.throttle,
-            username=body.username,
-            password=body.password,
-            client=request.client.host if request.client else "?",
-            days=settings.session_days,
-            replaces=request.app.state.signer.loads(old) if old else None,
-        )
+        user, row, sid = sign_in(request, session, settings, body.username, body.password)
     except session_service.SignInRefused as exc:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         raise HTTPException(exc.status_code, detail=exc.detail, headers=headers) from None

@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import FormData, UploadFile
 
 from app import security
-from app.api.deps import ProjectDep, RowId, SessionDep, SettingsDep, ViewerUser
+from app.api.deps import ProjectDep, RowId, SessionDep, SettingsDep, ViewerUser, sign_in
 from app.db.models import ROLES, STRATEGIES, Job, MetricPoint, ModelVersion, Project, Representation, User
 from app.services import imports, jobs, metric_reasons, models, projects, queue
 from app.services import sessions as session_service
@@ -128,17 +128,8 @@ def login_submit(
         return _render_login(
             request, next_url=next_url, username=username, status_code=422, error="Enter your username and password."
         )
-    old = request.cookies.get(security.SESSION_COOKIE)
     try:
-        _user, _row, sid = session_service.sign_in(
-            session=session,
-            throttle=request.app.state.throttle,
-            username=username,
-            password=password,
-            client=request.client.host if request.client else "?",
-            days=settings.session_days,
-            replaces=request.app.state.signer.loads(old) if old else None,
-        )
+        _user, _row, sid = sign_in(request, session, settings, username, password)
     except session_service.SignInRefused as exc:
         resp = _render_login(
             request,
