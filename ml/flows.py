@@ -186,13 +186,48 @@ class FlowStack(Flow):
 
 
 class PlanarFlowStack(FlowStack):
-    """T planar flows z → z* (the paper's choice, section 2)."""
+    """T planar flows z → z* (the paper's choice, section 2).
 
-    def __init__(self, dim: int, n_flows: int, init_scale: float = 0.01) -> None:
+    ``fused`` (the default) runs the stack as one expression: the constraint û, w and b of all T
+    flows are formed at once (``stacked_terms``), each flow is then two kernels (an ``addmv`` for
+    wᵀz + b and an ``addr`` for z + û·h after the tanh), and the log-determinants of eq. (3) are one
+    expression over the T×B matrix of tanh values. The eager path (``fused = False``) applies the
+    ``PlanarFlow`` modules one by one, about eight kernels per flow and as many autograd nodes; both
+    hold the same parameters (one state dict) and compute the same map.
+    """
+
+    def __init__(self, dim: int, n_flows: int, init_scale: float = 0.01, *, fused: bool = True) -> None:
         if n_flows < 0:
             raise ValueError(f"n_flows must be ≥ 0, got {n_flows}")
         super().__init__([PlanarFlow(dim, init_scale) for _ in range(n_flows)])
         self.dim = dim
+        self.fused = fused
+
+    def stacked_terms(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Û (T, d), W (T, d), b (T,), c (T,)) with c_t = w_tᵀû_t = m(w_tᵀu_t): ``PlanarFlow._terms`` of all flows at once."""
+        flows: list[PlanarFlow] = list(self.flows)  # type: ignore[arg-type]
+        U = torch.stack([f.u for f in flows])
+        W = torch.stack([f.w for f in flows])
+        b = torch.stack([f.b for f in flows])
+        wu = (W * U).sum(1)
+        w_sq = (W * W).sum(1)
+        m = _m(wu)
+        U_hat = U + ((m - wu) / w_sq.clamp_min(1e-12))[:, None] * W
+        c = torch.where(w_sq > 1e-12, m, (W * U_hat).sum(1))
+        if dtype != U.dtype:
+            U_hat, W, b, c = U_hat.to(dtype), W.to(dtype), b.to(dtype), c.to(dtype)
+        return U_hat, W, b, c
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.fused or not len(self.flows):
+            return super().forward(z)
+        y, log_det = _PlanarStack.apply(z, *self.stacked_terms(z.dtype))
+        return y, log_det
+
+    def transform(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.fused or not len(self.flows):
+            return super().transform(z)
+        return _PlanarStack.apply(z, *self.stacked_terms(z.dtype))[0]
 
     @torch.no_grad()
     def project_columns(self, z_cols: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
@@ -209,10 +244,7 @@ class PlanarFlowStack(FlowStack):
             raise TypeError("project_columns needs a stack of planar flows only")
         if not flows:
             return z_cols.index_select(0, dims)
-        dtype = z_cols.dtype
-        U = torch.stack([f.u_hat() for f in flows]).to(dtype)  # (T, d)
-        W = torch.stack([f.w for f in flows]).to(dtype)  # (T, d)
-        b = torch.stack([f.b for f in flows]).to(dtype)  # (T,)
+        U, W, b, _ = self.stacked_terms(z_cols.dtype)  # (T, d), (T, d), (T,)
         A = torch.addmm(b[:, None], W, z_cols)  # (T, M): w_tᵀ z + b_t
         G = W @ U.T  # (T, T): G[t, s] = w_tᵀ û_s
         H = torch.empty_like(A)
@@ -220,6 +252,64 @@ class PlanarFlowStack(FlowStack):
             a = A[t] if t == 0 else torch.addmv(A[t], H[:t].T, G[t, :t])
             torch.tanh(a, out=H[t])
         return torch.addmm(z_cols.index_select(0, dims), U.index_select(1, dims).T, H)
+
+
+class _PlanarStack(torch.autograd.Function):
+    """T planar flows as one autograd node, with the backward pass written out.
+
+    Forward: a_t = w_tᵀz_{t−1} + b_t, h_t = tanh(a_t), z_t = z_{t−1} + û_t h_t (eq. 4), and
+    log-det Σ_t log(1 + (1 − h_t²) c_t) with c_t = w_tᵀû_t (eq. 3). Backward, from the last flow to
+    the first, with g the gradient at z_t and ℓ the one at the log-det:
+    ∂/∂h_t = gᵀû_t − ℓ·2h_t c_t / (1 + (1 − h_t²) c_t), ∂/∂a_t = (1 − h_t²)·∂/∂h_t, and the gradient
+    at z_{t−1} is g + w_t ∂/∂a_t. Each flow costs three small kernels either way; the parameters'
+    gradients are four batched products at the end. Autograd would record about ten nodes per flow.
+    """
+
+    @staticmethod
+    def forward(ctx, z, U, W, b, c):  # type: ignore[no-untyped-def, override]
+        T, (n, d) = U.shape[0], z.shape
+        Zs = torch.empty(T + 1, n, d, dtype=z.dtype, device=z.device)  # z_0 … z_T
+        H = torch.empty(T, n, dtype=z.dtype, device=z.device)
+        Zs[0] = z
+        # Rows bound once: indexing inside the loop would cost a tensor view per use.
+        zs, hs, us, ws, bs = Zs.unbind(0), H.unbind(0), U.unbind(0), W.unbind(0), b.unbind(0)
+        for t in range(T):
+            torch.tanh(torch.addmv(bs[t].expand(n), zs[t], ws[t]), out=hs[t])
+            torch.addr(zs[t], hs[t], us[t], out=zs[t + 1])
+        D = 1.0 - H * H  # tanh' at each flow
+        den = torch.addcmul(torch.ones_like(D), D, c[:, None])  # 1 + (1 − h²)c > 0
+        ctx.save_for_backward(Zs, H, D, den, U, W, c)
+        return Zs[T].clone(), torch.log(den).sum(0)
+
+    @staticmethod
+    def backward(ctx, gy, gl):  # type: ignore[no-untyped-def, override]
+        Zs, H, D, den, U, W, c = ctx.saved_tensors
+        T = H.shape[0]
+        n, d = Zs.shape[1:]
+        # G[t] is the gradient at z_t, filled from the last flow back: G[T] = gy, G[t−1] = G[t] + w_t·∂/∂a_t.
+        G = torch.empty_like(Zs)
+        if gy is None:
+            G[T].zero_()
+        else:
+            G[T] = gy
+        gl = gl if gl is not None else torch.zeros(n, dtype=Zs.dtype, device=Zs.device)
+        gc = (gl[None, :] * D / den).sum(1)
+        gh_log_det = -2.0 * gl[None, :] * H * c[:, None] / den  # (T, n)
+        GA = torch.empty_like(H)  # ∂/∂a_t
+        gs, gas, gls, Ds, us, ws = (
+            G.unbind(0),
+            GA.unbind(0),
+            gh_log_det.unbind(0),
+            D.unbind(0),
+            U.unbind(0),
+            W.unbind(0),
+        )
+        for t in range(T - 1, -1, -1):
+            torch.mul(torch.addmv(gls[t], gs[t + 1], us[t]), Ds[t], out=gas[t])
+            torch.addr(gs[t + 1], gas[t], ws[t], out=gs[t])
+        gU = torch.bmm(H[:, None, :], G[1:]).squeeze(1)  # Σ_items h_t ∂/∂z_t
+        gW = torch.bmm(GA[:, None, :], Zs[:T]).squeeze(1)  # Σ_items ∂/∂a_t z_{t−1}
+        return G[0].clone(), gU, gW, GA.sum(1), gc
 
 
 class _CouplingFlow(Flow):

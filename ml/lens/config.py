@@ -89,6 +89,12 @@ class LensConfig:
     consistency_noise: float = _setting(0.3, TRAINING, _WEIGHT, "noise of the consistency term (std of z)")
     mixup_weight: float = _setting(0.0, TRAINING, _WEIGHT, "weight of the mixup (ICT) term")
     propagation_weight: float = _setting(3000.0, TRAINING, _WEIGHT, "weight of the label-propagation term")
+    fused_step: bool = _setting(
+        True,
+        TRAINING,
+        (lambda v: isinstance(v, bool), "true or false"),
+        "planar flows as one autograd node and one pass for the ELBO and α batches (false: flow by flow)",
+    )
     selection_folds: int = _setting(
         3, SELECTION, (lambda v: _is_int(v) and v >= 2, "an integer ≥ 2"), "folds of the cross-validated selection"
     )

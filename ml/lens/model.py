@@ -90,13 +90,48 @@ class LensModule(nn.Module):
         The sample, drawn from q(z*|z, s_observed), is reused by the regularisers of unlabelled
         attributes (only q0's spread reads the observed labels), which saves a pass of the flows.
         """
+        zs, log_det, log_q0 = self._sample(z, s)
+        return self._elbo(z, s, zs, log_det, log_q0), zs
+
+    def training_terms(
+        self,
+        z: torch.Tensor,
+        s: Mapping[str, torch.Tensor],
+        z_lab: torch.Tensor,
+        s_lab: Mapping[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``elbo_and_sample`` of a minibatch and ``supervised_terms`` of a labelled batch, in one pass.
+
+        Both draw z* ~ q(z*|z, s) through q0 and the flows; stacking the two batches runs those
+        networks once per training step instead of twice. Returns (ELBO (B,), z* (B, d), α-term (L,)).
+        """
         n = z.shape[0]
-        s_enc = self.encode_s(s, n, z.device)
-        log_var = self.q0_log_var(z, s_enc)
+        both = {k: torch.cat([s[k], s_lab[k]]) for k in s}
+        zs, log_det, log_q0 = self._sample(torch.cat([z, z_lab]), both)
+        elbo = self._elbo(z, s, zs[:n], log_det[:n], log_q0[:n])
+        return elbo, zs[:n], self.observed_log_lik(zs[n:], s_lab)
+
+    def _sample(
+        self, z: torch.Tensor, s: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z* ~ q(z*|z, s) (reparameterised), log|det ∂z*/∂z0| and log q0(z0|z, s), each per item."""
+        log_var = self.q0_log_var(z, self.encode_s(s, z.shape[0], z.device))
         eps = torch.randn_like(z)
         z0 = z + eps * torch.exp(0.5 * log_var)
         log_q0 = -0.5 * (eps * eps + log_var + _LOG_2PI).sum(1)
         zs, log_det = self.flows(z0)
+        return zs, log_det, log_q0
+
+    def _elbo(
+        self,
+        z: torch.Tensor,
+        s: Mapping[str, torch.Tensor],
+        zs: torch.Tensor,
+        log_det: torch.Tensor,
+        log_q0: torch.Tensor,
+    ) -> torch.Tensor:
+        """Eq. (7)/(8) per item from a sample z* of q(z*|z, s) and its density terms."""
+        n = z.shape[0]
         dec = self.decoder(zs)
         mu, lv = dec.chunk(2, 1)
         lv = lv.clamp(-9.0, 5.0)
@@ -132,14 +167,16 @@ class LensModule(nn.Module):
                 log_q = -0.5 * ((s_draw - qm) ** 2 / qv + torch.log(2 * math.pi * qv))
                 lat = head.log_prob(zs, s_draw) - log_q
             elbo = elbo + torch.where(known, obs, lat)
-        return elbo, zs
+        return elbo
 
     def supervised_terms(self, z: torch.Tensor, s: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Σ_j log p_ψ(s_j | z*) over observed attributes, z* ~ q(z*|z, s): the α-weighted term. (B,)"""
-        n = z.shape[0]
-        log_var = self.q0_log_var(z, self.encode_s(s, n, z.device))
-        zs, _ = self.flows(z + torch.randn_like(z) * torch.exp(0.5 * log_var))
-        total = torch.zeros(n, device=z.device)
+        return self.observed_log_lik(self._sample(z, s)[0], s)
+
+    def observed_log_lik(self, zs: torch.Tensor, s: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Σ_j log p_ψ(s_j | z*) over the attributes observed in ``s``, at given z*. (B,)"""
+        n = zs.shape[0]
+        total = torch.zeros(n, device=zs.device)
         for a in self.attributes:
             head = self.heads[a.name]
             v = s[a.name]

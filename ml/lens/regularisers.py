@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from scipy import sparse
 
 from ml.attributes import Attribute, observed_mask
 
@@ -64,6 +65,7 @@ def propagate_labels(
     n = len(Z_std)
     rng = np.random.default_rng(seed)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    graph: tuple[np.ndarray, sparse.csr_matrix] | None = None
     for a in attributes:
         if not a.is_discrete:
             continue
@@ -81,7 +83,14 @@ def propagate_labels(
         else:
             keep = np.arange(n)
         k = int(min(PROPAGATION_NEIGHBOURS, len(keep) - 1))
-        model = LabelSpreading(kernel="knn", n_neighbors=k, alpha=PROPAGATION_ALPHA, max_iter=PROPAGATION_ITERS)
+        if graph is None or not np.array_equal(graph[0], keep):
+            graph = (keep, _knn_graph(Z_std[keep], k))
+        # The graph LabelSpreading's "knn" kernel builds, built once for every attribute on the same
+        # items and on all cores: the neighbour search is most of the propagation's time.
+        knn = graph[1]
+        model = LabelSpreading(
+            kernel=lambda x, y: knn, n_neighbors=k, alpha=PROPAGATION_ALPHA, max_iter=PROPAGATION_ITERS
+        )
         with warnings.catch_warnings():
             # Not converging within the iteration cap only means the soft labels are a little less smooth.
             warnings.simplefilter("ignore")
@@ -97,6 +106,15 @@ def propagate_labels(
         weights[known] = 0.0
         out[a.name] = (targets.astype(np.float32), weights)
     return out
+
+
+def _knn_graph(X: np.ndarray, k: int) -> sparse.csr_matrix:
+    """The k-nearest-neighbour connectivity graph of ``X`` (each item counts as its own neighbour),
+    exactly as scikit-learn's ``LabelSpreading(kernel="knn")`` builds it, searched on every core."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=k, n_jobs=-1).fit(X)
+    return nn.kneighbors_graph(nn._fit_X, k, mode="connectivity")
 
 
 def soft_label_terms(

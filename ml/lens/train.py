@@ -17,6 +17,7 @@ from torch import nn
 
 from ml.attributes import Attribute, observed_mask
 from ml.control import ProgressFn, StopFn, Throttle, check_stop
+from ml.flows import PlanarFlowStack
 from ml.heads import ContinuousHead, default_alpha
 from ml.lens.config import AUTO, LensConfig
 from ml.lens.model import LensModule
@@ -183,6 +184,8 @@ def train(
             attribute_dims=start.attribute_dims,
         )
     mod = fit.module
+    if isinstance(mod.flows, PlanarFlowStack):
+        mod.flows.fused = cfg.fused_step
     labelled_any = np.zeros(n, bool)
     for a in attributes:
         labelled_any |= observed_mask(labels[a.name], a)
@@ -218,9 +221,7 @@ def train(
         for b in range(steps_per_epoch):
             check_stop(should_stop)
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            zb = zt[idx]
-            elbo, zs_b = mod.elbo_and_sample(zb, {k: v[idx] for k, v in st.items()})
-            loss = -elbo.mean()
+            zb, sb = zt[idx], {k: v[idx] for k, v in st.items()}
             if len(lab_idx) and alpha > 0:  # type: ignore[operator]
                 li = torch.as_tensor(
                     rng.choice(
@@ -230,8 +231,16 @@ def train(
                     ),
                     device=device,
                 )
-                sup = mod.supervised_terms(zt[li], {k: v[li] for k, v in st.items()})
-                loss = loss - alpha * sup.mean()  # type: ignore[operator]
+                s_lab = {k: v[li] for k, v in st.items()}
+                if cfg.fused_step:
+                    elbo, zs_b, sup = mod.training_terms(zb, sb, zt[li], s_lab)
+                else:
+                    elbo, zs_b = mod.elbo_and_sample(zb, sb)
+                    sup = mod.supervised_terms(zt[li], s_lab)
+                loss = -elbo.mean() - alpha * sup.mean()  # type: ignore[operator]
+            else:
+                elbo, zs_b = mod.elbo_and_sample(zb, sb)
+                loss = -elbo.mean()
             loss = loss - regularisers(mod, cfg, zb, zs_b, idx, soft)
             opt.zero_grad(set_to_none=True)
             loss.backward()
