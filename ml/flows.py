@@ -204,7 +204,7 @@ class PlanarFlowStack(FlowStack):
         self.fused = fused
 
     def stacked_terms(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(Û (T, d), W (T, d), b (T,), c (T,)) with c_t = w_tᵀû_t = m(w_tᵀu_t): ``PlanarFlow._terms`` of all flows at once."""
+        """(Û (T, d), W (T, d), b (T,), c (T,)), c_t = w_tᵀû_t = m(w_tᵀu_t): ``PlanarFlow._terms`` of all flows."""
         flows: list[PlanarFlow] = list(self.flows)  # type: ignore[arg-type]
         U = torch.stack([f.u for f in flows])
         W = torch.stack([f.w for f in flows])
@@ -284,8 +284,7 @@ class _PlanarStack(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, gl):  # type: ignore[no-untyped-def, override]
         Zs, H, D, den, U, W, c = ctx.saved_tensors
-        T = H.shape[0]
-        n, d = Zs.shape[1:]
+        T, n = H.shape
         # G[t] is the gradient at z_t, filled from the last flow back: G[T] = gy, G[t−1] = G[t] + w_t·∂/∂a_t.
         G = torch.empty_like(Zs)
         if gy is None:

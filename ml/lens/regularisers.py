@@ -87,9 +87,8 @@ def propagate_labels(
             graph = (keep, _knn_graph(Z_std[keep], k))
         # The graph LabelSpreading's "knn" kernel builds, built once for every attribute on the same
         # items and on all cores: the neighbour search is most of the propagation's time.
-        knn = graph[1]
         model = LabelSpreading(
-            kernel=lambda x, y: knn, n_neighbors=k, alpha=PROPAGATION_ALPHA, max_iter=PROPAGATION_ITERS
+            kernel=lambda x, y, knn=graph[1]: knn, n_neighbors=k, alpha=PROPAGATION_ALPHA, max_iter=PROPAGATION_ITERS
         )
         with warnings.catch_warnings():
             # Not converging within the iteration cap only means the soft labels are a little less smooth.
