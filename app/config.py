@@ -47,8 +47,7 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(30.0, gt=0)
     worker_poll_s: float = Field(1.0, gt=0)
     job_max_attempts: int = Field(3, ge=1, le=100)
-    # torch threads of a standalone `lenslab worker` (None: every core); the in-process worker of
-    # `lenslab serve` always uses 1 so that the web stays responsive.
+    # torch threads of a worker, standalone (`lenslab worker`) or inside `lenslab serve` (None: every core).
     worker_threads: int | None = Field(None, ge=1)
     # Set by `lenslab serve` (on SQLite unless --no-worker): run a worker thread inside the web process.
     serve_worker: bool = False

@@ -38,6 +38,7 @@ VAE_KEYS = (
     "heldout_fraction",
     "test_ll_k",
     "test_ll_max_items",
+    "early_stop_gain",
 )
 CLASSIFIER_KEYS = ("hidden_dim", "epochs", "lr", "batch_size", "seed", "attribute")
 # What a project's settings.lens may hold: every LensConfig setting, and warm_epochs (the length of a
@@ -48,6 +49,12 @@ LENS_KEYS = (*LensConfig.names(), "warm_epochs")
 # 27.6 vs 27.7 nats after 3 epochs), and the pretrain must finish in well under a minute on two cores.
 SMALL_IMAGE_PIXELS = 16 * 16
 SMALL_VAE = {"hidden": 256, "channels": (32, 64)}
+# The pretrain stops once an epoch lowers the held-out negative ELBO by less than 1%, after at least
+# EARLY_STOP_MIN_STEPS optimiser steps. Small pools never get there (the 1,797 digits: 390 steps in 30
+# epochs, and z still improving: stopped after 5 epochs, a logistic regression on z falls from 76% to
+# 45%); on 9,000 MNIST images (71 steps an epoch, ~13 s on 2 cores) the rule stops at epoch 15 of 30.
+EARLY_STOP_GAIN = 0.01
+EARLY_STOP_MIN_STEPS = 1000
 MIN_EVAL_LABELS = 10
 
 
@@ -136,6 +143,11 @@ def _fit_vae(
         raise ValueError(f"representation.heldout_fraction must lie in [0, 0.5), got {heldout}")
     k = int(cfg.pop("test_ll_k", 100))
     max_ll_items = int(cfg.pop("test_ll_max_items", 1000))
+    gain = cfg.pop("early_stop_gain", EARLY_STOP_GAIN)
+    if isinstance(gain, bool) or not isinstance(gain, int | float) or not 0.0 <= gain < 1.0:
+        raise ValueError(
+            f"representation.early_stop_gain must be a number in [0, 1) (0: never stop early), got {gain!r}"
+        )
     params: dict[str, Any] = dict(SMALL_VAE) if h * w <= SMALL_IMAGE_PIXELS else {}
     params.update(cfg)
     if "channels" in params:
@@ -146,13 +158,21 @@ def _fit_vae(
     n_test = round(heldout * n) if n >= 20 else 0
     test_idx, train_idx = perm[:n_test], perm[n_test:]
     vae = VAE(image_shape=None, device=device, **params)
-    vae.fit(images[np.sort(train_idx)], progress=sub_progress(progress, 0.0, 0.9), should_stop=should_stop)
+    heldout_images = images[np.sort(test_idx)[:max_ll_items]]
+    vae.fit(
+        images[np.sort(train_idx)],
+        progress=sub_progress(progress, 0.0, 0.9),
+        should_stop=should_stop,
+        validation=heldout_images if n_test else None,
+        min_gain=float(gain),
+        min_steps=EARLY_STOP_MIN_STEPS,
+    )
     check_stop(should_stop)
     Z = vae.encode(images)
     test_ll = None
     if n_test:
         check_stop(should_stop)
-        test_ll = float(vae.test_log_likelihood(images[np.sort(test_idx)[:max_ll_items]], k=k))
+        test_ll = float(vae.test_log_likelihood(heldout_images, k=k))
     if progress is not None:
         progress(1.0, {"loss": vae.loss_history_[-1] if vae.loss_history_ else None})
     cfg_used = {key: (list(v) if isinstance(v, tuple) else v) for key, v in vae.get_params().items()}
@@ -163,6 +183,9 @@ def _fit_vae(
         "n_heldout": int(n_test),
         "test_ll_k": k,
         "loss_history": [float(x) for x in vae.loss_history_],
+        "heldout_history": [float(x) for x in vae.val_history_],
+        "epochs_run": vae.n_epochs_,
+        "early_stop_gain": float(gain),
     }
     return RepresentationResult(vae.to_bytes(), Z.astype(np.float32), test_ll, info)
 

@@ -252,6 +252,17 @@ class ConvVAE(nn.Module):
 # ----------------------------------------------------------------------------- estimator
 
 
+@torch.no_grad()
+def _mean_neg_elbo(model: ConvVAE, X: np.ndarray, device: torch.device, seed: int, batch_size: int = 1024) -> float:
+    """Mean negative ELBO of images X under ``model`` (one seeded z sample per image: repeatable)."""
+    model.eval()
+    g = torch.Generator(device=device).manual_seed(seed)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for i in range(0, len(X), batch_size):
+        total += model.neg_elbo(torch.from_numpy(X[i : i + batch_size]).to(device), g).sum().double()
+    return float(total) / len(X)
+
+
 class VAE(Checkpointed):
     """A fitted conv VAE as a base representation z (scikit-learn style: ``fit``, learnt state ``*_``).
 
@@ -317,8 +328,16 @@ class VAE(Checkpointed):
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
         epochs: int | None = None,
+        *,
+        validation: Any = None,
+        min_gain: float = 0.0,
+        min_steps: int = 0,
     ) -> VAE:
         """Train from scratch (seeded) on images X [N, C, H, W] in [0, 1]; ``epochs`` overrides ``self.epochs``.
+
+        ``validation``: held-out images whose mean negative ELBO is measured after every epoch
+        (``val_history_``). Training stops early, after at least ``min_steps`` optimiser steps, once an
+        epoch lowers it by less than the fraction ``min_gain`` (0: never stop early).
 
         ``progress(fraction, {"epoch", "loss"})`` is called at most every PROGRESS_INTERVAL_S seconds and
         once at the end with fraction 1.0 ("loss" = mean negative ELBO of the epoch so far, nats/image).
@@ -334,6 +353,14 @@ class VAE(Checkpointed):
         if len(X) == 0:
             raise ValueError("X holds no images")
         n_epochs = cfg.epochs if epochs is None else check_positive_int("epochs", epochs, minimum=0)
+        if not (isinstance(min_gain, int | float) and math.isfinite(min_gain) and 0.0 <= min_gain < 1.0):
+            raise ValueError(f"min_gain must be a number in [0, 1), got {min_gain!r}")
+        min_steps = check_positive_int("min_steps", min_steps, minimum=0)
+        val = None
+        if validation is not None:
+            val = check_images(validation, cfg.image_shape)
+            if len(val) == 0:
+                raise ValueError("validation holds no images")
         dev = resolve_device(cfg.device)
 
         # Seed the init without touching the caller's global RNG; noise and shuffles use own generators.
@@ -350,6 +377,7 @@ class VAE(Checkpointed):
         total = max(n_epochs * n_batches, 1)
         throttle = Throttle(progress, PROGRESS_INTERVAL_S)
         history: list[float] = []
+        val_history: list[float] = []
         step = 0
         model.train()
         for epoch in range(n_epochs):
@@ -369,14 +397,22 @@ class VAE(Checkpointed):
                 if throttle.due():  # .item() syncs a GPU: only when a report goes out
                     throttle(step / total, {"epoch": epoch + 1, "loss": loss_sum.item() / seen})
             history.append(loss_sum.item() / seen)
-        throttle(1.0, {"epoch": n_epochs, "loss": history[-1] if history else None}, final=True)
+            if val is not None:
+                val_history.append(_mean_neg_elbo(model, val, dev, cfg.seed))
+                model.train()
+                if min_gain > 0 and len(val_history) >= 2 and step >= min_steps:
+                    prev, cur = val_history[-2], val_history[-1]
+                    if prev - cur < min_gain * abs(prev):
+                        break
+        throttle(1.0, {"epoch": len(history), "loss": history[-1] if history else None}, final=True)
 
         model.eval()
         self.config_ = cfg
         self.device_ = dev
         self.model_ = model
         self.loss_history_ = history
-        self.n_epochs_ = n_epochs
+        self.val_history_ = val_history
+        self.n_epochs_ = len(history)
         self.image_shape_ = cfg.image_shape
         return self
 
@@ -494,7 +530,11 @@ class VAE(Checkpointed):
             "version": 1,
             "config": cfg,
             "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "fitted": {"loss_history": [float(v) for v in self.loss_history_], "n_epochs": self.n_epochs_},
+            "fitted": {
+                "loss_history": [float(v) for v in self.loss_history_],
+                "val_history": [float(v) for v in getattr(self, "val_history_", [])],
+                "n_epochs": self.n_epochs_,
+            },
         }
 
     @classmethod
@@ -514,6 +554,7 @@ class VAE(Checkpointed):
         fitted = ckpt.get("fitted", {})
         self.config_, self.device_, self.model_ = cfg, dev, model
         self.loss_history_ = list(fitted.get("loss_history", []))
+        self.val_history_ = list(fitted.get("val_history", []))
         self.n_epochs_ = int(fitted.get("n_epochs", len(self.loss_history_)))
         self.image_shape_ = cfg.image_shape
         return self

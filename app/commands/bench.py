@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = bsub.add_parser("train", help="wall time of pretrain (digits VAE, CPU) and of a warm-started retrain")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     t.add_argument("--out", default="benchmarks/results/train.json")
+    t.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding mnist/: adds the MNIST pretrain and the lens step and fits (train_lens_<device>.json)",
+    )
+    t.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the MNIST part (default cpu)")
     t.set_defaults(func=_train)
 
     _register_al(bsub)
@@ -177,5 +183,14 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         _positive("threads", args.threads)
-    run_train_bench(out=Path(args.out), threads=args.threads)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if data_dir is not None and not (data_dir / "mnist").is_dir():
+        raise SystemExit(f"--data-dir: {args.data_dir!r} holds no mnist/ folder")
+    from ml.device import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"--device: {exc}") from None
+    run_train_bench(out=Path(args.out), threads=args.threads, data_dir=data_dir, device=args.device)
     return 0

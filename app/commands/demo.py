@@ -102,6 +102,9 @@ def setup(admin_name: str) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.worker.runner import prefer_passive_omp
+
+    prefer_passive_omp()  # before torch loads: the demo's worker shares the cores with the web
     info = setup(args.admin)
     created: list[str] = info["created"]  # type: ignore[assignment]
     if "admin" in created:

@@ -62,6 +62,9 @@ def serve(host: str, port: int, *, workers: int = 1, log_level: str = "info", wo
 def run(args: argparse.Namespace) -> int:
     from app.cli import CommandError
     from app.config import get_settings
+    from app.worker.runner import prefer_passive_omp
+
+    prefer_passive_omp()  # the in-process worker's torch threads share the cores with the web
 
     if args.workers > 1 and get_settings().is_sqlite:
         raise CommandError("--workers > 1 needs PostgreSQL (LENSLAB_DATABASE_URL); SQLite allows one writer")

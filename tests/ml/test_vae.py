@@ -349,3 +349,37 @@ def test_resolve_device(monkeypatch) -> None:
     for bad in ("tpu", "", "cuda:x"):
         with pytest.raises(ValueError, match="device"):
             resolve_device(bad)
+
+
+# ----------------------------------------------------------------------------- early stopping
+
+
+def test_training_stops_once_an_epoch_gains_too_little_on_the_held_out_images(digits: np.ndarray) -> None:
+    train, held = digits[:1500], digits[1500:]
+    full = VAE(image_shape=(1, 8, 8), epochs=12, seed=SEED, **SMALL).fit(train, validation=held)
+    assert full.n_epochs_ == 12 and len(full.val_history_) == 12  # min_gain 0: every epoch, each measured
+    assert full.val_history_[-1] < full.val_history_[0]
+    # A gain threshold no epoch after the first few can meet stops the fit early, and the measured
+    # curve says where: the last epoch gained less than the threshold, every one before more.
+    early = VAE(image_shape=(1, 8, 8), epochs=12, seed=SEED, **SMALL).fit(train, validation=held, min_gain=0.05)
+    h = early.val_history_
+    assert 2 <= early.n_epochs_ < 12 and len(h) == early.n_epochs_ == len(early.loss_history_)
+    assert h[-2] - h[-1] < 0.05 * h[-2]
+    assert all(a - b >= 0.05 * a for a, b in itertools.pairwise(h[:-1]))
+    # ... unless fewer optimiser steps than min_steps were taken (12 batches an epoch here).
+    held_on = VAE(image_shape=(1, 8, 8), epochs=12, seed=SEED, **SMALL).fit(
+        train, validation=held, min_gain=0.05, min_steps=12 * 12
+    )
+    assert held_on.n_epochs_ == 12
+
+
+def test_early_stopping_settings_are_checked(digits: np.ndarray) -> None:
+    vae = VAE(image_shape=(1, 8, 8), epochs=1, **SMALL)
+    with pytest.raises(ValueError, match="min_gain"):
+        vae.fit(digits[:64], validation=digits[64:96], min_gain=1.5)
+    with pytest.raises(ValueError, match="validation"):
+        vae.fit(digits[:64], validation=digits[:0])
+    from ml.steps import fit_representation
+
+    with pytest.raises(ValueError, match=r"representation.early_stop_gain .* got -0.1"):
+        fit_representation("vae", digits[:64], {"early_stop_gain": -0.1, "epochs": 1}, device="cpu")
