@@ -233,7 +233,9 @@ class JLVM(Checkpointed):
         mod.train()
         for epoch in range(cfg.epochs):
             perm = rng.permutation(n)
-            running = 0.0
+            # The loss adds up on the device and is read at progress ticks: a float() per step would
+            # make the host wait for a GPU every step.
+            running = torch.zeros((), device=dev)
             for b in range(n_batches):
                 check_stop(should_stop)
                 xb = data[perm[b * bs : (b + 1) * bs]].to(dev)  # (B, C, H, W)
@@ -250,11 +252,11 @@ class JLVM(Checkpointed):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                running += float(loss.detach())
+                running += loss.detach()
                 step += 1
                 if throttle.due():
-                    throttle(step / total, {"epoch": epoch + 1, "loss": running / (b + 1)})
-            history.append(running / n_batches)
+                    throttle(step / total, {"epoch": epoch + 1, "loss": float(running) / (b + 1)})
+            history.append(float(running) / n_batches)
         throttle(1.0, {"epoch": cfg.epochs, "loss": history[-1] if history else None}, final=True)
         mod.eval()
         self._set_fitted(cfg, dev, mod, history, float(lam), int(lab_idx.size))
