@@ -6,10 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ml.strategies import STRATEGIES
+from ml.strategies import QUEUE_STRATEGIES
 
 # The queue strategies of ml.strategies (Literal of a tuple: the same values, listed once).
-Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
+Strategy = Literal[QUEUE_STRATEGIES]  # type: ignore[valid-type]
 
 
 class Strict(BaseModel):
@@ -105,7 +105,7 @@ class ProjectIn(Strict):
     dataset: DatasetSpec | None = None
     attributes: list[AttributeIn] = Field(min_length=1, max_length=100)
     representation: RepresentationIn = Field(default_factory=RepresentationIn)
-    strategy: Strategy = "bald"
+    strategy: Strategy = "auto"
     settings: ProjectSettingsIn = Field(default_factory=ProjectSettingsIn)
 
 

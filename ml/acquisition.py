@@ -580,3 +580,50 @@ def cold_start_order(Z: np.ndarray, k: int, *, seed: int = 0, max_items: int = C
     rows = np.arange(len(Z)) if len(Z) <= max_items else np.sort(rng.choice(len(Z), max_items, replace=False))
     picked = select_batch(np.ones(len(rows)), min(int(k), len(rows)), "cover", features=Z[rows], seed=rng)
     return rows[picked].astype(np.int64)
+
+
+def queue_batch(
+    rule: str,
+    scores: np.ndarray,
+    Z: np.ndarray,
+    k: int,
+    *,
+    covered: np.ndarray | None = None,
+    seed: int = 0,
+    max_items: int = COLD_START_MAX_ITEMS,
+) -> np.ndarray:
+    """The next labelling round of a queue that follows a batch rule: ``k`` row indices, best first.
+
+    ``rule`` is one of ``ml.strategies.QUEUE_BATCH_RULES``: ``cover``, ``power`` and ``diverse`` are
+    ``select_batch``'s rules on the per-item ``scores`` (BALD) with z as the features; ``typiclust`` is
+    ``cover`` with equal scores (typical items of uncovered regions of z, informativeness ignored).
+    ``covered`` [N] marks items already labelled or handed out: never picked, and for ``cover`` and
+    ``typiclust`` they count as covering their region. Pools larger than ``max_items`` are ranked within
+    every covered item plus a seeded random sample of the others (k-means costs O(N · regions)).
+    """
+    from ml.strategies import QUEUE_BATCH_RULES
+
+    if rule not in QUEUE_BATCH_RULES:
+        raise ValueError(f"rule must be one of {QUEUE_BATCH_RULES}, got {rule!r}")
+    scores = _as_scores(scores)
+    Z = np.asarray(Z, dtype=np.float64)
+    if Z.ndim != 2 or Z.shape[0] != scores.shape[0] or not np.isfinite(Z).all():
+        raise ValueError(f"Z must be a finite [{scores.shape[0]}, d] array, got shape {Z.shape}")
+    cov = np.zeros(len(Z), bool) if covered is None else np.asarray(covered, bool)
+    if cov.shape != (len(Z),):
+        raise ValueError(f"covered must be a boolean mask of {len(Z)} items, got shape {cov.shape}")
+    rng = np.random.default_rng(seed)
+    free = np.flatnonzero(~cov)
+    if len(Z) > max_items and len(free) > max_items // 2:
+        keep_cov = np.flatnonzero(cov)
+        if len(keep_cov) > max_items // 2:
+            keep_cov = rng.choice(keep_cov, max_items // 2, replace=False)
+        rows = np.sort(np.concatenate([keep_cov, rng.choice(free, max_items - len(keep_cov), replace=False)]))
+    else:
+        rows = np.arange(len(Z))
+    method = "cover" if rule == "typiclust" else rule
+    s = np.ones(len(rows)) if rule == "typiclust" else scores[rows]
+    picked = select_batch(
+        s, min(int(k), int((~cov[rows]).sum())), method, features=Z[rows], exclude=cov[rows], seed=rng
+    )
+    return rows[picked].astype(np.int64)

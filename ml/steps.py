@@ -320,6 +320,7 @@ def fit_lens(
     The statistics include ``flow`` (the family fitted), ``dims_per_attribute`` and, when the lens
     chose flow, alpha or epochs by k-fold model selection, ``selection`` (the lens's account of it).
     """
+    from ml.device import device_name, resolve_device, sizes_for
     from ml.lens import InterpretableLens
 
     attrs = coerce_attributes(attributes)
@@ -343,7 +344,10 @@ def fit_lens(
             # Every training setting asked for now applies ("auto" was settled by the cold fit's model
             # selection: a warm start keeps its choice); the length is a warm start's own.
             training = {k: p[k] for k in LensConfig.names(TRAINING) if k in p and p[k] != "auto" and k != "epochs"}
-            batch = int(training.get("batch_size", lens.batch_size))
+            # Batch size and step not asked for are this device's, not those of the device it was trained on.
+            training.setdefault("batch_size", None)
+            training.setdefault("lr", None)
+            batch = training["batch_size"] or sizes_for(resolve_device(device), len(Z)).lens_batch_size
             lens.set_params(**training, epochs=warm_epochs(len(Z), batch, warm_req))
     warm = lens is not None
     if lens is None:
@@ -363,6 +367,9 @@ def fit_lens(
         "attribute_dims": lens.attribute_dims_,
         "seconds": round(time.perf_counter() - t0, 3),
         "device": str(lens.device_),
+        "device_name": device_name(lens.device_),
+        "batch_size": getattr(config, "batch_size", None),
+        "lr": getattr(config, "lr", None),
         "flow": getattr(config, "flow", "planar"),
         "dims_per_attribute": int(getattr(config, "dims_per_attribute", 1)),
     }
@@ -420,7 +427,7 @@ def score_pool(
     strategy: str = "bald",
     n_samples: int = 32,
     *,
-    chunk: int = 8192,
+    chunk: int | None = None,
     seed: int = 0,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
@@ -429,11 +436,14 @@ def score_pool(
     """Acquisition score (section 3; ``bald`` is eq. 10) of every row of Z, float64 [N], in chunks.
 
     ``lens``: a fitted ``InterpretableLens`` or its checkpoint bytes. Each chunk is seeded from
-    ``seed`` and its position, so a pool scores the same however it is cut.
+    ``seed`` and its position. ``chunk``: items per chunk (None: the device's, ``ml.device.sizes_for``).
     """
     from ml.acquisition import lens_scores
+    from ml.device import resolve_device, sizes_for
 
     model = _lens(lens, device)
+    if chunk is None:
+        chunk = sizes_for(resolve_device(device)).score_chunk
     Z = np.asarray(Z, dtype=np.float32)
     out = np.empty(len(Z), dtype=np.float64)
     for i in range(0, len(Z), chunk):
@@ -447,6 +457,15 @@ def score_pool(
 
 
 # --------------------------------------------------------------------------- evaluation
+
+
+def queue_batch(
+    rule: str, scores: np.ndarray, Z: np.ndarray, k: int, *, covered: np.ndarray | None = None, seed: int = 0
+) -> np.ndarray:
+    """Row indices of the next labelling round under a queue batch rule (``ml.acquisition.queue_batch``)."""
+    from ml.acquisition import queue_batch as batch
+
+    return batch(rule, scores, Z, k, covered=covered, seed=seed)
 
 
 def cold_start_order(Z: np.ndarray, k: int, seed: int = 0) -> np.ndarray:

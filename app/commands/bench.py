@@ -84,7 +84,7 @@ def _al(args: argparse.Namespace) -> int:
     import json
 
     from app.bench.al import run_al_bench
-    from ml.strategies import STRATEGIES
+    from ml.strategies import QUEUE_STRATEGIES as STRATEGIES
 
     for name in ("seeds", "pool", "eval", "labels", "retrain_every", "experts", "base_epochs"):
         _positive(name.replace("_", "-"), getattr(args, name))

@@ -74,7 +74,7 @@ def setup(admin_name: str) -> dict[str, object]:
                     name=DEMO_PROJECT,
                     attributes=DEMO_ATTRIBUTES,
                     representation={"source": "vae", "latent_dim": 10},
-                    strategy="bald",
+                    strategy="auto",
                     settings={},
                     loaded=loaded,
                     created_by_id=admin.id,

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
 
 from app.db.base import Base, utcnow
-from ml.strategies import STRATEGIES  # the CHECK constraint's values (migration 5dfb178d06d5)
+from ml.strategies import QUEUE_STRATEGIES as STRATEGIES  # the CHECK constraint's values (migration f4a2c8e1d093)
 
 ROLES = ("viewer", "expert", "admin")
 SPLITS = ("pool", "eval")
@@ -88,7 +88,7 @@ class Project(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(100), unique=True)
     representation: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
-    strategy: Mapped[str] = mapped_column(sa.String(16), default="bald")
+    strategy: Mapped[str] = mapped_column(sa.String(16), default="auto")
     settings: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -36,6 +36,7 @@ from app.web.auth import (
     safe_next,
 )
 from app.web.templating import STATIC_DIR, is_htmx, render
+from ml.strategies import AUTO_STRATEGY
 
 router = APIRouter(include_in_schema=False)
 api_router = APIRouter(prefix="/api/v1", tags=["insights"])
@@ -323,7 +324,7 @@ def _new_project_defaults() -> dict[str, Any]:
         "source": "digits",
         "representation": "vae",
         "latent_dim": "10",
-        "strategy": "bald",
+        "strategy": "auto",
         "retrain_every": "",
         "lease_seconds": "",
         "eval_fraction": "",
@@ -339,6 +340,7 @@ def _admin_form_context(values: dict[str, Any], errors: dict[str, str] | None = 
         "values": values,
         "errors": errors or {},
         "strategies": STRATEGIES,
+        "auto_strategy": AUTO_STRATEGY,
         "representations": REPRESENTATION_SOURCES,
         "sources": forms.DATASET_SOURCES,
     }
@@ -401,6 +403,7 @@ def _project_admin_context(
         "created": created,
         "import_errors": import_errors or {},
         "sources": forms.DATASET_SOURCES,
+        "auto_strategy": AUTO_STRATEGY,
         "skipped": queue.skipped_by_all(session=session, project=project),
         "values": {"source": "", "source_split": "train", "source_mode": "L"},
     }

@@ -21,6 +21,7 @@ from app.services import imports, jobs, labels, projects
 from app.services.errors import Invalid
 from app.services.imports import Loaded
 from app.services.jobs import job_out
+from ml.strategies import strategy_in_effect
 
 router = APIRouter(prefix="/api/v1", tags=["projects"])
 
@@ -31,6 +32,8 @@ def project_out(project: Project, extra: dict[str, Any] | None = None) -> dict[s
         "id": project.id,
         "name": project.name,
         "strategy": project.strategy,
+        # What the queue follows: "auto" resolved to the rule that measured best.
+        "strategy_in_effect": strategy_in_effect(project.strategy),
         "representation": project.representation,
         "settings": project.settings,
         "attributes": [

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Item, MetricPoint, ModelVersion, Project, Representation, Score
 from app.services.errors import Conflict, Invalid, NotFound
-from ml.strategies import scored_strategy
+from ml.strategies import batch_rule, scored_strategy
 
 
 class _LRU:
@@ -94,16 +94,25 @@ def scoring_strategy(project: Project) -> str:
 
 
 def ensure_scores(*, session: Session, project: Project, model: ModelVersion, reason: str) -> bool:
-    """Queue a ``score`` job (uncommitted) when ``model`` has no scores for the project's strategy.
+    """Queue a ``score`` job (uncommitted) when ``model`` has no scores for the project's strategy, or
+    no batch for the batch rule it follows (``ml.strategies.batch_rule``): the job ranks one.
 
-    Until it finishes the queue hands out in random order; returns whether a job was queued.
+    Until it finishes the queue hands out in the order it has (random without scores); returns whether
+    a job was queued.
     """
-    has_scores = session.scalar(
-        sa.select(Score.item_id)
-        .where(Score.model_version_id == model.id, Score.strategy == scoring_strategy(project))
-        .limit(1)
-    )
-    if has_scores is not None:
+    needed = [scoring_strategy(project)]
+    rule = batch_rule(project.strategy)
+    if rule is not None:
+        needed.append(rule)
+    missing = [
+        name
+        for name in needed
+        if session.scalar(
+            sa.select(Score.item_id).where(Score.model_version_id == model.id, Score.strategy == name).limit(1)
+        )
+        is None
+    ]
+    if not missing:
         return False
     from app.services import jobs
 
@@ -216,7 +225,8 @@ def scores(
 ) -> dict[str, Any]:
     """The active model's acquisition score per item, sorted."""
     mv = active_or_raise(session=session, project_id=project.id)
-    strategy = strategy or scoring_strategy(project)
+    # A batch rule's name (or "auto") reads the current batch; another strategy its per-item scores.
+    strategy = scoring_strategy(project) if strategy is None else batch_rule(strategy) or scored_strategy(strategy)
     col = Score.score.desc() if order == "desc" else Score.score.asc()
     q = (
         sa.select(Score.item_id, Score.score)

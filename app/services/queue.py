@@ -22,9 +22,12 @@ from app.services import models
 from app.services.errors import Conflict, Forbidden, NotFound
 from app.services.projects import effective_settings
 from app.services.users import has_role
+from ml.strategies import batch_rule, scored_strategy
 
 MAX_BATCH = 100
-# Candidates fetched beyond the number needed, in case concurrent callers win some of them first.
+# Candidates fetched beyond the number needed, in case concurrent callers win some of them first
+# (SQLite). PostgreSQL locks the candidates it reads (FOR UPDATE SKIP LOCKED), so every one it sees is
+# its own to claim, and extra ones would only hide items from concurrent callers: there, no slack.
 SLACK = 8
 
 
@@ -97,7 +100,16 @@ def _order(project: Project, model: Any, has_cold: bool) -> dict[str, str]:
     if project.strategy == "random":
         return {"order": "random", "order_reason": "the project's strategy is random"}
     if model is not None:
-        return {"order": "scores", "order_reason": f"{project.strategy} scores of model version {model.version}"}
+        scores = scored_strategy(project.strategy)
+        rule = batch_rule(project.strategy)
+        if rule is not None:
+            auto = " (auto)" if project.strategy == "auto" else ""
+            return {
+                "order": "batch",
+                "order_reason": f"the {rule}{auto} batch of model version {model.version} for this round, "
+                f"then {scores} scores",
+            }
+        return {"order": "scores", "order_reason": f"{scores} scores of model version {model.version}"}
     if has_cold:
         return {
             "order": "cold_start",
@@ -182,6 +194,7 @@ def next_batch(
         session.commit()
         return out, order
     n_eval = sum(rng.random() < eval_fraction for _ in range(need))
+    slack = 0 if session.get_bind().dialect.name == "postgresql" else SLACK
     new_leases: list[Lease] = []
 
     def take(candidates: list[tuple[int, float | None]], k: int, to_eval: bool) -> int:
@@ -212,10 +225,10 @@ def next_batch(
     got_eval = 0
     if n_eval:
         # Unfinished eval items (released, expired or retracted) first, so the held-out set fills up.
-        got_eval = take(_random_candidates(session, sa.and_(free, Item.split == "eval"), n_eval + SLACK), n_eval, True)
+        got_eval = take(_random_candidates(session, sa.and_(free, Item.split == "eval"), n_eval + slack), n_eval, True)
         if got_eval < n_eval:
             got_eval += take(
-                _random_candidates(session, sa.and_(free, Item.split == "pool"), n_eval - got_eval + SLACK),
+                _random_candidates(session, sa.and_(free, Item.split == "pool"), n_eval - got_eval + slack),
                 n_eval - got_eval,
                 True,
             )
@@ -224,13 +237,19 @@ def next_batch(
         pool = sa.and_(free, Item.split == "pool")
         won = 0
         if model is not None:
-            won = take(_scored_candidates(session, pool, model.id, project.strategy, k + SLACK), k, False)
+            rule = batch_rule(project.strategy)
+            if rule is not None:
+                # The round's batch first: every expert draws from the one diverse batch the worker ranked.
+                won = take(_scored_candidates(session, pool, model.id, rule, k + slack), k, False)
+            if won < k:
+                scores = scored_strategy(project.strategy)
+                won += take(_scored_candidates(session, pool, model.id, scores, k - won + slack), k - won, False)
         elif has_cold:
             # Cold start: before the first lens, the diversity order the pretrain stored (cold_rank).
-            won = take(_cold_candidates(session, pool, k + SLACK), k, False)
+            won = take(_cold_candidates(session, pool, k + slack), k, False)
         if won < k:
             # Items without a score (imported after the model) or no model yet: random order.
-            take(_random_candidates(session, pool, k - won + SLACK), k - won, False)
+            take(_random_candidates(session, pool, k - won + slack), k - won, False)
     if new_leases:
         session.add_all(new_leases)
         # Leases that lapsed on the items just claimed are closed as expired, for an honest history.

@@ -30,11 +30,10 @@ from app.worker.progress import JobContext
 from ml import steps
 from ml.attributes import MISSING_LEVEL, Attribute
 from ml.control import Stopped
-from ml.strategies import scored_strategy
+from ml.strategies import QUEUE_BATCH_RULES, batch_rule, scored_strategy
 
 log = logging.getLogger("lenslab.worker")
 
-SCORE_CHUNK = 8192
 SCORE_INSERT_CHUNK = 5000
 N_SAMPLES = 32
 
@@ -142,6 +141,45 @@ def _rows_of(table_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.
 
 def _scoring_strategy(project: Project, params: dict[str, Any]) -> str:
     return scored_strategy(params.get("strategy") or project.strategy)
+
+
+def _batch_plan(project: Project, params: dict[str, Any], settings: Settings) -> tuple[str, int] | None:
+    """(batch rule, batch size) when the queue follows a batch rule: one labelling round, the labels
+    expected before the next retrain (``retrain_every``); None for a per-item order."""
+    rule = batch_rule(params.get("strategy") or project.strategy)
+    if rule is None:
+        return None
+    return rule, int(effective_settings(project, settings)["retrain_every"])
+
+
+def _queue_batch(
+    ctx: JobContext, plan: tuple[str, int] | None, pool_ids: np.ndarray, Z_pool: np.ndarray, scores: np.ndarray
+) -> tuple[str, np.ndarray] | None:
+    """The pool rows of the next round's batch under ``plan`` (``ml.acquisition.queue_batch``): items
+    labelled or leased right now are covered, never picked."""
+    if plan is None:
+        return None
+    rule, k = plan
+    now = utcnow()
+    with ctx.db.session(write=False) as s:
+        taken = s.scalars(
+            sa.select(Item.id).where(
+                Item.project_id == ctx.project_id,
+                sa.or_(Item.labelled.is_(True), sa.and_(Item.lease_id.is_not(None), Item.lease_expires_at > now)),
+            )
+        ).all()
+    covered = np.isin(pool_ids, np.asarray(taken, np.int64))
+    return rule, steps.queue_batch(rule, scores, Z_pool, k, covered=covered, seed=ctx.job_id)
+
+
+def _insert_batch(
+    s: Session, mv_id: int, batch: tuple[str, np.ndarray] | None, pool_ids: np.ndarray, scores: np.ndarray
+) -> None:
+    """The batch's items as score rows under the rule's name (the queue hands them out first, by score)."""
+    s.execute(sa.delete(Score).where(Score.model_version_id == mv_id, Score.strategy.in_(QUEUE_BATCH_RULES)))
+    if batch is not None:
+        rule, rows = batch
+        _insert_scores(s, mv_id, rule, pool_ids[rows], scores[rows])
 
 
 # --------------------------------------------------------------------------- writing
@@ -503,6 +541,7 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
         # Per-job overrides (params.lens) on top of the project's settings.lens.
         lens_cfg = {**dict((project.settings or {}).get("lens") or {}), **dict(ctx.params.get("lens") or {})}
         strategy = _scoring_strategy(project, ctx.params)
+        plan = _batch_plan(project, ctx.params, settings)
         margin = float(effective_settings(project, settings)["activation_margin"])
         rep = _active_rep(s, project.id)
         rep_id = rep.id if rep is not None else None
@@ -564,11 +603,11 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
         Z_pool,
         strategy,
         N_SAMPLES,
-        chunk=SCORE_CHUNK,
         progress=ctx.progress,
         should_stop=ctx.should_stop,
         device=ctx.device,
     )
+    batch = _queue_batch(ctx, plan, pool_ids, Z_pool, scores)
     ctx.stage("evaluate", 0.9, 0.97)
     metrics = steps.evaluate(lens, Z_eval, S_eval, attrs, should_stop=ctx.should_stop, device=ctx.device)
     metrics["test_ll"] = test_ll
@@ -597,6 +636,7 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
         "representation_id": rep_id,
         "warm_start_from": latest_id,
         "device": stats.get("device"),
+        "device_name": stats.get("device_name"),
     }
     digest = steps.content_hash(blob)
     for _ in range(3):
@@ -622,6 +662,7 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
                 s.rollback()  # a concurrent retrain took this version number: take the next one
                 continue
             _insert_scores(s, mv.id, strategy, pool_ids, scores)
+            _insert_batch(s, mv.id, batch, pool_ids, scores)
             s.add(_served_point(ctx.project_id, n_lab, mv.id, prev_id, metrics, active_metrics, held_back))
             if held_back is None:
                 model_service.switch_active(session=s, model=mv, with_representation=False)
@@ -639,6 +680,9 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
                 "flow": stats.get("flow"),
                 "warm_start": stats["warm_start"],
                 "fit_seconds": stats["seconds"],
+                "device": stats.get("device_name"),
+                "batch_size": stats.get("batch_size"),
+                "lr": stats.get("lr"),
                 "n_scored": len(pool_ids),
             }
             params = {**ctx.params, "since_label_id": max(int(ctx.params.get("since_label_id", 0)), top)}
@@ -649,6 +693,8 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
                 measured = f"no metric yet ({why or 'not computed'})"
             if held_back is None:
                 message = f"version {version} active: {n_lab} labelled items, {measured}"
+                if stats.get("device_name"):
+                    message += f"; fitted in {stats['seconds']:.0f} s on {stats['device_name']}"
             else:
                 staying = f"version {prev_version} stays active" if prev_id is not None else "raw z is served"
                 message = f"version {version} kept but not activated: {held_back}; {staying}"
@@ -680,6 +726,7 @@ def run_score(ctx: JobContext, settings: Settings) -> None:
     with ctx.db.session(write=False) as s:
         project = _project(s, ctx.project_id)
         strategy = _scoring_strategy(project, ctx.params)
+        plan = _batch_plan(project, ctx.params, settings)
         mv = _model_for(s, ctx)
         mv_id, rep_id = mv.id, mv.representation_id
         blob = s.scalar(sa.select(ModelVersion.checkpoint).where(ModelVersion.id == mv.id))
@@ -695,22 +742,31 @@ def run_score(ctx: JobContext, settings: Settings) -> None:
         Z_all[rows],
         strategy,
         N_SAMPLES,
-        chunk=SCORE_CHUNK,
         progress=ctx.progress,
         should_stop=ctx.should_stop,
         device=ctx.device,
     )
+    _check(ctx)
+    batch = _queue_batch(ctx, plan, pool_ids, Z_all[rows], scores)
     _check(ctx)
     ctx.stage("store", 0.95, 1.0)
     with ctx.db.session() as s:
         # Replaced in one transaction: the queue sees the old scores or the new ones, never a mix.
         s.execute(sa.delete(Score).where(Score.model_version_id == mv_id, Score.strategy == strategy))
         _insert_scores(s, mv_id, strategy, pool_ids, scores)
+        _insert_batch(s, mv_id, batch, pool_ids, scores)
+        ranked = f"; a {batch[0]} batch of {len(batch[1])} for the next round" if batch else ""
         _succeed(
             s,
             ctx,
-            {"model_id": mv_id, "strategy": strategy, "n_scored": len(pool_ids)},
-            f"{len(pool_ids)} pool items scored ({strategy}) under model {mv_id}",
+            {
+                "model_id": mv_id,
+                "strategy": strategy,
+                "n_scored": len(pool_ids),
+                "batch_rule": batch[0] if batch else None,
+                "batch_size": len(batch[1]) if batch else 0,
+            },
+            f"{len(pool_ids)} pool items scored ({strategy}) under model {mv_id}{ranked}",
         )
         s.commit()
 

@@ -68,14 +68,24 @@ class LensConfig:
         (lambda v: v is None or v == AUTO or (_is_number(v) and v >= 0), 'a finite number ≥ 0, "auto" or null'),
         "supervision weight α (None: ml.heads.default_alpha)",
     )
-    lr: float = _setting(5e-3, TRAINING, (lambda v: _is_number(v) and v > 0, "a finite number > 0"), "Adam step")
+    lr: float | None = _setting(
+        None,
+        TRAINING,
+        (lambda v: v is None or (_is_number(v) and v > 0), "a finite number > 0 or null"),
+        "Adam step (None: the device's, ml.device.sizes_for)",
+    )
     weight_decay: float | str = _setting(
         0.0,
         TRAINING,
         (lambda v: v == AUTO or (_is_number(v) and v >= 0), 'a finite number ≥ 0 or "auto"'),
         "Adam weight decay",
     )
-    batch_size: int = _setting(256, TRAINING, _INT_GE1, "items per ELBO minibatch")
+    batch_size: int | None = _setting(
+        None,
+        TRAINING,
+        (lambda v: v is None or (_is_int(v) and v >= 1), "an integer ≥ 1 or null"),
+        "items per ELBO minibatch (None: the device's, ml.device.sizes_for)",
+    )
     labelled_batch_size: int = _setting(128, TRAINING, _INT_GE1, "labelled items per α-term minibatch")
     seed: int = _setting(0, TRAINING, _INT_GE0, "seed of the initialisation and the minibatch order")
     pseudo_label_threshold: float | None = _setting(
@@ -144,6 +154,22 @@ class LensConfig:
     def with_changes(self, **changes: Any) -> LensConfig:
         """A copy with ``changes`` applied and checked."""
         return replace(self, **changes).check()
+
+    def for_device(self, device: Any, n_items: int | None = None) -> LensConfig:
+        """A copy whose unset ``batch_size`` and ``lr`` take ``device``'s sizes (``ml.device.sizes_for``).
+
+        The concrete values are what a fit stores in its config, so a checkpoint says what it was trained with.
+        """
+        if self.batch_size is not None and self.lr is not None:
+            return self
+        from ml.device import sizes_for
+
+        sizes = sizes_for(device, n_items)
+        return replace(
+            self,
+            batch_size=self.batch_size if self.batch_size is not None else sizes.lens_batch_size,
+            lr=self.lr if self.lr is not None else sizes.lens_lr,
+        )
 
     @property
     def needs_selection(self) -> bool:

@@ -121,16 +121,17 @@ class InterpretableLens(Checkpointed):
         hidden, dims_per_attribute), which needs a cold fit. Settings left "auto" keep the value
         the last selection chose.
         """
-        requested = self.settings()
         attrs = coerce_attributes(self.attributes)
         Z = self._check_Z(Z, fitted=False)
         n, d = Z.shape
         if n < 2:
             raise ValueError(f"need at least 2 items to fit, got {n}")
+        device = resolve_device(self.device)
+        # Unset batch size and step are the device's (ml.device.sizes_for), stored concrete in config_.
+        requested = self.settings().for_device(device, n)
         labels = validate_labels(S, attrs, n)
         check_label_support(attrs, labels)
         assign_dims(attrs, requested.dims_per_attribute, d)
-        device = resolve_device(self.device)
         if warm_start and hasattr(self, "module_") and self.dim_ == d:
             if [a.to_dict() for a in attrs] != [a.to_dict() for a in self.attributes_]:
                 raise ValueError("warm_start: the attributes changed since the last fit; fit without warm_start")

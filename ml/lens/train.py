@@ -165,6 +165,7 @@ def train(
     if cfg.needs_selection:
         raise ValueError(f"train needs concrete settings; {AUTO!r} is left in {cfg.to_dict()}")
     n, d = Z.shape
+    cfg = cfg.for_device(device, n)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if start is None:
@@ -210,6 +211,7 @@ def train(
     epochs = cfg.epochs if cfg.epochs is not None else auto_epochs(steps_per_epoch)
     total = epochs * steps_per_epoch
     opt = make_adam(mod, cfg.lr, float(cfg.weight_decay), device)
+    params = [p for p in mod.parameters() if p.requires_grad]
     throttle = Throttle(progress)
     mod.train()
     step = 0
@@ -244,7 +246,7 @@ def train(
             loss = loss - regularisers(mod, cfg, zb, zs_b, idx, soft)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(mod.parameters(), 100.0)
+            nn.utils.clip_grad_norm_(params, 100.0, foreach=True)  # one norm kernel for all parameters
             opt.step()
             running += loss.detach()
             step += 1

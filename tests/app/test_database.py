@@ -81,3 +81,39 @@ def test_openapi_documents_the_api(client):
     spec = client.get("/openapi.json").json()
     assert "/api/v1/projects/{pid}/queue/next" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_the_queue_strategy_migration_keeps_every_row_and_the_check(tmp_path):
+    # SQLite rebuilds the projects table to change its CHECK; with foreign keys on, dropping the old
+    # table would cascade-delete the project's items. The migration must keep them, and the new CHECK.
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "e3b8d51a6c27")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO projects (id, name, representation, strategy, settings, created_at) "
+            "VALUES (1, 'p', '{}', 'max_entropy', '{}', '2026-12-05 00:00:00')"
+        )
+        for i in range(3):
+            conn.exec_driver_sql(
+                "INSERT INTO items (project_id, source_index, split, random_key, label_count, labelled, skip_count, "
+                f"created_at) VALUES (1, {i}, 'pool', 0.5, 0, 0, 0, '2026-12-05 00:00:00')"
+            )
+    command.upgrade(cfg, "head")
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM items").scalar() == 3
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+        assert conn.exec_driver_sql("SELECT strategy FROM projects").scalar() == "max_entropy"
+        conn.exec_driver_sql("UPDATE projects SET strategy = 'cover'")
+    with engine.connect() as conn:
+        try:
+            conn.exec_driver_sql("UPDATE projects SET strategy = 'nonsense'")
+            raise AssertionError("the CHECK let an unknown strategy through")
+        except sa.exc.IntegrityError:
+            pass
+    command.downgrade(cfg, "e3b8d51a6c27")  # a strategy the old vocabulary lacks goes back to BALD
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT strategy FROM projects").scalar() == "bald"
+        assert conn.exec_driver_sql("SELECT count(*) FROM items").scalar() == 3
+    engine.dispose()

@@ -31,7 +31,8 @@ def test_posting_a_job_returns_the_already_queued_one_of_that_kind(client, admin
         (
             "retrain",
             {"strategy": "magic"},
-            "params.strategy: must be one of ['bald', 'max_entropy', 'random'], got 'magic'",
+            "params.strategy: must be one of ['auto', 'bald', 'max_entropy', 'random', 'cover', 'typiclust', "
+            "'power', 'diverse'], got 'magic'",
         ),
         (
             "score",

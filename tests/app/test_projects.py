@@ -234,3 +234,19 @@ def test_second_project_is_listed_with_counts(client, admin, viewer, project):
     create_project(client, admin, name="digits-2")
     listed = client.get("/api/v1/projects", headers=viewer).json()["projects"]
     assert [p["name"] for p in listed] == ["digits", "digits-2"] and all(p["n_items"] == 1797 for p in listed)
+
+
+def test_strategy_defaults_to_auto_says_what_it_follows_and_refuses_unknown_names(client, admin):
+    p = _empty_project(client, admin, name="strategies")
+    assert p["strategy"] == "auto" and p["strategy_in_effect"] == "cover"
+    for name in ("cover", "typiclust", "power", "diverse", "bald", "max_entropy", "random"):
+        r = client.patch(f"/api/v1/projects/{p['id']}", json={"strategy": name}, headers=admin)
+        assert r.status_code == 200 and r.json()["strategy_in_effect"] == name, r.text
+    r = client.patch(f"/api/v1/projects/{p['id']}", json={"strategy": "smart"}, headers=admin)
+    assert r.status_code == 422
+    detail = str(r.json()["detail"])
+    assert "strategy" in detail and "typiclust" in detail and "auto" in detail  # the field, the allowed values
+    r = client.post(
+        "/api/v1/projects", json={"name": "x", "attributes": DIGITS_ATTRIBUTES, "strategy": "topk"}, headers=admin
+    )
+    assert r.status_code == 422 and "strategy" in str(r.json()["detail"])

@@ -318,3 +318,100 @@ def test_before_the_first_lens_the_queue_covers_z_better_than_random(client, adm
     cold_cover = len(set(region[picked]))
     # Measured: the cold start covers 43 of the 50 regions; 50 random items 31.3 on average (38 at most in 200 draws).
     assert cold_cover >= np.mean(random_cover) + 5, (cold_cover, np.mean(random_cover))
+
+
+def test_a_batch_strategy_ranks_one_round_that_concurrent_experts_share(client, admin, accounts, app, tmp_path):
+    """strategy "cover": the retrain ranks one batch of retrain_every items (none labelled), four experts
+    pulling at once get distinct items of exactly that batch, and it covers z more widely than BALD's top
+    items; switching to "typiclust" re-ranks without a retrain and keeps every lease and label."""
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    from app.db.models import Item, Label, Lease
+    from tests.app.worker_support import ALWAYS_ACTIVATE, DIGIT_ATTR, TINY_LENS, digits_pca
+
+    Z, y = digits_pca(600)
+    (tmp_path / "imports").mkdir()
+    np.save(tmp_path / "imports" / "batch.npy", Z)
+    body = {
+        "name": "batch",
+        "dataset": {"source": "embeddings", "path": str(tmp_path / "imports" / "batch.npy")},
+        "attributes": DIGIT_ATTR,
+        "representation": {"source": "embeddings"},
+        "strategy": "cover",
+        "settings": {
+            "retrain_every": 40,
+            "eval_fraction": 0.0,
+            "lens": TINY_LENS,
+            "activation_margin": ALWAYS_ACTIVATE,
+        },
+    }
+    r = client.post("/api/v1/projects", json=body, headers=admin)
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    rows = [{"source_index": i, "values": {"digit": str(int(y[i]))}, "eval": False} for i in range(60)]
+    rows += [{"source_index": i, "values": {"digit": str(int(y[i]))}, "eval": True} for i in range(60, 100)]
+    assert client.post(f"/api/v1/projects/{pid}/labels:import", json={"labels": rows}, headers=admin).status_code in (
+        200,
+        201,
+    )
+    with worker_thread(app):
+        _ready(client, admin, pid)
+        wait_job(client, admin, _retrain(client, admin, pid), timeout=300)
+    source = {
+        it["id"]: it["source_index"]
+        for it in client.get(f"/api/v1/projects/{pid}/items?limit=1000", headers=admin).json()["items"]
+    }
+
+    def served(strategy: str) -> dict[int, float]:
+        """The active model's rows for ``strategy`` through the REST API (a batch rule's name: its batch)."""
+        r = client.get(f"/api/v1/projects/{pid}/scores", params={"strategy": strategy, "limit": 1000}, headers=admin)
+        assert r.status_code == 200, r.text
+        return {it["item_id"]: it["score"] for it in r.json()["items"]}
+
+    batch, bald = served("cover"), served("bald")
+    with app.state.db.session() as s:
+        labelled = set(s.scalars(sa.select(Item.id).where(Item.project_id == pid, Item.labelled.is_(True))))
+    assert len(batch) == 40 and not (set(batch) & labelled)
+    assert all(batch[i] == bald[i] for i in batch)  # the batch rows carry the items' BALD scores
+
+    experts = [accounts.add(f"batch-expert-{i}", "expert") for i in range(4)]
+    got: list[dict[str, Any]] = []
+    barrier = threading.Barrier(4)
+
+    def pull(h: dict[str, str]) -> None:
+        barrier.wait()
+        got.append(client.post(f"/api/v1/projects/{pid}/queue/next?n=10", headers=h).json())
+
+    threads = [threading.Thread(target=pull, args=(h,)) for h in experts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    handed = [it["item_id"] for g in got for it in g["items"]]
+    assert len(handed) == len(set(handed)) == 40 and set(handed) == set(batch)
+    assert all(g["order"] == "batch" and "cover" in g["order_reason"] for g in got)
+    # Coverage with regions of its own (k = 40): the shared batch against the 40 best BALD items.
+    region = KMeans(40, n_init=4, random_state=7).fit_predict(Z)
+    free = [i for i in bald if i not in labelled]
+    top = sorted(free, key=lambda i: -bald[i])[:40]
+    cover_regions = len({region[source[i]] for i in batch})
+    top_regions = len({region[source[i]] for i in top})
+    # Measured: the cover batch reaches 28 of the 40 regions, BALD's top 40 items 18.
+    assert cover_regions >= top_regions + 5, (cover_regions, top_regions)
+
+    with app.state.db.session() as s:
+        leases_before = s.scalar(sa.select(sa.func.count()).select_from(Lease).where(Lease.ended_at.is_(None)))
+        labels_before = s.scalar(sa.select(sa.func.count()).select_from(Label))
+    r = client.patch(f"/api/v1/projects/{pid}", json={"strategy": "typiclust"}, headers=admin)
+    assert r.status_code == 200 and r.json()["strategy_in_effect"] == "typiclust"
+    score_job = next(
+        j for j in client.get(f"/api/v1/projects/{pid}/jobs", headers=admin).json()["jobs"] if j["kind"] == "score"
+    )
+    with worker_thread(app):
+        done = wait_job(client, admin, score_job["id"], timeout=120)
+    assert "typiclust batch" in done["message"]
+    with app.state.db.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Lease).where(Lease.ended_at.is_(None))) == leases_before
+        assert s.scalar(sa.select(sa.func.count()).select_from(Label)) == labels_before
+    assert served("cover") == {} and len(served("typiclust")) == 40

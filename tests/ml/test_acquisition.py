@@ -411,3 +411,29 @@ def test_score_pool_rejects_bad_chunks():
         score_pool(lambda a, b: {}, 10)
     with pytest.raises(ValueError, match="chunk"):
         score_pool(lambda a, b: None, 10, chunk=0)
+
+
+def test_queue_batch_never_picks_covered_items_and_typiclust_ignores_scores():
+    from ml.acquisition import queue_batch
+
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(c, 0.3, size=(200, 2)) for c in ((0, 0), (5, 0), (0, 5), (5, 5))])
+    scores = np.zeros(len(Z))
+    scores[:200] = 1.0  # all the informative items sit in one cluster
+    covered = np.zeros(len(Z), bool)
+    covered[200:210] = True
+    for rule in ("cover", "typiclust", "power", "diverse"):
+        picked = queue_batch(rule, scores + 1e-3, Z, 8, covered=covered, seed=0)
+        assert len(picked) == len(set(picked)) == 8 and not covered[picked].any(), rule
+    # typiclust spreads over the four clusters whatever the scores say (top scores alone would stay in
+    # the first); with items of the second cluster labelled already, it looks elsewhere first.
+    assert len(set(queue_batch("typiclust", scores, Z, 8, seed=0) // 200)) == 4
+    typi = queue_batch("typiclust", scores, Z, 8, covered=covered, seed=0)
+    assert set(typi // 200) >= {0, 2, 3} and (typi // 200 == 1).sum() <= 1
+    # A pool above max_items is ranked within a sample that keeps every covered item.
+    big = queue_batch("cover", scores + 1e-3, Z, 8, covered=covered, seed=0, max_items=100)
+    assert len(big) == 8 and not covered[big].any()
+    with pytest.raises(ValueError, match="rule must be one of"):
+        queue_batch("topk", scores, Z, 8)
+    with pytest.raises(ValueError, match="covered must be"):
+        queue_batch("cover", scores, Z, 8, covered=np.zeros(3, bool))

@@ -29,7 +29,7 @@ def test_sklearn_clone_round_trips_every_parameter() -> None:
     lens = InterpretableLens([CLS], n_flows=3, hidden=24, alpha="auto", batch_size=64, device="cpu", seed=7)
     copy = clone(lens)
     assert copy is not lens and copy.get_params() == lens.get_params()
-    assert copy.set_params(lr=1e-3).lr == 1e-3 and lens.lr == 5e-3
+    assert copy.set_params(lr=1e-3).lr == 1e-3 and lens.lr is None  # None: the device's step
     with pytest.raises(ValueError, match="n_flows"):
         copy.set_params(n_flows=-1)
     with pytest.raises(ValueError, match="colour"):
@@ -87,3 +87,23 @@ def test_settings_are_checked_without_torch() -> None:
         LensConfig.from_settings({"flow": "curvy"})
     with pytest.raises(ValueError, match="unknown setting"):
         LensConfig.from_settings({"colour": 1})
+
+
+def test_unset_batch_size_and_step_are_the_devices_and_stored_concrete() -> None:
+    import torch
+
+    from ml.device import CPU_SIZES, CUDA_SIZES, sizes_for
+
+    assert sizes_for(torch.device("cpu"), 60_000) == CPU_SIZES
+    # A GPU takes thousands of items a step, but never so many that an epoch has fewer than 8 steps.
+    assert sizes_for(torch.device("cuda"), 60_000).lens_batch_size == CUDA_SIZES.lens_batch_size == 4096
+    assert sizes_for(torch.device("cuda"), 10_000).lens_batch_size == 1250
+    assert sizes_for(torch.device("cuda"), 1_000).lens_batch_size == CPU_SIZES.lens_batch_size
+    Z, S = _problem(200)
+    lens = InterpretableLens([CLS], n_flows=2, hidden=16, epochs=1, device="cpu").fit(Z, S)
+    assert lens.batch_size is None and lens.lr is None  # the parameters as given ...
+    assert (lens.config_.batch_size, lens.config_.lr) == (256, 5e-3)  # ... the fit's, as trained
+    back = InterpretableLens.from_bytes(lens.to_bytes(), device="cpu")
+    assert (back.config_.batch_size, back.config_.lr) == (256, 5e-3)
+    given = InterpretableLens([CLS], n_flows=2, hidden=16, epochs=1, batch_size=32, lr=1e-2, device="cpu").fit(Z, S)
+    assert (given.config_.batch_size, given.config_.lr) == (32, 1e-2)
