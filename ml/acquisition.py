@@ -238,9 +238,11 @@ def lens_scores(
     attribute: str | None = None,
     chunk: int = 8192,
     seed: int | None = 0,
+    draws: str = "qmc",
 ) -> np.ndarray:
     """Acquisition score of every row of Z under a fitted lens (section 3): BALD (eq. 10), max-entropy
-    or random, float64 [N], streamed through ``score_pool`` in chunks of ``chunk`` items.
+    or random, float64 [N], streamed through ``score_pool`` in chunks of ``chunk`` items. ``draws``:
+    the Monte-Carlo noise of the predictive samples (``LensModule.predictive_columns``).
 
     ``lens`` is anything with ``attributes_`` and ``predictive_samples(Z, n_samples)`` (the fitted
     ``ml.lens.InterpretableLens``): acquisition reads the lens's predictive distribution, and the
@@ -259,7 +261,7 @@ def lens_scores(
         torch.manual_seed(seed)
 
     def prob_fn(start: int, stop: int) -> Mapping[str, Any]:
-        out = lens.predictive_samples(Z[start:stop], n_samples)
+        out = lens.predictive_samples(Z[start:stop], n_samples, draws)
         return {k: v for k, v in out.items() if attribute is None or k == attribute}
 
     return score_pool(prob_fn, len(Z), chunk=chunk, strategy=strategy, seed=seed)

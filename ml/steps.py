@@ -425,7 +425,7 @@ def score_pool(
     lens: Any,
     Z: np.ndarray,
     strategy: str = "bald",
-    n_samples: int = 32,
+    n_samples: int = 64,
     *,
     chunk: int | None = None,
     seed: int = 0,

@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--rss-n", type=int, default=1_000_000, help="pool size for the peak-RSS run")
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--out-dir", default="benchmarks/results")
+    s.add_argument("--data-dir", default=None, help="folder holding mnist/: adds the served scores' rank stability")
     s.set_defaults(func=_scoring)
 
     a = bsub.add_parser("api", help="p50/p99 latency of queue/next and label submit under concurrent clients")
@@ -124,7 +125,9 @@ def _scoring(args: argparse.Namespace) -> int:
     _positive("n", args.n)
     _positive("rss-n", args.rss_n)
     _positive("repeats", args.repeats)
-    run(n=args.n, rss_n=args.rss_n, repeats=args.repeats, out_dir=args.out_dir)
+    if args.data_dir is not None and not (Path(args.data_dir) / "mnist").is_dir():
+        raise SystemExit(f"--data-dir: {args.data_dir!r} holds no mnist/ folder")
+    run(n=args.n, rss_n=args.rss_n, repeats=args.repeats, out_dir=args.out_dir, data_dir=args.data_dir)
     return 0
 
 

@@ -248,17 +248,17 @@ class InterpretableLens(Checkpointed):
             for a, p in zip(self.attributes_, self.predict_proba(Z).values(), strict=True)
         }
 
-    def predictive_samples(self, Z: Any, n_samples: int = 32) -> dict[str, Any]:
+    def predictive_samples(self, Z: Any, n_samples: int = 32, draws: str = "qmc") -> dict[str, Any]:
         """Heads at z*_t ~ q(z*|z) as torch tensors on the lens's device: {attr: probs [N, S, C]} or
         {attr: (means, variances) [N, S]} — what acquisition (``ml.acquisition.lens_scores``) reads.
 
-        Computed by ``LensModule.predictive_columns`` (antithetic draws, designated dims only).
+        Computed by ``LensModule.predictive_columns`` (``draws``: "qmc" or "antithetic"; designated dims only).
         """
         self._require_fitted()
         Z = self._check_Z(Z, fitted=True)
         z_std = torch.as_tensor(self._standardise(Z), dtype=torch.float32, device=self.device_)
         with torch.no_grad():
-            return self.module_.predictive_columns(z_std, n_samples)
+            return self.module_.predictive_columns(z_std, n_samples, draws)
 
     def sample_probs(self, Z: Any, n_samples: int = 32, seed: int | None = None) -> dict[str, Any]:
         """``predictive_samples`` as NumPy arrays: {attr: [N, S, C]} or {attr: (means [N, S], variances [N, S])}."""

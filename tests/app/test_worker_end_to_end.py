@@ -46,6 +46,7 @@ def test_labels_through_the_api_trigger_a_retrain_whose_scores_order_the_queue(s
         "dataset": {"source": "digits"},
         "attributes": DIGITS_ATTRIBUTES,
         "representation": REP,
+        "strategy": "bald",  # the per-item order this test follows (batch rules: test_worker_jobs.py)
         "settings": {"retrain_every": 50, "eval_fraction": 0.0, "lens": LENS},
     }
     r = client.post("/api/v1/projects", json=body, headers=admin)
