@@ -169,6 +169,7 @@ def select_settings(
     """
     t0 = time.perf_counter()
     n = len(Z)
+    cfg = cfg.for_device(device, n)  # unset batch size and step: the device's, as the final fit's
     k = cfg.selection_folds
     labelled = np.zeros(n, bool)
     for a in attributes:

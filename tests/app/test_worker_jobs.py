@@ -73,8 +73,9 @@ def test_cancel_stops_a_running_retrain_and_keeps_the_active_model(client, admin
 
 
 def test_job_events_stream_each_change_then_the_terminal_status_and_close(client, admin, viewer, app, tmp_path):
+    # Long enough that the fit outlasts a few of the job row's once-a-second progress writes.
     p = embeddings_project(
-        client, admin, tmp_path / "imports", "events", lens={"epochs": 150, "n_flows": 4, "hidden": 32}
+        client, admin, tmp_path / "imports", "events", lens={"epochs": 800, "n_flows": 4, "hidden": 32}
     )
     assert client.get("/api/v1/jobs/999999/events", headers=viewer).status_code == 404
     assert client.get("/api/v1/jobs/1/events").status_code == 401

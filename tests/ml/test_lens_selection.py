@@ -218,7 +218,7 @@ def test_a_winner_still_improving_at_the_budget_gets_its_length_measured_again(p
     # fit and of the final fit passes over all their labels, and the step count carries over as is.
     assert sel["selection_items"]["labelled"] == 120 and lens.labelled_batch_size == 128
     assert sel["final_steps"] == math.ceil(float(np.median(length["best_steps"])))
-    steps_per_epoch = math.ceil(len(z) / lens.batch_size)
+    steps_per_epoch = math.ceil(len(z) / lens.config_.batch_size)
     assert sel["chosen"]["epochs"] == math.ceil(sel["final_steps"] / steps_per_epoch)
     assert len(lens.history_) == sel["chosen"]["epochs"]
 
