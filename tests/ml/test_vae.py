@@ -383,3 +383,17 @@ def test_early_stopping_settings_are_checked(digits: np.ndarray) -> None:
 
     with pytest.raises(ValueError, match=r"representation.early_stop_gain .* got -0.1"):
         fit_representation("vae", digits[:64], {"early_stop_gain": -0.1, "epochs": 1}, device="cpu")
+
+
+def test_a_pretrain_whose_z_is_constant_is_refitted_then_refused(digits: np.ndarray) -> None:
+    from ml.steps import COLLAPSE_RETRIES, fit_representation, z_collapsed
+
+    rng = np.random.default_rng(0)
+    assert z_collapsed(np.full((50, 4), 0.3)) and not z_collapsed(rng.normal(size=(50, 4)))
+    # Identical images: no seed can give a z that varies; every retry is made, then a clear refusal.
+    same = np.repeat(digits[:1], 64, axis=0)
+    with pytest.raises(ValueError, match=r"z came out constant .* seeds \[5, 6, 7\]"):
+        fit_representation("vae", same, {"epochs": 2, "seed": 5, **SMALL}, device="cpu")
+    assert COLLAPSE_RETRIES == 2
+    ok = fit_representation("vae", digits[:300], {"epochs": 2, "seed": 5, **SMALL}, device="cpu")
+    assert ok.info["collapsed_seeds"] == [] and not z_collapsed(ok.Z)
