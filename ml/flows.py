@@ -227,7 +227,13 @@ class PlanarFlowStack(FlowStack):
     def transform(self, z: torch.Tensor) -> torch.Tensor:
         if not self.fused or not len(self.flows):
             return super().transform(z)
-        return _PlanarStack.apply(z, *self.stacked_terms(z.dtype))[0]
+        # No log-det and usually no gradient (scoring, exports, q(s|z) in eq. 8): the plain loop keeps no
+        # per-flow copies of z, which the autograd node saves for its backward pass.
+        U, W, b, _ = self.stacked_terms(z.dtype)
+        n = z.shape[0]
+        for u_t, w_t, b_t in zip(U.unbind(0), W.unbind(0), b.unbind(0), strict=True):
+            z = torch.addr(z, torch.tanh(torch.addmv(b_t.expand(n), z, w_t)), u_t)
+        return z
 
     @torch.no_grad()
     def project_columns(self, z_cols: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:

@@ -481,9 +481,6 @@ def score_pool(
     return out
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
 def queue_batch(
     rule: str, scores: np.ndarray, Z: np.ndarray, k: int, *, covered: np.ndarray | None = None, seed: int = 0
 ) -> np.ndarray:
@@ -498,6 +495,9 @@ def cold_start_order(Z: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     from ml.acquisition import cold_start_order as typiclust_order
 
     return typiclust_order(Z, k, seed=seed)
+
+
+# --------------------------------------------------------------------------- evaluation
 
 
 def unscorable_reason(

@@ -464,12 +464,8 @@ class VAE(Checkpointed):
         X = check_images(X, self.config_.image_shape)
         if len(X) == 0:
             raise ValueError("X holds no images")
-        model.eval()
-        g = torch.Generator(device=self.device_).manual_seed(self.config_.seed if seed is None else seed)
-        total = 0.0
-        for xb in self._batches(X, batch_size):
-            total += float(-model.neg_elbo(xb, g).sum())
-        return total / len(X)
+        bs = check_positive_int("batch_size", batch_size)
+        return -_mean_neg_elbo(model, X, self.device_, self.config_.seed if seed is None else seed, bs)
 
     def score(self, X: Any) -> float:
         """Mean ELBO per image (higher is better), the scikit-learn density-estimator convention."""

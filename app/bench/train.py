@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,27 @@ def _claim(worker: Any, db: Any, job_id: int) -> Any:
     if claimed is None or claimed.job_id != job_id:
         raise RuntimeError(f"expected to claim job {job_id}, got {claimed}")
     return claimed
+
+
+@contextmanager
+def _bench_worker(prefix: str, **overrides: Any) -> Iterator[tuple[Any, Any, Any]]:
+    """(database, settings, worker) on a fresh migrated SQLite file in a temporary folder; disposed after."""
+    from app.config import Settings
+    from app.db.migrate import upgrade
+    from app.db.session import Database
+    from app.worker.runner import Worker
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        upgrade(url)
+        settings = Settings(_env_file=None, database_url=url, data_dir=Path(tmp) / "data", **overrides)
+        db = Database(settings)
+        worker = Worker(db, settings, worker_id="bench")
+        worker.configure_torch()
+        try:
+            yield db, settings, worker
+        finally:
+            db.dispose()
 
 
 def _run_job(worker: Any, db: Any, job_id: int) -> dict[str, Any]:
@@ -89,51 +112,31 @@ def _cancel_latency(worker: Any, db: Any, pid: int) -> float:
 def mnist_pretrain(data_dir: Path, *, device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
     """The worker's pretrain job on the first 10,000 MNIST test images, from project creation to the
     active representation: seconds, epochs run and the held-out curve it stopped on."""
-    from app.config import Settings
-    from app.db.migrate import upgrade
-    from app.db.session import Database
     from app.services import imports, jobs, projects, users
-    from app.worker.runner import Worker
 
-    with tempfile.TemporaryDirectory(prefix="lenslab-bench-mnist-") as tmp:
-        url = f"sqlite:///{tmp}/bench.db"
-        upgrade(url)
-        settings = Settings(
-            _env_file=None,
-            database_url=url,
-            data_dir=Path(tmp) / "data",
-            import_roots=[data_dir.resolve()],
-            device=device,
-            worker_threads=threads,
-        )
-        db = Database(settings)
-        worker = Worker(db, settings, worker_id="bench")
-        worker.configure_torch()
-        try:
-            t0 = time.perf_counter()
-            with db.session() as s:
-                admin = users.create(session=s, username="bench", password="bench-password-123", role="admin")
-                spec = {
-                    "source": "mnist",
-                    "path": str((data_dir / "mnist").resolve()),
-                    "split": "test",
-                    "limit": MNIST_ITEMS,
-                }
-                project = projects.create(
-                    session=s,
-                    name="mnist",
-                    representation={"source": "vae", "latent_dim": 10},
-                    strategy="bald",
-                    attributes=[{"name": "digit", "kind": "categorical", "levels": [str(i) for i in range(10)]}],
-                    settings={},
-                    loaded=imports.load_spec(spec, settings),
-                    created_by_id=admin.id,
-                )
-                pretrain_id = jobs.list_for_project(session=s, project_id=project.id)[0].id
-            job = _run_job(worker, db, pretrain_id)
-            seconds = time.perf_counter() - t0
-        finally:
-            db.dispose()
+    roots = [data_dir.resolve()]
+    with _bench_worker("lenslab-bench-mnist-", import_roots=roots, device=device, worker_threads=threads) as (
+        db,
+        settings,
+        worker,
+    ):
+        t0 = time.perf_counter()
+        with db.session() as s:
+            admin = users.create(session=s, username="bench", password="bench-password-123", role="admin")
+            spec = {"source": "mnist", "path": str(roots[0] / "mnist"), "split": "test", "limit": MNIST_ITEMS}
+            project = projects.create(
+                session=s,
+                name="mnist",
+                representation={"source": "vae", "latent_dim": 10},
+                strategy="bald",
+                attributes=[{"name": "digit", "kind": "categorical", "levels": [str(i) for i in range(10)]}],
+                settings={},
+                loaded=imports.load_spec(spec, settings),
+                created_by_id=admin.id,
+            )
+            pretrain_id = jobs.list_for_project(session=s, project_id=project.id)[0].id
+        job = _run_job(worker, db, pretrain_id)
+        seconds = time.perf_counter() - t0
     return {
         "seconds": round(seconds, 1),
         "job_seconds": job["seconds"],
@@ -157,76 +160,60 @@ def run_train_bench(
 
     import torch
 
-    from app.config import Settings
-    from app.db.migrate import upgrade
-    from app.db.session import Database
     from app.services import imports, jobs, labels, projects, users
-    from app.worker.runner import Worker
     from ml.bench.common import machine, table
     from ml.data import load_digits, stroke_thickness, thickness_levels
 
     rep = {"source": "vae", "latent_dim": 10, **(representation or {})}
-    with tempfile.TemporaryDirectory(prefix="lenslab-bench-train-") as tmp:
-        url = f"sqlite:///{tmp}/bench.db"
-        upgrade(url)
-        settings = Settings(
-            _env_file=None,
-            database_url=url,
-            data_dir=Path(tmp) / "data",
-            device="cpu",
-            worker_threads=threads,
-            eval_fraction=0.0,
-        )
-        db = Database(settings)
-        worker = Worker(db, settings, worker_id="bench")
-        worker.configure_torch()
-        try:
-            ds = load_digits()
-            digit = ds.factors["digit"]
-            thick, _ = thickness_levels(stroke_thickness(ds.images), n_levels=5)
-            with db.session() as s:
-                admin = users.create(session=s, username="bench", password="bench-password-123", role="admin")
-                project = projects.create(
-                    session=s,
-                    name="digits",
-                    representation=rep,
-                    strategy="bald",
-                    attributes=[
-                        {"name": "digit", "kind": "categorical", "levels": [str(i) for i in range(10)]},
-                        {"name": "thickness", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5"]},
-                    ],
-                    settings={"retrain_every": 10_000, **({"lens": lens} if lens else {})},
-                    loaded=imports.load_spec({"source": "digits"}, settings),
-                    created_by_id=admin.id,
-                )
-                pid, admin_id = project.id, admin.id
-                pretrain_id = jobs.list_for_project(session=s, project_id=pid)[0].id
-            pretrain = _run_job(worker, db, pretrain_id)
-
-            def add_labels(rows: list[dict[str, Any]]) -> None:
-                with db.session() as s:
-                    p = projects.get_or_raise(session=s, project_id=pid)
-                    user = users.get_or_raise(session=s, username="bench")
-                    assert user.id == admin_id
-                    labels.import_bulk(
-                        session=s, project=p, attrs=projects.schema(p), rows=rows, user=user, retrain_every=10_000
-                    )
-
-            def retrain() -> dict[str, Any]:
-                with db.session() as s:
-                    job = jobs.enqueue(session=s, project_id=pid, kind="retrain", params={})
-                    jid = job.id
-                return _run_job(worker, db, jid)
-
-            add_labels(
-                _labels(range(0, 150), digit, thick, eval_=False) + _labels(range(1600, 1700), digit, thick, eval_=True)
+    with _bench_worker("lenslab-bench-train-", device="cpu", worker_threads=threads, eval_fraction=0.0) as (
+        db,
+        settings,
+        worker,
+    ):
+        ds = load_digits()
+        digit = ds.factors["digit"]
+        thick, _ = thickness_levels(stroke_thickness(ds.images), n_levels=5)
+        with db.session() as s:
+            admin = users.create(session=s, username="bench", password="bench-password-123", role="admin")
+            project = projects.create(
+                session=s,
+                name="digits",
+                representation=rep,
+                strategy="bald",
+                attributes=[
+                    {"name": "digit", "kind": "categorical", "levels": [str(i) for i in range(10)]},
+                    {"name": "thickness", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5"]},
+                ],
+                settings={"retrain_every": 10_000, **({"lens": lens} if lens else {})},
+                loaded=imports.load_spec({"source": "digits"}, settings),
+                created_by_id=admin.id,
             )
-            cold = retrain()
-            add_labels(_labels(range(150, 200), digit, thick, eval_=False))
-            warm = retrain()
-            cancel_s = _cancel_latency(worker, db, pid)
-        finally:
-            db.dispose()
+            pid, admin_id = project.id, admin.id
+            pretrain_id = jobs.list_for_project(session=s, project_id=pid)[0].id
+        pretrain = _run_job(worker, db, pretrain_id)
+
+        def add_labels(rows: list[dict[str, Any]]) -> None:
+            with db.session() as s:
+                p = projects.get_or_raise(session=s, project_id=pid)
+                user = users.get_or_raise(session=s, username="bench")
+                assert user.id == admin_id
+                labels.import_bulk(
+                    session=s, project=p, attrs=projects.schema(p), rows=rows, user=user, retrain_every=10_000
+                )
+
+        def retrain() -> dict[str, Any]:
+            with db.session() as s:
+                job = jobs.enqueue(session=s, project_id=pid, kind="retrain", params={})
+                jid = job.id
+            return _run_job(worker, db, jid)
+
+        add_labels(
+            _labels(range(0, 150), digit, thick, eval_=False) + _labels(range(1600, 1700), digit, thick, eval_=True)
+        )
+        cold = retrain()
+        add_labels(_labels(range(150, 200), digit, thick, eval_=False))
+        warm = retrain()
+        cancel_s = _cancel_latency(worker, db, pid)
 
     rows = [
         {

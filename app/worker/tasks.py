@@ -740,9 +740,10 @@ def run_score(ctx: JobContext, settings: Settings) -> None:
     rows, pool_ids = _rows_of(table_ids, item_ids[splits == "pool"])
     ctx.stage("score", 0.05, 0.95)
     lens = steps.load_lens(blob, device=ctx.device)
+    Z_pool = Z_all[rows]
     scores = steps.score_pool(
         lens,
-        Z_all[rows],
+        Z_pool,
         strategy,
         N_SAMPLES,
         progress=ctx.progress,
@@ -750,7 +751,7 @@ def run_score(ctx: JobContext, settings: Settings) -> None:
         device=ctx.device,
     )
     _check(ctx)
-    batch = _queue_batch(ctx, plan, pool_ids, Z_all[rows], scores)
+    batch = _queue_batch(ctx, plan, pool_ids, Z_pool, scores)
     _check(ctx)
     ctx.stage("store", 0.95, 1.0)
     with ctx.db.session() as s:
