@@ -128,6 +128,18 @@ class LabelIn(Strict):
     project_id: int | None = None
 
 
+MAX_TRANSFORM_ITEMS = 10_000  # per request (app.services.transform checks the same bound)
+
+
+class TransformIn(Strict):
+    """New data for ``POST /projects/{pid}/transform``: embeddings of the project's base, or images
+    (base64 PNG, the size and mode of the project's images); exactly one of the two."""
+
+    embeddings: list[list[float]] | None = Field(None, max_length=MAX_TRANSFORM_ITEMS)
+    images: list[str] | None = Field(None, max_length=MAX_TRANSFORM_ITEMS)
+    model_version: int | None = Field(None, ge=1, description="a version number of the project (default: active)")
+
+
 class LabelImportRow(Strict):
     item_id: int | None = None
     source_index: int | None = None

@@ -13,7 +13,7 @@ import hashlib
 import io
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -438,6 +438,33 @@ def load_vae(blob: bytes, device: str = "auto") -> Any:
     from ml.vae import VAE
 
     return VAE.from_bytes(bytes(blob), device=device)
+
+
+Encoder = Callable[[np.ndarray], np.ndarray]
+
+
+def load_encoder(source: str, blob: bytes | None, device: str = "cpu") -> tuple[Encoder, Any]:
+    """The base model's map from images (N, C, H, W) in [0, 1] to z, and the image shape (C, H, W) it
+    takes (None when the model does not say: an uploaded TorchScript encoder).
+
+    What ``fit_representation`` computed for the imported items, applied to new images; an
+    ``embeddings`` base has no encoder (ValueError), its users send embeddings.
+    """
+    if source == "embeddings":
+        raise ValueError("an embeddings representation has no image encoder: send embeddings of the same base")
+    if not blob:
+        raise ValueError(f"the {source} representation has no stored model to encode images with")
+    if source == "vae":
+        vae = load_vae(blob, device=device)
+        return vae.encode, tuple(vae.config_.image_shape)
+    if source == "classifier":
+        from ml.classifier import HiddenLayerClassifier
+
+        clf = HiddenLayerClassifier.from_bytes(bytes(blob), device=device)
+        return clf.transform, tuple(clf.image_shape)
+    if source == "torchscript":
+        return (lambda images: _run_torchscript(np.ascontiguousarray(images, np.float32), blob, None, None).Z), None
+    raise ValueError(f"representation.source must be one of {REPRESENTATION_SOURCES}, got {source!r}")
 
 
 def _lens(lens: Any, device: str) -> Any:

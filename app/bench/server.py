@@ -48,6 +48,16 @@ def uvicorn_server(
     env: dict[str, str], *, workers: int = 1, log_path: Path | None = None, startup_timeout: float = 60.0
 ) -> Iterator[str]:
     """Run ``app.main:create_app`` under uvicorn with ``env`` (LENSLAB_* settings); yields the base URL."""
+    with uvicorn_process(env, workers=workers, log_path=log_path, startup_timeout=startup_timeout) as (base, _proc):
+        yield base
+
+
+@contextmanager
+def uvicorn_process(
+    env: dict[str, str], *, workers: int = 1, log_path: Path | None = None, startup_timeout: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``uvicorn_server`` yielding the process too (with one worker, the process that serves: its memory
+    is the server's)."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -85,7 +95,7 @@ def uvicorn_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"uvicorn did not answer within {startup_timeout:.0f} s")
             time.sleep(0.1)
-        yield base
+        yield base, proc
     finally:
         stop_process(proc)
         if log_path:

@@ -59,6 +59,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the MNIST part (default cpu)")
     t.set_defaults(func=_train)
 
+    ex = bsub.add_parser(
+        "export", help="streaming export of a large pool (items/s, added server memory) and bulk transform"
+    )
+    ex.add_argument("--n", type=int, default=1_000_000, help="pool size (embeddings)")
+    ex.add_argument("--transform-n", type=int, default=10_000, help="embeddings per transform request (≤ 10,000)")
+    ex.add_argument("--repeats", type=int, default=3)
+    ex.add_argument("--out", default="benchmarks/results/export.json")
+    ex.set_defaults(func=_export)
+
     _register_al(bsub)
 
 
@@ -129,6 +138,19 @@ def _scoring(args: argparse.Namespace) -> int:
         raise SystemExit(f"--data-dir: {args.data_dir!r} holds no mnist/ folder")
     run(n=args.n, rss_n=args.rss_n, repeats=args.repeats, out_dir=args.out_dir, data_dir=args.data_dir)
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from app.bench.export import run_export_bench
+
+    _positive("n", args.n)
+    _positive("repeats", args.repeats)
+    if not 1 <= args.transform_n <= min(10_000, args.n):
+        raise ValueError(f"--transform-n must be in [1, min(10000, --n)], got {args.transform_n}")
+    if args.n < 1000:
+        raise ValueError(f"--n must be ≥ 1000 (the project holds 700 labels), got {args.n}")
+    result = run_export_bench(n=args.n, transform_n=args.transform_n, repeats=args.repeats, out=Path(args.out))
+    return 0 if result["ok"] else 1
 
 
 def _data(args: argparse.Namespace) -> int:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
 
-from app.api.deps import ProjectDep, SessionDep, ViewerUser
-from app.schemas import Strategy
-from app.services import models
+from app.api.deps import DatabaseDep, ProjectDep, SessionDep, ViewerUser
+from app.schemas import Strategy, TransformIn
+from app.services import export, models, transform
 from app.services.errors import Invalid
 
 router = APIRouter(prefix="/api/v1/projects/{pid}", tags=["models"])
@@ -70,3 +71,51 @@ def get_traversal(
         session=session, project=project, attribute=attribute, item_ids=_ids(items), steps=steps, scale=scale
     )
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+
+
+@router.post("/transform")
+def post_transform(user: ViewerUser, project: ProjectDep, body: TransformIn, session: SessionDep) -> dict[str, Any]:
+    """A model version (default: the active one) applied to data you send, without importing it.
+
+    Send ``embeddings`` (rows of the project's base dimension) or ``images`` (base64 PNGs of the
+    project's image size and mode), at most 10,000 per request. Returns, row for row, z, z*
+    (``z_star``) and per attribute the predicted distribution: ``levels``, ``probs`` and the most
+    probable ``level``, or ``mean`` and ``var`` for a continuous attribute.
+    """
+    return transform.transform(
+        session=session,
+        project=project,
+        embeddings=body.embeddings,
+        images=body.images,
+        version=body.model_version,
+    )
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
+)
+def get_export(
+    user: ViewerUser,
+    project: ProjectDep,
+    session: SessionDep,
+    db: DatabaseDep,
+    format: str = Query("jsonl", pattern="^(jsonl|csv)$"),
+    include: str | None = Query(
+        None, max_length=200, description="comma-separated: z, z_star, predictions, score (default: all there are)"
+    ),
+) -> StreamingResponse:
+    """Every item of the pool with its z, z*, predictions and score under the active model, streamed
+    (JSON Lines or CSV) in constant memory; values rounded to 6 decimals, missing ones null / empty."""
+    p = export.plan(session=session, project=project, include=include)
+    headers = {
+        "Content-Disposition": f'attachment; filename="project-{project.id}-export.{format}"',
+        "X-Lenslab-Fields": ",".join(p.fields),
+    }
+    if p.model is not None:
+        headers["X-Lenslab-Model-Version"] = str(p.model.version)
+        headers["X-Lenslab-Score-Strategy"] = str(p.strategy)
+    if format == "csv":
+        return StreamingResponse(export.csv_lines(db, p), media_type="text/csv", headers=headers)
+    return StreamingResponse(export.jsonl(db, p), media_type="application/x-ndjson", headers=headers)

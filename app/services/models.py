@@ -58,6 +58,11 @@ def _cache_for(session: Session) -> _LRU:
         return cache
 
 
+def cache_get(session: Session, key: tuple[str, int], load: Callable[[], Any]) -> Any:
+    """A loaded object (model, z table, encoder) for the session's database, loaded once per process."""
+    return _cache_for(session).get(key, load)
+
+
 def list_versions(*, session: Session, project_id: int) -> list[ModelVersion]:
     """The project's model versions, newest first."""
     return list(
@@ -294,21 +299,37 @@ def read_z(*, session: Session, rep_id: int) -> tuple[np.ndarray, np.ndarray]:
     return _npy(row.item_ids).astype(np.int64), _npy(row.z).astype(np.float32)
 
 
-def _z_table(session: Session, rep: Representation) -> tuple[np.ndarray, np.ndarray]:
-    return _cache_for(session).get(("z", rep.id), lambda: read_z(session=session, rep_id=rep.id))
+class ZTable:
+    """A representation's z rows with their item ids, indexed once for look-ups by item id."""
+
+    def __init__(self, ids: np.ndarray, Z: np.ndarray) -> None:
+        self.ids, self.Z = ids, Z
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted = ids[self._order]
+
+    def rows(self, item_ids: Any) -> np.ndarray:
+        """Row positions of ``item_ids`` in ``Z``; −1 for an item the representation does not cover."""
+        wanted = np.asarray(item_ids, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self._sorted, wanted), 0, max(len(self._sorted) - 1, 0))
+        if not len(self._sorted):
+            return np.full(len(wanted), -1, dtype=np.int64)
+        rows = self._order[pos]
+        return np.where(self.ids[rows] == wanted, rows, -1)
+
+
+def z_table(*, session: Session, rep: Representation) -> ZTable:
+    """The representation's z table, loaded once per process (cached with the models)."""
+    return _cache_for(session).get(("z", rep.id), lambda: ZTable(*read_z(session=session, rep_id=rep.id)))
 
 
 def z_of(*, session: Session, rep: Representation, item_ids: list[int]) -> np.ndarray:
     """Rows of z (in ``item_ids`` order) from the representation; Conflict for an item it does not cover."""
-    ids, Z = _z_table(session, rep)
-    order = np.argsort(ids)
-    pos = np.searchsorted(ids, item_ids, sorter=order)
-    pos = np.clip(pos, 0, len(ids) - 1)
-    rows = order[pos]
-    missing = [i for i, r in zip(item_ids, rows, strict=True) if ids[r] != i]
+    table = z_table(session=session, rep=rep)
+    rows = table.rows(item_ids)
+    missing = [i for i, r in zip(item_ids, rows, strict=True) if r < 0]
     if missing:
         raise Conflict(f"items {missing[:5]} have no z in representation {rep.id} (imported after the pretrain?)")
-    return Z[rows]
+    return table.Z[rows]
 
 
 def load_lens(*, session: Session, mv: ModelVersion) -> Any:
@@ -440,7 +461,7 @@ def traversal_png(
     Z = z_of(session=session, rep=rep, item_ids=item_ids)
     Zs = np.asarray(lens.transform(Z))
     # The range to sweep comes from the z* of (up to 2,000 of) the project's items: its training quantiles.
-    _, Z_all = _z_table(session, rep)
+    Z_all = z_table(session=session, rep=rep).Z
     ref = np.asarray(lens.transform(Z_all[:: max(1, len(Z_all) // 2000)]))
     if not grid:
         values = traversal.attribute_values(ref, dims[0], steps)

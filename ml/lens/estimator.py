@@ -227,7 +227,14 @@ class InterpretableLens(Checkpointed):
     # -- predictions ----------------------------------------------------------------------------------
     def predict_proba(self, Z: Any) -> dict[str, Any]:
         """p_ψ(s | z* = f(z)): {attr: [N, C] probabilities} or {attr: (mean [N], variance [N])}."""
+        return self.transform_and_predict(Z)[1]
+
+    def transform_and_predict(self, Z: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """z* (``transform``) and the heads' predictions at it (``predict_proba``) from one pass of the flows."""
         Zs = self.transform(Z)
+        return Zs, self._heads_at(Zs)
+
+    def _heads_at(self, Zs: np.ndarray) -> dict[str, Any]:
         out: dict[str, Any] = {}
         with torch.no_grad():
             zs = torch.as_tensor(Zs, dtype=torch.float32, device=self.device_)

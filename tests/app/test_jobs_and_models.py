@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import count, create_project
+from tests.conftest import count
 
 
 def test_posting_a_job_returns_the_already_queued_one_of_that_kind(client, admin, project, db):
@@ -139,56 +139,6 @@ def test_metrics_lists_the_points_in_label_order(client, viewer, project, app):
     points = client.get(f"/api/v1/projects/{project['id']}/metrics", headers=viewer).json()["points"]
     assert [(p["n_labels"], p["overall"], p["model_version"]) for p in points] == [(50, 20.0, 1), (100, 30.0, 1)]
     assert points[0]["attributes"]["digit"]["score"] == 20.0
-
-
-@pytest.fixture
-def fitted(client, admin, app):
-    """A shapes project with a small VAE representation and a fitted lens as its active model."""
-    pytest.importorskip("ml.lens")
-    from app.db.models import Item, ModelVersion, Representation
-    from ml.data import make_shapes
-    from ml.lens import InterpretableLens
-    from ml.vae import VAE
-
-    attrs = [
-        {"name": "shape", "kind": "categorical", "levels": ["square", "ellipse", "heart"]},
-        {"name": "x", "kind": "continuous", "low": 0, "high": 1},
-    ]
-    p = create_project(
-        client, admin, name="fitted", attributes=attrs, dataset={"source": "shapes", "n": 64, "size": 16}
-    )
-    ds = make_shapes(n=64, seed=0, size=16)
-    vae = VAE(image_shape=(1, 16, 16), latent_dim=4, hidden=32, channels=(8, 8), epochs=1, device="cpu").fit(ds.images)
-    Z = vae.encode(ds.images)
-    S = {"shape": np.where(np.arange(64) < 32, ds.factors["shape"], -1), "x": ds.factors["x"]}
-    lens = InterpretableLens(attrs, n_flows=2, hidden=16, epochs=2, device="cpu").fit(Z, S)
-    with app.state.db.session() as s:
-        ids = np.asarray(
-            s.scalars(sa.select(Item.id).where(Item.project_id == p["id"]).order_by(Item.source_index)).all()
-        )
-
-        def npy(a):
-            buf = io.BytesIO()
-            np.save(buf, a)
-            return buf.getvalue()
-
-        rep = Representation(
-            project_id=p["id"],
-            source="vae",
-            checkpoint=vae.to_bytes(),
-            z=npy(Z.astype(np.float32)),
-            item_ids=npy(ids),
-            active=True,
-        )
-        s.add(rep)
-        s.flush()
-        s.add(
-            ModelVersion(
-                project_id=p["id"], version=1, representation_id=rep.id, checkpoint=lens.to_bytes(), active=True
-            )
-        )
-        s.commit()
-    return {"project": p, "ids": ids, "Z": Z, "lens": lens}
 
 
 def test_representation_gives_z_z_star_and_predictions_of_the_active_model(client, viewer, fitted):
