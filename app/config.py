@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # A retrained version goes live only when its metric reaches raw z's and the live version's plus this
     # many points (on the same eval items); below 0 tolerates a small loss, above 0 asks for a clear gain.
     activation_margin: float = Field(0.0, ge=-100, le=100)
+    # Several experts per item: each item goes to `overlap` different experts; the lens trains on the
+    # `consensus` of their labels (ml.annotators: dawid_skene | vote | last).
+    overlap: int = Field(1, ge=1, le=20)
+    consensus: Literal["dawid_skene", "vote", "last"] = "dawid_skene"
     max_upload_mb: float = Field(200.0, gt=0)
     # Server-side import paths must lie under DATA_DIR or one of these roots (comma-separated).
     import_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)

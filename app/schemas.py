@@ -90,6 +90,17 @@ class ProjectSettingsIn(BaseModel):
         description="Points by which a retrained version must reach raw z's metric and the live version's "
         "(on the same eval items) to go live; otherwise it is kept but not activated. Unset: 0.",
     )
+    overlap: int | None = Field(
+        None,
+        ge=1,
+        le=20,
+        description="How many different experts label each item before it counts as labelled (default 1).",
+    )
+    consensus: Literal["dawid_skene", "vote", "last"] | None = Field(
+        None,
+        description="What the lens trains on when experts disagree: dawid_skene (each expert's reliability "
+        "estimated, the default), vote (the labels' shares) or last (the latest label).",
+    )
     lens: dict[str, Any] | None = Field(
         None,
         description="Lens hyper-parameters for retrains (checked when saved; 422 names a bad key or value): "

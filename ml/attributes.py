@@ -113,9 +113,17 @@ def coerce_attributes(attributes: Sequence[Attribute | Mapping[str, Any]]) -> li
 
 
 def validate_labels(
-    S: Mapping[str, Any] | None, attributes: Sequence[Attribute], n: int, *, require_all: bool = False
+    S: Mapping[str, Any] | None,
+    attributes: Sequence[Attribute],
+    n: int,
+    *,
+    require_all: bool = False,
+    soft: bool = False,
 ) -> dict[str, np.ndarray]:
     """Check a label dict against the schema; returns arrays (int64 levels / float64 values).
+
+    With ``soft``, a discrete attribute may also be given as soft targets [n, C] (a distribution over
+    its levels per item, zeros where unlabelled), returned normalised as float64 [n, C].
 
     Attributes absent from ``S`` are all-missing (unless ``require_all``). Raises ``ValueError``
     naming the attribute for an unknown name, a wrong length, an out-of-range level or a bad value.
@@ -133,6 +141,9 @@ def validate_labels(
             out[a.name] = np.full(n, MISSING_LEVEL, np.int64) if a.is_discrete else np.full(n, np.nan)
             continue
         arr = np.asarray(S[a.name])
+        if soft and a.is_discrete and arr.ndim == 2:
+            out[a.name] = _soft_targets(arr, a, n)
+            continue
         if arr.ndim != 1 or arr.shape[0] != n:
             raise ValueError(f"attribute {a.name!r}: expected a 1-d array of length {n}, got shape {arr.shape}")
         if a.is_discrete:
@@ -159,6 +170,32 @@ def validate_labels(
     return out
 
 
+def _soft_targets(arr: np.ndarray, a: Attribute, n: int) -> np.ndarray:
+    """A discrete attribute's soft targets [n, C]: each row a distribution over the levels (e.g. what
+    several experts said), or all zeros for an unlabelled item; rows are normalised to sum to 1."""
+    if arr.shape != (n, a.n_levels):
+        raise ValueError(
+            f"attribute {a.name!r}: soft targets must have shape ({n}, {a.n_levels}) (items × levels), got {arr.shape}"
+        )
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"attribute {a.name!r}: soft targets must be numbers, got dtype {arr.dtype}")
+    arr = np.nan_to_num(arr.astype(np.float64), nan=0.0)
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise ValueError(f"attribute {a.name!r}: soft targets must be finite and non-negative")
+    mass = arr.sum(1, keepdims=True)
+    return np.where(mass > 0, arr / np.where(mass > 0, mass, 1.0), 0.0)
+
+
 def observed_mask(labels: np.ndarray, attribute: Attribute) -> np.ndarray:
-    """Boolean mask of items whose value for ``attribute`` is known."""
+    """Boolean mask of items whose value for ``attribute`` is known (a soft target: any mass)."""
+    if attribute.is_discrete and np.ndim(labels) == 2:
+        return np.asarray(labels).sum(1) > 0
     return labels != MISSING_LEVEL if attribute.is_discrete else ~np.isnan(labels)
+
+
+def hard_levels(labels: np.ndarray, attribute: Attribute) -> np.ndarray:
+    """A discrete attribute's labels as level indices (−1 missing): soft targets by their most likely level."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return np.where(labels.sum(1) > 0, labels.argmax(1), MISSING_LEVEL).astype(np.int64)
+    return labels

@@ -1,7 +1,6 @@
 """The Python client on the demo server: label from the queue, retrain, then read scores, representations
 and predictions for new images. Run it beside `make demo` (see the README's "Python client")."""
 
-import numpy as np
 from sklearn.datasets import load_digits
 
 from lenslab_client import Lenslab

@@ -68,6 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--out", default="benchmarks/results/export.json")
     ex.set_defaults(func=_export)
 
+    an = bsub.add_parser(
+        "annotators", help="nine experts of different noise, three per image: consensus targets vs last-write-wins"
+    )
+    an.add_argument("--data-dir", default="../shared/data", help="folder holding mnist/")
+    an.add_argument("--seeds", type=int, default=3)
+    an.add_argument("--out-dir", default="benchmarks/results")
+    an.set_defaults(func=_annotators)
+
     _register_al(bsub)
 
 
@@ -151,6 +159,16 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be ≥ 1000 (the project holds 700 labels), got {args.n}")
     result = run_export_bench(n=args.n, transform_n=args.transform_n, repeats=args.repeats, out=Path(args.out))
     return 0 if result["ok"] else 1
+
+
+def _annotators(args: argparse.Namespace) -> int:
+    from ml.bench.annotators import run
+
+    _positive("seeds", args.seeds)
+    if not (Path(args.data_dir) / "mnist").is_dir():
+        raise SystemExit(f"--data-dir: {args.data_dir!r} holds no mnist/ folder")
+    run(data_dir=args.data_dir, seeds=args.seeds, out_dir=args.out_dir)
+    return 0
 
 
 def _data(args: argparse.Namespace) -> int:

@@ -143,6 +143,8 @@ class Item(Base):
     lease_id: Mapped[str | None] = mapped_column(sa.String(32))
     lease_expires_at: Mapped[datetime | None]
     label_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Distinct experts with a live label on the item: the queue hands it out until the project's overlap.
+    labellers: Mapped[int] = mapped_column(default=0, server_default="0")
     # How often experts skipped it: an item many skip may be unjudgeable (the admin's list shows them).
     skip_count: Mapped[int] = mapped_column(default=0, server_default="0")
     # Place in the diversity order of the base representation (TypiClust on z) that the queue follows

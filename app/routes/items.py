@@ -93,6 +93,7 @@ def submit_label(user: ExpertUser, item: ItemDep, body: LabelIn, session: Sessio
         lease_id=body.lease_id,
         retrain_every=int(eff["retrain_every"]),
         project_id=body.project_id,
+        overlap=int(eff["overlap"]),
     )
     out = {**labels.label_out(result.label), "replayed": result.replayed}
     if result.replayed:

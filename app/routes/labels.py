@@ -22,10 +22,12 @@ router = APIRouter(prefix="/api/v1", tags=["labels"])
 
 
 @router.post("/labels/{label_id}/retract", status_code=status.HTTP_201_CREATED)
-def retract_label(user: ExpertUser, label_id: RowId, session: SessionDep) -> dict[str, Any]:
+def retract_label(user: ExpertUser, label_id: RowId, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """Undo a label: appends a retraction row; the item's current values fall back to earlier labels."""
     label = labels.get_or_raise(session=session, label_id=label_id)
-    return labels.label_out(labels.retract(session=session, label=label, user=user))
+    project = projects.get_or_raise(session=session, project_id=label.project_id)
+    overlap = int(projects.effective_settings(project, settings)["overlap"])
+    return labels.label_out(labels.retract(session=session, label=label, user=user, overlap=overlap))
 
 
 @router.get("/projects/{pid}/labels", response_model=None)
@@ -46,7 +48,7 @@ def export_labels(
             i.id: i
             for i in session.execute(
                 sa.select(Item.id, Item.source_index, Item.external_id, Item.split).where(
-                    Item.project_id == project.id, Item.labelled
+                    Item.project_id == project.id, Item.label_count > 0
                 )
             ).all()
         }
@@ -118,4 +120,5 @@ def import_labels(
         rows=[r.model_dump() for r in body.labels],
         user=user,
         retrain_every=int(eff["retrain_every"]),
+        overlap=int(eff["overlap"]),
     )

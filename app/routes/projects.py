@@ -87,14 +87,16 @@ def get_project(user: ViewerUser, project: ProjectDep, session: SessionDep, sett
 
 
 @router.patch("/projects/{pid}")
-def patch_project(user: AdminUser, project: ProjectDep, body: ProjectPatch, session: SessionDep) -> dict[str, Any]:
+def patch_project(
+    user: AdminUser, project: ProjectDep, body: ProjectPatch, session: SessionDep, settings: SettingsDep
+) -> dict[str, Any]:
     """Change name, strategy, settings, representation or attributes (labelled attributes stay as they are)."""
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
     if "settings" in changes:
         changes["settings"] = body.settings.model_dump(exclude_none=True)  # type: ignore[union-attr]
     if "attributes" in changes:
         changes["attributes"] = [a.model_dump(exclude_none=True) for a in body.attributes or []]
-    project = projects.update(session=session, project=project, changes=changes)
+    project = projects.update(session=session, project=project, changes=changes, default_overlap=settings.overlap)
     return project_out(project, projects.summary(session=session, project=project))
 
 

@@ -29,6 +29,7 @@ def queue_next(
         n=n,
         lease_seconds=float(eff["lease_seconds"]),
         eval_fraction=float(eff["eval_fraction"]),
+        overlap=int(eff["overlap"]),
     )
     out: dict[str, Any] = {"items": items, **order}
     if len(items) < n:

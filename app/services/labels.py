@@ -92,6 +92,35 @@ def _end_lease(session: Session, lease: Lease, reason: str, now: datetime) -> No
     )
 
 
+def _lock_items(session: Session, item_ids: list[int]) -> None:
+    """Row locks on the items (PostgreSQL; SQLite's write transaction holds the whole database), taken
+    before their labels change so that the recount below sees every committed label of the item."""
+    if session.get_bind().dialect.name == "postgresql" and item_ids:
+        session.execute(sa.select(Item.id).where(Item.id.in_(sorted(item_ids))).order_by(Item.id).with_for_update())
+
+
+def recount_labellers(session: Session, item_ids: list[int], overlap: int) -> None:
+    """Set ``labellers`` (distinct experts with a live label; a label whose author was deleted counts as
+    its own expert) and ``labelled`` (at least ``overlap`` of them) of the items from their labels."""
+    undo = aliased(Label)
+    live = (
+        sa.select(sa.func.count(sa.distinct(sa.func.coalesce(Label.user_id, -Label.id))))
+        .where(
+            Label.item_id == Item.id,
+            Label.kind == "label",
+            ~sa.exists().where(undo.retracts_id == Label.id),
+        )
+        .scalar_subquery()
+    )
+    for chunk in _chunks(sorted(set(item_ids))):
+        session.execute(
+            sa.update(Item)
+            .where(Item.id.in_(chunk))
+            .values(labellers=live, labelled=live >= overlap)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def submit(
     *,
     session: Session,
@@ -104,8 +133,11 @@ def submit(
     lease_id: str | None,
     retrain_every: int,
     project_id: int | None = None,
+    overlap: int = 1,
 ) -> Submitted:
-    """Store one label for ``item`` (ending the caller's lease on it) and maybe queue a retrain; committed."""
+    """Store one label for ``item`` (ending the caller's lease on it) and maybe queue a retrain; committed.
+
+    The item counts as labelled once ``overlap`` different experts have a live label on it."""
     if project_id is not None and project_id != item.project_id:
         raise Invalid(f"project_id: item {item.id} belongs to project {item.project_id}, not {project_id}")
     clean = validate_values(attrs, values)
@@ -142,13 +174,16 @@ def submit(
         eval=item.split == "eval",
         created_at=now,
     )
+    _lock_items(session, [item.id])
     session.add(label)
     session.execute(
         sa.update(Item)
         .where(Item.id == item.id)
-        .values(label_count=Item.label_count + 1, labelled=True)
+        .values(label_count=Item.label_count + 1)
         .execution_options(synchronize_session=False)
     )
+    session.flush()
+    recount_labellers(session, [item.id], overlap)
     own_live = (
         [lease]
         if lease is not None
@@ -186,7 +221,7 @@ def get_or_raise(*, session: Session, label_id: int) -> Label:
     return label
 
 
-def retract(*, session: Session, label: Label, user: User) -> Label:
+def retract(*, session: Session, label: Label, user: User, overlap: int = 1) -> Label:
     """Undo a label by appending a retraction row (its author or an admin); committed."""
     if label.kind != "label":
         raise Invalid(f"label {label.id} is a retraction; retract the label it undoes instead")
@@ -203,14 +238,17 @@ def retract(*, session: Session, label: Label, user: User) -> Label:
         retracts_id=label.id,
         eval=label.eval,
     )
+    _lock_items(session, [label.item_id])
     session.add(row)
     session.execute(
         sa.update(Item)
         .where(Item.id == label.item_id)
-        .values(label_count=Item.label_count - 1, labelled=Item.label_count > 1)
+        .values(label_count=Item.label_count - 1)
         .execution_options(synchronize_session=False)
     )
     try:
+        session.flush()
+        recount_labellers(session, [label.item_id], overlap)
         session.commit()
     except sa_exc.IntegrityError:
         session.rollback()
@@ -242,6 +280,18 @@ def current_values(
     return out
 
 
+def expert_labels(
+    *, session: Session, project_id: int, eval: bool | None = None
+) -> list[tuple[int, int, dict[str, Any]]]:
+    """(item id, expert, values) of every live label in the order given; a label whose author was deleted
+    counts as its own expert (``-label id``). What ``ml.annotators`` weighs when experts disagree."""
+    q = _live_labels(project_id, None, eval).with_only_columns(Label.id, Label.item_id, Label.user_id, Label.values)
+    return [
+        (int(r.item_id), int(r.user_id) if r.user_id is not None else -int(r.id), dict(r.values))
+        for r in session.execute(q)
+    ]
+
+
 def history(*, session: Session, project_id: int) -> list[Label]:
     """Every label and retraction row of a project, in order."""
     return list(session.scalars(sa.select(Label).where(Label.project_id == project_id).order_by(Label.id)))
@@ -271,6 +321,7 @@ def import_bulk(
     rows: list[dict[str, Any]],
     user: User,
     retrain_every: int,
+    overlap: int = 1,
 ) -> dict[str, int]:
     """Append many labels at once (all or nothing), e.g. known labels for the eval split; committed."""
     if not rows:
@@ -320,6 +371,7 @@ def import_bulk(
     if errors:
         raise Invalid(errors if len(errors) > 1 else errors[0])
     now = utcnow()
+    _lock_items(session, [item.id for item, _, _ in plan])
     counts: dict[int, int] = {}
     to_eval: set[int] = set()
     for item, _clean, is_eval in plan:
@@ -353,9 +405,11 @@ def import_bulk(
     session.connection().execute(
         sa.update(items_t)
         .where(items_t.c.id == sa.bindparam("iid"))
-        .values(label_count=items_t.c.label_count + sa.bindparam("n"), labelled=True),
+        .values(label_count=items_t.c.label_count + sa.bindparam("n")),
         [{"iid": i, "n": n} for i, n in counts.items()],
     )
+    session.flush()
+    recount_labellers(session, list(counts), overlap)
     jobs.maybe_enqueue_retrain(session=session, project_id=project.id, retrain_every=retrain_every, created_by=user.id)
     session.commit()
     n_eval = sum(1 for _, _, e in plan if e)

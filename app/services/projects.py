@@ -17,7 +17,15 @@ from ml.attributes import Attribute as MlAttribute
 from ml.attributes import coerce_attributes
 from ml.steps import lens_params
 
-SETTING_DEFAULTS = ("retrain_every", "lease_seconds", "eval_fraction", "skip_hours", "activation_margin")
+SETTING_DEFAULTS = (
+    "retrain_every",
+    "lease_seconds",
+    "eval_fraction",
+    "skip_hours",
+    "activation_margin",
+    "overlap",
+    "consensus",
+)
 
 
 def get(*, session: Session, project_id: int) -> Project | None:
@@ -164,7 +172,7 @@ def create_with_dataset(
     return project, loaded
 
 
-def update(*, session: Session, project: Project, changes: dict[str, Any]) -> Project:
+def update(*, session: Session, project: Project, changes: dict[str, Any], default_overlap: int = 1) -> Project:
     """Apply a PATCH: name, strategy, settings (merged), representation, attributes (rules below); committed.
 
     Attributes that already have labels keep their name, kind and levels; new attributes may be added;
@@ -178,7 +186,17 @@ def update(*, session: Session, project: Project, changes: dict[str, Any]) -> Pr
     if "strategy" in changes:
         project.strategy = changes["strategy"]
     if "settings" in changes:
+        before = (project.settings or {}).get("overlap") or default_overlap
         project.settings = validate_settings({**(project.settings or {}), **changes["settings"]})
+        overlap = project.settings.get("overlap") or default_overlap
+        if overlap != before:
+            # An item counts as labelled once `overlap` different experts labelled it: recount them all.
+            session.execute(
+                sa.update(Item)
+                .where(Item.project_id == project.id)
+                .values(labelled=Item.labellers >= overlap)
+                .execution_options(synchronize_session=False)
+            )
     if "representation" in changes:
         if session.scalar(
             sa.select(sa.func.count()).select_from(Item).where(Item.project_id == project.id)

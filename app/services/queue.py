@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.base import start_of_utc_day, utcnow
-from app.db.models import Item, Lease, Project, Score, Skip, User
+from app.db.models import Item, Label, Lease, Project, Score, Skip, User
 from app.services import models
 from app.services.errors import Conflict, Forbidden, NotFound
 from app.services.projects import effective_settings
@@ -44,6 +44,20 @@ def _not_skipped_by(project_id: int, user_id: int, now: datetime) -> sa.ColumnEl
     return Item.id.not_in(
         sa.select(Skip.item_id).where(Skip.project_id == project_id, Skip.user_id == user_id, Skip.until > now)
     )
+
+
+def _not_labelled_by(project_id: int, user_id: int) -> sa.ColumnElement[bool]:
+    # With overlap, an item goes to several experts, never twice to one: not to anyone who labelled it.
+    return Item.id.not_in(
+        sa.select(Label.item_id).where(Label.project_id == project_id, Label.user_id == user_id, Label.kind == "label")
+    )
+
+
+def _partial_candidates(session: Session, cond: sa.ColumnElement[bool], m: int) -> list[tuple[int, None]]:
+    # Items other experts began come first, those nearest their overlap first: finished items are
+    # what agreement and consensus are measured on.
+    q = sa.select(Item.id).where(cond, Item.labellers > 0).order_by(Item.labellers.desc(), Item.id).limit(m)
+    return [(int(i), None) for i in session.scalars(_lock(q, session))]
 
 
 def skip_until(now: datetime, skip_hours: float | None) -> datetime:
@@ -159,9 +173,14 @@ def next_batch(
     eval_fraction: float,
     now: datetime | None = None,
     rng: random.Random | None = None,
+    overlap: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Up to ``n`` items leased to ``user``: their own live leases first, then new ones; committed.
     Also how new pool items were ordered (``order``, ``order_reason``).
+
+    With ``overlap`` > 1 an item stays in the queue until that many different experts labelled it,
+    is never handed to an expert who labelled it, and items others began come before new ones; an
+    item is still leased to one expert at a time.
 
     New slots are eval hand-outs with probability ``eval_fraction`` (uniformly random items that join
     the held-out split), otherwise the highest acquisition scores of the active model; before a model
@@ -222,17 +241,28 @@ def next_batch(
         return won
 
     free = sa.and_(_free(project.id, now), _not_skipped_by(project.id, user.id, now))
+    if overlap > 1:
+        free = sa.and_(free, _not_labelled_by(project.id, user.id))
+        for split in ("eval", "pool"):
+            if need > 0:
+                cond = sa.and_(free, Item.split == split)
+                need -= take(_partial_candidates(session, cond, need + slack), need, split == "eval")
+        n_eval = min(n_eval, need)
+    # A new eval item is one nobody labelled yet: labels given for training never move to the held-out side.
+    fresh = Item.labellers == 0
     got_eval = 0
     if n_eval:
         # Unfinished eval items (released, expired or retracted) first, so the held-out set fills up.
         got_eval = take(_random_candidates(session, sa.and_(free, Item.split == "eval"), n_eval + slack), n_eval, True)
         if got_eval < n_eval:
             got_eval += take(
-                _random_candidates(session, sa.and_(free, Item.split == "pool"), n_eval - got_eval + slack),
+                _random_candidates(session, sa.and_(free, fresh, Item.split == "pool"), n_eval - got_eval + slack),
                 n_eval - got_eval,
                 True,
             )
     k = need - got_eval
+    if k > 0 and overlap > 1:
+        free = sa.and_(free, fresh)  # the partly labelled ones were offered above
     if k > 0:
         pool = sa.and_(free, Item.split == "pool")
         won = 0

@@ -27,7 +27,7 @@ from app.services import models as model_service
 from app.services.errors import ServiceError
 from app.services.projects import effective_settings, schema
 from app.worker.progress import JobContext
-from ml import steps
+from ml import annotators, steps
 from ml.attributes import MISSING_LEVEL, Attribute
 from ml.control import Stopped
 from ml.strategies import QUEUE_BATCH_RULES, batch_rule, scored_strategy
@@ -427,7 +427,7 @@ def run_pretrain(ctx: JobContext, settings: Settings) -> None:
 
 
 def _training_data(
-    ctx: JobContext, attrs: list[Attribute], rep_id: int
+    ctx: JobContext, attrs: list[Attribute], rep_id: int, consensus: str
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
     """Z and labels of the pool (training) and eval items, and the newest label id read."""
     db = ctx.db
@@ -435,13 +435,15 @@ def _training_data(
     with db.session(write=False) as s:
         top = s.scalar(sa.select(sa.func.max(Label.id)).where(Label.project_id == ctx.project_id)) or 0
         item_ids, splits = _items(s, ctx.project_id)
-        train_vals = label_service.current_values(session=s, project_id=ctx.project_id, eval=False)
-        eval_vals = label_service.current_values(session=s, project_id=ctx.project_id, eval=True)
+        train_rows = label_service.expert_labels(session=s, project_id=ctx.project_id, eval=False)
+        eval_rows_ = label_service.expert_labels(session=s, project_id=ctx.project_id, eval=True)
     pool_rows, pool_ids = _rows_of(table_ids, item_ids[splits == "pool"])
     eval_rows, eval_ids = _rows_of(table_ids, item_ids[splits == "eval"])
     # Eval items never enter the fit (not even unlabelled): the metric must not see what trained the lens.
-    S_pool = _label_arrays(train_vals, pool_ids, attrs)
-    S_eval = _label_arrays(eval_vals, eval_ids, attrs)
+    # Where several experts labelled an item, the lens trains on their consensus (soft targets) and
+    # the metric scores against its most likely level.
+    S_pool = annotators.targets(pool_ids, train_rows, attrs, consensus)
+    S_eval = annotators.targets(eval_ids, eval_rows_, attrs, consensus, hard=True)
     return pool_ids, Z_all[pool_rows], S_pool, eval_ids, Z_all[eval_rows], S_eval, int(top)
 
 
@@ -546,6 +548,7 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
         strategy = _scoring_strategy(project, ctx.params)
         plan = _batch_plan(project, ctx.params, settings)
         margin = float(effective_settings(project, settings)["activation_margin"])
+        consensus = str(effective_settings(project, settings)["consensus"])
         rep = _active_rep(s, project.id)
         rep_id = rep.id if rep is not None else None
         test_ll = (rep.config or {}).get("test_ll") if rep is not None else None
@@ -576,7 +579,7 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
         fit_lo = 0.4
     else:
         fit_lo = 0.02
-    pool_ids, Z_pool, S_pool, _eval_ids, Z_eval, S_eval, top = _training_data(ctx, attrs, rep_id)
+    pool_ids, Z_pool, S_pool, _eval_ids, Z_eval, S_eval, top = _training_data(ctx, attrs, rep_id, consensus)
     n_lab = _n_labelled(S_pool, attrs)
     if n_lab == 0:
         raise TaskError("no training labels yet: label some items (eval labels never train the lens)")
@@ -786,9 +789,10 @@ def run_evaluate(ctx: JobContext, settings: Settings) -> None:
         blob = s.scalar(sa.select(ModelVersion.checkpoint).where(ModelVersion.id == mv.id))
         rep = s.get(Representation, rep_id) if rep_id is not None else None
         test_ll = (rep.config or {}).get("test_ll") if rep is not None else None
+        consensus = str(effective_settings(project, settings)["consensus"])
     if rep_id is None or not blob:
         raise TaskError(f"model version {mv_id} has no checkpoint or representation to evaluate")
-    _, _, _, _, Z_eval, S_eval, _ = _training_data(ctx, attrs, rep_id)
+    _, _, _, _, Z_eval, S_eval, _ = _training_data(ctx, attrs, rep_id, consensus)
     ctx.stage("evaluate", 0.1, 0.95)
     metrics = steps.evaluate(
         steps.load_lens(blob, device=ctx.device), Z_eval, S_eval, attrs, should_stop=ctx.should_stop, device=ctx.device

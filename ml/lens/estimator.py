@@ -36,8 +36,10 @@ class InterpretableLens(Checkpointed):
     train; every other parameter is a ``LensConfig`` setting, with its default there. ``Z`` is
     [N, d] (the base model's representation); ``S`` maps attribute name → array of length N: level
     indices (−1 = missing) for categorical/ordinal attributes, values (NaN = missing) for continuous
-    ones. Learnt state ends with ``_``. ``flow``, ``alpha`` and ``weight_decay`` may be ``"auto"``:
-    they are then chosen, with the number of epochs, by ``selection_folds``-fold cross-validation on
+    ones. A categorical/ordinal attribute may instead be given soft targets [N, C] (per item a
+    distribution over the levels, e.g. what several experts said; zeros = unlabelled), on which every
+    term trains in expectation. Learnt state ends with ``_``. ``flow``, ``alpha`` and ``weight_decay``
+    may be ``"auto"``: they are then chosen, with the number of epochs, by ``selection_folds``-fold cross-validation on
     the labelled items alone; the outcome is kept in ``selection_``.
 
     The constructor stores its arguments unchanged (so ``sklearn.base.clone`` works) and checks the
@@ -129,7 +131,7 @@ class InterpretableLens(Checkpointed):
         device = resolve_device(self.device)
         # Unset batch size and step are the device's (ml.device.sizes_for), stored concrete in config_.
         requested = self.settings().for_device(device, n)
-        labels = validate_labels(S, attrs, n)
+        labels = validate_labels(S, attrs, n, soft=True)
         check_label_support(attrs, labels)
         assign_dims(attrs, requested.dims_per_attribute, d)
         if warm_start and hasattr(self, "module_") and self.dim_ == d:

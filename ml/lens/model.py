@@ -75,11 +75,9 @@ class LensModule(nn.Module):
                     oh = torch.zeros(n, a.n_levels, device=device)
                     miss = torch.ones(n, 1, device=device)
                 else:
-                    known = v >= 0
-                    # A comparison, not F.one_hot: one_hot checks its input's range on the host.
-                    levels = torch.arange(a.n_levels, device=device)
-                    oh = (v[:, None] == levels[None, :]).float()  # a missing level (−1) matches none
-                    miss = (~known).float()[:, None]
+                    # Targets arrive as distributions (``train.as_distributions``): one-hot, soft, or zeros.
+                    oh = v
+                    miss = (v.sum(1, keepdim=True) <= 0).float()
                 parts += [oh, miss]
             else:
                 if v is None:
@@ -160,12 +158,9 @@ class LensModule(nn.Module):
             v = s.get(a.name)
             if a.is_discrete:
                 logp = head.log_probs(zs)  # (B, C)
-                known = v >= 0 if v is not None else torch.zeros(n, dtype=torch.bool, device=z.device)
-                obs = (
-                    logp.gather(1, v.clamp_min(0)[:, None]).squeeze(1)
-                    if v is not None
-                    else torch.zeros(n, device=z.device)
-                )
+                known = v.sum(1) > 0 if v is not None else torch.zeros(n, dtype=torch.bool, device=z.device)
+                # eq. (7)'s log p(s|z*), in expectation over the target distribution (one-hot: the label's).
+                obs = (v * logp).sum(1) if v is not None else torch.zeros(n, device=z.device)
                 # eq. (8): Σ_s q(s|z)[log p(s|z*) − log q(s|z)], q from the head at f(z).
                 q = head.log_probs(zdet).exp()
                 lat = (q * (logp - torch.log(q.clamp_min(1e-12)))).sum(1)
@@ -197,8 +192,8 @@ class LensModule(nn.Module):
             head = self.heads[a.name]
             v = s[a.name]
             if a.is_discrete:
-                known = v >= 0
-                obs = head.log_probs(zs).gather(1, v.clamp_min(0)[:, None]).squeeze(1)
+                known = v.sum(1) > 0
+                obs = (v * head.log_probs(zs)).sum(1)
             else:
                 assert isinstance(head, ContinuousHead)
                 known = ~torch.isnan(v)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from ml.attributes import Attribute, observed_mask
+from ml.attributes import Attribute, hard_levels, observed_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from ml.lens.model import LensModule
@@ -69,7 +69,7 @@ def propagate_labels(
     for a in attributes:
         if not a.is_discrete:
             continue
-        y = np.asarray(labels[a.name])
+        y = hard_levels(labels[a.name], a)  # spreading seeds: a soft target's most likely level
         known = observed_mask(y, a)
         if len(np.unique(y[known])) < 2:
             continue

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from ml.attributes import Attribute, observed_mask
+from ml.attributes import Attribute, hard_levels, observed_mask
 from ml.control import ProgressFn, StopFn, sub_progress
 from ml.heads import default_alpha
 from ml.lens.config import AUTO, LensConfig
@@ -66,7 +66,7 @@ def _folds(
     strata = None
     for a in attributes:
         if a.is_discrete:
-            y = labels[a.name][lab_idx]
+            y = hard_levels(labels[a.name][lab_idx], a)
             if observed_mask(y, a).all() and np.unique(y, return_counts=True)[1].min() >= k:
                 strata = y
             break

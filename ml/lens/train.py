@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml.attributes import Attribute, observed_mask
+from ml.attributes import Attribute, hard_levels, observed_mask
 from ml.control import ProgressFn, StopFn, Throttle, check_stop
 from ml.flows import PlanarFlowStack
 from ml.heads import ContinuousHead, default_alpha
@@ -56,6 +56,8 @@ def check_label_support(attributes: list[Attribute], labels: Mapping[str, np.nda
     """ValueError when a labelled attribute cannot be learnt: one categorical level, one continuous value."""
     for a in attributes:
         obs = labels[a.name][observed_mask(labels[a.name], a)]
+        if a.is_discrete:
+            obs = hard_levels(obs, a)
         if a.kind == "categorical":
             if len(np.unique(obs)) < 2:
                 raise ValueError(
@@ -74,11 +76,26 @@ def auto_epochs(steps_per_epoch: int) -> int:
 def label_tensors(
     attributes: list[Attribute], labels: Mapping[str, np.ndarray], device: torch.device
 ) -> dict[str, torch.Tensor]:
-    st = {a.name: torch.as_tensor(labels[a.name], device=device) for a in attributes}
+    st = {}
     for a in attributes:
-        if not a.is_discrete:
-            st[a.name] = st[a.name].float()
+        if a.is_discrete:
+            st[a.name] = torch.as_tensor(as_distributions(labels[a.name], a), dtype=torch.float32, device=device)
+        else:
+            st[a.name] = torch.as_tensor(labels[a.name], device=device).float()
     return st
+
+
+def as_distributions(y: np.ndarray, a: Attribute) -> np.ndarray:
+    """A discrete attribute's labels as target distributions [N, C]: one-hot for a level index, the
+    soft target as given, zeros for a missing label. The lens trains on these in every term, so an
+    item several experts labelled differently pulls towards each level by its share (eqs. 7, 9)."""
+    y = np.asarray(y)
+    if y.ndim == 2:
+        return y.astype(np.float32)
+    out = np.zeros((len(y), a.n_levels), np.float32)
+    known = y >= 0
+    out[np.flatnonzero(known), y[known]] = 1.0
+    return out
 
 
 def heldout_log_lik(
@@ -94,8 +111,8 @@ def heldout_log_lik(
             head = mod.heads[a.name]
             v = st[a.name]
             if a.is_discrete:
-                known = v >= 0
-                lp = head.log_probs(zs).gather(1, v.clamp_min(0)[:, None]).squeeze(1)
+                known = v.sum(1) > 0
+                lp = (v * head.log_probs(zs)).sum(1)
             else:
                 assert isinstance(head, ContinuousHead)
                 known = ~torch.isnan(v)

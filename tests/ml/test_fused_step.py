@@ -12,7 +12,7 @@ from ml.attributes import Attribute
 from ml.flows import PlanarFlowStack
 from ml.lens.config import LensConfig
 from ml.lens.model import LensModule
-from ml.lens.train import assign_dims, train
+from ml.lens.train import assign_dims, label_tensors, train
 
 ATTRS = [
     Attribute("digit", "categorical", tuple(str(i) for i in range(10))),
@@ -74,11 +74,12 @@ def _step_loss_and_grads(fused: bool) -> tuple[torch.Tensor, list[torch.Tensor]]
     gen = np.random.default_rng(0)
     n, m = 64, 32
     z = torch.as_tensor(gen.normal(size=(n + m, 8)))
-    s = {
-        "digit": torch.as_tensor(np.where(gen.random(n + m) < 0.5, gen.integers(0, 10, n + m), -1)),
-        "thick": torch.as_tensor(np.where(gen.random(n + m) < 0.5, gen.integers(0, 5, n + m), -1)),
-        "slant": torch.as_tensor(np.where(gen.random(n + m) < 0.5, gen.normal(size=n + m), np.nan)),
+    raw = {
+        "digit": np.where(gen.random(n + m) < 0.5, gen.integers(0, 10, n + m), -1),
+        "thick": np.where(gen.random(n + m) < 0.5, gen.integers(0, 5, n + m), -1),
+        "slant": np.where(gen.random(n + m) < 0.5, gen.normal(size=n + m), np.nan),
     }
+    s = {k: v.double() for k, v in label_tensors(ATTRS, raw, torch.device("cpu")).items()}
     batch, lab = {k: v[:n] for k, v in s.items()}, {k: v[n:] for k, v in s.items()}
     # The same noise in both paths: the fused pass draws the two batches' ε as one block.
     torch.manual_seed(1)

@@ -1,0 +1,250 @@
+"""Several experts per item: their agreement (Krippendorff's α) and what the lens trains on (consensus).
+
+Labels come as triples (item row, expert row, value): value a level index for a discrete attribute,
+a number for a continuous one. Each expert counts once per item (their own latest label).
+
+- ``agreement``: Krippendorff's α (Krippendorff 2004; the maintained ``krippendorff`` package) at the
+  attribute's level of measurement — nominal for categorical, ordinal for ordinal, interval for
+  continuous — with a bootstrap interval over items, and per expert the α between their labels and
+  the leave-one-out consensus of the others on the items they share.
+- ``consensus``: the target per item. ``dawid_skene`` (Dawid & Skene 1979) estimates each expert's
+  confusion matrix and the level prior by EM and gives each item the posterior over its true level:
+  an expert who often disagrees with the rest counts for less, and an item their label alone
+  contradicts keeps most mass where the others put it. ``vote`` is the share of each level among the
+  item's labels; ``last`` is the latest label (what one expert per item gives). Continuous
+  attributes take the mean of the labels under every method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ml.attributes import Attribute
+
+CONSENSUS_METHODS = ("dawid_skene", "vote", "last")
+LEVEL_OF_MEASUREMENT = {"categorical": "nominal", "ordinal": "ordinal", "continuous": "interval"}
+DS_ITERATIONS = 50
+DS_SMOOTHING = 0.5  # pseudo-counts on each confusion row: an expert with few labels is not trusted blindly
+
+
+@dataclass
+class Labels:
+    """One attribute's labels: parallel arrays of item row, expert row and value, in time order."""
+
+    item: np.ndarray
+    expert: np.ndarray
+    value: np.ndarray
+
+    @classmethod
+    def of(cls, item: Sequence[int], expert: Sequence[int], value: Sequence[float]) -> Labels:
+        return cls(np.asarray(item, np.int64), np.asarray(expert, np.int64), np.asarray(value, np.float64))
+
+    def latest_per_expert(self) -> Labels:
+        """Each expert's last label per item (an expert's own correction replaces their earlier label)."""
+        if not len(self.item):
+            return self
+        key = self.item * (int(self.expert.max()) + 1) + self.expert
+        # The last occurrence of each (item, expert): unique on the reversed order.
+        _, first_rev = np.unique(key[::-1], return_index=True)
+        keep = np.sort(len(key) - 1 - first_rev)
+        return Labels(self.item[keep], self.expert[keep], self.value[keep])
+
+
+def reliability_matrix(labels: Labels, n_items: int, n_experts: int) -> np.ndarray:
+    """Experts × items, NaN where an expert gave no value (the ``krippendorff`` package's layout)."""
+    m = np.full((n_experts, n_items), np.nan)
+    lab = labels.latest_per_expert()
+    m[lab.expert, lab.item] = lab.value
+    return m
+
+
+def _alpha(matrix: np.ndarray, level: str, domain: np.ndarray | None) -> float:
+    import krippendorff
+
+    pairable = (~np.isnan(matrix)).sum(0) >= 2
+    if pairable.sum() < 1:
+        return float("nan")
+    sub = matrix[:, pairable]
+    values = np.unique(sub[~np.isnan(sub)])
+    if len(values) < 2 and (domain is None or len(domain) < 2):
+        return float("nan")
+    try:
+        return float(
+            krippendorff.alpha(
+                reliability_data=sub,
+                level_of_measurement=level,  # type: ignore[arg-type]
+                value_domain=list(domain) if domain is not None else None,
+            )
+        )
+    except (ValueError, ZeroDivisionError):  # one value in all the data: α is undefined
+        return float("nan")
+
+
+def _loo_consensus(matrix: np.ndarray, e: int, level: str) -> np.ndarray:
+    """Per item the others' consensus (mode, median or mean by level), NaN where no other expert labelled."""
+    others = np.delete(matrix, e, axis=0)
+    out = np.full(matrix.shape[1], np.nan)
+    has = (~np.isnan(others)).any(0)
+    if level == "interval":
+        out[has] = np.nanmean(others[:, has], axis=0)
+    elif level == "ordinal":
+        out[has] = np.floor(np.nanmedian(others[:, has], axis=0))
+    else:
+        for j in np.flatnonzero(has):
+            vals, counts = np.unique(others[~np.isnan(others[:, j]), j], return_counts=True)
+            out[j] = vals[np.argmax(counts)]
+    return out
+
+
+def agreement(
+    labels: Labels,
+    attribute: Attribute,
+    n_items: int,
+    n_experts: int,
+    *,
+    n_boot: int = 300,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Krippendorff's α of one attribute with a 95% bootstrap interval (items resampled), and per expert
+    ``alpha`` against the others' leave-one-out consensus, ``agree`` (share of shared items on which
+    they match it exactly; within 10% of the range for continuous) and ``n_items`` shared."""
+    level = LEVEL_OF_MEASUREMENT[attribute.kind]
+    domain = np.arange(attribute.n_levels, dtype=np.float64) if attribute.is_discrete else None
+    m = reliability_matrix(labels, n_items, n_experts)
+    pairable = (~np.isnan(m)).sum(0) >= 2
+    m = m[:, pairable]
+    out: dict[str, Any] = {
+        "level": level,
+        "n_items": int(pairable.sum()),
+        "n_labels": int((~np.isnan(m)).sum()),
+        "alpha": _alpha(m, level, domain),
+        "low": None,
+        "high": None,
+        "experts": {},
+    }
+    if out["n_items"] >= 2 and n_boot > 0 and np.isfinite(out["alpha"]):
+        rng = np.random.default_rng(seed)
+        draws = [_alpha(m[:, rng.integers(0, m.shape[1], m.shape[1])], level, domain) for _ in range(n_boot)]
+        draws = np.asarray([d for d in draws if np.isfinite(d)])
+        if len(draws):
+            out["low"], out["high"] = (float(x) for x in np.percentile(draws, [2.5, 97.5]))
+    spread = float(np.nanmax(m) - np.nanmin(m)) if m.size and np.isfinite(m).any() else 0.0
+    for e in range(n_experts):
+        mine = ~np.isnan(m[e])
+        if not mine.any():
+            continue
+        rest = _loo_consensus(m, e, level)
+        shared = mine & ~np.isnan(rest)
+        if not shared.any():
+            continue
+        pair = np.vstack([m[e, shared], rest[shared]])
+        same = np.abs(pair[0] - pair[1]) <= (0.1 * spread if level == "interval" else 0.0)
+        out["experts"][e] = {
+            "alpha": _alpha(pair, level, domain),
+            "agree": float(same.mean()),
+            "n_items": int(shared.sum()),
+        }
+    return out
+
+
+def dawid_skene(
+    labels: Labels, n_items: int, n_levels: int, *, iterations: int = DS_ITERATIONS, smoothing: float = DS_SMOOTHING
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dawid & Skene's EM: (posterior over each item's true level [n_items, C], zeros for an item without
+    labels; each expert's confusion matrix [E, C, C], row = true level, column = level said)."""
+    lab = labels.latest_per_expert()
+    said = lab.value.astype(np.int64)
+    n_experts = int(lab.expert.max()) + 1 if len(lab.expert) else 0
+    counts = np.zeros((n_items, n_levels))
+    np.add.at(counts, (lab.item, said), 1.0)
+    has = counts.sum(1) > 0
+    post = np.where(has[:, None], counts / np.maximum(counts.sum(1, keepdims=True), 1.0), 0.0)  # start: the vote
+    conf = np.full((n_experts, n_levels, n_levels), 1.0 / n_levels)
+    for _ in range(iterations):
+        # M-step: level prior and confusion matrices from the current posteriors.
+        prior = (post[has].sum(0) + 1.0) / (has.sum() + n_levels)
+        tally = np.full((n_experts, n_levels, n_levels), smoothing)
+        np.add.at(tally, (lab.expert, slice(None), said), post[lab.item])  # tally[e, c, l] += post[i, c]
+        conf = tally / tally.sum(2, keepdims=True)
+        # E-step: posterior ∝ prior × Π over the item's labels of conf[e, c, said].
+        log_post = np.zeros((n_items, n_levels)) + np.log(prior)
+        np.add.at(log_post, lab.item, np.log(conf[lab.expert, :, said]))
+        log_post -= log_post.max(1, keepdims=True)
+        new = np.exp(log_post)
+        new = np.where(has[:, None], new / new.sum(1, keepdims=True), 0.0)
+        if np.abs(new - post).max() < 1e-6:
+            post = new
+            break
+        post = new
+    return post, conf
+
+
+def consensus(labels: Labels, attribute: Attribute, n_items: int, method: str = "dawid_skene") -> np.ndarray:
+    """The lens's target per item: soft targets [n_items, C] for a discrete attribute (zeros where
+    unlabelled) under ``dawid_skene`` or ``vote``, the latest level index (−1 missing) under ``last``;
+    the mean of the labels (NaN missing) for a continuous attribute."""
+    if method not in CONSENSUS_METHODS:
+        raise ValueError(f"consensus must be one of {CONSENSUS_METHODS}, got {method!r}")
+    if not attribute.is_discrete:
+        total, count = np.zeros(n_items), np.zeros(n_items)
+        lab = labels if method == "last" else labels.latest_per_expert()
+        if method == "last":
+            out = np.full(n_items, np.nan)
+            out[lab.item] = lab.value  # in time order: the latest wins
+            return out
+        np.add.at(total, lab.item, lab.value)
+        np.add.at(count, lab.item, 1.0)
+        return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
+    if method == "last":
+        out = np.full(n_items, -1, np.int64)
+        out[labels.item] = labels.value.astype(np.int64)
+        return out
+    lab = labels.latest_per_expert()
+    if method == "vote":
+        counts = np.zeros((n_items, attribute.n_levels))
+        np.add.at(counts, (lab.item, lab.value.astype(np.int64)), 1.0)
+        mass = counts.sum(1, keepdims=True)
+        return np.where(mass > 0, counts / np.maximum(mass, 1.0), 0.0)
+    return dawid_skene(lab, n_items, attribute.n_levels)[0]
+
+
+def targets(
+    item_ids: Sequence[int],
+    rows: Sequence[tuple[int, Any, dict[str, Any]]],
+    attributes: Sequence[Attribute],
+    method: str = "dawid_skene",
+    *,
+    hard: bool = False,
+) -> dict[str, np.ndarray]:
+    """Label arrays for the lens from stored labels: ``rows`` are (item id, expert, {attribute: level name
+    or number}) in the order they were given; the result is aligned with ``item_ids``.
+
+    An attribute whose items each have one expert's labels gets the latest label (as ``last``): there is
+    nothing to weigh. Otherwise ``method``'s consensus; ``hard`` (e.g. for the metric's eval labels)
+    turns soft targets into their most likely level.
+    """
+    from ml.attributes import hard_levels
+
+    pos = {int(iid): k for k, iid in enumerate(item_ids)}
+    experts: dict[Any, int] = {}
+    out: dict[str, np.ndarray] = {}
+    for a in attributes:
+        it, ex, va = [], [], []
+        for iid, who, values in rows:
+            v = values.get(a.name)
+            k = pos.get(int(iid))
+            if v is None or k is None:
+                continue
+            it.append(k)
+            ex.append(experts.setdefault(who, len(experts)))
+            va.append(a.level_index(v) if a.is_discrete else float(v))
+        lab = Labels.of(it, ex, va)
+        latest = lab.latest_per_expert()
+        several = len(latest.item) > len(np.unique(latest.item))
+        t = consensus(lab, a, len(pos), method if several else "last")
+        out[a.name] = hard_levels(t, a) if hard and a.is_discrete else t
+    return out
