@@ -151,6 +151,10 @@ class TransformIn(Strict):
     model_version: int | None = Field(None, ge=1, description="a version number of the project (default: active)")
 
 
+class ResolveIn(Strict):
+    values: dict[str, Any] = Field(description="the adjudicated value per attribute (level names / numbers)")
+
+
 class LabelImportRow(Strict):
     item_id: int | None = None
     source_index: int | None = None

@@ -28,7 +28,11 @@ from ml.attributes import Attribute
 CONSENSUS_METHODS = ("dawid_skene", "vote", "last")
 LEVEL_OF_MEASUREMENT = {"categorical": "nominal", "ordinal": "ordinal", "continuous": "interval"}
 DS_ITERATIONS = 50
-DS_SMOOTHING = 0.5  # pseudo-counts on each confusion row: an expert with few labels is not trusted blindly
+# The prior on each row of an expert's confusion matrix: as if they had already given DS_PRIOR_LABELS
+# labels of that level, DS_PRIOR_RIGHT of them right. With few labels an expert counts as mostly
+# right (a vote weighted accordingly); their own record takes over as their labels accumulate.
+DS_PRIOR_LABELS = 5.0
+DS_PRIOR_RIGHT = 0.8
 
 
 @dataclass
@@ -152,7 +156,7 @@ def agreement(
 
 
 def dawid_skene(
-    labels: Labels, n_items: int, n_levels: int, *, iterations: int = DS_ITERATIONS, smoothing: float = DS_SMOOTHING
+    labels: Labels, n_items: int, n_levels: int, *, iterations: int = DS_ITERATIONS
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dawid & Skene's EM: (posterior over each item's true level [n_items, C], zeros for an item without
     labels; each expert's confusion matrix [E, C, C], row = true level, column = level said)."""
@@ -164,10 +168,12 @@ def dawid_skene(
     has = counts.sum(1) > 0
     post = np.where(has[:, None], counts / np.maximum(counts.sum(1, keepdims=True), 1.0), 0.0)  # start: the vote
     conf = np.full((n_experts, n_levels, n_levels), 1.0 / n_levels)
+    off = (1.0 - DS_PRIOR_RIGHT) / max(n_levels - 1, 1)
+    prior_counts = DS_PRIOR_LABELS * np.where(np.eye(n_levels, dtype=bool), DS_PRIOR_RIGHT, off)
     for _ in range(iterations):
         # M-step: level prior and confusion matrices from the current posteriors.
         prior = (post[has].sum(0) + 1.0) / (has.sum() + n_levels)
-        tally = np.full((n_experts, n_levels, n_levels), smoothing)
+        tally = np.tile(prior_counts, (n_experts, 1, 1))
         np.add.at(tally, (lab.expert, slice(None), said), post[lab.item])  # tally[e, c, l] += post[i, c]
         conf = tally / tally.sum(2, keepdims=True)
         # E-step: posterior ∝ prior × Π over the item's labels of conf[e, c, said].
@@ -212,20 +218,47 @@ def consensus(labels: Labels, attribute: Attribute, n_items: int, method: str = 
     return dawid_skene(lab, n_items, attribute.n_levels)[0]
 
 
+Row = tuple  # (item id, expert, {attribute: level name or number}[, adjudicated])
+
+
+def collect(
+    rows: Sequence[Row], attribute: Attribute, item_pos: dict[int, int], experts: dict[Any, int]
+) -> tuple[Labels, dict[int, float]]:
+    """One attribute's expert labels from stored rows (adjudications left out), with new experts numbered
+    in ``experts``; and the latest adjudicated value per item row."""
+    it, ex, va = [], [], []
+    settled: dict[int, float] = {}
+    for row in rows:
+        iid, who, values = row[0], row[1], row[2]
+        v = values.get(attribute.name)
+        k = item_pos.get(int(iid))
+        if v is None or k is None:
+            continue
+        value = attribute.level_index(v) if attribute.is_discrete else float(v)
+        if len(row) > 3 and row[3]:
+            settled[k] = value
+            continue
+        it.append(k)
+        ex.append(experts.setdefault(who, len(experts)))
+        va.append(value)
+    return Labels.of(it, ex, va), settled
+
+
 def targets(
     item_ids: Sequence[int],
-    rows: Sequence[tuple[int, Any, dict[str, Any]]],
+    rows: Sequence[Row],
     attributes: Sequence[Attribute],
     method: str = "dawid_skene",
     *,
     hard: bool = False,
 ) -> dict[str, np.ndarray]:
     """Label arrays for the lens from stored labels: ``rows`` are (item id, expert, {attribute: level name
-    or number}) in the order they were given; the result is aligned with ``item_ids``.
+    or number}, adjudicated) in the order they were given; the result is aligned with ``item_ids``.
 
     An attribute whose items each have one expert's labels gets the latest label (as ``last``): there is
-    nothing to weigh. Otherwise ``method``'s consensus; ``hard`` (e.g. for the metric's eval labels)
-    turns soft targets into their most likely level.
+    nothing to weigh. Otherwise ``method``'s consensus. An adjudicated value (an admin's resolution)
+    replaces the consensus of its item. ``hard`` (e.g. for the metric's eval labels) turns soft targets
+    into their most likely level.
     """
     from ml.attributes import hard_levels
 
@@ -233,18 +266,17 @@ def targets(
     experts: dict[Any, int] = {}
     out: dict[str, np.ndarray] = {}
     for a in attributes:
-        it, ex, va = [], [], []
-        for iid, who, values in rows:
-            v = values.get(a.name)
-            k = pos.get(int(iid))
-            if v is None or k is None:
-                continue
-            it.append(k)
-            ex.append(experts.setdefault(who, len(experts)))
-            va.append(a.level_index(v) if a.is_discrete else float(v))
-        lab = Labels.of(it, ex, va)
+        lab, settled = collect(rows, a, pos, experts)
         latest = lab.latest_per_expert()
         several = len(latest.item) > len(np.unique(latest.item))
         t = consensus(lab, a, len(pos), method if several else "last")
+        if settled:
+            k = np.fromiter(settled, np.int64)
+            v = np.fromiter(settled.values(), np.float64)
+            if t.ndim == 2:
+                t[k] = 0.0
+                t[k, v.astype(np.int64)] = 1.0
+            else:
+                t[k] = v
         out[a.name] = hard_levels(t, a) if hard and a.is_discrete else t
     return out

@@ -9,6 +9,12 @@ answered 503, or lost on the wire, is retried with the same idempotency key, as 
 Afterwards the database is reconciled against what the clients saw acknowledged: every acknowledged
 label stored exactly once with its values, every acknowledged undo stored once, no item ever under two
 live leases, at most one active model. Reports throughput, p50/p99 per endpoint, errors; writes JSON.
+
+With ``overlap`` > 1 the project hands each item to that many different experts; the experts stop once
+the queue stays empty (the pool is done), expert 0 gives the wrong level for 30% of its labels, and the
+reconciliation adds: items whose live labels come from other than exactly ``overlap`` experts, items
+handed twice to one expert, and the served agreement (Krippendorff's α) against the package's α of the
+stored labels.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class ExpertLog:
     acked: dict[int, dict[str, Any]] = field(default_factory=dict)  # label id → {item_id, values, key}
     retracted: dict[int, int] = field(default_factory=dict)  # retraction id → retracted label id
     handed: list[str] = field(default_factory=list)  # lease ids received
+    items: list[int] = field(default_factory=list)  # item ids of the new (not resumed) leases received
     # lease id → [item id, wall time the grant was received, expiry, wall time its end was requested]:
     # the span in which the lease was certainly live, as this client saw it.
     held: dict[str, list[Any]] = field(default_factory=dict)
@@ -68,7 +75,7 @@ def _embeddings(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _arrange(
-    database_url: str, data_dir: Path, experts: int, n_items: int, retrain_every: int, tag: str
+    database_url: str, data_dir: Path, experts: int, n_items: int, retrain_every: int, tag: str, overlap: int = 1
 ) -> tuple[int, list[str], dict[int, str]]:
     """Migrate, create the project, its items and one token per expert; item id → true level."""
     import sqlalchemy as sa
@@ -98,6 +105,7 @@ def _arrange(
                     "eval_fraction": 0.1,
                     "lease_seconds": 120,
                     "lens": LOAD_LENS,
+                    "overlap": overlap,
                 },
                 loaded=imports.with_embeddings(Z, None, name="load"),
             )
@@ -121,10 +129,12 @@ def _expert(
     deadline_box: list[float],
     think_ms: float,
     log: ExpertLog,
+    overlap: int = 1,
 ) -> None:
-    """One simulated expert's loop until the deadline."""
+    """One simulated expert's loop until the deadline (with overlap, also until the queue stays empty)."""
     rng = random.Random(k)
     seq = itertools.count()
+    empty_in_a_row = 0
 
     def call(op: str, method: str, url: str, **kw: Any) -> httpx.Response | None:
         # Retries reuse the same body (and so the same idempotency key): exactly-once on the server.
@@ -158,10 +168,16 @@ def _expert(
             items = r.json()["items"]
             if not items:
                 log.empty_queue += 1
+                empty_in_a_row += 1
+                if overlap > 1 and empty_in_a_row >= 6:
+                    return  # the pool is done (a skip or an undo elsewhere would have reopened an item)
                 time.sleep(0.5)
                 continue
+            empty_in_a_row = 0
             it = items[0]
             log.handed.append(it["lease_id"])
+            if not it.get("resumed"):
+                log.items.append(it["item_id"])
             expires = _utc_timestamp(it["expires_at"])
             log.held[it["lease_id"]] = [it["item_id"], time.time(), expires, None]
             time.sleep(rng.uniform(0.5, 1.5) * think_ms / 1000)
@@ -174,7 +190,10 @@ def _expert(
                         f"lease_release {getattr(r, 'status_code', None)}: {getattr(r, 'text', '')[:200]}"
                     )
                 continue
-            values = {"cluster": truth[it["item_id"]]}
+            level = truth[it["item_id"]]
+            if overlap > 1 and k == 0 and rng.random() < 0.3:  # the noisy expert
+                level = LEVELS[(LEVELS.index(level) + 1) % len(LEVELS)]
+            values = {"cluster": level}
             key = f"load-{k}-{next(seq)}"
             r = call(
                 "label_submit",
@@ -197,7 +216,7 @@ def _expert(
                     )
 
 
-def reconcile(database_url: str, pid: int, logs: list[ExpertLog]) -> dict[str, Any]:
+def reconcile(database_url: str, pid: int, logs: list[ExpertLog], overlap: int = 1) -> dict[str, Any]:
     """Compare the database with what the clients saw acknowledged; each count should be 0."""
     import sqlalchemy as sa
 
@@ -266,7 +285,9 @@ def reconcile(database_url: str, pid: int, logs: list[ExpertLog]) -> dict[str, A
     stored_keys = {k for _, k in keys}
     missing_retractions = [rid for rid, lid in retracted.items() if rid not in labels or labels[rid].retracts_id != lid]
     handed = [lid for log in logs for lid in log.handed]
+    out_overlap = _overlap_checks(labels, logs, overlap) if overlap > 1 else {}
     return {
+        **out_overlap,
         "acknowledged_labels": len(acked),
         "acknowledged_undos": len(retracted),
         "stored_label_rows": sum(1 for r in labels.values() if r.kind == "label"),
@@ -285,6 +306,32 @@ def reconcile(database_url: str, pid: int, logs: list[ExpertLog]) -> dict[str, A
         "job_timeline": timeline,
         "model_versions": len(versions),
         "active_model_versions": sum(1 for v in versions if v.active),
+    }
+
+
+def _overlap_checks(labels: dict[int, Any], logs: list[ExpertLog], overlap: int) -> dict[str, Any]:
+    """Per item the distinct experts of its live labels; items handed twice to one expert; α of the labels."""
+    import krippendorff
+
+    undone = {r.retracts_id for r in labels.values() if r.kind != "label"}
+    live = sorted((r for r in labels.values() if r.kind == "label" and r.id not in undone), key=lambda r: r.id)
+    by_item: dict[int, set[int]] = defaultdict(set)
+    for r in live:
+        by_item[r.item_id].add(r.user_id)
+    users = sorted({r.user_id for r in live})
+    items = sorted(by_item)
+    m = np.full((len(users), len(items)), np.nan)
+    for r in live:  # each expert's latest live label per item
+        m[users.index(r.user_id), items.index(r.item_id)] = LEVELS.index(r.values["cluster"])
+    return {
+        "overlap": overlap,
+        "items_labelled": len(by_item),
+        "items_not_exactly_overlap": sum(1 for v in by_item.values() if len(v) != overlap),
+        "items_above_overlap": sum(1 for v in by_item.values() if len(v) > overlap),
+        "double_handouts_to_one_expert": sum(len(log.items) - len(set(log.items)) for log in logs),
+        "alpha_of_stored_labels": float(
+            krippendorff.alpha(reliability_data=m, level_of_measurement="nominal", value_domain=[0, 1, 2])
+        ),
     }
 
 
@@ -322,6 +369,8 @@ def run_load_bench(
     database_url: str | None = None,
     out: Path | None = None,
     quiet: bool = False,
+    overlap: int = 1,
+    n_items: int | None = None,
 ) -> dict[str, Any]:
     """Run the load benchmark and reconcile; returns (and writes to ``out``) the results as a dict."""
     from app.bench.server import publish, stop_process, uvicorn_server
@@ -331,8 +380,9 @@ def run_load_bench(
         tmpdir = Path(tmp)
         url = database_url or f"sqlite:///{tmpdir / 'load.db'}"
         # Enough items that the queue never runs dry: at most one item per expert per think time.
-        n_items = int(experts * seconds / max(think_ms / 1000 * 0.5, 0.05) * 1.2) + 200
-        pid, toks, truth = _arrange(url, tmpdir / "data", experts, n_items, retrain_every, tag)
+        if n_items is None:
+            n_items = int(experts * seconds / max(think_ms / 1000 * 0.5, 0.05) * 1.2) + 200
+        pid, toks, truth = _arrange(url, tmpdir / "data", experts, n_items, retrain_every, tag, overlap)
         env = {
             "LENSLAB_DATABASE_URL": url,
             "LENSLAB_DATA_DIR": str(tmpdir / "data"),
@@ -355,7 +405,7 @@ def run_load_bench(
                 threads = [
                     threading.Thread(
                         target=_expert,
-                        args=(k, base, toks[k], pid, truth, start, deadline_box, think_ms, logs[k]),
+                        args=(k, base, toks[k], pid, truth, start, deadline_box, think_ms, logs[k], overlap),
                         daemon=True,
                     )
                     for k in range(experts)
@@ -368,11 +418,22 @@ def run_load_bench(
                 for t in threads:
                     t.join()
                 wall = time.perf_counter() - t0
+                served_alpha = None
+                if overlap > 1:
+                    r = httpx.get(
+                        f"{base}/api/v1/projects/{pid}/agreement",
+                        headers={"Authorization": f"Bearer {toks[1]}"},
+                        timeout=120,
+                    )
+                    r.raise_for_status()
+                    served_alpha = r.json()["attributes"]["cluster"]
                 server_log = (tmpdir / "server.log").read_text(errors="replace")
         finally:
             stop_process(worker, timeout=30)
             worker_log.close()
-        checks = reconcile(url, pid, logs)
+        checks = reconcile(url, pid, logs, overlap)
+        if served_alpha is not None:
+            checks["served_agreement"] = served_alpha
         server_errors_logged = server_log.count("Traceback")
         lock_waits = server_log.count("database unavailable")
         worker_warnings = [
@@ -404,9 +465,13 @@ def run_load_bench(
             "undos_missing",
             "duplicate_lease_ids_handed",
             "items_under_two_live_leases",
+            "items_not_exactly_overlap",
+            "double_handouts_to_one_expert",
         )
         and v
     }
+    if overlap > 1 and abs(checks["served_agreement"]["alpha"] - checks["alpha_of_stored_labels"]) > 1e-9:
+        bad["served_alpha_differs"] = True
     result = {
         "benchmark": "load",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -416,6 +481,7 @@ def run_load_bench(
         "think_ms": think_ms,
         "actions": {"label": 0.8, "skip": 0.1, "label_then_undo": 0.1},
         "retrain_every": retrain_every,
+        "overlap": overlap,
         "items": n_items,
         "server": "uvicorn, 1 process, loopback; 1 `lenslab worker` process (1 thread)",
         "wall_s": round(wall, 2),
@@ -464,4 +530,13 @@ def format_table(result: dict[str, Any]) -> str:
         f"{c['items_under_two_live_leases']} items under two live leases: "
         f"{'OK' if result['reconciled'] else 'FAILED'}"
     )
+    if result.get("overlap", 1) > 1:
+        ag = c["served_agreement"]
+        worst = ag["experts"][0]
+        lines.append(
+            f"overlap {c['overlap']}: {c['items_labelled']} items labelled, {c['items_not_exactly_overlap']} not by "
+            f"exactly {c['overlap']} experts, {c['double_handouts_to_one_expert']} handed twice to one expert; "
+            f"α {ag['alpha']:.3f} [{ag['low']:.3f}, {ag['high']:.3f}] (package on the stored labels: "
+            f"{c['alpha_of_stored_labels']:.3f}); lowest expert {worst['username']} α {worst['alpha']:.3f}"
+        )
     return "\n".join(lines)

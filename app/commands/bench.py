@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ld.add_argument("--think-ms", type=float, default=1000.0, help="mean pause between pulling an item and acting")
     ld.add_argument("--retrain-every", type=int, default=150, help="new training labels per retrain")
     ld.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    ld.add_argument("--overlap", type=int, default=1, help="experts per item; > 1 runs until the pool is done")
+    ld.add_argument("--items", type=int, default=None, help="pool size (default: enough for the run)")
     ld.add_argument("--out", default=None, help="default: benchmarks/results/load_<database>.json")
     ld.set_defaults(func=_load)
 
@@ -75,6 +77,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     an.add_argument("--seeds", type=int, default=3)
     an.add_argument("--out-dir", default="benchmarks/results")
     an.set_defaults(func=_annotators)
+
+    aa = bsub.add_parser(
+        "attribute-added", help="an attribute added mid-project: the old attribute's score before and after"
+    )
+    aa.add_argument("--data-dir", default="../shared/data", help="folder holding mnist/")
+    aa.add_argument("--seeds", type=int, default=3)
+    aa.add_argument("--out-dir", default="benchmarks/results")
+    aa.set_defaults(func=_attribute_added)
 
     _register_al(bsub)
 
@@ -171,6 +181,16 @@ def _annotators(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attribute_added(args: argparse.Namespace) -> int:
+    from ml.bench.attribute_added import run
+
+    _positive("seeds", args.seeds)
+    if not (Path(args.data_dir) / "mnist").is_dir():
+        raise SystemExit(f"--data-dir: {args.data_dir!r} holds no mnist/ folder")
+    run(data_dir=args.data_dir, seeds=args.seeds, out_dir=args.out_dir)
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from ml.bench.data import run
 
@@ -205,9 +225,15 @@ def _load(args: argparse.Namespace) -> int:
         raise ValueError(f"--seconds must be in (0, 3600], got {args.seconds}")
     if args.think_ms < 0:
         raise ValueError(f"--think-ms must be ≥ 0, got {args.think_ms}")
+    _positive("overlap", args.overlap)
+    if args.items is not None:
+        _positive("items", args.items)
     backend = "postgresql" if args.database_url and args.database_url.startswith("postgres") else "sqlite"
-    out = Path(args.out) if args.out else Path("benchmarks/results") / f"load_{backend}.json"
+    suffix = f"_overlap{args.overlap}" if args.overlap > 1 else ""
+    out = Path(args.out) if args.out else Path("benchmarks/results") / f"load_{backend}{suffix}.json"
     result = run_load_bench(
+        overlap=args.overlap,
+        n_items=args.items,
         experts=args.experts,
         seconds=args.seconds,
         think_ms=args.think_ms,

@@ -177,6 +177,8 @@ class Label(Base):
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(128))
     request_hash: Mapped[str | None] = mapped_column(sa.String(64))
     eval: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # An admin's resolution of experts' disagreement: the item's target from then on, not an expert's vote.
+    adjudicated: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -13,10 +13,10 @@ from fastapi import APIRouter, Query, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import AdminUser, ExpertUser, ProjectDep, RowId, SessionDep, SettingsDep, ViewerUser
+from app.api.deps import AdminUser, ExpertUser, ItemDep, ProjectDep, RowId, SessionDep, SettingsDep, ViewerUser
 from app.db.models import Item
-from app.schemas import LabelImportIn
-from app.services import labels, projects
+from app.schemas import LabelImportIn, ResolveIn
+from app.services import agreement, labels, projects
 
 router = APIRouter(prefix="/api/v1", tags=["labels"])
 
@@ -121,4 +121,38 @@ def import_labels(
         user=user,
         retrain_every=int(eff["retrain_every"]),
         overlap=int(eff["overlap"]),
+    )
+
+
+@router.get("/projects/{pid}/agreement")
+def get_agreement(user: ViewerUser, project: ProjectDep, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    """Inter-annotator agreement per attribute: Krippendorff's α (nominal for categorical, ordinal, interval
+    for continuous) on items labelled by two or more experts, a 95% bootstrap interval over items, and
+    per expert α and exact agreement with the others' consensus (lowest first)."""
+    overlap = int(projects.effective_settings(project, settings)["overlap"])
+    return agreement.project_agreement(session=session, project=project, overlap=overlap)
+
+
+@router.get("/projects/{pid}/disagreements")
+def get_disagreements(
+    user: AdminUser,
+    project: ProjectDep,
+    session: SessionDep,
+    attribute: str | None = Query(None, max_length=64),
+    limit: int = Query(50, ge=1, le=1000),
+    include_resolved: bool = False,
+) -> dict[str, Any]:
+    """Items on which experts disagree, most split first: the labels, who gave them, and any resolution."""
+    return agreement.disagreements(
+        session=session, project=project, attribute=attribute, limit=limit, include_resolved=include_resolved
+    )
+
+
+@router.post("/items/{iid}/resolve", status_code=status.HTTP_201_CREATED)
+def resolve_item(user: AdminUser, item: ItemDep, body: ResolveIn, session: SessionDep) -> dict[str, Any]:
+    """Resolve a disagreement: a new label, marked adjudicated, becomes the item's target for the lens;
+    the experts' labels stay in the history and in the agreement."""
+    project = projects.get_or_raise(session=session, project_id=item.project_id)
+    return labels.label_out(
+        agreement.resolve(session=session, project=project, item=item, user=user, values=body.values)
     )

@@ -8,6 +8,7 @@ adds these routers and the handlers that turn page failures into redirects and H
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request, Response
@@ -18,8 +19,8 @@ from starlette.datastructures import FormData, UploadFile
 
 from app import security
 from app.api.deps import ProjectDep, RowId, SessionDep, SettingsDep, ViewerUser, sign_in
-from app.db.models import ROLES, STRATEGIES, Job, MetricPoint, ModelVersion, Project, Representation, User
-from app.services import imports, jobs, metric_reasons, models, projects, queue
+from app.db.models import ROLES, STRATEGIES, Item, Job, MetricPoint, ModelVersion, Project, Representation, User
+from app.services import agreement, imports, jobs, metric_reasons, models, projects, queue
 from app.services import sessions as session_service
 from app.services import tokens as token_service
 from app.services import users as user_service
@@ -276,7 +277,16 @@ def _insights_context(session: Any, project: Project, settings: Any) -> dict[str
         if mv is not None
         else None,
         "versions": models.list_versions(session=session, project_id=project.id),
+        "agreement": _agreement(session, project, int(eff["overlap"])),
     }
+
+
+def _agreement(session: Any, project: Project, overlap: int) -> dict[str, Any] | None:
+    """The experts' agreement, once two experts labelled one item (a bootstrap of 200 keeps the page quick)."""
+    shared = session.scalar(sa.select(Item.id).where(Item.project_id == project.id, Item.labellers >= 2).limit(1))
+    if shared is None:
+        return None
+    return agreement.project_agreement(session=session, project=project, overlap=overlap, n_boot=200)
 
 
 @router.get("/projects/{pid}/insights")
@@ -560,6 +570,41 @@ def activate_model(request: Request, mid: RowId, principal: AdminPage, session: 
     if is_htmx(request):
         return render(request, "partials/models_table.html", _jobs_context(session, project))
     return _see_other(f"/admin/projects/{project.id}/jobs")
+
+
+# -- admin: disagreements between experts ----------------------------------------------------------
+
+
+@router.get("/admin/projects/{pid}/disagreements")
+def disagreements_page(
+    request: Request, pid: RowId, principal: AdminPage, session: SessionDep, message: str | None = None
+) -> Response:
+    """Items on which experts disagree, most split first, each with a form that resolves it."""
+    project = _project(session, pid)
+    found = agreement.disagreements(session=session, project=project, attribute=None, limit=100)
+    levels = {a.name: a.levels for a in project.attributes}
+    return render(
+        request,
+        "admin/disagreements.html",
+        {"project": project, "found": found, "levels": levels, "message": message},
+    )
+
+
+@router.post("/admin/items/{iid}/resolve")
+def resolve_page(request: Request, iid: RowId, principal: AdminPage, session: SessionDep, form: FormDep) -> Response:
+    """Write the admin's resolution (an adjudicated label); the experts' labels stay in the history."""
+    item = session.get(Item, iid)
+    if item is None:
+        raise PageError(404, f"There is no item {iid}.")
+    project = _project(session, item.project_id)
+    values = {a.name: form.get(a.name) for a in project.attributes if form.get(a.name)}
+    try:
+        agreement.resolve(session=session, project=project, item=item, user=principal.user, values=values)
+        message = f"Item {iid} resolved."
+    except ServiceError as exc:
+        session.rollback()
+        message = f"Item {iid} not resolved: {exc.detail}"
+    return _see_other(f"/admin/projects/{project.id}/disagreements?message={quote(message)}")
 
 
 # -- admin: users and API tokens --------------------------------------------------------------------

@@ -108,6 +108,7 @@ def recount_labellers(session: Session, item_ids: list[int], overlap: int) -> No
         .where(
             Label.item_id == Item.id,
             Label.kind == "label",
+            Label.adjudicated.is_(False),
             ~sa.exists().where(undo.retracts_id == Label.id),
         )
         .scalar_subquery()
@@ -256,9 +257,10 @@ def retract(*, session: Session, label: Label, user: User, overlap: int = 1) -> 
     return row
 
 
-def _live_labels(
+def live_labels_query(
     project_id: int | None = None, item_ids: Iterable[int] | None = None, eval: bool | None = None
 ) -> sa.Select:
+    """Label rows that are not retracted (optionally of a project, some items, one side of the divide)."""
     undo = aliased(Label)
     q = sa.select(Label).outerjoin(undo, undo.retracts_id == Label.id).where(Label.kind == "label", undo.id.is_(None))
     if project_id is not None:
@@ -275,19 +277,21 @@ def current_values(
 ) -> dict[int, dict[str, Any]]:
     """item id → {attribute: current value}, from the latest non-retracted rows (``eval``: only that side)."""
     out: dict[int, dict[str, Any]] = {}
-    for label in session.scalars(_live_labels(project_id, item_ids, eval)):
+    for label in session.scalars(live_labels_query(project_id, item_ids, eval)):
         out.setdefault(label.item_id, {}).update(label.values)
     return out
 
 
 def expert_labels(
     *, session: Session, project_id: int, eval: bool | None = None
-) -> list[tuple[int, int, dict[str, Any]]]:
-    """(item id, expert, values) of every live label in the order given; a label whose author was deleted
-    counts as its own expert (``-label id``). What ``ml.annotators`` weighs when experts disagree."""
-    q = _live_labels(project_id, None, eval).with_only_columns(Label.id, Label.item_id, Label.user_id, Label.values)
+) -> list[tuple[int, int, dict[str, Any], bool]]:
+    """(item id, expert, values, adjudicated) of every live label in the order given; a label whose author
+    was deleted counts as its own expert (``-label id``). What ``ml.annotators`` weighs when experts disagree."""
+    q = live_labels_query(project_id, None, eval).with_only_columns(
+        Label.id, Label.item_id, Label.user_id, Label.values, Label.adjudicated
+    )
     return [
-        (int(r.item_id), int(r.user_id) if r.user_id is not None else -int(r.id), dict(r.values))
+        (int(r.item_id), int(r.user_id) if r.user_id is not None else -int(r.id), dict(r.values), bool(r.adjudicated))
         for r in session.execute(q)
     ]
 
@@ -308,6 +312,7 @@ def label_out(label: Label) -> dict[str, Any]:
         "values": label.values,
         "retracts_id": label.retracts_id,
         "eval": label.eval,
+        "adjudicated": label.adjudicated,
         "idempotency_key": label.idempotency_key,
         "created_at": label.created_at,
     }

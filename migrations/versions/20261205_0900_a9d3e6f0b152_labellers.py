@@ -1,4 +1,4 @@
-"""Overlap: per item the number of distinct experts with a live label.
+"""Overlap: per item the number of distinct experts with a live label; labels that adjudicate a disagreement.
 
 Revision ID: a9d3e6f0b152
 Revises: f4a2c8e1d093
@@ -19,6 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.add_column("labels", sa.Column("adjudicated", sa.Boolean(), nullable=False, server_default=sa.false()))
     # NOT NULL with a constant default: an in-place ADD COLUMN on SQLite, no rebuild.
     op.add_column("items", sa.Column("labellers", sa.Integer(), nullable=False, server_default="0"))
     # Existing labels: a label whose author was deleted counts as its own expert.
@@ -37,3 +38,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("items") as batch_op:
         batch_op.drop_column("labellers")
+    with op.batch_alter_table("labels") as batch_op:
+        batch_op.drop_column("adjudicated")
