@@ -10,8 +10,9 @@ Afterwards the database is reconciled against what the clients saw acknowledged:
 label stored exactly once with its values, every acknowledged undo stored once, no item ever under two
 live leases, at most one active model. Reports throughput, p50/p99 per endpoint, errors; writes JSON.
 
-With ``overlap`` > 1 the project hands each item to that many different experts; the experts stop once
-the queue stays empty (the pool is done), expert 0 gives the wrong level for 30% of its labels, and the
+With ``overlap`` > 1 the project hands each item to that many different experts; the run ends once
+every item counts as labelled (skips and undos stop first), expert 0 gives the wrong level for 30% of
+its labels, and the
 reconciliation adds: items whose live labels come from other than exactly ``overlap`` experts, items
 handed twice to one expert, and the served agreement (Krippendorff's α) against the package's α of the
 stored labels.
@@ -130,11 +131,12 @@ def _expert(
     think_ms: float,
     log: ExpertLog,
     overlap: int = 1,
+    draining: threading.Event | None = None,
 ) -> None:
-    """One simulated expert's loop until the deadline (with overlap, also until the queue stays empty)."""
+    """One simulated expert's loop until the deadline; once ``draining`` is set it only labels (no skip,
+    no undo), so the pool can be finished."""
     rng = random.Random(k)
     seq = itertools.count()
-    empty_in_a_row = 0
 
     def call(op: str, method: str, url: str, **kw: Any) -> httpx.Response | None:
         # Retries reuse the same body (and so the same idempotency key): exactly-once on the server.
@@ -168,12 +170,8 @@ def _expert(
             items = r.json()["items"]
             if not items:
                 log.empty_queue += 1
-                empty_in_a_row += 1
-                if overlap > 1 and empty_in_a_row >= 6:
-                    return  # the pool is done (a skip or an undo elsewhere would have reopened an item)
                 time.sleep(0.5)
                 continue
-            empty_in_a_row = 0
             it = items[0]
             log.handed.append(it["lease_id"])
             if not it.get("resumed"):
@@ -181,7 +179,7 @@ def _expert(
             expires = _utc_timestamp(it["expires_at"])
             log.held[it["lease_id"]] = [it["item_id"], time.time(), expires, None]
             time.sleep(rng.uniform(0.5, 1.5) * think_ms / 1000)
-            action = rng.random()
+            action = rng.random() if draining is None or not draining.is_set() else 1.0
             log.held[it["lease_id"]][3] = time.time()  # release or label: the lease ends after this
             if action < 0.1:
                 r = call("lease_release", "POST", f"/api/v1/leases/{it['lease_id']}/release")
@@ -214,6 +212,27 @@ def _expert(
                     log.errors.append(
                         f"label_retract {getattr(r, 'status_code', None)}: {getattr(r, 'text', '')[:200]}"
                     )
+
+
+def _until_done(
+    base: str, token: str, pid: int, n_items: int, deadline_box: list[float], draining: threading.Event
+) -> None:
+    """With overlap: once every item counts as labelled, stop skips and undos (drain), and end the run
+    when it still does two seconds later (an undo in flight may have reopened an item meanwhile)."""
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+        done_since = None
+        while time.monotonic() < deadline_box[0]:
+            r = c.get(f"/api/v1/projects/{pid}")
+            done = r.status_code == 200 and r.json()["n_labelled"] == n_items
+            if done:
+                draining.set()
+                done_since = done_since or time.monotonic()
+                if time.monotonic() - done_since >= 2.0:
+                    deadline_box[0] = time.monotonic()
+                    return
+            else:
+                done_since = None
+            time.sleep(0.5)
 
 
 def reconcile(database_url: str, pid: int, logs: list[ExpertLog], overlap: int = 1) -> dict[str, Any]:
@@ -398,6 +417,7 @@ def run_load_bench(
             stderr=subprocess.STDOUT,
         )
         logs = [ExpertLog() for _ in range(experts)]
+        draining = threading.Event()
         try:
             with uvicorn_server(env, log_path=tmpdir / "server.log") as base:
                 start = threading.Barrier(experts + 1)
@@ -405,7 +425,7 @@ def run_load_bench(
                 threads = [
                     threading.Thread(
                         target=_expert,
-                        args=(k, base, toks[k], pid, truth, start, deadline_box, think_ms, logs[k], overlap),
+                        args=(k, base, toks[k], pid, truth, start, deadline_box, think_ms, logs[k], overlap, draining),
                         daemon=True,
                     )
                     for k in range(experts)
@@ -415,6 +435,8 @@ def run_load_bench(
                 deadline_box[0] = time.monotonic() + seconds
                 start.wait()
                 t0 = time.perf_counter()
+                if overlap > 1:
+                    _until_done(base, toks[0], pid, n_items, deadline_box, draining)
                 for t in threads:
                     t.join()
                 wall = time.perf_counter() - t0

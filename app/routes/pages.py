@@ -339,6 +339,7 @@ def _new_project_defaults() -> dict[str, Any]:
         "lease_seconds": "",
         "eval_fraction": "",
         "skip_hours": "",
+        "overlap": "",
         "source_split": "train",
         "source_mode": "L",
         "attributes": [{"name": "", "kind": "categorical", "levels": "", "low": "", "high": ""}],

@@ -118,6 +118,7 @@ def project_in(form: FormData) -> tuple[ProjectIn | None, dict[str, str], dict[s
         ("lease_seconds", True),
         ("eval_fraction", False),
         ("skip_hours", False),
+        ("overlap", True),
     ):
         v = _number(_text(form, key), key, errors, integer=integer)
         if v is not None:
@@ -152,6 +153,7 @@ def project_in(form: FormData) -> tuple[ProjectIn | None, dict[str, str], dict[s
             "lease_seconds",
             "eval_fraction",
             "skip_hours",
+            "overlap",
         )
     }
     shown["attributes"] = rows

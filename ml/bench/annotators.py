@@ -6,7 +6,8 @@ of them with another digit, the others 10, 10, 5, 5, 2, 2, 0 and 0% — and thei
 right. The lens (product defaults, all 60,000 images as its pool) is trained on the targets of each
 consensus method (``ml.annotators.consensus``) from the same labels; its one-dimension score is
 measured on 2,000 test images, the metric's probe trained on the true labels of the 1,000 images so
-that only the lens's targets differ between methods. Paired over seeds (labels, experts, lens).
+that only the lens's targets differ between methods. Paired over seeds (labels, experts, lens). The
+ceiling: the same lens on the true labels (what perfect experts would give).
 """
 
 from __future__ import annotations
@@ -93,10 +94,11 @@ def run(data_dir: str | Path, seeds: int = 3, out_dir: str | Path = "benchmarks/
             hard = targets.argmax(1) if targets.ndim == 2 else targets
             row[f"{method}_target_accuracy"] = round(float((hard == truth).mean()), 4)
             row[method] = _fit_and_score(data, targets, seed)
+        row["truth"] = _fit_and_score(data, truth, seed)
         runs.append(row)
-        print(f"seed {seed}: " + ", ".join(f"{m} {row[m]['digit']:.1f}" for m in METHODS), flush=True)
+        print(f"seed {seed}: " + ", ".join(f"{m} {row[m]['digit']:.1f}" for m in (*METHODS, "truth")), flush=True)
     summary: dict[str, Any] = {}
-    for method in METHODS:
+    for method in (*METHODS, "truth"):
         d = np.asarray([r[method]["digit"] for r in runs])
         summary[method] = {"digit_mean": round(float(d.mean()), 2), "digit_per_seed": [round(x, 2) for x in d]}
     last = np.asarray([r["last"]["digit"] for r in runs])
@@ -123,9 +125,9 @@ def run(data_dir: str | Path, seeds: int = 3, out_dir: str | Path = "benchmarks/
             "gain over last": summary[m].get("gain_over_last"),
             "wins": summary[m].get("wins"),
             "paired p": summary[m].get("paired_p"),
-            "target acc": float(np.mean([r[f"{m}_target_accuracy"] for r in runs])),
+            "target acc": float(np.mean([r[f"{m}_target_accuracy"] for r in runs])) if m != "truth" else 1.0,
         }
-        for m in METHODS
+        for m in (*METHODS, "truth")
     ]
     print(table(rows, list(rows[0])))
     print(f"noisiest expert (30% flips) has the lowest per-expert α on every seed: {noisiest_lowest}")

@@ -87,6 +87,35 @@ def test_a_short_load_run_reconciles_every_acknowledged_label_and_lease(backend,
         assert result["operations"][op]["n"] > 0
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_nine_experts_with_overlap_three_label_every_item_exactly_three_times(backend, tmp_path):
+    from app.bench.load import run_load_bench
+
+    url = None
+    if backend == "postgres":
+        if not PG_URL:
+            pytest.skip("LENSLAB_TEST_POSTGRES_URL is not set")
+        url = PG_URL
+    result = run_load_bench(
+        experts=9,
+        seconds=120,
+        think_ms=20,
+        retrain_every=40,
+        database_url=url,
+        out=tmp_path / "load.json",
+        quiet=True,
+        overlap=3,
+        n_items=30,
+    )
+    c = result["reconciliation"]
+    assert result["errors"] == 0 and result["reconciled"], (result["error_samples"], c)
+    assert c["items_labelled"] == 30 and c["items_not_exactly_overlap"] == 0
+    assert c["double_handouts_to_one_expert"] == 0 and c["acknowledged_missing"] == 0
+    assert c["served_agreement"]["alpha"] == pytest.approx(c["alpha_of_stored_labels"], abs=1e-9)
+    # The retrains the labels triggered trained on the experts' consensus (soft targets) and succeeded.
+    assert c["jobs"].get("retrain:succeeded", 0) >= 1 and not c["failed_jobs"], c["jobs"]
+
+
 def test_double_hand_outs_are_counted_from_what_the_clients_held_not_from_the_lease_rows():
     from app.bench.load import ExpertLog, client_seen_overlaps
 
