@@ -20,6 +20,7 @@ RUN pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY ml ./ml
+COPY lenslab_client ./lenslab_client
 COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static

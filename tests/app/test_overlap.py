@@ -216,3 +216,22 @@ def test_the_admin_page_lists_disagreements_and_its_form_resolves_one(client, ad
     assert r.status_code == 200 and f"Item {iid} resolved." in r.text and "No open disagreements." in r.text
     history = client.get(f"/api/v1/projects/{pid}/labels", params={"history": True}, headers=admin).json()["labels"]
     assert [h["adjudicated"] for h in history if h["item_id"] == iid].count(True) == 1
+
+
+def test_a_retrain_trains_on_the_experts_consensus(client, admin, overlapped, app):
+    """The worker's retrain on items three and four experts labelled, some of them differently (soft targets)."""
+    from tests.app.test_worker_jobs import worker_thread
+    from tests.app.worker_support import wait_job
+
+    pid, _, _ = overlapped
+    _simulate(client, admin, overlapped, flips=[{0, 1, 2}, {0}, set(), set()])
+    r = client.patch(f"/api/v1/projects/{pid}", json={"settings": {"lens": {"epochs": 5, "n_flows": 2}}}, headers=admin)
+    assert r.status_code == 200, r.text
+    with worker_thread(app):
+        jobs = client.get(f"/api/v1/projects/{pid}/jobs", headers=admin).json()["jobs"]
+        wait_job(client, admin, next(j["id"] for j in jobs if j["kind"] == "pretrain"))
+        r = client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "retrain"}, headers=admin)
+        job = wait_job(client, admin, r.json()["id"])
+    assert job["result"]["n_labels"] == N_ITEMS
+    versions = client.get(f"/api/v1/projects/{pid}/models", headers=admin).json()["models"]
+    assert len(versions) == 1 and versions[0]["n_labels"] == N_ITEMS
