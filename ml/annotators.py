@@ -88,6 +88,37 @@ def _alpha(matrix: np.ndarray, level: str, domain: np.ndarray | None) -> float:
         return float("nan")
 
 
+def _bootstrap(
+    m: np.ndarray, level: str, domain: np.ndarray | None, n_boot: int, rng: np.random.Generator
+) -> list[float]:
+    """α of ``n_boot`` resamples of the items (columns). Discrete data go to the package as value counts
+    per item (items × levels), which it takes directly: resampling rows of that table is ~10× cheaper
+    than rebuilding the experts × items matrix each time."""
+    import krippendorff
+
+    n = m.shape[1]
+    if domain is None:
+        return [_alpha(m[:, rng.integers(0, n, n)], level, domain) for _ in range(n_boot)]
+    counts = np.zeros((n, len(domain)))
+    e, j = np.nonzero(~np.isnan(m))
+    np.add.at(counts, (j, m[e, j].astype(np.int64)), 1.0)
+    out = []
+    for _ in range(n_boot):
+        try:
+            out.append(
+                float(
+                    krippendorff.alpha(
+                        value_counts=counts[rng.integers(0, n, n)],
+                        value_domain=list(domain),
+                        level_of_measurement=level,  # type: ignore[arg-type]
+                    )
+                )
+            )
+        except (ValueError, ZeroDivisionError):
+            out.append(float("nan"))
+    return out
+
+
 def _loo_consensus(matrix: np.ndarray, e: int, level: str) -> np.ndarray:
     """Per item the others' consensus (mode, median or mean by level), NaN where no other expert labelled."""
     others = np.delete(matrix, e, axis=0)
@@ -98,9 +129,10 @@ def _loo_consensus(matrix: np.ndarray, e: int, level: str) -> np.ndarray:
     elif level == "ordinal":
         out[has] = np.floor(np.nanmedian(others[:, has], axis=0))
     else:
-        for j in np.flatnonzero(has):
-            vals, counts = np.unique(others[~np.isnan(others[:, j]), j], return_counts=True)
-            out[j] = vals[np.argmax(counts)]
+        # The mode (the smallest level among ties), from per-item counts of the others' levels.
+        vals = np.unique(others[~np.isnan(others)])
+        counts = np.stack([(others == v).sum(0) for v in vals], axis=1)
+        out[has] = vals[np.argmax(counts[has], axis=1)]
     return out
 
 
@@ -132,8 +164,7 @@ def agreement(
     }
     if out["n_items"] >= 2 and n_boot > 0 and np.isfinite(out["alpha"]):
         rng = np.random.default_rng(seed)
-        draws = [_alpha(m[:, rng.integers(0, m.shape[1], m.shape[1])], level, domain) for _ in range(n_boot)]
-        draws = np.asarray([d for d in draws if np.isfinite(d)])
+        draws = np.asarray([d for d in _bootstrap(m, level, domain, n_boot, rng) if np.isfinite(d)])
         if len(draws):
             out["low"], out["high"] = (float(x) for x in np.percentile(draws, [2.5, 97.5]))
     spread = float(np.nanmax(m) - np.nanmin(m)) if m.size and np.isfinite(m).any() else 0.0

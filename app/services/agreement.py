@@ -3,7 +3,8 @@ rest), the items on which they disagree, and an admin's resolution of one (``ml.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import threading
+from collections import Counter, OrderedDict, defaultdict
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,34 @@ def _usernames(session: Session, ids: list[int]) -> dict[int, str]:
     return dict(session.execute(sa.select(User.id, User.username).where(User.id.in_(known))).all())
 
 
+# The bootstrap costs seconds on tens of thousands of items (the package's coincidence matrices), and
+# the answer changes only with the labels: kept per project, keyed by the newest label row and count.
+_CACHE: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+_CACHE_SIZE = 32
+_lock = threading.Lock()
+
+
 def project_agreement(*, session: Session, project: Project, overlap: int, n_boot: int = BOOTSTRAP) -> dict[str, Any]:
     """Per attribute: α at its level of measurement, its 95% bootstrap interval, the items and labels it
     rests on, and per expert their α and exact agreement with the others' consensus on shared items."""
+    newest, n_rows = session.execute(
+        sa.select(sa.func.max(Label.id), sa.func.count(Label.id)).where(Label.project_id == project.id)
+    ).one()
+    schema_key = tuple((a.name, a.kind, tuple(a.levels or ())) for a in project.attributes)
+    key = (id(session.get_bind().pool), project.id, newest, n_rows, overlap, n_boot, schema_key)
+    with _lock:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    out = _compute(session, project, overlap, n_boot)
+    with _lock:
+        _CACHE[key] = out
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return out
+
+
+def _compute(session: Session, project: Project, overlap: int, n_boot: int) -> dict[str, Any]:
     rows = labels.expert_labels(session=session, project_id=project.id)
     item_ids = sorted({r[0] for r in rows})
     pos = {iid: k for k, iid in enumerate(item_ids)}
