@@ -66,9 +66,24 @@ def reliability_matrix(labels: Labels, n_items: int, n_experts: int) -> np.ndarr
     return m
 
 
-def _alpha(matrix: np.ndarray, level: str, domain: np.ndarray | None) -> float:
+def _level_counts(items: np.ndarray, levels: np.ndarray, n_items: int, n_levels: int) -> np.ndarray:
+    """How many labels give each level to each item: [n_items, n_levels]."""
+    counts = np.zeros((n_items, n_levels))
+    np.add.at(counts, (items, levels.astype(np.int64)), 1.0)
+    return counts
+
+
+def _package_alpha(**data: Any) -> float:
+    """The ``krippendorff`` package's α; NaN where it is undefined (e.g. one value in all the data)."""
     import krippendorff
 
+    try:
+        return float(krippendorff.alpha(**data))
+    except (ValueError, ZeroDivisionError):
+        return float("nan")
+
+
+def _alpha(matrix: np.ndarray, level: str, domain: np.ndarray | None) -> float:
     pairable = (~np.isnan(matrix)).sum(0) >= 2
     if pairable.sum() < 1:
         return float("nan")
@@ -76,16 +91,9 @@ def _alpha(matrix: np.ndarray, level: str, domain: np.ndarray | None) -> float:
     values = np.unique(sub[~np.isnan(sub)])
     if len(values) < 2 and (domain is None or len(domain) < 2):
         return float("nan")
-    try:
-        return float(
-            krippendorff.alpha(
-                reliability_data=sub,
-                level_of_measurement=level,  # type: ignore[arg-type]
-                value_domain=list(domain) if domain is not None else None,
-            )
-        )
-    except (ValueError, ZeroDivisionError):  # one value in all the data: α is undefined
-        return float("nan")
+    return _package_alpha(
+        reliability_data=sub, level_of_measurement=level, value_domain=list(domain) if domain is not None else None
+    )
 
 
 def _bootstrap(
@@ -94,29 +102,17 @@ def _bootstrap(
     """α of ``n_boot`` resamples of the items (columns). Discrete data go to the package as value counts
     per item (items × levels), which it takes directly: resampling rows of that table is ~10× cheaper
     than rebuilding the experts × items matrix each time."""
-    import krippendorff
-
     n = m.shape[1]
     if domain is None:
         return [_alpha(m[:, rng.integers(0, n, n)], level, domain) for _ in range(n_boot)]
-    counts = np.zeros((n, len(domain)))
     e, j = np.nonzero(~np.isnan(m))
-    np.add.at(counts, (j, m[e, j].astype(np.int64)), 1.0)
-    out = []
-    for _ in range(n_boot):
-        try:
-            out.append(
-                float(
-                    krippendorff.alpha(
-                        value_counts=counts[rng.integers(0, n, n)],
-                        value_domain=list(domain),
-                        level_of_measurement=level,  # type: ignore[arg-type]
-                    )
-                )
-            )
-        except (ValueError, ZeroDivisionError):
-            out.append(float("nan"))
-    return out
+    counts = _level_counts(j, m[e, j], n, len(domain))
+    return [
+        _package_alpha(
+            value_counts=counts[rng.integers(0, n, n)], value_domain=list(domain), level_of_measurement=level
+        )
+        for _ in range(n_boot)
+    ]
 
 
 def _loo_consensus(matrix: np.ndarray, e: int, level: str) -> np.ndarray:
@@ -194,10 +190,8 @@ def dawid_skene(
     lab = labels.latest_per_expert()
     said = lab.value.astype(np.int64)
     n_experts = int(lab.expert.max()) + 1 if len(lab.expert) else 0
-    counts = np.zeros((n_items, n_levels))
-    np.add.at(counts, (lab.item, said), 1.0)
-    has = counts.sum(1) > 0
-    post = np.where(has[:, None], counts / np.maximum(counts.sum(1, keepdims=True), 1.0), 0.0)  # start: the vote
+    post = _vote(lab, n_items, n_levels)  # the start: the labels' shares
+    has = post.sum(1) > 0
     conf = np.full((n_experts, n_levels, n_levels), 1.0 / n_levels)
     off = (1.0 - DS_PRIOR_RIGHT) / max(n_levels - 1, 1)
     prior_counts = DS_PRIOR_LABELS * np.where(np.eye(n_levels, dtype=bool), DS_PRIOR_RIGHT, off)
@@ -226,27 +220,27 @@ def consensus(labels: Labels, attribute: Attribute, n_items: int, method: str = 
     the mean of the labels (NaN missing) for a continuous attribute."""
     if method not in CONSENSUS_METHODS:
         raise ValueError(f"consensus must be one of {CONSENSUS_METHODS}, got {method!r}")
+    if method == "last":
+        # In time order, so the latest label of each item is the one that stays.
+        out = np.full(n_items, np.nan) if not attribute.is_discrete else np.full(n_items, -1, np.int64)
+        out[labels.item] = labels.value if not attribute.is_discrete else labels.value.astype(np.int64)
+        return out
+    lab = labels.latest_per_expert()
     if not attribute.is_discrete:
         total, count = np.zeros(n_items), np.zeros(n_items)
-        lab = labels if method == "last" else labels.latest_per_expert()
-        if method == "last":
-            out = np.full(n_items, np.nan)
-            out[lab.item] = lab.value  # in time order: the latest wins
-            return out
         np.add.at(total, lab.item, lab.value)
         np.add.at(count, lab.item, 1.0)
         return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
-    if method == "last":
-        out = np.full(n_items, -1, np.int64)
-        out[labels.item] = labels.value.astype(np.int64)
-        return out
-    lab = labels.latest_per_expert()
     if method == "vote":
-        counts = np.zeros((n_items, attribute.n_levels))
-        np.add.at(counts, (lab.item, lab.value.astype(np.int64)), 1.0)
-        mass = counts.sum(1, keepdims=True)
-        return np.where(mass > 0, counts / np.maximum(mass, 1.0), 0.0)
+        return _vote(lab, n_items, attribute.n_levels)
     return dawid_skene(lab, n_items, attribute.n_levels)[0]
+
+
+def _vote(lab: Labels, n_items: int, n_levels: int) -> np.ndarray:
+    """Each item's share of labels per level [n_items, n_levels]; zeros for an item without labels."""
+    counts = _level_counts(lab.item, lab.value, n_items, n_levels)
+    mass = counts.sum(1, keepdims=True)
+    return np.where(mass > 0, counts / np.maximum(mass, 1.0), 0.0)
 
 
 Row = tuple  # (item id, expert, {attribute: level name or number}[, adjudicated])

@@ -250,23 +250,30 @@ def _fit_classifier(
     return RepresentationResult(clf.to_bytes(), Z.astype(np.float32), None, info)
 
 
-def _run_torchscript(
-    images: np.ndarray,
-    encoder_bytes: bytes | None,
-    progress: ProgressFn | None,
-    should_stop: StopFn | None,
-    batch_size: int = 512,
-) -> RepresentationResult:
+def _load_torchscript(encoder_bytes: bytes | None) -> Any:
     import torch
 
     if not encoder_bytes:
         raise ValueError("representation 'torchscript' needs an uploaded encoder: upload one, then run pretrain")
     try:
-        # CPU on purpose: an uploaded module may hard-code devices; z is computed once per pretrain.
+        # CPU on purpose: an uploaded module may hard-code devices.
         encoder = torch.jit.load(io.BytesIO(encoder_bytes), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError and friends on a malformed archive
         raise ValueError(f"the uploaded encoder is not a loadable TorchScript module: {exc}") from None
-    encoder.eval()
+    return encoder.eval()
+
+
+def _torchscript_z(
+    encoder: Any,
+    images: np.ndarray,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """z of ``images`` under a loaded TorchScript encoder (its output flattened per image), float32 [N, d]."""
+    import torch
+
+    images = np.ascontiguousarray(images, dtype=np.float32)
     parts = []
     n = len(images)
     with torch.no_grad():
@@ -284,7 +291,17 @@ def _run_torchscript(
     Z = np.concatenate(parts).astype(np.float32)
     if Z.shape[0] != n or not np.isfinite(Z).all():
         raise ValueError(f"the uploaded encoder gave {Z.shape[0]} rows (want {n}) or non-finite values")
-    return RepresentationResult(bytes(encoder_bytes), Z, None, {"dim": int(Z.shape[1])})
+    return Z
+
+
+def _run_torchscript(
+    images: np.ndarray,
+    encoder_bytes: bytes | None,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> RepresentationResult:
+    Z = _torchscript_z(_load_torchscript(encoder_bytes), images, progress, should_stop)
+    return RepresentationResult(bytes(encoder_bytes or b""), Z, None, {"dim": int(Z.shape[1])})
 
 
 # --------------------------------------------------------------------------- the lens
@@ -443,28 +460,38 @@ def load_vae(blob: bytes, device: str = "auto") -> Any:
 Encoder = Callable[[np.ndarray], np.ndarray]
 
 
-def load_encoder(source: str, blob: bytes | None, device: str = "cpu") -> tuple[Encoder, Any]:
-    """The base model's map from images (N, C, H, W) in [0, 1] to z, and the image shape (C, H, W) it
-    takes (None when the model does not say: an uploaded TorchScript encoder).
+def load_base_model(source: str, blob: bytes | None, device: str = "auto") -> Any:
+    """A representation's fitted base model from its checkpoint: the ``ml.vae.VAE``, the
+    ``ml.classifier.HiddenLayerClassifier`` or the uploaded TorchScript encoder (on the CPU).
 
-    What ``fit_representation`` computed for the imported items, applied to new images; an
-    ``embeddings`` base has no encoder (ValueError), its users send embeddings.
+    An ``embeddings`` base has none (ValueError): its users send embeddings.
     """
     if source == "embeddings":
         raise ValueError("an embeddings representation has no image encoder: send embeddings of the same base")
     if not blob:
         raise ValueError(f"the {source} representation has no stored model to encode images with")
     if source == "vae":
-        vae = load_vae(blob, device=device)
-        return vae.encode, tuple(vae.config_.image_shape)
+        return load_vae(blob, device=device)
     if source == "classifier":
         from ml.classifier import HiddenLayerClassifier
 
-        clf = HiddenLayerClassifier.from_bytes(bytes(blob), device=device)
-        return clf.transform, tuple(clf.image_shape)
+        return HiddenLayerClassifier.from_bytes(bytes(blob), device=device)
     if source == "torchscript":
-        return (lambda images: _run_torchscript(np.ascontiguousarray(images, np.float32), blob, None, None).Z), None
+        return _load_torchscript(blob)
     raise ValueError(f"representation.source must be one of {REPRESENTATION_SOURCES}, got {source!r}")
+
+
+def encoder_of(source: str, model: Any) -> tuple[Encoder, Any]:
+    """The base model's map from images (N, C, H, W) in [0, 1] to z (what ``fit_representation`` computed
+    for the imported items), and the image shape (C, H, W) it takes (None when the model does not say:
+    an uploaded TorchScript encoder). ``model`` is ``load_base_model``'s."""
+    if source == "vae":
+        return model.encode, tuple(model.config_.image_shape)
+    if source == "classifier":
+        return model.transform, tuple(model.image_shape)
+    if source == "torchscript":
+        return (lambda images: _torchscript_z(model, images)), None
+    raise ValueError(f"a {source!r} representation has no image encoder")
 
 
 def _lens(lens: Any, device: str) -> Any:

@@ -26,6 +26,7 @@ from app.services.errors import Conflict, Invalid
 CHUNK = 5000
 FIELDS = ("z", "z_star", "predictions", "score")
 MODEL_FIELDS = frozenset({"z_star", "predictions", "score"})
+LENS_FIELDS = frozenset({"z_star", "predictions"})
 DIGITS = 6  # decimals written: float32 z carries about 7 significant digits, probabilities need no more
 
 
@@ -80,7 +81,8 @@ def plan(*, session: Session, project: Project, include: str | None) -> ExportPl
         table=table,
         attrs=[(a.name, list(a.levels) if a.levels else None) for a in project.attributes],
         model=mv,
-        lens=models.load_lens(session=session, mv=mv) if mv is not None else None,
+        # Only z* and the predictions read the lens: an export of z and scores never loads it.
+        lens=models.load_lens(session=session, mv=mv) if mv is not None and LENS_FIELDS & set(fields) else None,
         strategy=models.scoring_strategy(project) if mv is not None else None,
         dim=int(table.Z.shape[1]) if table.Z.ndim == 2 else 0,
     )
@@ -123,7 +125,7 @@ def chunks(db: Database, p: ExportPlan, chunk: int = CHUNK) -> Iterator[list[dic
         per_item: dict[str, list[Any]] = {}
         if "z" in p.fields:
             per_item["z"] = _rounded(Z)
-        if p.lens is not None and MODEL_FIELDS.intersection(p.fields) - {"score"} and len(Z):
+        if p.lens is not None and len(Z):
             Zs, pred = p.lens.transform_and_predict(Z)
             if "z_star" in p.fields:
                 per_item["z_star"] = _rounded(Zs)

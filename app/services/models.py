@@ -310,10 +310,9 @@ class ZTable:
     def rows(self, item_ids: Any) -> np.ndarray:
         """Row positions of ``item_ids`` in ``Z``; −1 for an item the representation does not cover."""
         wanted = np.asarray(item_ids, dtype=np.int64)
-        pos = np.clip(np.searchsorted(self._sorted, wanted), 0, max(len(self._sorted) - 1, 0))
         if not len(self._sorted):
             return np.full(len(wanted), -1, dtype=np.int64)
-        rows = self._order[pos]
+        rows = self._order[np.clip(np.searchsorted(self._sorted, wanted), 0, len(self._sorted) - 1)]
         return np.where(self.ids[rows] == wanted, rows, -1)
 
 
@@ -346,20 +345,27 @@ def load_lens(*, session: Session, mv: ModelVersion) -> Any:
     return _cache_for(session).get(("lens", mv.id), load)
 
 
+def load_base_model(*, session: Session, rep: Representation) -> Any:
+    """The representation's base model (VAE, classifier or TorchScript encoder; cached): what decodes z
+    for traversals and encodes new images for transforms. Conflict when it has none (embeddings)."""
+
+    def load() -> Any:
+        from ml.steps import load_base_model as load_checkpoint
+
+        blob = session.scalar(sa.select(Representation.checkpoint).where(Representation.id == rep.id))
+        try:
+            return load_checkpoint(rep.source, blob)
+        except ValueError as exc:
+            raise Conflict(f"representation {rep.id}: {exc}") from None
+
+    return _cache_for(session).get(("base", rep.id), load)
+
+
 def load_decoder(*, session: Session, rep: Representation) -> Any:
     """The base model that decodes z to images (a ``ml.vae.VAE``); Conflict when the source has none."""
     if rep.source != "vae":
         raise Conflict(f"the {rep.source} representation has no decoder: traversals need source 'vae'")
-
-    def load() -> Any:
-        from ml.steps import load_vae
-
-        blob = session.scalar(sa.select(Representation.checkpoint).where(Representation.id == rep.id))
-        if not blob:
-            raise Conflict(f"representation {rep.id} has no checkpoint")
-        return load_vae(blob)
-
-    return _cache_for(session).get(("vae", rep.id), load)
+    return load_base_model(session=session, rep=rep)
 
 
 def _jsonable_predictions(pred: dict[str, Any], row: int, attrs: list[Any]) -> dict[str, Any]:

@@ -81,19 +81,6 @@ def decode_images(encoded: list[str], shape: tuple[int, int, int]) -> np.ndarray
     return out
 
 
-def _encoder(session: Session, rep: Representation) -> tuple[Any, Any]:
-    def load() -> tuple[Any, Any]:
-        from ml.steps import load_encoder
-
-        blob = session.scalar(sa.select(Representation.checkpoint).where(Representation.id == rep.id))
-        try:
-            return load_encoder(rep.source, blob, device="cpu")
-        except ValueError as exc:
-            raise Conflict(str(exc)) from None
-
-    return models.cache_get(session, ("encoder", rep.id), load)
-
-
 def _embeddings(rows: list[list[float]], dim: int) -> np.ndarray:
     for i, row in enumerate(rows):
         if len(row) != dim:
@@ -151,7 +138,9 @@ def transform(
     else:
         if rep.source == "embeddings":
             raise Invalid("images: the project's base is embeddings, which cannot encode images: send embeddings")
-        encode, shape = _encoder(session, rep)
+        from ml.steps import encoder_of
+
+        encode, shape = encoder_of(rep.source, models.load_base_model(session=session, rep=rep))
         shape = shape or _items_image_shape(session, project)
         if shape is None:
             raise Conflict(f"project {project.id} has no images to tell the base model's image size")

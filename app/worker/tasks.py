@@ -547,8 +547,8 @@ def run_retrain(ctx: JobContext, settings: Settings) -> None:
         lens_cfg = {**dict((project.settings or {}).get("lens") or {}), **dict(ctx.params.get("lens") or {})}
         strategy = _scoring_strategy(project, ctx.params)
         plan = _batch_plan(project, ctx.params, settings)
-        margin = float(effective_settings(project, settings)["activation_margin"])
-        consensus = str(effective_settings(project, settings)["consensus"])
+        eff = effective_settings(project, settings)
+        margin, consensus = float(eff["activation_margin"]), str(eff["consensus"])
         rep = _active_rep(s, project.id)
         rep_id = rep.id if rep is not None else None
         test_ll = (rep.config or {}).get("test_ll") if rep is not None else None

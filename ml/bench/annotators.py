@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ml.bench.common import machine, table, write_results
-from ml.bench.lens_train import _attributes, mnist_pca_z
+from ml.bench.lens_train import _attributes, mnist_pca_z, test_scores
 
 FLIP_RATES = (0.30, 0.10, 0.10, 0.05, 0.05, 0.02, 0.02, 0.0, 0.0)
 OVERLAP = 3
@@ -50,7 +50,6 @@ def _fit_and_score(data: dict[str, Any], targets: np.ndarray, seed: int) -> dict
 
     from ml.lens.config import LensConfig
     from ml.lens.train import train
-    from ml.metrics import interpretability_score
 
     attrs = _attributes()
     labels = dict(data["labels"])
@@ -60,13 +59,7 @@ def _fit_and_score(data: dict[str, Any], targets: np.ndarray, seed: int) -> dict
     t0 = time.perf_counter()
     fit = train(data["Z"], labels, attrs, LensConfig(seed=seed), device=torch.device("cpu"))
     seconds = time.perf_counter() - t0
-    mod = fit.module
-    with torch.no_grad():
-        zs_lab = mod.flows.transform(torch.as_tensor(fit.standardise(data["Z"][data["lab"]]), dtype=torch.float32))
-        zs_te = mod.flows.transform(torch.as_tensor(fit.standardise(data["Z_test"]), dtype=torch.float32))
-    probe = {k: v[data["lab"]] for k, v in data["labels"].items()}  # the true labels
-    score = interpretability_score(zs_lab.numpy(), probe, zs_te.numpy(), data["labels_test"], attrs)
-    per = score["attributes"]
+    per = test_scores(fit, data, attrs)  # the probe reads the true labels
     return {"digit": per["digit"]["score"], "thickness": per["thickness"]["score"], "seconds": round(seconds, 1)}
 
 

@@ -22,14 +22,10 @@ N_TEST = 2000
 
 
 def _data(data_dir: str | Path, seed: int) -> dict[str, Any]:
-    from sklearn.decomposition import PCA
+    from ml.bench.lens_train import mnist_pca
+    from ml.data import stroke_thickness, thickness_levels
 
-    from ml.data import load_mnist, stroke_thickness, thickness_levels
-
-    train = load_mnist(Path(data_dir) / "mnist", "train")
-    test = load_mnist(Path(data_dir) / "mnist", "test")
-    flat_tr, flat_te = train.images.reshape(len(train.images), -1), test.images.reshape(len(test.images), -1)
-    pca = PCA(10, random_state=seed).fit(flat_tr)
+    train, test, pca, flat_tr, flat_te = mnist_pca(data_dir, seed)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(flat_tr))
     a, b = np.sort(order[:N_EACH]), np.sort(order[N_EACH : 2 * N_EACH])

@@ -31,16 +31,24 @@ STEPS_PROFILED = 20
 SCORE_ITEMS = 1_000_000
 
 
-def mnist_pca_z(data_dir: str | Path, seed: int = 0) -> dict[str, Any]:
-    """z (10 principal components) of MNIST train and test, and digit and thickness labels."""
+def mnist_pca(data_dir: str | Path, seed: int = 0) -> tuple[Any, Any, Any, np.ndarray, np.ndarray]:
+    """MNIST train and test sets, the 10-component PCA fitted on the training images, and the images
+    flattened (train, test): what the MNIST benchmarks' z is made from."""
     from sklearn.decomposition import PCA
 
-    from ml.data import load_mnist, stroke_thickness, thickness_levels
+    from ml.data import load_mnist
 
     train = load_mnist(Path(data_dir) / "mnist", "train")
     test = load_mnist(Path(data_dir) / "mnist", "test")
     flat_tr, flat_te = train.images.reshape(len(train.images), -1), test.images.reshape(len(test.images), -1)
-    pca = PCA(10, random_state=seed).fit(flat_tr)
+    return train, test, PCA(10, random_state=seed).fit(flat_tr), flat_tr, flat_te
+
+
+def mnist_pca_z(data_dir: str | Path, seed: int = 0) -> dict[str, Any]:
+    """z (10 principal components) of MNIST train and test, and digit and thickness labels."""
+    from ml.data import stroke_thickness, thickness_levels
+
+    train, test, pca, flat_tr, flat_te = mnist_pca(data_dir, seed)
     z_tr, z_te = pca.transform(flat_tr).astype(np.float32), pca.transform(flat_te).astype(np.float32)
     rng = np.random.default_rng(seed)
     lab = np.sort(rng.choice(len(z_tr), N_LABELS, replace=False))
@@ -128,7 +136,6 @@ def _cold_fit(data: dict[str, Any], device: Any, fused: bool) -> dict[str, Any]:
 
     from ml.lens.config import LensConfig
     from ml.lens.train import train
-    from ml.metrics import interpretability_score
 
     attrs = _attributes()
     cfg = LensConfig(fused_step=fused)
@@ -139,13 +146,7 @@ def _cold_fit(data: dict[str, Any], device: Any, fused: bool) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    mod = fit.module.cpu()
-    with torch.no_grad():
-        zs_lab = mod.flows.transform(torch.as_tensor(fit.standardise(data["Z"][data["lab"]]), dtype=torch.float32))
-        zs_te = mod.flows.transform(torch.as_tensor(fit.standardise(data["Z_test"]), dtype=torch.float32))
-    lab_labels = {k: v[data["lab"]] for k, v in data["labels"].items()}
-    score = interpretability_score(zs_lab.numpy(), lab_labels, zs_te.numpy(), data["labels_test"], attrs)
-    per = score["attributes"]
+    per = test_scores(fit, data, attrs)
     return {
         "seconds": round(seconds, 1),
         "epochs": len(fit.history),
@@ -156,6 +157,21 @@ def _cold_fit(data: dict[str, Any], device: Any, fused: bool) -> dict[str, Any]:
         "thickness_dim": per["thickness"]["dim"],
         "designated_dims": fit.attribute_dims,
     }
+
+
+def test_scores(fit: Any, data: dict[str, Any], attrs: list[Any]) -> dict[str, Any]:
+    """The one-dimension metric per attribute of a trained lens (``ml.lens.train``'s fit) on ``data``
+    (``mnist_pca_z``'s): the probe fitted on the labelled items' true labels, scored on the test items."""
+    import torch
+
+    from ml.metrics import interpretability_score
+
+    mod = fit.module.cpu()
+    with torch.no_grad():
+        zs_lab = mod.flows.transform(torch.as_tensor(fit.standardise(data["Z"][data["lab"]]), dtype=torch.float32))
+        zs_te = mod.flows.transform(torch.as_tensor(fit.standardise(data["Z_test"]), dtype=torch.float32))
+    lab_labels = {k: v[data["lab"]] for k, v in data["labels"].items()}
+    return interpretability_score(zs_lab.numpy(), lab_labels, zs_te.numpy(), data["labels_test"], attrs)["attributes"]
 
 
 def _warm_retrain(data: dict[str, Any], device: str) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def test_a_notebook_session_from_project_to_scores_representations_and_transform
 
         labelled = []
         for item in lab.queue(pid, limit=5):
-            source = lab._json("GET", f"/api/v1/items/{item['item_id']}")["source_index"]
+            source = lab.item(item["item_id"])["source_index"]
             lab.label(item["item_id"], {"digit": str(int(y[source]))}, lease_id=item["lease_id"])
             labelled.append(item["item_id"])
         assert len(labelled) == 5
