@@ -3,8 +3,7 @@ rest), the items on which they disagree, and an admin's resolution of one (``ml.
 
 from __future__ import annotations
 
-import threading
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import Item, Label, Project, User
-from app.services import labels
+from app.services import labels, models
 from app.services.errors import Invalid
 from app.services.projects import schema
 from ml import annotators
@@ -30,9 +29,7 @@ def _usernames(session: Session, ids: list[int]) -> dict[int, str]:
 
 # The bootstrap costs seconds on tens of thousands of items (the package's coincidence matrices), and
 # the answer changes only with the labels: kept per project, keyed by the newest label row and count.
-_CACHE: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
-_CACHE_SIZE = 32
-_lock = threading.Lock()
+_cache = models.LRU(size=32)
 
 
 def project_agreement(*, session: Session, project: Project, overlap: int, n_boot: int = BOOTSTRAP) -> dict[str, Any]:
@@ -43,16 +40,7 @@ def project_agreement(*, session: Session, project: Project, overlap: int, n_boo
     ).one()
     schema_key = tuple((a.name, a.kind, tuple(a.levels or ())) for a in project.attributes)
     key = (id(session.get_bind().pool), project.id, newest, n_rows, overlap, n_boot, schema_key)
-    with _lock:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    out = _compute(session, project, overlap, n_boot)
-    with _lock:
-        _CACHE[key] = out
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return out
+    return _cache.get(key, lambda: _compute(session, project, overlap, n_boot))
 
 
 def _compute(session: Session, project: Project, overlap: int, n_boot: int) -> dict[str, Any]:

@@ -22,15 +22,16 @@ from app.services.errors import Conflict, Invalid, NotFound
 from ml.strategies import batch_rule, scored_strategy
 
 
-class _LRU:
-    """A small thread-safe LRU of loaded models keyed by (kind, row id); rows are immutable once written."""
+class LRU:
+    """A small thread-safe LRU of loaded objects (models, z tables, agreement results) by key; what it holds
+    never changes under its key (rows are immutable once written; keys carry what would change them)."""
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
-        self._d: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self._d: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, int], load: Callable[[], Any]) -> Any:
+    def get(self, key: tuple[Any, ...], load: Callable[[], Any]) -> Any:
         with self._lock:
             if key in self._d:
                 self._d.move_to_end(key)
@@ -45,16 +46,16 @@ class _LRU:
 
 # One cache per connection pool (one per app/database), so two apps in one process (tests, or a
 # PostgreSQL and a SQLite app) never see each other's rows under equal ids.
-_caches: weakref.WeakKeyDictionary[Any, _LRU] = weakref.WeakKeyDictionary()
+_caches: weakref.WeakKeyDictionary[Any, LRU] = weakref.WeakKeyDictionary()
 _caches_lock = threading.Lock()
 
 
-def _cache_for(session: Session) -> _LRU:
+def _cache_for(session: Session) -> LRU:
     pool = session.get_bind().pool
     with _caches_lock:
         cache = _caches.get(pool)
         if cache is None:
-            cache = _caches[pool] = _LRU()
+            cache = _caches[pool] = LRU()
         return cache
 
 
