@@ -26,13 +26,6 @@ DIM = 10
 LENS_SAMPLE = 20_000
 
 
-def _embeddings(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    truth = rng.integers(0, len(LEVELS), n)
-    centres = rng.normal(0, 3, (len(LEVELS), DIM))
-    return (centres[truth] + rng.normal(0, 1, (n, DIM))).astype(np.float32), truth
-
-
 def _rss_mb(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -67,12 +60,13 @@ def _arrange(db: Any, worker: Any, n: int) -> tuple[int, str, np.ndarray]:
     """The project (items, labels, active lens, scores) and a viewer token; returns (pid, token, Z)."""
     import sqlalchemy as sa
 
+    from app.bench.load import clustered_embeddings
     from app.bench.train import _run_job
     from app.db.models import Item, ModelVersion, Representation
     from app.services import imports, jobs, labels, projects, tokens, users
     from ml.steps import fit_lens
 
-    Z, truth = _embeddings(n)
+    Z, truth = clustered_embeddings(n, dim=DIM, n_clusters=len(LEVELS))
     attrs = [{"name": "cluster", "kind": "categorical", "levels": LEVELS}]
     with db.session() as s:
         admin = users.create(session=s, username="bench", password="bench-password-123", role="admin")

@@ -67,12 +67,15 @@ class ExpertLog:
     empty_queue: int = 0
 
 
-def _embeddings(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """n 8-d points in three Gaussian clusters, and each point's cluster (the expert's ground truth)."""
+def clustered_embeddings(
+    n: int, seed: int = 0, dim: int = 8, n_clusters: int = len(LEVELS)
+) -> tuple[np.ndarray, np.ndarray]:
+    """n points in Gaussian clusters (centres N(0, 3²), spread 1), and each point's cluster (the
+    simulated experts' ground truth)."""
     rng = np.random.default_rng(seed)
-    truth = rng.integers(0, len(LEVELS), n)
-    centres = rng.normal(0, 3, (len(LEVELS), 8))
-    return (centres[truth] + rng.normal(0, 1, (n, 8))).astype(np.float32), truth
+    truth = rng.integers(0, n_clusters, n)
+    centres = rng.normal(0, 3, (n_clusters, dim))
+    return (centres[truth] + rng.normal(0, 1, (n, dim))).astype(np.float32), truth
 
 
 def _arrange(
@@ -90,7 +93,7 @@ def _arrange(
     settings = Settings(_env_file=None, database_url=database_url, data_dir=data_dir)
     upgrade(database_url)
     db = Database(settings)
-    Z, truth = _embeddings(n_items)
+    Z, truth = clustered_embeddings(n_items)
     try:
         with db.session() as s:
             admin = users.create(session=s, username=f"load-admin-{tag}", password="load password", role="admin")
