@@ -105,8 +105,9 @@ class ProjectSettingsIn(BaseModel):
         None,
         description="Lens hyper-parameters for retrains (checked when saved; 422 names a bad key or value): "
         "flow (planar | coupling | spline | auto), alpha (number ≥ 0 | auto), dims_per_attribute, n_flows, hidden, "
-        "epochs, warm_epochs, lr, weight_decay, batch_size, labelled_batch_size, seed, pseudo_label_threshold, "
-        "pseudo_label_weight, consistency_weight, mixup_weight, selection_folds.",
+        "epochs, warm_epochs, lr, weight_decay, batch_size, labelled_batch_size, threads, compile_step, seed, "
+        "pseudo_label_threshold, pseudo_label_weight, consistency_weight, mixup_weight, propagation_weight, "
+        "fused_step, selection_folds, selection_pool, selection_batched.",
         examples=[{"flow": "auto", "alpha": "auto", "dims_per_attribute": 2}],
     )
 

@@ -389,6 +389,8 @@ def fit_lens(
             # Batch size and step not asked for are this device's, not those of the device it was trained on.
             training.setdefault("batch_size", None)
             training.setdefault("lr", None)
+            training.setdefault("threads", None)
+            training.setdefault("compile_step", None)
             batch = training["batch_size"] or sizes_for(resolve_device(device), len(Z)).lens_batch_size
             lens.set_params(**training, epochs=warm_epochs(len(Z), batch, warm_req))
     warm = lens is not None
@@ -412,6 +414,8 @@ def fit_lens(
         "device_name": device_name(lens.device_),
         "batch_size": getattr(config, "batch_size", None),
         "lr": getattr(config, "lr", None),
+        "threads": getattr(config, "threads", None),
+        "step": getattr(lens, "step_mode_", "eager"),
         "flow": getattr(config, "flow", "planar"),
         "dims_per_attribute": int(getattr(config, "dims_per_attribute", 1)),
     }

@@ -86,6 +86,12 @@ class LensConfig:
         (lambda v: v is None or (_is_int(v) and v >= 1), "an integer ≥ 1 or null"),
         "items per ELBO minibatch (None: the device's, ml.device.sizes_for)",
     )
+    threads: int | None = _setting(
+        None,
+        TRAINING,
+        (lambda v: v is None or (_is_int(v) and v >= 1), "an integer ≥ 1 or null"),
+        "torch intra-op threads while training (None: the device's, ml.device.sizes_for)",
+    )
     labelled_batch_size: int = _setting(128, TRAINING, _INT_GE1, "labelled items per α-term minibatch")
     seed: int = _setting(0, TRAINING, _INT_GE0, "seed of the initialisation and the minibatch order")
     pseudo_label_threshold: float | None = _setting(
@@ -105,10 +111,24 @@ class LensConfig:
         (lambda v: isinstance(v, bool), "true or false"),
         "planar flows as one autograd node and one pass for the ELBO and α batches (false: flow by flow)",
     )
+    compile_step: bool | None = _setting(
+        None,
+        TRAINING,
+        (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+        "compile the training step with torch.compile, falling back to eager if that fails "
+        "(None: the device's, ml.device.sizes_for: on CUDA only)",
+    )
     selection_folds: int = _setting(
         3, SELECTION, (lambda v: _is_int(v) and v >= 2, "an integer ≥ 2"), "folds of the cross-validated selection"
     )
     selection_pool: int = _setting(10_000, SELECTION, _INT_GE1, "unlabelled items a selection fit sees")
+    selection_batched: bool | None = _setting(
+        None,
+        SELECTION,
+        (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+        "train the selection's k folds as one batched model (ml.lens.folds; None: the device's, "
+        "ml.device.sizes_for: on CUDA only)",
+    )
 
     # -- the table ------------------------------------------------------------------------------
     @classmethod
@@ -156,12 +176,10 @@ class LensConfig:
         return replace(self, **changes).check()
 
     def for_device(self, device: Any, n_items: int | None = None) -> LensConfig:
-        """A copy whose unset ``batch_size`` and ``lr`` take ``device``'s sizes (``ml.device.sizes_for``).
+        """A copy whose unset ``batch_size``, ``lr`` and ``threads`` take ``device``'s sizes (``ml.device.sizes_for``).
 
         The concrete values are what a fit stores in its config, so a checkpoint says what it was trained with.
         """
-        if self.batch_size is not None and self.lr is not None:
-            return self
         from ml.device import sizes_for
 
         sizes = sizes_for(device, n_items)
@@ -169,6 +187,11 @@ class LensConfig:
             self,
             batch_size=self.batch_size if self.batch_size is not None else sizes.lens_batch_size,
             lr=self.lr if self.lr is not None else sizes.lens_lr,
+            threads=self.threads if self.threads is not None else sizes.lens_threads,
+            compile_step=self.compile_step if self.compile_step is not None else sizes.compile_step,
+            selection_batched=(
+                self.selection_batched if self.selection_batched is not None else sizes.selection_batched
+            ),
         )
 
     @property

@@ -190,6 +190,7 @@ class InterpretableLens(Checkpointed):
         self.module_, self.z_mean_, self.z_scale_ = fit.module, fit.z_mean, fit.z_scale
         self.attribute_dims_, self.alpha_, self.n_labelled_ = fit.attribute_dims, fit.alpha, fit.n_labelled
         self.history_, self.config_, self.attributes_ = fit.history, cfg, attrs
+        self.step_mode_ = fit.step_mode
         self.device_, self.dim_ = device, int(Z.shape[1])
         # Training z* quantiles anchor the traversals (DESIGN.md: "over its training quantiles").
         self.zstar_quantiles_ = np.quantile(self.transform(Z), [0.01, 0.05, 0.5, 0.95, 0.99], axis=0)

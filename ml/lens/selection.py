@@ -31,6 +31,7 @@ from ml.attributes import Attribute, hard_levels, observed_mask
 from ml.control import ProgressFn, StopFn, sub_progress
 from ml.heads import default_alpha
 from ml.lens.config import AUTO, LensConfig
+from ml.lens.folds import train_folds
 from ml.lens.train import train
 
 # Candidate (flow family, depth) pairs when ``flow="auto"``. Planar keeps the requested depth; the
@@ -210,26 +211,53 @@ def select_settings(
     def cross_validate(settings: dict[str, Any], max_steps: int, patience_steps: int) -> dict[str, Any]:
         """Train ``settings`` once per fold with early stopping; the fold scores and best lengths."""
         nonlocal done
-        fold_scores, best_steps, best_epochs, ran_out = [], [], [], []
-        for tr, te in folds:
-            rows = np.concatenate([tr, unlab])
-            steps_per_epoch = max(1, math.ceil(len(rows) / cfg.batch_size))
+
+        def budget(n_rows: int) -> tuple[int, int, int]:
+            steps_per_epoch = max(1, math.ceil(n_rows / cfg.batch_size))
             epochs = cfg.epochs or max(SELECTION_MIN_EPOCHS, math.ceil(max_steps / steps_per_epoch))
-            patience = max(2, math.ceil(patience_steps / steps_per_epoch))
-            child = replace(cfg, **settings, epochs=epochs).check()
-            sub = sub_progress(progress, done / n_fits, (done + 1) / n_fits, candidate=settings)
-            curve = train(
-                Z[rows],
-                _hide(labels, attributes, rows),
+            return steps_per_epoch, epochs, max(2, math.ceil(patience_steps / steps_per_epoch))
+
+        runs: list[tuple[list[float], int, int, int]] = []  # (curve, steps per epoch, epochs, patience) per fold
+        if cfg.selection_batched:
+            # One batched model for the k folds (ml.lens.folds): the pool is every labelled item plus the
+            # unlabelled sample, each fold's held-out items unlabelled in it.
+            steps_per_epoch, epochs, patience = budget(len(lab_idx) + len(unlab))
+            sub = sub_progress(progress, done / n_fits, (done + k) / n_fits, candidate=settings)
+            curves = train_folds(
+                Z,
+                labels,
                 attributes,
-                child,
+                replace(cfg, **settings, epochs=epochs).check(),
+                folds,
+                unlab,
                 device=device,
+                patience=patience,
                 progress=sub,
                 should_stop=should_stop,
-                validation=(Z[te], _hide(labels, attributes, te)),
-                patience=patience,
-            ).val_history
-            done += 1
+            )
+            done += k
+            runs = [(c, steps_per_epoch, epochs, patience) for c in curves]
+        else:
+            for tr, te in folds:
+                rows = np.concatenate([tr, unlab])
+                steps_per_epoch, epochs, patience = budget(len(rows))
+                child = replace(cfg, **settings, epochs=epochs).check()
+                sub = sub_progress(progress, done / n_fits, (done + 1) / n_fits, candidate=settings)
+                curve = train(
+                    Z[rows],
+                    _hide(labels, attributes, rows),
+                    attributes,
+                    child,
+                    device=device,
+                    progress=sub,
+                    should_stop=should_stop,
+                    validation=(Z[te], _hide(labels, attributes, te)),
+                    patience=patience,
+                ).val_history
+                done += 1
+                runs.append((curve, steps_per_epoch, epochs, patience))
+        fold_scores, best_steps, best_epochs, ran_out = [], [], [], []
+        for curve, steps_per_epoch, epochs, patience in runs:
             e = int(np.nanargmax(curve)) if np.isfinite(curve).any() else len(curve) - 1
             fold_scores.append(float(curve[e]))
             best_epochs.append(e + 1)

@@ -7,9 +7,11 @@ a ``Fit``: the trained networks with the standardisation and the dimension assig
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 
 from ml.attributes import Attribute, hard_levels, observed_mask
 from ml.control import ProgressFn, StopFn, Throttle, check_stop
+from ml.device import intra_op_threads
 from ml.flows import PlanarFlowStack
 from ml.heads import ContinuousHead, default_alpha
 from ml.lens.config import AUTO, LensConfig
@@ -36,6 +39,7 @@ class Fit:
     n_labelled: int = 0
     history: list[float] = field(default_factory=list)
     val_history: list[float] = field(default_factory=list)
+    step_mode: str = "eager"  # how the training step ran (``Stepper.mode``)
 
     def standardise(self, Z: np.ndarray) -> np.ndarray:
         """The affine step before the flows, part of the exact lens map."""
@@ -127,21 +131,85 @@ def regularisers(
     cfg: LensConfig,
     zb: torch.Tensor,
     zs_b: torch.Tensor,
-    idx: torch.Tensor,
-    soft: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    soft_b: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
 ) -> torch.Tensor:
-    """The weighted semi-supervised terms (``ml.lens.regularisers``) of one minibatch, to maximise."""
+    """The weighted semi-supervised terms (``ml.lens.regularisers``) of one minibatch, to maximise.
+
+    ``soft_b``: the propagated soft labels and weights of the minibatch's items.
+    """
     out = torch.zeros((), device=zb.device)
     if cfg.pseudo_label_threshold is not None and cfg.pseudo_label_weight > 0:
         out = out + cfg.pseudo_label_weight * mod.pseudo_label_terms(zb, cfg.pseudo_label_threshold).mean()
-    if soft and cfg.propagation_weight > 0:
-        targets = {k: (p[idx], w[idx]) for k, (p, w) in soft.items()}
-        out = out + cfg.propagation_weight * soft_label_terms(mod, zs_b, targets).mean()
+    if soft_b and cfg.propagation_weight > 0:
+        out = out + cfg.propagation_weight * soft_label_terms(mod, zs_b, soft_b).mean()
     if cfg.consistency_weight > 0:
         out = out - cfg.consistency_weight * consistency_terms(mod, zb, cfg.consistency_noise).mean()
     if cfg.mixup_weight > 0:
         out = out - cfg.mixup_weight * mixup_terms(mod, zb).mean()
     return out
+
+
+def step_loss(
+    mod: LensModule,
+    cfg: LensConfig,
+    alpha: float,
+    zb: torch.Tensor,
+    sb: Mapping[str, torch.Tensor],
+    z_lab: torch.Tensor | None,
+    s_lab: Mapping[str, torch.Tensor] | None,
+    soft_b: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """What one training step minimises: −mean ELBO (7)/(8) − α·mean log p_ψ(s|z*) over the labelled
+    minibatch (``z_lab`` None: no supervised term) − the regularisers."""
+    if z_lab is not None and s_lab is not None:
+        if cfg.fused_step:
+            elbo, zs_b, sup = mod.training_terms(zb, sb, z_lab, s_lab)
+        else:
+            elbo, zs_b = mod.elbo_and_sample(zb, sb)
+            sup = mod.supervised_terms(z_lab, s_lab)
+        loss = -elbo.mean() - alpha * sup.mean()
+    else:
+        elbo, zs_b = mod.elbo_and_sample(zb, sb)
+        loss = -elbo.mean()
+    return loss - regularisers(mod, cfg, zb, zs_b, soft_b)
+
+
+class Stepper:
+    """``step_loss`` as the training loop calls it: compiled by ``torch.compile`` when the settings ask
+    for it (``compile_step``), else eager, and eager again whenever compiling fails.
+
+    On a GPU a step of the lens is bound by kernel launches, not arithmetic; compiling fuses its
+    small kernels, and on CUDA the "reduce-overhead" mode also replays the step as a CUDA graph (one
+    launch). ``mode`` says what ran: "compiled", "eager", or "eager (…)" with the reason compiling
+    was given up, which the fit records.
+    """
+
+    def __init__(self, mod: LensModule, cfg: LensConfig, alpha: float, device: torch.device) -> None:
+        self.eager = functools.partial(step_loss, mod, cfg, alpha)
+        self.compiled: Any = None
+        self.mode = "eager"
+        if cfg.compile_step:
+            try:
+                self.compiled = torch.compile(
+                    self.eager, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False
+                )
+                self.mode = "compiled"
+            except Exception as exc:  # no compiler backend in this build or on this platform
+                self.mode = f"eager (torch.compile unavailable: {_first_line(exc)})"
+
+    def __call__(self, *args: Any) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # a compiler error shows at the first call of each new shape
+                self.compiled = None
+                self.mode = f"eager (compiling failed: {_first_line(exc)})"
+        return self.eager(*args)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 def make_adam(mod: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Adam:
@@ -181,8 +249,24 @@ def train(
     """
     if cfg.needs_selection:
         raise ValueError(f"train needs concrete settings; {AUTO!r} is left in {cfg.to_dict()}")
+    cfg = cfg.for_device(device, len(Z))
+    with intra_op_threads(cfg.threads):
+        return _train(Z, labels, attributes, cfg, device, start, progress, should_stop, validation, patience)
+
+
+def _train(
+    Z: np.ndarray,
+    labels: Mapping[str, np.ndarray],
+    attributes: list[Attribute],
+    cfg: LensConfig,
+    device: torch.device,
+    start: Fit | None,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    validation: tuple[np.ndarray, Mapping[str, np.ndarray]] | None,
+    patience: int | None,
+) -> Fit:
     n, d = Z.shape
-    cfg = cfg.for_device(device, n)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if start is None:
@@ -229,6 +313,8 @@ def train(
     total = epochs * steps_per_epoch
     opt = make_adam(mod, cfg.lr, float(cfg.weight_decay), device)
     params = [p for p in mod.parameters() if p.requires_grad]
+    supervised = bool(len(lab_idx)) and alpha > 0  # type: ignore[operator]
+    stepper = Stepper(mod, cfg, float(alpha), device)  # type: ignore[arg-type]
     throttle = Throttle(progress)
     mod.train()
     step = 0
@@ -241,7 +327,8 @@ def train(
             check_stop(should_stop)
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             zb, sb = zt[idx], {k: v[idx] for k, v in st.items()}
-            if len(lab_idx) and alpha > 0:  # type: ignore[operator]
+            z_lab = s_lab = None
+            if supervised:
                 li = torch.as_tensor(
                     rng.choice(
                         lab_idx,
@@ -250,17 +337,8 @@ def train(
                     ),
                     device=device,
                 )
-                s_lab = {k: v[li] for k, v in st.items()}
-                if cfg.fused_step:
-                    elbo, zs_b, sup = mod.training_terms(zb, sb, zt[li], s_lab)
-                else:
-                    elbo, zs_b = mod.elbo_and_sample(zb, sb)
-                    sup = mod.supervised_terms(zt[li], s_lab)
-                loss = -elbo.mean() - alpha * sup.mean()  # type: ignore[operator]
-            else:
-                elbo, zs_b = mod.elbo_and_sample(zb, sb)
-                loss = -elbo.mean()
-            loss = loss - regularisers(mod, cfg, zb, zs_b, idx, soft)
+                z_lab, s_lab = zt[li], {k: v[li] for k, v in st.items()}
+            loss = stepper(zb, sb, z_lab, s_lab, {k: (p[idx], w[idx]) for k, (p, w) in soft.items()})
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, 100.0, foreach=True)  # one norm kernel for all parameters
@@ -278,5 +356,6 @@ def train(
             if patience is not None and epoch - best >= patience:
                 break
     mod.eval()
+    fit.step_mode = stepper.mode
     throttle(1.0, {"epoch": len(fit.history), "loss": fit.history[-1] if fit.history else float("nan")}, final=True)
     return fit

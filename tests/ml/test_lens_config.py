@@ -103,6 +103,7 @@ def test_unset_batch_size_and_step_are_the_devices_and_stored_concrete() -> None
     lens = InterpretableLens([CLS], n_flows=2, hidden=16, epochs=1, device="cpu").fit(Z, S)
     assert lens.batch_size is None and lens.lr is None  # the parameters as given ...
     assert (lens.config_.batch_size, lens.config_.lr) == (256, 5e-3)  # ... the fit's, as trained
+    assert lens.config_.threads == CPU_SIZES.lens_threads == 1  # a CPU step is too small for two threads
     back = InterpretableLens.from_bytes(lens.to_bytes(), device="cpu")
     assert (back.config_.batch_size, back.config_.lr) == (256, 5e-3)
     given = InterpretableLens([CLS], n_flows=2, hidden=16, epochs=1, batch_size=32, lr=1e-2, device="cpu").fit(Z, S)
