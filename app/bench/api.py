@@ -35,16 +35,25 @@ def _percentile(xs: list[float], q: float) -> float:
     return s[k]
 
 
-def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> tuple[int, list[str]]:
+SHAPES = {"source": "shapes", "size": 16}
+LABELS_BEFORE = 150  # ground-truth labels (+ a third as many eval labels) before the clients start
+
+
+def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> tuple[int, list[str], dict[str, Any]]:
+    """A project as experts meet it after its first retrain: a trained representation, an active lens
+    and the round its default strategy ranked, served by the queue; plus one token per client."""
     from app.config import Settings
     from app.db.migrate import upgrade
     from app.db.session import Database
-    from app.services import imports, projects, tokens, users
+    from app.services import imports, jobs, labels, projects, tokens, users
+    from app.worker.runner import Worker, claim
+    from ml.data import make_shapes
 
     settings = Settings(_env_file=None, database_url=database_url, data_dir=data_dir)
     upgrade(database_url)
     db = Database(settings)
     try:
+        spec = {**SHAPES, "n": n_items}
         with db.session() as s:
             admin = users.create(session=s, username="bench-admin", password="bench password", role="admin")
             p = projects.create(
@@ -55,18 +64,73 @@ def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> t
                     {"name": "size", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5", "6"]},
                 ],
                 representation={"source": "vae"},
-                strategy="bald",
+                strategy="auto",  # the default a project gets from the API
                 settings={},
                 created_by_id=admin.id,
-                loaded=imports.load_spec({"source": "shapes", "n": n_items, "size": 16}, settings),
+                loaded=imports.load_spec(spec, settings),
             )
+            pid = p.id
             toks = []
             for k in range(clients):
                 u = users.create(session=s, username=f"bench-expert-{k}", password="bench password", role="expert")
                 toks.append(tokens.create(session=s, user=u, name="bench")[1])
-            return p.id, toks
+        worker = Worker(db, settings, worker_id="bench-arrange")
+        worker.configure_torch()
+
+        def run_queued() -> None:
+            while (claimed := claim(db, worker.worker_id, max_attempts=1)) is not None:
+                status = worker.execute(claimed)
+                if status != "succeeded":
+                    raise RuntimeError(f"arranging the bench project: job {claimed.job_id} {status}")
+
+        run_queued()  # the pretrain
+        truth = make_shapes(n=n_items, seed=0, size=SHAPES["size"]).factors
+        levels = {"shape": ["square", "ellipse", "heart"], "size": ["1", "2", "3", "4", "5", "6"]}
+        n_eval = LABELS_BEFORE // 3
+        rows = [
+            {
+                "source_index": i,
+                "values": {k: levels[k][int(truth["shape" if k == "shape" else "scale"][i])] for k in levels},
+                "eval": i >= LABELS_BEFORE,
+            }
+            for i in range(LABELS_BEFORE + n_eval)
+        ]
+        with db.session() as s:
+            p = projects.get_or_raise(session=s, project_id=pid)
+            user = users.get_or_raise(session=s, username="bench-admin")
+            labels.import_bulk(
+                session=s, project=p, attrs=projects.schema(p), rows=rows, user=user, retrain_every=10**9
+            )
+            jobs.enqueue(session=s, project_id=pid, kind="retrain", params={})
+        run_queued()  # the retrain, which ranks the next round
+        with db.session(write=False) as s:
+            state = _served_state(s, pid)
+        return pid, toks, state
     finally:
         db.dispose()
+
+
+def _served_state(session: Any, pid: int) -> dict[str, Any]:
+    """What the queue serves from: the active model version, the strategy and the items its batch rule ranked."""
+    from sqlalchemy import func, select
+
+    from app.db.models import ModelVersion, Project, Score
+    from ml.strategies import batch_rule
+
+    project = session.get(Project, pid)
+    active = session.scalar(select(ModelVersion).where(ModelVersion.project_id == pid, ModelVersion.active.is_(True)))
+    rule = batch_rule(project.strategy)
+    ranked = 0
+    if active is not None and rule is not None:
+        ranked = session.scalar(
+            select(func.count()).select_from(Score).where(Score.model_version_id == active.id, Score.strategy == rule)
+        )
+    return {
+        "strategy": project.strategy,
+        "batch_rule": rule,
+        "active_model_version": active.version if active is not None else None,
+        "ranked_items": int(ranked or 0),
+    }
 
 
 def run_api_bench(
@@ -85,8 +149,11 @@ def run_api_bench(
     with tempfile.TemporaryDirectory(prefix="lenslab-bench-") as tmp:
         tmpdir = Path(tmp)
         url = database_url or f"sqlite:///{tmpdir / 'bench.db'}"
-        n_items = clients * (rounds + warmup) * 2 + 100
-        pid, toks = _arrange(url, tmpdir / "data", clients, n_items)
+        # Twice what the clients label, and room for the labels given before they start.
+        n_items = max(clients * (rounds + warmup) * 2 + 100, 4 * LABELS_BEFORE)
+        pid, toks, served = _arrange(url, tmpdir / "data", clients, n_items)
+        if served["active_model_version"] is None or not served["ranked_items"]:
+            raise RuntimeError(f"the bench project has no active lens or ranked round to serve from: {served}")
         env = {
             "LENSLAB_DATABASE_URL": url,
             "LENSLAB_DATA_DIR": str(tmpdir / "data"),
@@ -167,6 +234,7 @@ def run_api_bench(
         "think_ms": think_ms,
         "think_jitter": [0.5, 1.5],
         "server": "uvicorn, 1 process, loopback",
+        "served_from": served,
         "wall_s": round(wall, 2),
         "requests_per_s": round(2 * clients * (rounds + warmup) / wall, 1),
         "errors": len(errors),
@@ -185,6 +253,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"api bench: {result['clients']} clients × {result['rounds']} rounds, {result['database']}, "
         f"think {result['think_ms']:g} ms, {result['requests_per_s']} req/s, errors {result['errors']}",
+        "served from: lens version {v}, strategy {strategy} ({batch_rule} round of {ranked_items} items)".format(
+            v=result["served_from"]["active_model_version"], **result["served_from"]
+        ),
         f"{'operation':<14}{'n':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}",
     ]
     for name, o in result["operations"].items():

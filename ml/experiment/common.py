@@ -133,7 +133,7 @@ PROFILE_SPECS: dict[str, Profile] = {
         jlvm_betas=(1.0, 10.0),
         iwae_k=100,
         clf_epochs=4,
-        clf_pool=5000,
+        clf_pool=60000,
         clf_labels=1000,
         label_curve_size=DataSize(pool=60000, eval_fit=2000, eval_test=8000, vae_epochs=20, n_labels=1000),
         label_counts=(100, 300, 1000, 3000, 10000),
@@ -469,6 +469,7 @@ def metric(Z_fit: np.ndarray, Z_test: np.ndarray, data: Prepared, seed: int = 0)
     out.update({a: v["score"] for a, v in r["attributes"].items()})
     out.update({f"{a}_accuracy": v["accuracy"] for a, v in r["attributes"].items()})
     out.update({f"{a}_chance": v["chance_score"] for a, v in r["attributes"].items()})
+    out.update({f"{a}_dim": int(v["dim"]) for a, v in r["attributes"].items()})  # the metric's chosen dimension
     return out
 
 

@@ -16,6 +16,9 @@ def test_api_bench_runs_clients_against_a_real_server_and_writes_json(tmp_path):
     assert 0 < ops["p50_ms"] <= ops["p99_ms"] <= ops["max_ms"]
     assert json.loads(out.read_text())["clients"] == 3
     assert "queue_next" in format_table(result)
+    # Served as experts meet the queue after the first retrain: an active lens and its ranked round.
+    served = result["served_from"]
+    assert served["strategy"] == "auto" and served["active_model_version"] == 1 and served["ranked_items"] > 0
 
 
 def test_al_bench_drives_the_product_through_rest_and_never_serves_worse_than_raw_z(tmp_path):
