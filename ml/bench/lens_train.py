@@ -174,6 +174,9 @@ def test_scores(fit: Any, data: dict[str, Any], attrs: list[Any]) -> dict[str, A
     return interpretability_score(zs_lab.numpy(), lab_labels, zs_te.numpy(), data["labels_test"], attrs)["attributes"]
 
 
+FIRST_FIT_TARGET_S = 20.0  # a project's first lens, so that labelling is model-driven soon after its pretrain
+
+
 def _warm_retrain(data: dict[str, Any], device: str) -> dict[str, Any]:
     """The worker's retrain on 10,000 items: a cold fit on 500 labels, then the timed warm one on 550."""
     from ml.steps import fit_lens
@@ -189,7 +192,12 @@ def _warm_retrain(data: dict[str, Any], device: str) -> dict[str, Any]:
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
     fit_lens(Z, S_warm, attrs, warm_start_bytes=blob, device=device)
-    return {"labels": len(labelled), "cold_s": round(cold, 2), "warm_s": round(time.perf_counter() - t0, 2)}
+    return {
+        "labels": len(labelled),
+        "cold_s": round(cold, 2),
+        "cold_target_s": FIRST_FIT_TARGET_S,
+        "warm_s": round(time.perf_counter() - t0, 2),
+    }
 
 
 def _scoring(data: dict[str, Any], device: str) -> dict[str, Any]:
@@ -211,6 +219,7 @@ def run(data_dir: str | Path, device: str = "cpu", out_dir: str | Path = "benchm
     import torch
 
     from ml.device import resolve_device
+    from ml.lens.config import LensConfig
 
     dev = resolve_device(device)
     data = mnist_pca_z(data_dir)
@@ -243,6 +252,7 @@ def run(data_dir: str | Path, device: str = "cpu", out_dir: str | Path = "benchm
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
+        "lens_threads": LensConfig().for_device(dev).threads,  # what a fit trains on (ml.device.sizes_for)
         "machine": machine(),
         "z": "MNIST train, first 10 principal components; 1,000 labelled (digit, thickness in 5 levels)",
         "step": steps,
@@ -254,8 +264,9 @@ def run(data_dir: str | Path, device: str = "cpu", out_dir: str | Path = "benchm
     path = write_results(f"train_lens_{dev.type}", payload, out_dir)
     print(table(rows, list(rows[0])))
     print(
-        f"\ncold fit speed-up fused/eager: {payload['speedup_cold_fit']}×; warm retrain on 10k items: "
-        f"{warm['warm_s']} s (cold {warm['cold_s']} s); scoring 1M items: {scoring['items_per_s']:,} items/s"
+        f"\ncold fit speed-up fused/eager: {payload['speedup_cold_fit']}×; on 10k items, the first (cold) fit "
+        f"{warm['cold_s']} s (target ≤ {FIRST_FIT_TARGET_S:g} s) and the warm retrain {warm['warm_s']} s; "
+        f"scoring 1M items: {scoring['items_per_s']:,} items/s; the lens trains on {payload['lens_threads']} thread(s)"
     )
     print(f"wrote {path}")
     return payload

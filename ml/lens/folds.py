@@ -168,10 +168,10 @@ def _train_folds(
     lab_dim = 0 if supervised else None
     in_dims = (0, 0, None, 0, lab_dim, lab_dim, 0)  # params, buffers, zb (shared), sb, z_lab, s_lab, soft_b
     batched_step = vmap(grad_and_value(fold_loss), in_dims=in_dims, randomness="different")
-    leaves = list(params.values())
-    opt = make_adam(nn.ParameterList([nn.Parameter(v) for v in leaves]), cfg.lr, float(cfg.weight_decay), device)
-    opt_params = opt.param_groups[0]["params"]
-    live = dict(zip(params, opt_params, strict=True))
+    # The stacked parameters, trained by one Adam: its update is elementwise, so k folds' optimisers in one.
+    live = {name: nn.Parameter(v) for name, v in params.items()}
+    opt = make_adam(nn.ParameterList(live.values()), cfg.lr, float(cfg.weight_decay), device)
+    folds_axis = torch.arange(k, device=device)[:, None]
 
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     curves: list[list[float]] = [[] for _ in range(k)]
@@ -186,6 +186,8 @@ def _train_folds(
             sb = {name: v[:, idx] for name, v in stacked.items()}
             z_lab = s_lab = None
             if supervised:
+                # (k, L): each fold's own labelled items; always L of them (drawn with replacement when a
+                # fold has fewer), so the folds' batches stack.
                 li = torch.as_tensor(
                     np.stack(
                         [
@@ -194,9 +196,9 @@ def _train_folds(
                         ]
                     ),
                     device=device,
-                )  # (k, L): each fold's own labelled items
+                )
                 z_lab = zt[li]
-                s_lab = {name: torch.stack([v[f, li[f]] for f in range(k)]) for name, v in stacked.items()}
+                s_lab = {name: v[folds_axis, li] for name, v in stacked.items()}
             soft_b = {name: (p[:, idx], w[:, idx]) for name, (p, w) in soft.items()}
             grads, _ = batched_step(live, buffers, zb, sb, z_lab, s_lab, soft_b)
             # Per-fold clipping: each fold's gradient norm over its own parameters.

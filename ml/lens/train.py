@@ -175,16 +175,20 @@ def step_loss(
 
 
 class Stepper:
-    """``step_loss`` as the training loop calls it: compiled by ``torch.compile`` when the settings ask
-    for it (``compile_step``), else eager, and eager again whenever compiling fails.
+    """One training step's loss and gradients (``step_loss``, then backward): compiled by
+    ``torch.compile`` when the settings ask for it (``compile_step``), else eager, and eager again
+    whenever compiling fails.
 
     On a GPU a step of the lens is bound by kernel launches, not arithmetic; compiling fuses its
     small kernels, and on CUDA the "reduce-overhead" mode also replays the step as a CUDA graph (one
-    launch). ``mode`` says what ran: "compiled", "eager", or "eager (…)" with the reason compiling
-    was given up, which the fit records.
+    launch). A compiler error can surface in the forward call or, compiled lazily, in the backward
+    pass of the first step of each new shape: either way the gradients are dropped and the step is
+    taken again eagerly. ``mode`` says what ran: "compiled", "eager", or "eager (…)" with the reason
+    compiling was given up, which the fit records.
     """
 
     def __init__(self, mod: LensModule, cfg: LensConfig, alpha: float, device: torch.device) -> None:
+        self.mod = mod
         self.eager = functools.partial(step_loss, mod, cfg, alpha)
         self.compiled: Any = None
         self.mode = "eager"
@@ -197,14 +201,20 @@ class Stepper:
             except Exception as exc:  # no compiler backend in this build or on this platform
                 self.mode = f"eager (torch.compile unavailable: {_first_line(exc)})"
 
-    def __call__(self, *args: Any) -> torch.Tensor:
+    def loss_and_grad(self, *args: Any) -> torch.Tensor:
+        """The step's loss (detached), its gradients left in the parameters' ``.grad``."""
         if self.compiled is not None:
             try:
-                return self.compiled(*args)
-            except Exception as exc:  # a compiler error shows at the first call of each new shape
+                loss = self.compiled(*args)
+                loss.backward()
+                return loss.detach()
+            except Exception as exc:
                 self.compiled = None
                 self.mode = f"eager (compiling failed: {_first_line(exc)})"
-        return self.eager(*args)
+                self.mod.zero_grad(set_to_none=True)
+        loss = self.eager(*args)
+        loss.backward()
+        return loss.detach()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -338,12 +348,11 @@ def _train(
                     device=device,
                 )
                 z_lab, s_lab = zt[li], {k: v[li] for k, v in st.items()}
-            loss = stepper(zb, sb, z_lab, s_lab, {k: (p[idx], w[idx]) for k, (p, w) in soft.items()})
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = stepper.loss_and_grad(zb, sb, z_lab, s_lab, {k: (p[idx], w[idx]) for k, (p, w) in soft.items()})
             nn.utils.clip_grad_norm_(params, 100.0, foreach=True)  # one norm kernel for all parameters
             opt.step()
-            running += loss.detach()
+            running += loss
             step += 1
             if throttle.due():
                 throttle(step / total, {"epoch": epoch + 1, "loss": float(running) / (b + 1)})
