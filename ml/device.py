@@ -116,11 +116,13 @@ def intra_op_threads(n: int | None) -> Iterator[None]:
                 torch.set_num_threads(_threads_saved)
 
 
-def device_name(device: torch.device) -> str:
-    """What a job record shows: the GPU's model name, or "cpu (N threads)"."""
+def device_name(device: torch.device, threads: int | None = None) -> str:
+    """What a job record shows: the GPU's model name, or "cpu (N threads)" (``threads``: the count a fit
+    ran with, when it set its own; else the process's)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    n = threads if threads is not None else torch.get_num_threads()
+    return f"cpu ({n} thread{'' if n == 1 else 's'})"
 
 
 _SEED_LOCK = threading.Lock()

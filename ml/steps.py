@@ -411,7 +411,7 @@ def fit_lens(
         "attribute_dims": lens.attribute_dims_,
         "seconds": round(time.perf_counter() - t0, 3),
         "device": str(lens.device_),
-        "device_name": device_name(lens.device_),
+        "device_name": device_name(lens.device_, getattr(config, "threads", None)),
         "batch_size": getattr(config, "batch_size", None),
         "lr": getattr(config, "lr", None),
         "threads": getattr(config, "threads", None),

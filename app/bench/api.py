@@ -36,6 +36,12 @@ def _percentile(xs: list[float], q: float) -> float:
 
 
 SHAPES = {"source": "shapes", "size": 16}
+# The bench project's attributes, and the ``make_shapes`` factor that gives each one's true level.
+ATTRIBUTES = [
+    {"name": "shape", "kind": "categorical", "levels": ["square", "ellipse", "heart"]},
+    {"name": "size", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5", "6"]},
+]
+FACTORS = {"shape": "shape", "size": "scale"}
 LABELS_BEFORE = 150  # ground-truth labels (+ a third as many eval labels) before the clients start
 
 
@@ -59,10 +65,7 @@ def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> t
             p = projects.create(
                 session=s,
                 name=f"bench-{int(time.time())}",
-                attributes=[
-                    {"name": "shape", "kind": "categorical", "levels": ["square", "ellipse", "heart"]},
-                    {"name": "size", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5", "6"]},
-                ],
+                attributes=ATTRIBUTES,
                 representation={"source": "vae"},
                 strategy="auto",  # the default a project gets from the API
                 settings={},
@@ -85,15 +88,13 @@ def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> t
 
         run_queued()  # the pretrain
         truth = make_shapes(n=n_items, seed=0, size=SHAPES["size"]).factors
-        levels = {"shape": ["square", "ellipse", "heart"], "size": ["1", "2", "3", "4", "5", "6"]}
-        n_eval = LABELS_BEFORE // 3
         rows = [
             {
                 "source_index": i,
-                "values": {k: levels[k][int(truth["shape" if k == "shape" else "scale"][i])] for k in levels},
+                "values": {a["name"]: a["levels"][int(truth[FACTORS[a["name"]]][i])] for a in ATTRIBUTES},
                 "eval": i >= LABELS_BEFORE,
             }
-            for i in range(LABELS_BEFORE + n_eval)
+            for i in range(LABELS_BEFORE + LABELS_BEFORE // 3)
         ]
         with db.session() as s:
             p = projects.get_or_raise(session=s, project_id=pid)

@@ -8,6 +8,7 @@ reported as not run. The reproduction checks (acquisition beats random, lens bea
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -195,6 +196,21 @@ def still_collapsed(result: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+def _ilvm_on_designated_dims(out: Path, dataset: str, keys: list[str]) -> dict[str, tuple[int, int]]:
+    """From table1.csv: per attribute, (ILVM seeds whose chosen dimension is the designated one, seeds)."""
+    path = out / "table1.csv"
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["method"] == "ILVM" and r["dataset"] == dataset]
+    counts = {}
+    for j, k in enumerate(keys):
+        seen = [r for r in rows if r.get(f"{k}_dim") not in (None, "")]
+        if seen:
+            counts[k] = (sum(int(float(r[f"{k}_dim"])) == j for r in seen), len(seen))
+    return counts
+
+
 def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: list[str]) -> str:
     if res is None:
         return "## Table 1 — interpretability metric\n\nNot run yet (`lenslab experiment table1`).\n"
@@ -252,6 +268,12 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
             )
             + ".\n"
         )
+        on_dim = _ilvm_on_designated_dims(out, name, [k for k in keys if k != "overall"])
+        if on_dim:
+            lines.append(
+                "ILVM seeds on which the metric's chosen dimension is the lens's designated one (attribute j owns "
+                "z*_j): " + ", ".join(f"{k} {n}/{m}" for k, (n, m) in on_dim.items()) + ".\n"
+            )
         if name == "mnist":
             for key in ("digit", "thickness"):
                 if key not in summ:
@@ -414,9 +436,19 @@ def _label_curve_section(out: Path, md_dir: Path, res: dict[str, Any] | None, ch
     return "\n".join(lines) + "\n"
 
 
-# The lens configuration of the label curve that Table 1's cpu profile uses (``common.make_lens``).
+# The lens configuration of the label curve that Table 1's cpu profile uses (``common.make_lens``), and
+# the same lens trained by the earlier, unfused step.
 CEILING_LENS_CONFIG = "planar-long+propagation"
+EAGER_LENS_CONFIG = "planar-long+propagation-eager"
 CEILING_TARGET = 0.9
+# The label-curve run behind the ceiling table, in its own folder under the results: it has the MLP's
+# one-dimension reading, and its base VAE is today's (the main curve's rows were measured on an earlier one).
+CEILING_RUN = "ceiling"
+
+
+def _fit_seconds(lc: dict[str, Any], config: str) -> float | None:
+    secs = [float(r["fit_s"]) for r in lc.get("rows", []) if r["config"] == config and int(r["n_labels"]) == 1000]
+    return sum(secs) / len(secs) if secs else None
 
 
 def _ceiling_section(lc: dict[str, Any] | None, clf: dict[str, Any] | None, checks: list[str]) -> str:
@@ -461,6 +493,8 @@ def _ceiling_section(lc: dict[str, Any] | None, clf: dict[str, Any] | None, chec
         "lens / one dimension | seeds |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    if lc is not None:
+        lines.insert(1, f"The VAE rows (`{CEILING_RUN}/`): " + _run_line(lc) + "\n")
     for base, a, ceil, one, lens_score, seeds in rows:
         lines.append(
             f"| {base} | {a} | {fmt_ms(*ceil) if ceil else '–'} | {fmt_ms(*one) if one else '–'} | "
@@ -473,6 +507,23 @@ def _ceiling_section(lc: dict[str, Any] | None, clf: dict[str, Any] | None, chec
                 f"- Ceiling, {base}, {a}: lens {lens_score[0]:.1f} of ceiling {ceil[0]:.1f} = {r:.2f} "
                 f"(target ≥ {CEILING_TARGET}) — {'**met**' if r >= CEILING_TARGET else '**not met**'}"
                 + (f"; of the one-dimension reading {one[0]:.1f}: {lens_score[0] / one[0]:.2f}." if one else ".")
+            )
+    fused, eager = (
+        lc["summary"].get(c, {}).get("1000") if lc else None for c in (CEILING_LENS_CONFIG, EAGER_LENS_CONFIG)
+    )
+    if lc is not None and fused and eager:
+        lines += [
+            "",
+            f"The same lens trained by the fused step (served) and by the earlier eager step "
+            f"(`{EAGER_LENS_CONFIG}`: flow by flow, two passes), on the same base VAE, labels and seeds:\n",
+            "| step | digit | thickness | fit (s, mean) |",
+            "|---|---|---|---|",
+        ]
+        for name, e, config in (("fused", fused, CEILING_LENS_CONFIG), ("eager", eager, EAGER_LENS_CONFIG)):
+            secs = _fit_seconds(lc, config)
+            lines.append(
+                f"| {name} | {fmt_ms(*e['digit'])} | {fmt_ms(*e['thickness'])} | "
+                f"{f'{secs:.0f}' if secs is not None else '–'} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -533,6 +584,8 @@ lenslab experiment label-curve        --profile cpu --out {out} --seeds 2 --firs
     --labels 1000,3000 --configs planar-long+propagation
 lenslab experiment label-curve        --profile cpu --out {out} --seeds 1 --data-dir {data} --labels 100,300,3000,10000,60000 \
     --configs mlp-all-dims
+lenslab experiment label-curve        --profile cpu --out {out}/ceiling --seeds 3 --data-dir {data} --labels 1000 \
+    --configs mlp-all-dims,planar-long+propagation,planar-long+propagation-eager
 lenslab experiment report             --out {out}          # regenerates this file
 ```
 
@@ -566,7 +619,7 @@ def write_report(
         _t2_section(t2),
         _clf_section(out_p, md_dir, clf),
         _label_curve_section(out_p, md_dir, lc, checks),
-        _ceiling_section(lc, clf, checks),
+        _ceiling_section(_load(out_p / CEILING_RUN, "label-curve"), clf, checks),
     ]
     body.append("## Reproduction checks\n\n" + ("\n".join(checks) if checks else "No MNIST results yet.") + "\n")
     disc_path = Path(__file__).with_name("discussion.md")
