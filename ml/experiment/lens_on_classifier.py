@@ -44,6 +44,7 @@ HIDDEN_DIM = 32
 
 
 def orientation_attribute() -> Attribute:
+    """The side information the paper's MNISTrot experiment uses: the angle, in ``N_BINS`` bins."""
     width = 2 * ROTATION_DEG / N_BINS
     return Attribute("orientation", "categorical", tuple(f"{int(-ROTATION_DEG + i * width)}°" for i in range(N_BINS)))
 
@@ -77,8 +78,7 @@ def classifier_data(name: str, profile: Profile, data_dir: str) -> Prepared:
     """The data set with ``profile.clf_pool`` pool images (the CNN's training set and the lens's pool)."""
     from dataclasses import replace
 
-    size = replace(profile.sizes[name], pool=min(profile.clf_pool, 60_000 if name == "mnist" else 10**9))
-    prof = replace(profile, sizes={**profile.sizes, name: size})
+    prof = replace(profile, sizes={**profile.sizes, name: replace(profile.sizes[name], pool=profile.clf_pool)})
     return prepare(name, prof, data_dir)
 
 
