@@ -86,34 +86,23 @@ def sizes_for(device: torch.device, n_items: int | None = None) -> DeviceSizes:
     return replace(CUDA_SIZES, lens_batch_size=batch)
 
 
-_THREADS_LOCK = threading.Lock()
-_threads_users = 0
-_threads_saved = 0
-
-
 @contextmanager
 def intra_op_threads(n: int | None) -> Iterator[None]:
     """torch's intra-op thread count set to ``n`` inside the block (None: unchanged), then restored.
 
-    The count is process-wide: concurrent blocks (two fits in worker threads) share one setting, and
-    the count from before the first of them comes back when the last one ends.
+    Set and restored on the calling thread: with OpenMP the count a thread's parallel regions use is
+    that thread's own (a fit in a worker thread leaves the web's threads their count), and threads
+    started inside the block inherit ``n``.
     """
-    global _threads_users, _threads_saved
-    if n is None:
+    if n is None or n == torch.get_num_threads():
         yield
         return
-    with _THREADS_LOCK:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-        _threads_users += 1
-        torch.set_num_threads(int(n))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(int(n))
     try:
         yield
     finally:
-        with _THREADS_LOCK:
-            _threads_users -= 1
-            if _threads_users == 0:
-                torch.set_num_threads(_threads_saved)
+        torch.set_num_threads(saved)
 
 
 def device_name(device: torch.device, threads: int | None = None) -> str:

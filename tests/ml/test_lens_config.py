@@ -108,3 +108,26 @@ def test_unset_batch_size_and_step_are_the_devices_and_stored_concrete() -> None
     assert (back.config_.batch_size, back.config_.lr) == (256, 5e-3)
     given = InterpretableLens([CLS], n_flows=2, hidden=16, epochs=1, batch_size=32, lr=1e-2, device="cpu").fit(Z, S)
     assert (given.config_.batch_size, given.config_.lr) == (32, 1e-2)
+
+
+def test_a_fit_in_a_worker_thread_trains_on_its_threads_and_gives_them_back() -> None:
+    import threading
+
+    import torch
+
+    from ml.device import intra_op_threads
+
+    seen: list[int] = []
+
+    def fit() -> None:
+        before = torch.get_num_threads()
+        with intra_op_threads(1):
+            seen.append(torch.get_num_threads())
+        seen.append(torch.get_num_threads() - before)
+
+    main_before = torch.get_num_threads()
+    t = threading.Thread(target=fit)
+    t.start()
+    t.join()
+    assert seen == [1, 0]  # one thread inside, the worker thread's own count restored after
+    assert torch.get_num_threads() == main_before  # the calling thread of the web untouched
