@@ -59,7 +59,7 @@ class DeviceSizes:
 # chunks of 131,072 items ran 3× faster than chunks of 8,192 there.
 # A CPU step of the lens is thousands of operations on a few hundred items each: a second intra-op
 # thread only adds a hand-off per operation. On this project's 2-core machine one step took 15.3 ms
-# on two threads and 8.4 ms on one (``lenslab bench train``), so the lens trains on one thread and
+# on two threads and 8.6 ms on one (``lenslab bench train``), so the lens trains on one thread and
 # leaves the other cores to the server and to the next job.
 CPU_SIZES = DeviceSizes(lens_batch_size=256, lens_lr=5e-3, score_chunk=8192, lens_threads=1)
 # Compiling and batching the selection's folds pay where launches dominate: on CUDA, where compiling
