@@ -176,7 +176,8 @@ class LensConfig:
         return replace(self, **changes).check()
 
     def for_device(self, device: Any, n_items: int | None = None) -> LensConfig:
-        """A copy whose unset ``batch_size``, ``lr`` and ``threads`` take ``device``'s sizes (``ml.device.sizes_for``).
+        """A copy whose unset ``batch_size``, ``lr``, ``threads``, ``compile_step`` and ``selection_batched`` take
+        ``device``'s sizes (``ml.device.sizes_for``).
 
         The concrete values are what a fit stores in its config, so a checkpoint says what it was trained with.
         """
