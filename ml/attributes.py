@@ -193,6 +193,33 @@ def observed_mask(labels: np.ndarray, attribute: Attribute) -> np.ndarray:
     return labels != MISSING_LEVEL if attribute.is_discrete else ~np.isnan(labels)
 
 
+def labelled_items(labels: Mapping[str, np.ndarray], attributes: Sequence[Attribute]) -> np.ndarray:
+    """Indices of the items with at least one attribute known."""
+    n = len(next(iter(labels.values()))) if labels else 0
+    known = np.zeros(n, bool)
+    for a in attributes:
+        known |= observed_mask(labels[a.name], a)
+    return np.flatnonzero(known)
+
+
+def restrict_labels(
+    labels: Mapping[str, np.ndarray],
+    attributes: Sequence[Attribute],
+    rows: np.ndarray,
+    keep: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Labels of the items ``rows``, in that order; with ``keep`` (item indices), missing for every item
+    not in it: a fold's view of the labels, where only its training items are labelled."""
+    out = {}
+    drop = None if keep is None else ~np.isin(rows, keep)
+    for a in attributes:
+        y = np.array(np.asarray(labels[a.name])[rows], copy=True)
+        if drop is not None:
+            y[drop] = 0.0 if y.ndim == 2 else MISSING_LEVEL if a.is_discrete else np.nan  # soft, level, value
+        out[a.name] = y
+    return out
+
+
 def hard_levels(labels: np.ndarray, attribute: Attribute) -> np.ndarray:
     """A discrete attribute's labels as level indices (−1 missing): soft targets by their most likely level."""
     labels = np.asarray(labels)

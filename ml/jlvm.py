@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml.attributes import Attribute, coerce_attributes, observed_mask, validate_labels
+from ml.attributes import Attribute, coerce_attributes, labelled_items, validate_labels
 from ml.control import ProgressFn, StopFn, Throttle, check_stop
 from ml.device import resolve_device, seeded
 from ml.heads import AttributeHead, ContinuousHead, default_alpha, make_head
@@ -204,10 +204,7 @@ class JLVM(Checkpointed):
         X = check_images(X, cfg.image_shape)
         n = len(X)
         labels = validate_labels(S, self.attributes, n) if self.attributes else {}
-        observed = np.zeros(n, bool)
-        for a in self.attributes:
-            observed |= observed_mask(labels[a.name], a)
-        lab_idx = np.flatnonzero(observed)
+        lab_idx = labelled_items(labels, self.attributes)
         if self.attributes and lab_idx.size == 0:
             raise ValueError("S labels no item: JLVM needs side information (use BetaVAE for none)")
         lam = self.lam if self.lam is not None else default_alpha(n, len(lab_idx))

@@ -52,7 +52,7 @@ def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> t
     from app.db.migrate import upgrade
     from app.db.session import Database
     from app.services import imports, jobs, labels, projects, tokens, users
-    from app.worker.runner import Worker, claim
+    from app.worker.runner import Worker
     from ml.data import make_shapes
 
     settings = Settings(_env_file=None, database_url=database_url, data_dir=data_dir)
@@ -79,14 +79,7 @@ def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> t
                 toks.append(tokens.create(session=s, user=u, name="bench")[1])
         worker = Worker(db, settings, worker_id="bench-arrange")
         worker.configure_torch()
-
-        def run_queued() -> None:
-            while (claimed := claim(db, worker.worker_id, max_attempts=1)) is not None:
-                status = worker.execute(claimed)
-                if status != "succeeded":
-                    raise RuntimeError(f"arranging the bench project: job {claimed.job_id} {status}")
-
-        run_queued()  # the pretrain
+        worker.run(once=True)  # the pretrain (a failed job shows as no active lens, which the caller refuses)
         truth = make_shapes(n=n_items, seed=0, size=SHAPES["size"]).factors
         rows = [
             {
@@ -103,7 +96,7 @@ def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> t
                 session=s, project=p, attrs=projects.schema(p), rows=rows, user=user, retrain_every=10**9
             )
             jobs.enqueue(session=s, project_id=pid, kind="retrain", params={})
-        run_queued()  # the retrain, which ranks the next round
+        worker.run(once=True)  # the retrain, which ranks the next round
         with db.session(write=False) as s:
             state = _served_state(s, pid)
         return pid, toks, state

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml.attributes import Attribute, observed_mask
+from ml.attributes import Attribute, labelled_items, restrict_labels
 from ml.control import ProgressFn, StopFn, Throttle, check_stop
 from ml.device import intra_op_threads
 from ml.flows import PlanarFlowStack
@@ -35,9 +35,7 @@ from ml.heads import default_alpha
 from ml.lens.config import AUTO, LensConfig
 from ml.lens.model import LensModule
 from ml.lens.regularisers import propagate_labels
-from ml.lens.train import assign_dims, heldout_log_lik, label_tensors, make_adam, step_loss
-
-CLIP_NORM = 100.0  # as ``ml.lens.train``'s clipping
+from ml.lens.train import CLIP_NORM, assign_dims, heldout_log_lik, label_tensors, make_adam, step_loss
 
 
 class _StepLoss(nn.Module):
@@ -49,24 +47,6 @@ class _StepLoss(nn.Module):
 
     def forward(self, *args: Any) -> torch.Tensor:
         return step_loss(self.mod, self.cfg, self.alpha, *args)
-
-
-def _only(
-    labels: Mapping[str, np.ndarray], attributes: list[Attribute], rows: np.ndarray, keep: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Labels of ``rows``, missing except for the items ``keep`` (indices into ``Z``)."""
-    out = {}
-    drop = ~np.isin(rows, keep)
-    for a in attributes:
-        y = np.array(np.asarray(labels[a.name])[rows], copy=True)
-        if y.ndim == 2:  # soft targets
-            y[drop] = 0.0
-        elif a.is_discrete:
-            y[drop] = -1
-        else:
-            y[drop] = np.nan
-        out[a.name] = y
-    return out
 
 
 def train_folds(
@@ -119,18 +99,12 @@ def _train_folds(
     std = Z[rows].std(0)
     z_mean, z_scale = Z[rows].mean(0), np.where(std > 1e-8, std, 1.0)
     zt = torch.as_tensor((Z[rows] - z_mean) / z_scale, dtype=torch.float32, device=device)
-    position = {int(r): i for i, r in enumerate(rows)}
 
     # Per fold: its labels (its training items' only), labelled positions, propagated soft labels.
-    fold_labels = [_only(labels, attributes, rows, tr) for tr, _ in folds]
+    fold_labels = [restrict_labels(labels, attributes, rows, keep=tr) for tr, _ in folds]
     st = [label_tensors(attributes, lab, device) for lab in fold_labels]
     stacked = {name: torch.stack([s[name] for s in st]) for name in st[0]}  # (k, n, …)
-    lab_pos = []
-    for lab in fold_labels:
-        known = np.zeros(n, bool)
-        for a in attributes:
-            known |= observed_mask(lab[a.name], a)
-        lab_pos.append(np.flatnonzero(known))
+    lab_pos = [labelled_items(lab, attributes) for lab in fold_labels]  # positions in ``rows``
     alpha = float(cfg.alpha) if cfg.alpha is not None else default_alpha(n, min(len(p) for p in lab_pos))
     soft: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if cfg.propagation_weight > 0:
@@ -143,8 +117,8 @@ def _train_folds(
                 )
     val = [
         (
-            zt[[position[int(i)] for i in te]],
-            label_tensors(attributes, _only(labels, attributes, te, te), device),
+            zt[np.searchsorted(rows, te)],  # ``rows`` is sorted and holds every held-out item
+            label_tensors(attributes, restrict_labels(labels, attributes, te), device),
         )
         for _, te in folds
     ]

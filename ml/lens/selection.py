@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from ml.attributes import Attribute, hard_levels, observed_mask
+from ml.attributes import Attribute, hard_levels, labelled_items, observed_mask, restrict_labels
 from ml.control import ProgressFn, StopFn, sub_progress
 from ml.heads import default_alpha
 from ml.lens.config import AUTO, LensConfig
@@ -76,11 +76,6 @@ def _folds(
         return [(lab_idx[tr], lab_idx[te]) for tr, te in splitter.split(lab_idx, strata)]
     splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
     return [(lab_idx[tr], lab_idx[te]) for tr, te in splitter.split(lab_idx)]
-
-
-def _hide(labels: Mapping[str, np.ndarray], attributes: list[Attribute], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Labels restricted to ``rows`` (a subset of items, in that order)."""
-    return {a.name: np.asarray(labels[a.name])[rows] for a in attributes}
 
 
 def labelled_pass_steps(
@@ -172,16 +167,13 @@ def select_settings(
     n = len(Z)
     cfg = cfg.for_device(device, n)  # unset batch size and step: the device's, as the final fit's
     k = cfg.selection_folds
-    labelled = np.zeros(n, bool)
-    for a in attributes:
-        labelled |= observed_mask(labels[a.name], a)
-    lab_idx = np.flatnonzero(labelled)
+    lab_idx = labelled_items(labels, attributes)
     if len(lab_idx) < 2 * k:
         raise ValueError(
             f"selection_folds={k}: automatic settings need at least {2 * k} labelled items, got {len(lab_idx)}"
         )
     rng = np.random.default_rng(cfg.seed)
-    unlab = np.flatnonzero(~labelled)
+    unlab = np.setdiff1d(np.arange(n), lab_idx)
     if len(unlab) > cfg.selection_pool:
         unlab = np.sort(rng.choice(unlab, cfg.selection_pool, replace=False))
     folds = _folds(labels, attributes, lab_idx, k, cfg.seed)
@@ -245,13 +237,13 @@ def select_settings(
                 sub = sub_progress(progress, done / n_fits, (done + 1) / n_fits, candidate=settings)
                 curve = train(
                     Z[rows],
-                    _hide(labels, attributes, rows),
+                    restrict_labels(labels, attributes, rows),
                     attributes,
                     child,
                     device=device,
                     progress=sub,
                     should_stop=should_stop,
-                    validation=(Z[te], _hide(labels, attributes, te)),
+                    validation=(Z[te], restrict_labels(labels, attributes, te)),
                     patience=patience,
                 ).val_history
                 done += 1

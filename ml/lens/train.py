@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml.attributes import Attribute, hard_levels, observed_mask
+from ml.attributes import Attribute, hard_levels, labelled_items, observed_mask
 from ml.control import ProgressFn, StopFn, Throttle, check_stop
 from ml.device import intra_op_threads
 from ml.flows import PlanarFlowStack
@@ -25,6 +25,8 @@ from ml.heads import ContinuousHead, default_alpha
 from ml.lens.config import AUTO, LensConfig
 from ml.lens.model import LensModule
 from ml.lens.regularisers import consistency_terms, mixup_terms, propagate_labels, soft_label_terms
+
+CLIP_NORM = 100.0  # the gradient norm a step is clipped to
 
 
 @dataclass
@@ -298,10 +300,7 @@ def _train(
     mod = fit.module
     if isinstance(mod.flows, PlanarFlowStack):
         mod.flows.fused = cfg.fused_step
-    labelled_any = np.zeros(n, bool)
-    for a in attributes:
-        labelled_any |= observed_mask(labels[a.name], a)
-    lab_idx = np.flatnonzero(labelled_any)
+    lab_idx = labelled_items(labels, attributes)
     alpha = cfg.alpha if cfg.alpha is not None else default_alpha(n, len(lab_idx))
     fit.alpha, fit.n_labelled = float(alpha), len(lab_idx)  # type: ignore[arg-type]
 
@@ -350,7 +349,7 @@ def _train(
                 z_lab, s_lab = zt[li], {k: v[li] for k, v in st.items()}
             opt.zero_grad(set_to_none=True)
             loss = stepper.loss_and_grad(zb, sb, z_lab, s_lab, {k: (p[idx], w[idx]) for k, (p, w) in soft.items()})
-            nn.utils.clip_grad_norm_(params, 100.0, foreach=True)  # one norm kernel for all parameters
+            nn.utils.clip_grad_norm_(params, CLIP_NORM, foreach=True)  # one norm kernel for all parameters
             opt.step()
             running += loss
             step += 1
