@@ -33,6 +33,9 @@ class ShapesSpec(Strict):
     n: int = Field(5000, ge=1, le=200_000)
     seed: int = 0
     size: int = Field(32, ge=16, le=512)
+    rotation_range: float = Field(
+        360.0, ge=0, le=360, description="Sprites turn by up to this many degrees (0: all upright)."
+    )
 
 
 class MnistSpec(Strict):
@@ -104,8 +107,8 @@ class ProjectSettingsIn(BaseModel):
     lens: dict[str, Any] | None = Field(
         None,
         description="Lens hyper-parameters for retrains (checked when saved; 422 names a bad key or value): "
-        "flow (planar | coupling | spline | auto), alpha (number ≥ 0 | auto), dims_per_attribute, n_flows, hidden, "
-        "epochs, warm_epochs, lr, weight_decay, batch_size, labelled_batch_size, threads, compile_step, seed, "
+        "flow (planar | coupling | spline | auto), alpha (number ≥ 0 | auto), dims_per_attribute, align, n_flows, "
+        "hidden, epochs, warm_epochs, lr, weight_decay, batch_size, labelled_batch_size, threads, compile_step, seed, "
         "pseudo_label_threshold, pseudo_label_weight, consistency_weight, mixup_weight, propagation_weight, "
         "fused_step, selection_folds, selection_pool, selection_batched.",
         examples=[{"flow": "auto", "alpha": "auto", "dims_per_attribute": 2}],

@@ -1,13 +1,14 @@
 """Regenerate the README's screenshots (docs/*.png) from the demo, as a newcomer would see it.
 
-Runs ``lenslab demo --no-serve`` and ``lenslab serve`` on a fresh temporary database, labels the
-demo's digits through the REST API (digit from the data set, thickness from ``ml.data``'s
-Morpho-MNIST measure, cut into 5 levels) the way an expert would, waits for the retrains the labels
-trigger, and photographs the labelling, jobs and insights pages with Chromium.
+Runs ``lenslab demo --no-serve`` and ``lenslab serve`` on a fresh temporary database, waits for the
+demo's pretrain and the first retrain its seeded labels queue, then labels a few more sprites through
+the REST API the way an expert would (shape, size and position read off ``ml.data``'s generator
+factors), waits for the retrains those labels trigger, prints the figures the insights page shows,
+and photographs the labelling, jobs and insights pages with Chromium.
 
-    .venv/bin/python scripts/screenshots.py [--labels 600] [--out docs]
+    .venv/bin/python scripts/screenshots.py [--labels 100] [--out docs]
 
-Takes a few minutes on two cores (the pretrain and one retrain per 50 labels run in the server's worker).
+Takes about five minutes on two cores (the pretrain and one retrain per 50 labels run in the server's worker).
 """
 
 from __future__ import annotations
@@ -45,28 +46,42 @@ def _wait(predicate: Callable[[], bool], what: str, timeout: float) -> None:
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _truth() -> tuple[np.ndarray, np.ndarray]:
-    from ml.data import load_digits, stroke_thickness, thickness_levels
+def _truth(n_items: int) -> dict[str, np.ndarray]:
+    from app.commands.demo import SEED
+    from ml.data import by_eye_levels, make_shapes
 
-    ds = load_digits()
-    levels, _ = thickness_levels(stroke_thickness(ds.images), 5)
-    return ds.factors["digit"], levels
+    return by_eye_levels(make_shapes(n=n_items, seed=SEED, size=32, rotation_range=0).factors)
 
 
-def _label(client: httpx.Client, pid: int, n_labels: int) -> None:
-    digit, thickness = _truth()
+def _label(client: httpx.Client, pid: int, n_labels: int, truth: dict[str, np.ndarray]) -> None:
     done = 0
     while done < n_labels:
         items = client.post(f"/api/v1/projects/{pid}/queue/next", params={"n": 10}).raise_for_status().json()["items"]
         if not items:
             raise SystemExit("the queue ran dry")
         for it in items:
+            if done == n_labels:
+                client.post(f"/api/v1/leases/{it['lease_id']}/release").raise_for_status()
+                continue
             src = client.get(f"/api/v1/items/{it['item_id']}").raise_for_status().json()["source_index"]
-            values = {"digit": str(int(digit[src])), "thickness": str(int(thickness[src]) + 1)}
+            values = {name: str(levels[src]) for name, levels in truth.items()}
             client.post(
                 f"/api/v1/items/{it['item_id']}/labels", json={"values": values, "lease_id": it["lease_id"]}
             ).raise_for_status()
             done += 1
+
+
+def _figures(client: httpx.Client, pid: int) -> None:
+    """What the insights page shows, as text for the README: per attribute the score, raw z and chance."""
+    points = client.get(f"/api/v1/projects/{pid}/metrics").raise_for_status().json()["points"]
+    print("curve (labels: overall):", ", ".join(f"{p['n_labels']}: {p['overall']:.1f}" for p in points))
+    last = points[-1]
+    print(f"model v{last['model_version']}: overall {last['overall']:.1f}, raw z {last['baseline_overall']:.1f}")
+    for name, a in last["attributes"].items():
+        print(
+            f"  {name}: {a['score']:.1f} (raw z {a['z_score']:.1f}, chance {a['chance_score']:.1f}), "
+            f"dimension {a['dim']}, n_test {a['n_test']}"
+        )
 
 
 def _idle(client: httpx.Client, pid: int) -> bool:
@@ -75,7 +90,7 @@ def _idle(client: httpx.Client, pid: int) -> bool:
     return not any(j["status"] in ("queued", "running") for j in rows)
 
 
-def _shoot(url: str, pid: int, out: Path) -> None:
+def _shoot(url: str, pid: int, out: Path, shape_key: Callable[[int], str]) -> None:
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -90,7 +105,8 @@ def _shoot(url: str, pid: int, out: Path) -> None:
         page.wait_for_url("**/projects")
         page.goto(f"/projects/{pid}/label")
         page.wait_for_function("() => document.getElementById('labeller').dataset.prefetched === 'true'")
-        page.keyboard.press("3")  # a digit chosen, thickness still open: the state an expert sees mid-item
+        # The item's true shape chosen, size and position still open: the state an expert sees mid-item.
+        page.keyboard.press(shape_key(int(page.get_attribute("#labeller", "data-item-id") or 0)))
         page.screenshot(path=str(out / "labelling.png"))
         page.goto(f"/admin/projects/{pid}/jobs")
         page.wait_for_selector("#models-table")
@@ -109,7 +125,12 @@ def _shoot(url: str, pid: int, out: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--labels", type=int, default=600, help="labels to give before the pictures (default 600)")
+    ap.add_argument(
+        "--labels",
+        type=int,
+        default=100,
+        help="labels given after the seeded ones (default 100)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -140,17 +161,23 @@ def main() -> int:
                 text=True,
             ).stdout.split()[-1]
             client.headers["Authorization"] = f"Bearer {token}"
-            pid = next(
-                p["id"]
-                for p in client.get("/api/v1/projects").raise_for_status().json()["projects"]
-                if p["name"] == "digits"
+            project = next(
+                p for p in client.get("/api/v1/projects").raise_for_status().json()["projects"] if p["name"] == "shapes"
             )
-            _wait(lambda: _idle(client, pid), "the pretrain job", 900)
+            pid, truth = project["id"], _truth(project["n_items"])
+            _wait(lambda: _idle(client, pid), "the pretrain and the first retrain", 900)
             for chunk in range(0, args.labels, 50):
-                _label(client, pid, min(50, args.labels - chunk))
-                _wait(lambda: _idle(client, pid), f"the retrain after {chunk + 50} labels", 900)
-                print(f"{chunk + 50} labels; retrains done", flush=True)
-            _shoot(url, pid, args.out)
+                _label(client, pid, min(50, args.labels - chunk), truth)
+                _wait(lambda: _idle(client, pid), f"the retrain after {chunk + 50} more labels", 900)
+                print(f"{chunk + 50} more labels; retrains done", flush=True)
+            _figures(client, pid)
+            levels = next(a["levels"] for a in project["attributes"] if a["name"] == "shape")
+
+            def shape_key(item_id: int) -> str:
+                src = client.get(f"/api/v1/items/{item_id}").raise_for_status().json()["source_index"]
+                return str(levels.index(str(truth["shape"][src])) + 1)
+
+            _shoot(url, pid, args.out, shape_key)
         finally:
             server.terminate()
             server.wait(30)

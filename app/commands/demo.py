@@ -1,8 +1,12 @@
-"""``lenslab demo``: one command from nothing to a served digits project.
+"""``lenslab demo``: one command from nothing to a served project whose first model shows the method at work.
 
 Creates the database, an admin (password from LENSLAB_ADMIN_PASSWORD, or generated and printed
-once), a digits project with attributes digit (categorical 0-9) and thickness (ordinal, 5 levels),
-queues its pretrain job, and serves on 127.0.0.1:8000.
+once) and a "shapes" project: 2,400 upright sprites that lenslab draws itself (nothing is
+downloaded), with three attributes an expert reads off at a glance — shape (square, ellipse,
+heart), size (small, medium, large) and position (left, centre, right). It seeds the project with
+labels from the generator's own factors (100 for training, 300 held out for the metric) and queues
+the pretrain; the seeded labels queue the first retrain behind it, so the insights page has a model
+a few minutes after the command starts. Then it serves on 127.0.0.1:8000.
 """
 
 from __future__ import annotations
@@ -11,23 +15,68 @@ import argparse
 import os
 import secrets
 
-DEMO_PROJECT = "digits"
-DEMO_ATTRIBUTES = [
-    {"name": "digit", "kind": "categorical", "levels": [str(i) for i in range(10)]},
-    {"name": "thickness", "kind": "ordinal", "levels": ["1", "2", "3", "4", "5"]},
-]
+import numpy as np
+
+DEMO_PROJECT = "shapes"
+DEMO_ITEMS = 2400
+# Held-out labels enough for the metric's standard error to be a few points, and training labels
+# enough for the first lens to stand clear of raw z (`lenslab experiment alignment`, the demo's sprites
+# and lens, 100 labels, 3 seeds: overall 67.6 against 42.7 on raw z; chance about 34).
+SEEDED_TRAIN = 100
+SEEDED_EVAL = 300
+SEED = 0
+# Eight flows rather than the default 32 (same experiment): on these sprites eight score 67.6 overall
+# against 61.6, and their traversals move size and position step by step (monotonicity 0.83 and 0.98
+# against 0.73 and 0.78), where 32 flows bend the size dimension into a change of shape. MNIST digits
+# need the 32 (digit 34.6 against 26.0 with eight): the setting is the demo project's, not the default.
+DEMO_SETTINGS = {"lens": {"n_flows": 8}}
+
+
+def demo_dataset(n_items: int = DEMO_ITEMS) -> dict[str, object]:
+    """The demo's dataset spec: upright sprites (rotation would hide shape from a small VAE and an eye)."""
+    return {"source": "shapes", "n": n_items, "seed": SEED, "size": 32, "rotation_range": 0.0}
+
+
+def seeded_labels(n_items: int) -> list[dict[str, object]]:
+    """The labels the demo starts with, by source_index: what an expert would answer, from the factors.
+
+    ``SEEDED_EVAL`` eval rows then ``SEEDED_TRAIN`` training rows on distinct random sprites (fewer on a
+    smaller demo: an eighth and a twelfth of the items).
+    """
+    from ml.data import by_eye_levels, make_shapes
+
+    truth = by_eye_levels(make_shapes(n=n_items, seed=SEED, size=32, rotation_range=0.0).factors)
+    n_eval, n_train = min(SEEDED_EVAL, n_items // 8), min(SEEDED_TRAIN, n_items // 12)
+    picked = np.random.default_rng(SEED + 1).permutation(n_items)[: n_eval + n_train]
+    return [
+        {"source_index": int(i), "values": {name: str(v[i]) for name, v in truth.items()}, "eval": j < n_eval}
+        for j, i in enumerate(picked)
+    ]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="set up an admin and a digits project, then serve on 127.0.0.1:8000")
+    p = sub.add_parser("demo", help="set up an admin and a seeded shapes project, then serve on 127.0.0.1:8000")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--admin", default=os.environ.get("LENSLAB_ADMIN_USERNAME", "admin"), help="admin username")
     p.add_argument("--no-serve", action="store_true", help="set up only; do not start the server")
+    p.add_argument(
+        "--items", type=_items, default=DEMO_ITEMS, help=f"sprites in the demo project (default {DEMO_ITEMS})"
+    )
     p.set_defaults(func=run)
 
 
-def setup(admin_name: str) -> dict[str, object]:
+def _items(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of sprites, got {text!r}") from None
+    if not 240 <= n <= 200_000:
+        raise argparse.ArgumentTypeError(f"between 240 and 200000 sprites, got {n}")
+    return n
+
+
+def setup(admin_name: str, n_items: int = DEMO_ITEMS) -> dict[str, object]:
     """Create (or find) the demo's admin and project; returns what was done, and the state found.
 
     Idempotent: a second run changes nothing but the admin's password when LENSLAB_ADMIN_PASSWORD
@@ -39,7 +88,8 @@ def setup(admin_name: str) -> dict[str, object]:
     from app.db.migrate import upgrade
     from app.db.models import Representation
     from app.db.session import Database
-    from app.services import imports, jobs, projects, users
+    from app.services import imports, jobs, labels, projects, users
+    from ml.data import BY_EYE_ATTRIBUTES
 
     settings = get_settings()
     upgrade(settings.database_url)
@@ -52,6 +102,7 @@ def setup(admin_name: str) -> dict[str, object]:
         "project_id": None,
         "created": [],
         "project_state": None,
+        "seeded": None,
     }
     try:
         with db.session() as session:
@@ -68,18 +119,30 @@ def setup(admin_name: str) -> dict[str, object]:
             existing = next((p for p in projects.list_all(session=session) if p.name == DEMO_PROJECT), None)
             if existing is None:
                 session.rollback()
-                loaded = imports.load_spec({"source": "digits"}, settings)
+                loaded = imports.load_spec(demo_dataset(n_items), settings)
                 existing = projects.create(
                     session=session,
                     name=DEMO_PROJECT,
-                    attributes=DEMO_ATTRIBUTES,
+                    attributes=[dict(a) for a in BY_EYE_ATTRIBUTES],
                     representation={"source": "vae", "latent_dim": 10},
                     strategy="auto",
-                    settings={},
+                    settings=DEMO_SETTINGS,
                     loaded=loaded,
                     created_by_id=admin.id,
                 )
                 out["created"].append("project")  # type: ignore[union-attr]
+                # After the pretrain job (queued by create): a project's jobs run in order, so the
+                # retrain these labels queue fits the first lens as soon as z exists.
+                eff = projects.effective_settings(existing, settings)
+                out["seeded"] = labels.import_bulk(
+                    session=session,
+                    project=existing,
+                    attrs=projects.schema(existing),
+                    rows=seeded_labels(n_items),
+                    user=admin,
+                    retrain_every=int(eff["retrain_every"]),
+                    overlap=int(eff["overlap"]),
+                )
             out["project_id"] = existing.id
             ready = session.scalar(
                 sa.select(Representation.id).where(Representation.project_id == existing.id, Representation.active)
@@ -105,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     from app.worker.runner import prefer_passive_omp
 
     prefer_passive_omp()  # before torch loads: the demo's worker shares the cores with the web
-    info = setup(args.admin)
+    info = setup(args.admin, args.items)
     created: list[str] = info["created"]  # type: ignore[assignment]
     if "admin" in created:
         print(f"admin user: {info['admin']} (created)")
@@ -123,11 +186,17 @@ def run(args: argparse.Namespace) -> int:
             "LENSLAB_ADMIN_PASSWORD=..."
         )
     state = info["project_state"]
+    seeded = info["seeded"]
     print(
         f"project {DEMO_PROJECT!r}: id {info['project_id']}, "
         + ("created, " if "project" in created else "exists, ")
         + str(state)
     )
+    if isinstance(seeded, dict):
+        print(
+            f"seeded {seeded['train']} training and {seeded['eval']} eval labels from the generator's factors; "
+            "the first retrain runs after the pretrain"
+        )
     if args.no_serve:
         return 0
     from app.commands.serve import serve

@@ -73,7 +73,14 @@ def load_spec(spec: dict[str, Any], settings: Settings) -> Loaded:
             n = int(spec.get("n", 5000))
             if not 1 <= n <= MAX_SHAPES:
                 raise Invalid(f"dataset.n: between 1 and {MAX_SHAPES}, got {n}")
-            return _from_dataset(data.make_shapes(n=n, seed=int(spec.get("seed", 0)), size=int(spec.get("size", 32))))
+            return _from_dataset(
+                data.make_shapes(
+                    n=n,
+                    seed=int(spec.get("seed", 0)),
+                    size=int(spec.get("size", 32)),
+                    rotation_range=float(spec.get("rotation_range", 360.0)),
+                )
+            )
         if source == "mnist":
             path = confine_path(str(spec.get("path", "")), settings, "dataset.path")
             loaded = _from_dataset(data.load_mnist(path, split=spec.get("split", "train")))

@@ -13,7 +13,8 @@ Factor keys:
   reader serves both and a Fashion-MNIST class is not a digit.
 - ``make_shapes``: ``"shape"`` (0 square, 1 ellipse, 2 heart), ``"scale"`` (0..5), ``"rotation"``
   (degrees, counter-clockwise as displayed), ``"x"`` and ``"y"`` (centre position in [0, 1]; x grows
-  to the right, y downwards, like image columns and rows).
+  to the right, y downwards, like image columns and rows). ``by_eye_levels`` turns them into the level
+  names of ``BY_EYE_ATTRIBUTES`` (shape, size, position), what an expert would answer on sight.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from ml.data.morphometry import (
     stroke_thickness,
     thickness_levels,
 )
-from ml.data.shapes import SHAPE_NAMES, make_shapes
+from ml.data.shapes import BY_EYE_ATTRIBUTES, SHAPE_NAMES, by_eye_levels, make_shapes
 
 __all__ = [
+    "BY_EYE_ATTRIBUTES",
     "SHAPE_NAMES",
     "Dataset",
     "binarise_for_thickness",
+    "by_eye_levels",
     "fast_medial_axis",
     "load_digits",
     "load_embeddings",

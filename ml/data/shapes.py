@@ -33,15 +33,17 @@ def _sprite_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return r2 * r2 * r2 - hu * hu * hv * hv * hv <= 0.0
 
 
-def make_shapes(n: int = 5000, seed: int = 0, size: int = 32, position_range: float = 1.0) -> Dataset:
+def make_shapes(
+    n: int = 5000, seed: int = 0, size: int = 32, position_range: float = 1.0, rotation_range: float = 360.0
+) -> Dataset:
     """Draw dSprites-like white sprites on black with known generative factors, for controlled experiments.
 
     Factors (drawn independently and uniformly): ``shape`` (0 square, 1 ellipse with axes 2:1,
     2 heart), ``scale`` (6 levels; sprite size 0.5 + 0.1·level of the largest), ``rotation``
-    (0..360 degrees, counter-clockwise), ``x``/``y`` (centre position in [0, 1] across the range
-    that keeps the largest sprite inside the image). All shapes have the same area at the same scale,
-    so ink area measures scale alone. Deterministic per ``seed``; ``make_shapes(k, seed)`` is the
-    first k sprites of ``make_shapes(n, seed)``.
+    (0..``rotation_range`` degrees, counter-clockwise; 0 keeps every sprite upright), ``x``/``y``
+    (centre position in [0, 1] across the range that keeps the largest sprite inside the image). All
+    shapes have the same area at the same scale, so ink area measures scale alone. Deterministic per
+    ``seed``; ``make_shapes(k, seed)`` is the first k sprites of ``make_shapes(n, seed)``.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -49,11 +51,13 @@ def make_shapes(n: int = 5000, seed: int = 0, size: int = 32, position_range: fl
         raise ValueError(f"size must be between 16 and 512 pixels, got {size}")
     if not 0.0 <= position_range <= 1.0:
         raise ValueError(f"position_range must be within [0, 1], got {position_range}")
+    if not 0.0 <= rotation_range <= 360.0:
+        raise ValueError(f"rotation_range must be within [0, 360] degrees, got {rotation_range}")
     # One row of uniforms per sprite, so the first k sprites are the same whatever n is.
     draws = np.random.default_rng(seed).random((n, 5))
     shape = np.minimum((draws[:, 0] * len(SHAPE_NAMES)).astype(np.int64), len(SHAPE_NAMES) - 1)
     scale_level = np.minimum((draws[:, 1] * N_SCALES).astype(np.int64), N_SCALES - 1)
-    rotation = draws[:, 2] * 360.0
+    rotation = draws[:, 2] * rotation_range
     x, y = draws[:, 3].copy(), draws[:, 4].copy()
 
     side = 0.36 * size  # square side at full scale; every shape then has area side²
@@ -104,3 +108,33 @@ def make_shapes(n: int = 5000, seed: int = 0, size: int = 32, position_range: fl
         source_index=np.arange(n, dtype=np.int64),
         name=f"shapes-{n}-seed{seed}",
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Attributes an expert can judge by eye
+
+# On upright sprites (``rotation_range=0``) three factors can be read off the image at a glance: which
+# shape, how large (the six scales in three bands of two) and where across the image (thirds of the
+# horizontal range). Rotation and height are left as nuisance factors.
+BY_EYE_ATTRIBUTES: tuple[dict[str, object], ...] = (
+    {"name": "shape", "kind": "categorical", "levels": list(SHAPE_NAMES)},
+    {"name": "size", "kind": "ordinal", "levels": ["small", "medium", "large"]},
+    {"name": "position", "kind": "ordinal", "levels": ["left", "centre", "right"]},
+)
+
+
+def by_eye_levels(factors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per item, the level name of each of ``BY_EYE_ATTRIBUTES`` from ``make_shapes``'s factors.
+
+    What an expert would answer on looking at the sprite: ``shape`` by name, ``size`` from the scale
+    (levels 0-1 small, 2-3 medium, 4-5 large), ``position`` from x (left, centre, right thirds).
+    """
+    shape = np.asarray(factors["shape"], dtype=np.int64)
+    size = np.asarray(factors["scale"], dtype=np.int64) * 3 // N_SCALES
+    position = np.minimum((np.asarray(factors["x"], dtype=np.float64) * 3).astype(np.int64), 2)
+    names = {a["name"]: np.asarray(a["levels"]) for a in BY_EYE_ATTRIBUTES}
+    return {
+        "shape": names["shape"][shape],
+        "size": names["size"][size],
+        "position": names["position"][position],
+    }

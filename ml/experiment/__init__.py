@@ -1,4 +1,5 @@
-"""Reproductions of the paper's experiments (Figure 8, Tables 1 and 2, the lens on a classifier) and the label curve.
+"""Reproductions of the paper's experiments (Figure 8, Tables 1 and 2, the lens on a classifier), the label curve
+and the lens's alignment measured.
 
 ``run_experiment(name, profile=..., out=..., seeds=..., data_dir=...)`` runs one by name and writes
 its JSON, CSV and PNG under ``out``; ``report.write_report(out)`` turns the JSON into EXPERIMENTS.md.
@@ -20,6 +21,7 @@ EXPERIMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "table2": ("ml.experiment.table2", ("digits", "mnist", "shapes")),
     "lens-on-classifier": ("ml.experiment.lens_on_classifier", ("mnist",)),
     "label-curve": ("ml.experiment.label_curve", ("mnist",)),
+    "alignment": ("ml.experiment.alignment", ("mnist", "shapes")),
 }
 
 

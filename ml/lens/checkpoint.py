@@ -1,7 +1,8 @@
 """The lens's checkpoint format: a JSON config (attributes, dim, the LensConfig settings), a JSON record of
 the fit (designated dims, α, history, the selection and the settings as asked, "auto" included), the state
-dict and the standardisation, all loadable with ``weights_only=True``. Format 1 since the first release;
-checkpoints written before ``LensConfig`` had selection settings load unchanged.
+dict and the standardisation (with the alignment's rotation, when the lens has one), all loadable with
+``weights_only=True``. Format 1 since the first release; checkpoints written before ``LensConfig`` had
+selection settings, or before the alignment (``align``: false, no rotation), load unchanged.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def dump(lens: Any) -> dict[str, Any]:
         "z_mean": torch.as_tensor(lens.z_mean_),
         "z_scale": torch.as_tensor(lens.z_scale_),
         "zstar_quantiles": torch.as_tensor(lens.zstar_quantiles_),
+        **({"z_rotation": torch.as_tensor(lens.z_rotation_)} if lens.z_rotation_ is not None else {}),
     }
 
 
@@ -61,6 +63,7 @@ def restore(cls: Any, ckpt: Mapping[str, Any], device: str) -> Any:
         extra = json.loads(ckpt["extra"])
         attributes, dim = config.pop("attributes"), int(config.pop("dim"))
         config.pop("extra", None)
+        config.setdefault("align", False)  # checkpoints from before the alignment have none
         cfg = LensConfig(**config)
     except (TypeError, KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"not an InterpretableLens checkpoint: {exc}") from exc
@@ -80,4 +83,5 @@ def restore(cls: Any, ckpt: Mapping[str, Any], device: str) -> Any:
     lens.z_mean_ = ckpt["z_mean"].cpu().numpy()
     lens.z_scale_ = ckpt["z_scale"].cpu().numpy()
     lens.zstar_quantiles_ = ckpt["zstar_quantiles"].cpu().numpy()
+    lens.z_rotation_ = ckpt["z_rotation"].cpu().numpy() if "z_rotation" in ckpt else None
     return lens

@@ -55,6 +55,13 @@ class LensConfig:
     # served digit score at every label count (EXPERIMENTS.md "The label curve"; README, lenslab bench al).
     n_flows: int = _setting(32, STRUCTURAL, _INT_GE0, "flows in the stack, T of eq. (5)")
     dims_per_attribute: int = _setting(1, STRUCTURAL, _INT_GE1, "z* dimensions designated per attribute")
+    align: bool = _setting(
+        True,
+        STRUCTURAL,
+        (lambda v: isinstance(v, bool), "true or false"),
+        "rotate z before the flows so each attribute's best linear direction (fitted on the labels) lies on "
+        "its designated dims (ml.lens.alignment)",
+    )
     hidden: int = _setting(128, STRUCTURAL, _INT_GE1, "width of q0's and p_θ's hidden layers")
     epochs: int | None = _setting(
         None,

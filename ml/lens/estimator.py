@@ -25,7 +25,7 @@ from ml.heads import AttributeHead, ContinuousHead
 from ml.lens import checkpoint
 from ml.lens.config import STRUCTURAL, LensConfig
 from ml.lens.selection import select_settings
-from ml.lens.train import Fit, assign_dims, check_label_support, train
+from ml.lens.train import Fit, assign_dims, check_label_support, standardise, train, unstandardise
 from ml.persistence import Checkpointed
 
 
@@ -152,7 +152,11 @@ class InterpretableLens(Checkpointed):
                     f"warm_start cannot change the networks' shape: {', '.join(changed)}; fit without warm_start"
                 )
             start = Fit(
-                module=self.module_, z_mean=self.z_mean_, z_scale=self.z_scale_, attribute_dims=self.attribute_dims_
+                module=self.module_,
+                z_mean=self.z_mean_,
+                z_scale=self.z_scale_,
+                attribute_dims=self.attribute_dims_,
+                z_rotation=self.z_rotation_,
             )
             self._set_fit(
                 train(Z, labels, attrs, cfg, device=device, start=start, progress=progress, should_stop=should_stop),
@@ -188,6 +192,7 @@ class InterpretableLens(Checkpointed):
 
     def _set_fit(self, fit: Fit, cfg: LensConfig, attrs: list[Attribute], device: torch.device, Z: np.ndarray) -> None:
         self.module_, self.z_mean_, self.z_scale_ = fit.module, fit.z_mean, fit.z_scale
+        self.z_rotation_ = fit.z_rotation
         self.attribute_dims_, self.alpha_, self.n_labelled_ = fit.attribute_dims, fit.alpha, fit.n_labelled
         self.history_, self.config_, self.attributes_ = fit.history, cfg, attrs
         self.step_mode_ = fit.step_mode
@@ -197,7 +202,7 @@ class InterpretableLens(Checkpointed):
 
     # -- the deterministic map (eq. 5) --------------------------------------------------------------
     def _standardise(self, Z: np.ndarray) -> np.ndarray:
-        return (Z - self.z_mean_) / self.z_scale_
+        return standardise(Z, self.z_mean_, self.z_scale_, self.z_rotation_)
 
     def transform(self, Z: Any, batch_size: int = 65536) -> np.ndarray:
         """z* = f_T ∘ … ∘ f_1(z) (eq. 5), float64 [N, d].
@@ -225,7 +230,7 @@ class InterpretableLens(Checkpointed):
             for i in range(0, len(Zs), batch_size):
                 y = torch.as_tensor(np.asarray(Zs[i : i + batch_size], dtype=np.float64))
                 out[i : i + batch_size] = flows64.inverse(y)[0].numpy()
-        return out * self.z_scale_ + self.z_mean_
+        return unstandardise(out, self.z_mean_, self.z_scale_, self.z_rotation_)
 
     # -- predictions ----------------------------------------------------------------------------------
     def predict_proba(self, Z: Any) -> dict[str, Any]:

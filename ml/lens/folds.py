@@ -10,7 +10,8 @@ fewer launches per step; on a CPU it measured slower than k fused fits one after
 
 Every fold's fit is the one ``ml.lens.train.train`` would make, with two differences: the pool is
 shared, so a fold's held-out items stay in it as unlabelled items (their labels are never seen:
-the transductive setting the product's pool always is), and z is standardised once over that pool.
+the transductive setting the product's pool always is), and z is scaled once over that pool (each
+fold's alignment rotation, ``LensConfig.align``, comes from its own labels).
 The planar flows run flow by flow inside ``vmap`` (the fused stack is a custom autograd node
 without a batching rule). Gradient clipping and Adam act per fold, as k optimisers would: Adam's
 update is elementwise, and the clipping norm is taken over each fold's own gradients.
@@ -32,10 +33,20 @@ from ml.control import ProgressFn, StopFn, Throttle, check_stop
 from ml.device import intra_op_threads
 from ml.flows import PlanarFlowStack
 from ml.heads import default_alpha
+from ml.lens.alignment import attribute_rotation
 from ml.lens.config import AUTO, LensConfig
 from ml.lens.model import LensModule
 from ml.lens.regularisers import propagate_labels
-from ml.lens.train import CLIP_NORM, assign_dims, heldout_log_lik, label_tensors, make_adam, step_loss
+from ml.lens.train import (
+    CLIP_NORM,
+    assign_dims,
+    heldout_log_lik,
+    label_tensors,
+    make_adam,
+    scaling,
+    standardise,
+    step_loss,
+)
 
 
 class _StepLoss(nn.Module):
@@ -96,19 +107,30 @@ def _train_folds(
     k, n, d = len(folds), len(rows), Z.shape[1]
     rng = np.random.default_rng(cfg.seed)
     dims = assign_dims(attributes, cfg.dims_per_attribute, d)
-    std = Z[rows].std(0)
-    z_mean, z_scale = Z[rows].mean(0), np.where(std > 1e-8, std, 1.0)
-    zt = torch.as_tensor((Z[rows] - z_mean) / z_scale, dtype=torch.float32, device=device)
+    z_mean, z_scale = scaling(Z[rows])
+    z_std = standardise(Z[rows], z_mean, z_scale, None)
 
-    # Per fold: its labels (its training items' only), labelled positions, propagated soft labels.
+    # Per fold: its labels (its training items' only), labelled positions, propagated soft labels, and
+    # z as its lens sees it (rotated by the alignment its own labels give, as a sequential fit would).
     fold_labels = [restrict_labels(labels, attributes, rows, keep=tr) for tr, _ in folds]
+    if cfg.align:
+        zt = torch.stack(
+            [
+                torch.as_tensor(z_std @ attribute_rotation(z_std, lab, attributes, dims), dtype=torch.float32)
+                for lab in fold_labels
+            ]
+        ).to(device)
+    else:
+        zt = torch.as_tensor(z_std, dtype=torch.float32, device=device).expand(k, n, d)  # (k, n, d)
     st = [label_tensors(attributes, lab, device) for lab in fold_labels]
     stacked = {name: torch.stack([s[name] for s in st]) for name in st[0]}  # (k, n, …)
     lab_pos = [labelled_items(lab, attributes) for lab in fold_labels]  # positions in ``rows``
     alpha = float(cfg.alpha) if cfg.alpha is not None else default_alpha(n, min(len(p) for p in lab_pos))
     soft: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if cfg.propagation_weight > 0:
-        per_fold = [propagate_labels(zt.cpu().numpy(), lab, attributes, seed=cfg.seed) for lab in fold_labels]
+        per_fold = [
+            propagate_labels(zt[f].cpu().numpy(), lab, attributes, seed=cfg.seed) for f, lab in enumerate(fold_labels)
+        ]
         for name in per_fold[0]:
             if all(name in p for p in per_fold):
                 soft[name] = (
@@ -117,10 +139,10 @@ def _train_folds(
                 )
     val = [
         (
-            zt[np.searchsorted(rows, te)],  # ``rows`` is sorted and holds every held-out item
+            zt[f, np.searchsorted(rows, te)],  # ``rows`` is sorted and holds every held-out item
             label_tensors(attributes, restrict_labels(labels, attributes, te), device),
         )
-        for _, te in folds
+        for f, (_, te) in enumerate(folds)
     ]
 
     # k copies of the same initial lens (a sequential fold fit seeds each the same way).
@@ -140,7 +162,7 @@ def _train_folds(
 
     supervised = alpha > 0 and all(len(p) for p in lab_pos)
     lab_dim = 0 if supervised else None
-    in_dims = (0, 0, None, 0, lab_dim, lab_dim, 0)  # params, buffers, zb (shared), sb, z_lab, s_lab, soft_b
+    in_dims = (0, 0, 0, 0, lab_dim, lab_dim, 0)  # params, buffers, zb, sb, z_lab, s_lab, soft_b
     batched_step = vmap(grad_and_value(fold_loss), in_dims=in_dims, randomness="different")
     # The stacked parameters, trained by one Adam: its update is elementwise, so k folds' optimisers in one.
     live = {name: nn.Parameter(v) for name, v in params.items()}
@@ -156,7 +178,7 @@ def _train_folds(
         for b in range(steps_per_epoch):
             check_stop(should_stop)
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            zb = zt[idx]
+            zb = zt[:, idx]
             sb = {name: v[:, idx] for name, v in stacked.items()}
             z_lab = s_lab = None
             if supervised:
@@ -171,7 +193,7 @@ def _train_folds(
                     ),
                     device=device,
                 )
-                z_lab = zt[li]
+                z_lab = zt[folds_axis, li]
                 s_lab = {name: v[folds_axis, li] for name, v in stacked.items()}
             soft_b = {name: (p[:, idx], w[:, idx]) for name, (p, w) in soft.items()}
             grads, _ = batched_step(live, buffers, zb, sb, z_lab, s_lab, soft_b)

@@ -22,6 +22,7 @@ from ml.control import ProgressFn, StopFn, Throttle, check_stop
 from ml.device import intra_op_threads
 from ml.flows import PlanarFlowStack
 from ml.heads import ContinuousHead, default_alpha
+from ml.lens.alignment import attribute_rotation
 from ml.lens.config import AUTO, LensConfig
 from ml.lens.model import LensModule
 from ml.lens.regularisers import consistency_terms, mixup_terms, propagate_labels, soft_label_terms
@@ -42,10 +43,42 @@ class Fit:
     history: list[float] = field(default_factory=list)
     val_history: list[float] = field(default_factory=list)
     step_mode: str = "eager"  # how the training step ran (``Stepper.mode``)
+    z_rotation: np.ndarray | None = None  # orthogonal [d, d] after the scaling (``ml.lens.alignment``)
 
     def standardise(self, Z: np.ndarray) -> np.ndarray:
         """The affine step before the flows, part of the exact lens map."""
-        return (Z - self.z_mean) / self.z_scale
+        return standardise(Z, self.z_mean, self.z_scale, self.z_rotation)
+
+
+def standardise(Z: np.ndarray, mean: np.ndarray, scale: np.ndarray, rotation: np.ndarray | None) -> np.ndarray:
+    """z → ((z − mean) / scale) R: the lens's fixed affine layer before the flows (R orthogonal or None)."""
+    out = (Z - mean) / scale
+    return out if rotation is None else out @ rotation
+
+
+def unstandardise(Y: np.ndarray, mean: np.ndarray, scale: np.ndarray, rotation: np.ndarray | None) -> np.ndarray:
+    """The exact inverse of ``standardise`` (Rᵀ = R⁻¹)."""
+    if rotation is not None:
+        Y = Y @ rotation.T
+    return Y * scale + mean
+
+
+def scaling(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """z's per-dimension mean and scale (1 where z is constant), float64."""
+    std = Z.std(0)
+    return Z.mean(0).astype(np.float64), np.where(std > 1e-8, std, 1.0).astype(np.float64)
+
+
+def alignment(
+    Z: np.ndarray,
+    labels: Mapping[str, np.ndarray],
+    attributes: list[Attribute],
+    dims: dict[str, list[int]],
+    z_mean: np.ndarray,
+    z_scale: np.ndarray,
+) -> np.ndarray:
+    """The rotation that starts z* with each attribute's linear direction on its designated dims."""
+    return attribute_rotation(standardise(Z, z_mean, z_scale, None), labels, attributes, dims)
 
 
 def assign_dims(attributes: list[Attribute], k: int, dim: int) -> dict[str, list[int]]:
@@ -283,12 +316,13 @@ def _train(
     rng = np.random.default_rng(cfg.seed)
     if start is None:
         dims = assign_dims(attributes, cfg.dims_per_attribute, d)
-        std = Z.std(0)
+        z_mean, z_scale = scaling(Z)
         fit = Fit(
             module=LensModule(cfg, d, attributes, dims).to(device),
-            z_mean=Z.mean(0).astype(np.float64),
-            z_scale=np.where(std > 1e-8, std, 1.0).astype(np.float64),
+            z_mean=z_mean,
+            z_scale=z_scale,
             attribute_dims=dims,
+            z_rotation=alignment(Z, labels, attributes, dims, z_mean, z_scale) if cfg.align else None,
         )
     else:
         fit = Fit(
@@ -296,6 +330,7 @@ def _train(
             z_mean=start.z_mean,
             z_scale=start.z_scale,
             attribute_dims=start.attribute_dims,
+            z_rotation=start.z_rotation,
         )
     mod = fit.module
     if isinstance(mod.flows, PlanarFlowStack):

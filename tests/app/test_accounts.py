@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 
@@ -152,31 +154,47 @@ def test_cli_adds_users_and_creates_tokens(cli_env, client, capsys, monkeypatch)
         main(["users", "add", "bob", "--role", "wizard", "--generate"])
 
 
-def test_demo_sets_up_an_admin_and_a_digits_project_with_a_queued_pretrain(cli_env, client, capsys, monkeypatch, db):
+def test_demo_sets_up_an_admin_and_a_seeded_shapes_project_with_its_pretrain_then_retrain_queued(
+    cli_env, client, capsys, monkeypatch, db
+):
     from app import cli
+    from ml.data import by_eye_levels, make_shapes
 
     monkeypatch.setattr(cli, "COMMAND_MODULES", CLI_MODULES)
     monkeypatch.delenv("LENSLAB_ADMIN_PASSWORD", raising=False)
-    assert cli.main(["demo", "--no-serve"]) == 0
+    assert cli.main(["demo", "--no-serve", "--items", "600"]) == 0
     out = capsys.readouterr().out
     password = next(line.split(": ", 1)[1] for line in out.splitlines() if "shown once" in line)
     assert _login(client, "admin", password).status_code == 200
-    assert count(db, "items") == 1797
-    assert count(db, "jobs", "kind = 'pretrain' AND status = 'queued'") == 1
+    assert count(db, "items") == 600
     names = db.execute(sa.text("SELECT name, kind FROM attributes ORDER BY position")).all()
-    assert [tuple(r) for r in names] == [("digit", "categorical"), ("thickness", "ordinal")]
-    assert "project 'digits': id 1, created, pretrain job 1 queued" in out
+    assert [tuple(r) for r in names] == [("shape", "categorical"), ("size", "ordinal"), ("position", "ordinal")]
+    assert "project 'shapes': id 1, created, pretrain job 1 queued" in out
+    # Seeded labels (600 items: an eighth held out, a twelfth for training), each the generator's truth,
+    # and the retrain they queue waits behind the pretrain.
+    assert "seeded 50 training and 75 eval labels" in out
+    assert count(db, "labels", "eval") == 75 and count(db, "labels", "NOT eval") == 50
+    assert count(db, "items", "split = 'eval'") == 75
+    truth = by_eye_levels(make_shapes(n=600, seed=0, size=32, rotation_range=0).factors)
+    rows = db.execute(
+        sa.text('SELECT items.source_index, labels."values" FROM labels JOIN items ON items.id = labels.item_id')
+    ).all()
+    for src, values in rows:
+        values = json.loads(values) if isinstance(values, str) else values
+        assert values == {k: str(v[src]) for k, v in truth.items()}
+    queued = db.execute(sa.text("SELECT id, kind FROM jobs WHERE status = 'queued' ORDER BY id")).all()
+    assert [tuple(r) for r in queued] == [(1, "pretrain"), (2, "retrain")]
     capsys.readouterr()
-    assert cli.main(["demo", "--no-serve"]) == 0  # a second run finds both and changes nothing
-    assert count(db, "items") == 1797 and count(db, "users") == 1
+    assert cli.main(["demo", "--no-serve", "--items", "600"]) == 0  # a second run finds both and changes nothing
+    assert count(db, "items") == 600 and count(db, "users") == 1 and count(db, "labels") == 125
     again = capsys.readouterr().out
     # It says what it found, and how to get at the admin account without the first run's output.
     assert "shown once" not in again and "lenslab users passwd admin" in again
-    assert "project 'digits': id 1, exists, pretrain job 1 queued" in again
-    assert count(db, "jobs") == 1  # no second pretrain queued
+    assert "project 'shapes': id 1, exists, pretrain job 1 queued" in again and "seeded" not in again
+    assert count(db, "jobs") == 2  # no second pretrain or retrain queued
     # LENSLAB_ADMIN_PASSWORD is honoured for an existing admin too.
     monkeypatch.setenv("LENSLAB_ADMIN_PASSWORD", "a new demo password")
-    assert cli.main(["demo", "--no-serve"]) == 0
+    assert cli.main(["demo", "--no-serve", "--items", "600"]) == 0
     assert "password set from LENSLAB_ADMIN_PASSWORD" in capsys.readouterr().out
     assert _login(client, "admin", "a new demo password").status_code == 200
     assert _login(client, "admin", password).status_code != 200

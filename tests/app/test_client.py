@@ -170,13 +170,13 @@ def test_the_client_imports_without_torch_and_needs_a_token(monkeypatch):
 def test_the_readme_shows_the_client_example_as_it_is():
     readme = (ROOT / "README.md").read_text()
     script = (ROOT / "scripts" / "client_example.py").read_text()
-    assert script[script.index("from sklearn") :].rstrip("\n") in readme
+    assert script[script.index("from lenslab_client") :].rstrip("\n") in readme
 
 
 @pytest.mark.timeout(600)
 def test_the_client_example_runs_against_the_demo_server(tmp_path):
-    """`lenslab demo` as the README starts it (its own database, worker and digits project), a token from
-    `lenslab tokens create`, then scripts/client_example.py end to end."""
+    """`lenslab demo` as the README starts it (its own database, worker and seeded shapes project, here on
+    600 sprites), a token from `lenslab tokens create`, then scripts/client_example.py end to end."""
     from app.bench.server import free_port, stop_process
 
     port = free_port()
@@ -189,7 +189,11 @@ def test_the_client_example_runs_against_the_demo_server(tmp_path):
     }
     log = (tmp_path / "demo.log").open("wb")
     demo = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "demo", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "app.cli", "demo", "--port", str(port), "--items", "600"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
     )
     try:
         deadline = time.monotonic() + 60
@@ -220,8 +224,9 @@ def test_the_client_example_runs_against_the_demo_server(tmp_path):
         )
         assert run.returncode == 0, run.stderr[-3000:]
         out = run.stdout
-        assert "scores: {'digit'" in out and "label next:" in out and "predicted:" in out, out
-        assert len((tmp_path / "digits-labels.csv").read_text().splitlines()) == 1 + 500
+        assert "scores: {'shape'" in out and "label next:" in out and "predicted:" in out, out
+        # The demo's 125 seeded labels (50 training, 75 eval on 600 sprites) and the example's 200.
+        assert len((tmp_path / "shapes-labels.csv").read_text().splitlines()) == 1 + 125 + 200
     finally:
         stop_process(demo, timeout=30)
         log.close()

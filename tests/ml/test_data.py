@@ -420,6 +420,38 @@ def test_position_and_rotation_follow_the_documented_conventions(shapes):
     assert np.median(np.abs(error)) < 2.0
 
 
+def test_upright_sprites_and_the_levels_an_expert_reads_off_them():
+    ds = data.make_shapes(600, seed=0, rotation_range=0)
+    f = ds.factors
+    assert np.all(f["rotation"] == 0)
+    # Same draws as the rotated set: only the turn differs, so shape, scale and position agree.
+    turned = data.make_shapes(600, seed=0)
+    for key in ("shape", "scale", "x", "y"):
+        np.testing.assert_array_equal(f[key], turned.factors[key])
+    # An upright square fills its bounding box; a turned one does not.
+    sq = np.flatnonzero((f["shape"] == 0) & (f["scale"] == 5))
+    rows = (ds.images[sq, 0] > 0.5).any(axis=2).sum(axis=1)
+    cols = (ds.images[sq, 0] > 0.5).any(axis=1).sum(axis=1)
+    ink = (ds.images[sq, 0] > 0.5).sum(axis=(1, 2))
+    assert np.all(ink >= 0.9 * rows * cols)
+    with pytest.raises(ValueError, match="rotation_range must be within"):
+        data.make_shapes(5, rotation_range=400)
+
+    levels = data.by_eye_levels(f)
+    names = {a["name"]: a["levels"] for a in data.BY_EYE_ATTRIBUTES}
+    assert set(levels) == set(names) == {"shape", "size", "position"}
+    for name, got in levels.items():
+        assert set(got) == set(names[name]) and len(got) == 600  # every level occurs
+    np.testing.assert_array_equal(levels["shape"], np.array(data.SHAPE_NAMES)[f["shape"]])
+    small, large = levels["size"] == "small", levels["size"] == "large"
+    assert f["scale"][small].max() == 1 and f["scale"][large].min() == 4
+    # Position is where the ink is: the centre of mass moves right from left to right.
+    im = ds.images[:, 0]
+    cx = (im * (np.arange(32) + 0.5)).sum(axis=(1, 2)) / im.sum(axis=(1, 2))
+    means = [cx[levels["position"] == p].mean() for p in ("left", "centre", "right")]
+    assert means[0] + 3 < means[1] < means[2] - 3
+
+
 # --------------------------------------------------------------------------------------------------
 # Embeddings
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app.cli import main as cli_main
-from ml.experiment import al_curve, label_curve, lens_on_classifier, table1, table2
+from ml.experiment import al_curve, alignment, label_curve, lens_on_classifier, table1, table2
 from ml.experiment.common import DataSize, get_profile, model_key, paired_test
 from ml.experiment.report import write_report
 
@@ -201,6 +201,28 @@ def test_lens_on_classifier_measures_hidden_layer_before_and_after(out: Path, cl
     assert s["digit"]["ceiling"][0] > 2 * s["digit"]["chance"]
     assert s["orientation"]["after"][0] > 100 / 6 * 0.9  # at least about chance (6 bins)
     assert (out / "lens-on-classifier.png").stat().st_size > 0
+
+
+def test_alignment_pairs_aligned_and_unaligned_lenses_on_the_demo_sprites(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    tiny = dataclasses.replace(
+        TINY, sizes={**TINY.sizes, "sprites": DataSize(pool=300, eval_fit=90, eval_test=90, vae_epochs=1, n_labels=60)}
+    )
+    res = alignment.run(tiny, tmp_path, seeds=2, datasets=("shapes",), lens_epochs=3)
+    sprites = res["results"]["sprites"]
+    assert res["sizes"]["sprites"]["pool"] == 300 and len(sprites["runs"]) == 2
+    for run in sprites["runs"]:
+        assert run["n_labels"] == 60 and set(run) >= {"raw z", *alignment.CONFIGS}
+        for name in alignment.CONFIGS:
+            m = run[name]
+            assert m["designated"] == {"shape": 0, "size": 1, "position": 2}
+            assert all(0 < m[a] <= 100 for a in ("shape", "size", "position", "overall"))
+            assert all(-1 <= v <= 1 for v in m["traversal"].values())
+    test = sprites["summary"]["size"]["aligned_vs_unaligned"]
+    assert test["n"] == 2 and np.isfinite(test["mean_diff"])
+    assert {r["config"] for r in _csv(tmp_path / "alignment.csv")} == {"raw z", *alignment.CONFIGS}
+    with pytest.raises(ValueError, match="mnist and shapes"):
+        alignment.run(tiny, tmp_path, seeds=1, datasets=("digits",))
 
 
 @needs_mnist
