@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 
+ANALYSIS_LIMIT = 1000  # rows SQLite's ANALYZE samples per index
 # Execution option carrying how a SQLite transaction begins ("IMMEDIATE" for request handlers that write).
 SQLITE_BEGIN = "lenslab_sqlite_begin"
 
@@ -96,6 +97,21 @@ class Database:
     def session(self, *, write: bool = True) -> Session:
         """A new session; ``write=True`` takes SQLite's write lock at the first statement."""
         return (self.write_sessions if write else self.read_sessions)()
+
+    def refresh_statistics(self) -> None:
+        """Give SQLite's query planner the tables' current shape (ANALYZE, sampled); PostgreSQL's autovacuum does it.
+
+        Without statistics SQLite orders the queue's scored hand-out by walking every free item and
+        sorting (2.0 ms on 2,800 items, inside the write lock); with them it walks the score index from
+        the top and stops at the first free items (0.06 ms). ``analysis_limit`` samples each index, so
+        this stays fast on millions of rows. Called after each job that wrote scores or items.
+        """
+        if not self.is_sqlite:
+            return
+        with self.session() as s:
+            s.execute(sa.text(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}"))
+            s.execute(sa.text("ANALYZE"))
+            s.commit()
 
     def dispose(self) -> None:
         self.engine.dispose()

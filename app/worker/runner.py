@@ -119,6 +119,18 @@ def claim(db: Database, worker_id: str, *, max_attempts: int) -> Claimed | None:
         return Claimed(job_id, row.kind, row.project_id, dict(row.params or {}), row.attempts)
 
 
+def _refresh_statistics(db: Database) -> None:
+    """After a job that wrote scores, ranks or items: what the queue's queries should walk first has changed.
+
+    The job has already succeeded; statistics that cannot be refreshed now (the database busy) are
+    refreshed after the next job, so a failure here is logged, never raised.
+    """
+    try:
+        db.refresh_statistics()
+    except Exception as exc:
+        log.warning("refreshing the query planner's statistics failed: %s", exc)
+
+
 def _end_run(s: Any, job_id: int, attempt: int, outcome: str, message: str | None) -> None:
     s.execute(
         sa.update(JobRun)
@@ -279,6 +291,7 @@ class Worker:
         )
         try:
             tasks.run(ctx, self.settings)
+            _refresh_statistics(self.db)
             return "succeeded"
         except Stopped:
             reason = ctx.stop_reason or ("shutdown" if self.shutdown.is_set() else "cancel")
