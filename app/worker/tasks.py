@@ -525,6 +525,7 @@ def _served_point(
         for name, a in metrics["attributes"].items()
     }
     extra = {k: metrics.get(k) for k in ("baseline_overall", "baseline_overall_se", "skipped", "n_eval")}
+    extra["overall_se"] = metrics.get("baseline_overall_se")  # what is served is raw z: its spread is the point's
     return MetricPoint(
         project_id=project_id,
         model_version_id=None,

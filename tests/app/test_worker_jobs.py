@@ -253,6 +253,8 @@ def test_a_version_below_the_bar_is_kept_but_not_activated_and_the_curve_shows_w
         # Nothing is live, so the curve shows raw z's score; the held-back candidate's is kept beside it.
         assert point["raw_z"] is True and point["model_id"] is None
         assert point["overall"] == res["baseline_overall"] and point["candidate"]["overall"] == res["overall"]
+        # Its spread is raw z's too, so readers of the curve (lenslab bench al) can bound what is served.
+        assert point["overall_se"] is not None and point["overall_se"] == point["baseline_overall_se"]
         assert point["attributes"]["digit"]["score"] == point["attributes"]["digit"]["z_score"]
         models = client.get(f"/api/v1/projects/{pid}/models", headers=admin).json()["models"]
         assert [m["active"] for m in models] == [False]

@@ -295,7 +295,8 @@ def test_report_and_cli(
         assert heading in text
     # Every experiment this module ran is reported; the label curve runs in its own test (MNIST only).
     assert "| ILVM |" in text
-    assert text.count("Not run yet") == 1 and "Not run yet (`lenslab experiment label-curve`)" in text
+    assert text.count("Not run yet") == 2 and "Not run yet (`lenslab experiment label-curve`)" in text
+    assert "Not run yet (`lenslab experiment alignment`)" in text
     assert "| 95.2 |" not in text  # no MNIST row here: the MNIST test checks the paper's number beside it
     assert cli_main(["experiment", "report", "--out", str(out), "--markdown", str(tmp_path / "E.md")]) == 0
     assert cli_main(["experiment", "nonsense", "--out", str(out)]) == 2
