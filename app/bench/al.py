@@ -53,6 +53,7 @@ def base_representation(
 ) -> Base:
     """MNIST test images (a fixed subset), their thickness levels, and a seeded conv VAE's z (cached)."""
     from ml.data import load_mnist, stroke_thickness, thickness_levels
+    from ml.steps import COLLAPSE_RETRIES, z_collapsed
 
     test = load_mnist(data_dir / "mnist", "test")
     n = n_pool + n_eval
@@ -65,14 +66,19 @@ def base_representation(
     levels, _ = thickness_levels(thick, edges=edges)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"al-vae-mnist{n}-e{epochs}-seed{seed}.npy"
-    if path.exists():
-        z = np.load(path)
-    else:
+    z = np.load(path) if path.exists() else None
+    if z is None or z_collapsed(z):
+        # As the product's pretrain does (ml.steps): a VAE whose z collapsed (every image the same z,
+        # every score at chance) is refitted with the next seeds, so no seed of the comparison is void.
         from ml.vae import VAE
 
         t0 = time.perf_counter()
-        vae = VAE(image_shape=(1, 28, 28), latent_dim=10, epochs=epochs, seed=seed, device="cpu").fit(X)
-        z = vae.encode(X).astype(np.float32)
+        for attempt in range(COLLAPSE_RETRIES + 1):
+            vae = VAE(image_shape=(1, 28, 28), latent_dim=10, epochs=epochs, seed=seed + attempt, device="cpu").fit(X)
+            z = vae.encode(X).astype(np.float32)
+            if not z_collapsed(z):
+                break
+            log(f"seed {seed}: the base VAE with seed {seed + attempt} collapsed; refitting")
         np.save(path, z)
         log(f"seed {seed}: base VAE, {epochs} epochs on {n} images, {time.perf_counter() - t0:.0f} s")
     return Base(

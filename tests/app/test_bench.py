@@ -52,3 +52,22 @@ def test_al_bench_drives_the_product_through_rest_and_never_serves_worse_than_ra
     assert sum(run["digit_counts"]) == 100
     assert result["summary"]["random"]["retrains_within_spread_of_raw_z"] == "2 of 2"
     assert json.loads(out.read_text())["runs"][0]["strategy"] == "random"
+
+
+def test_al_bench_refits_a_cached_base_whose_z_collapsed(tmp_path):
+    """A cached z that collapsed (every image the same code) voided a seed of the comparison: every
+    strategy scored chance on it. The bench refits it, as the product's pretrain does."""
+    import numpy as np
+
+    from app.bench.al import base_representation
+    from ml.steps import z_collapsed
+    from tests.conftest import SHARED_DATA
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    path = cache / "al-vae-mnist150-e2-seed0.npy"
+    np.save(path, np.zeros((150, 10), dtype=np.float32))
+    said: list[str] = []
+    base = base_representation(SHARED_DATA, 0, 100, 50, 2, cache, log=said.append)
+    assert base.z.shape == (150, 10) and not z_collapsed(base.z)
+    assert not z_collapsed(np.load(path)) and any("base VAE, 2 epochs" in s for s in said)
