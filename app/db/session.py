@@ -104,7 +104,7 @@ class Database:
         Without statistics SQLite orders the queue's scored hand-out by walking every free item and
         sorting (2.0 ms on 2,800 items, inside the write lock); with them it walks the score index from
         the top and stops at the first free items (0.06 ms). ``analysis_limit`` samples each index, so
-        this stays fast on millions of rows. Called after each job that wrote scores or items.
+        this stays fast on millions of rows. The worker calls it after every job it finishes successfully.
         """
         if not self.is_sqlite:
             return

@@ -120,7 +120,7 @@ def claim(db: Database, worker_id: str, *, max_attempts: int) -> Claimed | None:
 
 
 def _refresh_statistics(db: Database) -> None:
-    """After a job that wrote scores, ranks or items: what the queue's queries should walk first has changed.
+    """After a successful job (new scores, ranks or items): what the queue's queries should walk first may have changed.
 
     The job has already succeeded; statistics that cannot be refreshed now (the database busy) are
     refreshed after the next job, so a failure here is logged, never raised.

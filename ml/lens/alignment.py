@@ -29,8 +29,9 @@ def attribute_rotation(
     """An orthogonal [d, d] matrix R: z*₀ = z_std @ R puts attribute a's directions on ``dims[a]``.
 
     ``Z_std`` [N, d] standardised z; ``labels`` per attribute as the lens trains on them: [N] level
-    indices (−1 unknown) or soft targets [N, C], or values (NaN unknown). Directions are orthogonalised in attribute
-    order (Gram–Schmidt), so a later attribute gets its direction with earlier ones projected out;
+    indices (−1 unknown) or soft targets [N, C], or values (NaN unknown). Directions are
+    orthogonalised in attribute order (Gram–Schmidt), so a later attribute gets its direction with
+    earlier ones projected out;
     an attribute with too few labels (fewer than two levels or values) gets whatever direction
     completes the basis. The signs follow the fits: an ordinal or continuous attribute grows along
     its dimension.
