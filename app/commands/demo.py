@@ -15,8 +15,6 @@ import argparse
 import os
 import secrets
 
-import numpy as np
-
 DEMO_PROJECT = "shapes"
 DEMO_ITEMS = 2400
 # Held-out labels enough for the metric's standard error to be a few points, and training labels
@@ -43,6 +41,8 @@ def seeded_labels(n_items: int) -> list[dict[str, object]]:
     ``SEEDED_EVAL`` eval rows then ``SEEDED_TRAIN`` training rows on distinct random sprites (fewer on a
     smaller demo: an eighth and a twelfth of the items).
     """
+    import numpy as np
+
     from ml.data import by_eye_levels, make_shapes
 
     truth = by_eye_levels(make_shapes(n=n_items, seed=SEED, size=32, rotation_range=0.0).factors)

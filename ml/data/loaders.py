@@ -18,7 +18,7 @@ from ml.data.dataset import Dataset
 
 
 def load_digits() -> Dataset:
-    """Load scikit-learn's bundled 8×8 digits (1,797 images), the product's embedded default data set."""
+    """Load scikit-learn's bundled 8×8 digits (1,797 images): a data set the product imports without a download."""
     from sklearn.datasets import load_digits as _sk_load_digits
 
     bunch = _sk_load_digits()
