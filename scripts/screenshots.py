@@ -46,13 +46,6 @@ def _wait(predicate: Callable[[], bool], what: str, timeout: float) -> None:
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _truth(n_items: int) -> dict[str, np.ndarray]:
-    from app.commands.demo import SEED
-    from ml.data import by_eye_levels, make_shapes
-
-    return by_eye_levels(make_shapes(n=n_items, seed=SEED, size=32, rotation_range=0).factors)
-
-
 def _label(client: httpx.Client, pid: int, n_labels: int, truth: dict[str, np.ndarray]) -> None:
     done = 0
     while done < n_labels:
@@ -164,7 +157,9 @@ def main() -> int:
             project = next(
                 p for p in client.get("/api/v1/projects").raise_for_status().json()["projects"] if p["name"] == "shapes"
             )
-            pid, truth = project["id"], _truth(project["n_items"])
+            from app.commands.demo import demo_truth
+
+            pid, truth = project["id"], demo_truth(project["n_items"])
             _wait(lambda: _idle(client, pid), "the pretrain and the first retrain", 900)
             for chunk in range(0, args.labels, 50):
                 _label(client, pid, min(50, args.labels - chunk), truth)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+from typing import Any
 
 DEMO_PROJECT = "shapes"
 DEMO_ITEMS = 2400
@@ -30,9 +31,21 @@ SEED = 0
 DEMO_SETTINGS = {"lens": {"n_flows": 8}}
 
 
+# ``make_shapes`` settings of the demo's sprites: upright (rotation would hide shape from a small VAE
+# and from an eye), 32 px.
+SPRITES = {"seed": SEED, "size": 32, "rotation_range": 0.0}
+
+
 def demo_dataset(n_items: int = DEMO_ITEMS) -> dict[str, object]:
-    """The demo's dataset spec: upright sprites (rotation would hide shape from a small VAE and an eye)."""
-    return {"source": "shapes", "n": n_items, "seed": SEED, "size": 32, "rotation_range": 0.0}
+    """The demo's dataset spec (a server-side ``shapes`` import of ``SPRITES``)."""
+    return {"source": "shapes", "n": n_items, **SPRITES}
+
+
+def demo_truth(n_items: int) -> dict[str, Any]:
+    """What an expert would answer for each of the demo's sprites, by source_index (``ml.data.by_eye_levels``)."""
+    from ml.data import by_eye_levels, make_shapes
+
+    return by_eye_levels(make_shapes(n=n_items, **SPRITES).factors)  # type: ignore[arg-type]
 
 
 def seeded_labels(n_items: int) -> list[dict[str, object]]:
@@ -43,9 +56,7 @@ def seeded_labels(n_items: int) -> list[dict[str, object]]:
     """
     import numpy as np
 
-    from ml.data import by_eye_levels, make_shapes
-
-    truth = by_eye_levels(make_shapes(n=n_items, seed=SEED, size=32, rotation_range=0.0).factors)
+    truth = demo_truth(n_items)
     n_eval, n_train = min(SEEDED_EVAL, n_items // 8), min(SEEDED_TRAIN, n_items // 12)
     picked = np.random.default_rng(SEED + 1).permutation(n_items)[: n_eval + n_train]
     return [

@@ -365,6 +365,7 @@ def _alignment_section(res: dict[str, Any] | None) -> str:
     title = "## The lens's alignment (`LensConfig.align`)\n"
     if res is None:
         return title + "\nNot run yet (`lenslab experiment alignment`).\n"
+    configs = list(res["configs"])
     lines = [
         title,
         _run_line(res) + "\n",
@@ -377,15 +378,15 @@ def _alignment_section(res: dict[str, Any] | None) -> str:
         "also the traversals: along the size (position) dimension from its 5th to its 95th percentile, the mean "
         "Spearman correlation between step and the decoded sprite's ink area (centre of mass) over 12 items — 1 "
         "when the attribute grows step by step.\n",
-        "| data | attribute | raw z | " + " | ".join(CONFIG_LABELS) + " | aligned − unaligned (paired t p) |",
-        "|---|---|---|" + "---|" * len(CONFIG_LABELS) + "---|",
+        "| data | attribute | raw z | " + " | ".join(configs) + " | aligned − unaligned (paired t p) |",
+        "|---|---|---|" + "---|" * len(configs) + "---|",
     ]
     for name, r in res["results"].items():
         summ = r["summary"]
         attrs = [k for k in summ if k not in ("n_labels", "traversal")]
         for a in attrs:
             e = summ[a]
-            cells = [fmt_ms(*e[c]) if c in e else "–" for c in CONFIG_LABELS]
+            cells = [fmt_ms(*e[c]) if c in e else "–" for c in configs]
             t = e["aligned_vs_unaligned"]
             lines.append(
                 f"| {name} ({summ['n_labels']} labels) | {a} | {fmt_ms(*e['raw z'])} | {' | '.join(cells)} | "
@@ -393,14 +394,9 @@ def _alignment_section(res: dict[str, Any] | None) -> str:
             )
         if "traversal" in summ:
             for k in ("size", "position"):
-                cells = [
-                    fmt_ms(*summ["traversal"][c][k], digits=2) if c in summ["traversal"] else "–" for c in CONFIG_LABELS
-                ]
+                cells = [fmt_ms(*summ["traversal"][c][k], digits=2) if c in summ["traversal"] else "–" for c in configs]
                 lines.append(f"| {name} | traversal monotonicity, {k} | – | {' | '.join(cells)} | |")
     return "\n".join(lines) + "\n"
-
-
-CONFIG_LABELS = ("aligned", "unaligned", "aligned-8-flows")
 
 
 # Targets for the lens with 1,000 random MNIST labels: one-dimension score and accuracy.

@@ -69,18 +69,6 @@ def scaling(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return Z.mean(0).astype(np.float64), np.where(std > 1e-8, std, 1.0).astype(np.float64)
 
 
-def alignment(
-    Z: np.ndarray,
-    labels: Mapping[str, np.ndarray],
-    attributes: list[Attribute],
-    dims: dict[str, list[int]],
-    z_mean: np.ndarray,
-    z_scale: np.ndarray,
-) -> np.ndarray:
-    """The rotation that starts z* with each attribute's linear direction on its designated dims."""
-    return attribute_rotation(standardise(Z, z_mean, z_scale, None), labels, attributes, dims)
-
-
 def assign_dims(attributes: list[Attribute], k: int, dim: int) -> dict[str, list[int]]:
     """Attribute j owns z* dimensions [j·k, (j+1)·k) — its designated dims."""
     need = k * len(attributes)
@@ -317,12 +305,16 @@ def _train(
     if start is None:
         dims = assign_dims(attributes, cfg.dims_per_attribute, d)
         z_mean, z_scale = scaling(Z)
+        # The alignment: each attribute's linear direction on its designated dims before the flows.
+        rotation = (
+            attribute_rotation(standardise(Z, z_mean, z_scale, None), labels, attributes, dims) if cfg.align else None
+        )
         fit = Fit(
             module=LensModule(cfg, d, attributes, dims).to(device),
             z_mean=z_mean,
             z_scale=z_scale,
             attribute_dims=dims,
-            z_rotation=alignment(Z, labels, attributes, dims, z_mean, z_scale) if cfg.align else None,
+            z_rotation=rotation,
         )
     else:
         fit = Fit(
