@@ -518,8 +518,9 @@ def score_pool(
 ) -> np.ndarray:
     """Acquisition score (section 3; ``bald`` is eq. 10) of every row of Z, float64 [N], in chunks.
 
-    ``lens``: a fitted ``InterpretableLens`` or its checkpoint bytes. Each chunk is seeded from
-    ``seed`` and its position. ``chunk``: items per chunk (None: the device's, ``ml.device.sizes_for``).
+    ``lens``: a fitted ``InterpretableLens`` or its checkpoint bytes. Every chunk uses the Monte-Carlo
+    draws of ``seed`` (common random numbers: the scores do not depend on the chunk size). ``chunk``:
+    items per chunk (None: the device's, ``ml.device.sizes_for``).
     """
     from ml.acquisition import lens_scores
     from ml.device import resolve_device, sizes_for
@@ -531,8 +532,10 @@ def score_pool(
     out = np.empty(len(Z), dtype=np.float64)
     for i in range(0, len(Z), chunk):
         check_stop(should_stop)
+        # The random strategy's uniform scores must differ from chunk to chunk; the draws must not.
+        chunk_seed = seed + i // chunk if strategy == "random" else seed
         out[i : i + chunk] = lens_scores(
-            model, Z[i : i + chunk], strategy=strategy, n_samples=n_samples, seed=seed + i // chunk
+            model, Z[i : i + chunk], strategy=strategy, n_samples=n_samples, seed=chunk_seed, chunk=chunk
         )
         if progress is not None:
             progress(min(1.0, (i + chunk) / max(1, len(Z))), {})
