@@ -8,12 +8,12 @@ import torch
 from scipy.stats import spearmanr
 
 from ml.acquisition import bald, lens_scores, max_entropy
-from ml.steps import score_pool
 from ml.attributes import Attribute
 from ml.control import Stopped
 from ml.heads import default_alpha
 from ml.lens import InterpretableLens
 from ml.metrics import interpretability_score
+from ml.steps import score_pool
 from tests.quality import SEED, THREADS, at_least, at_most, record
 
 CLS = Attribute("cls", "categorical", ("a", "b", "c"))
