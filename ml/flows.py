@@ -23,6 +23,9 @@ from zuko.transforms import MonotonicRQSTransform
 # float64 even on the widest bracket (|w·û| ≤ ‖w‖‖û‖), and Newton ends far sooner in practice.
 _MAX_ROOT_ITERS = 60
 
+# Flows per block of the scoring recursion (``PlanarFlowStack.project_columns``).
+RECURSION_BLOCK = 8
+
 
 class Flow(nn.Module):
     """An invertible map with a tractable log-determinant of its Jacobian."""
@@ -257,12 +260,21 @@ class PlanarFlowStack(FlowStack):
             return z_cols.index_select(0, dims)
         U, W, b, _ = self.stacked_terms(z_cols.dtype)  # (T, d), (T, d), (T,)
         G = torch.tril(W @ U.T, -1)  # (T, T): G[t, s] = w_tᵀ û_s for s < t
-        X = torch.addmm((2 * (b - G.sum(1)))[:, None], 2 * W, z_cols)  # (T, M): 2a_t before the recursion
+        # (T, M): 2a_t before the recursion. The bias is added after the product: addmm would first copy
+        # the broadcast bias into the (T, M) result, element by element (a third of the kernel's time).
+        X = torch.mm(2 * W, z_cols).add_((2 * (b - G.sum(1)))[:, None])
         G4 = 4 * G
         P = torch.empty_like(X)
-        for t in range(len(flows)):
-            x = X[t] if t == 0 else torch.addmv(X[t], P[:t].T, G4[t, :t])
-            torch.sigmoid(x, out=P[t])
+        # Flows in blocks: what earlier blocks contribute to a block is one matrix product, which reads
+        # those rows of P once, instead of once per flow; within a block, one addmv per flow. For 32
+        # flows in blocks of 8 that reads a third of the rows of the flow-by-flow recursion.
+        for t0 in range(0, len(flows), RECURSION_BLOCK):
+            t1 = min(len(flows), t0 + RECURSION_BLOCK)
+            if t0:
+                X[t0:t1].addmm_(G4[t0:t1, :t0], P[:t0])
+            for t in range(t0, t1):
+                x = X[t] if t == t0 else torch.addmv(X[t], P[t0:t].T, G4[t, t0:t])
+                torch.sigmoid(x, out=P[t])
         U_d = U.index_select(1, dims)  # (T, k)
         return torch.addmm(z_cols.index_select(0, dims) - U_d.sum(0)[:, None], 2 * U_d.T, P)
 

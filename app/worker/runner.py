@@ -249,11 +249,14 @@ class Worker:
         self.jobs_run = 0
 
     def configure_torch(self) -> None:
-        """Set torch's thread count (intra-op) for this process."""
+        """Set torch's thread count (intra-op) for this process, and keep freed tensor memory in the heap."""
         import torch
+
+        from ml.device import retain_freed_memory
 
         n = self.threads or self.settings.worker_threads or os.cpu_count() or 1
         torch.set_num_threads(int(n))
+        retain_freed_memory()
 
     def run_one(self) -> bool:
         """Requeue stale jobs, then claim and run one job; whether a job was run."""

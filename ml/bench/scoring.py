@@ -56,7 +56,9 @@ def _measure(
 
     torch.set_num_threads(threads)
     from ml.attributes import Attribute
-    from ml.device import sizes_for
+    from ml.device import retain_freed_memory, sizes_for
+
+    retain_freed_memory()  # as the worker does at start
     from ml.lens import InterpretableLens
     from ml.steps import score_pool
 
