@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy.special import xlogy
 
+from ml.device import sizes_for
 from ml.strategies import BATCH_METHODS, STRATEGIES, scored_strategy
 
 __all__ = [
@@ -243,12 +244,13 @@ def lens_scores(
     strategy: str = "bald",
     n_samples: int = 32,
     attribute: str | None = None,
-    chunk: int = 8192,
+    chunk: int | None = None,
     seed: int | None = 0,
     draws: str = "qmc",
 ) -> np.ndarray:
     """Acquisition score of every row of Z under a fitted lens (section 3): BALD (eq. 10), max-entropy
-    or random, float64 [N], streamed through ``score_pool`` in chunks of ``chunk`` items. ``draws``:
+    or random, float64 [N], streamed through ``score_pool`` in chunks of ``chunk`` items (None: the
+    size measured best for the lens's device, ``ml.device.sizes_for``). ``draws``:
     the Monte-Carlo noise of the predictive samples (``LensModule.predictive_columns``).
 
     ``lens`` is anything with ``attributes_`` and ``predictive_samples(Z, n_samples)`` (the fitted
@@ -274,6 +276,8 @@ def lens_scores(
         out = lens.predictive_samples(Z[start:stop], n_samples, draws)
         return {k: v for k, v in out.items() if attribute is None or k == attribute}
 
+    if chunk is None:
+        chunk = sizes_for(torch.device(getattr(lens, "device_", "cpu"))).score_chunk
     return score_pool(prob_fn, len(Z), chunk=chunk, strategy=strategy, seed=seed)
 
 
