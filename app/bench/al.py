@@ -48,6 +48,10 @@ class Base:
     eval_rows: np.ndarray  # rows whose labels form the eval set
 
 
+# A collapsed base is refitted with seed + stride·attempt, clear of the other bases' seeds.
+REFIT_SEED_STRIDE = 1000
+
+
 def base_representation(
     data_dir: Path, seed: int, n_pool: int, n_eval: int, epochs: int, cache_dir: Path, log: Any = print
 ) -> Base:
@@ -69,16 +73,18 @@ def base_representation(
     z = np.load(path) if path.exists() else None
     if z is None or z_collapsed(z):
         # As the product's pretrain does (ml.steps): a VAE whose z collapsed (every image the same z,
-        # every score at chance) is refitted with the next seeds, so no seed of the comparison is void.
+        # every score at chance) is refitted with other seeds, so no seed of the comparison is void. Not
+        # the next seed, as the pretrain takes: that is the next base's own, and the two would be one.
         from ml.vae import VAE
 
         t0 = time.perf_counter()
         for attempt in range(COLLAPSE_RETRIES + 1):
-            vae = VAE(image_shape=(1, 28, 28), latent_dim=10, epochs=epochs, seed=seed + attempt, device="cpu").fit(X)
+            fit_seed = seed + REFIT_SEED_STRIDE * attempt
+            vae = VAE(image_shape=(1, 28, 28), latent_dim=10, epochs=epochs, seed=fit_seed, device="cpu").fit(X)
             z = vae.encode(X).astype(np.float32)
             if not z_collapsed(z):
                 break
-            log(f"seed {seed}: the base VAE with seed {seed + attempt} collapsed; refitting")
+            log(f"seed {seed}: the base VAE with seed {fit_seed} collapsed; refitting")
         np.save(path, z)
         log(f"seed {seed}: base VAE, {epochs} epochs on {n} images, {time.perf_counter() - t0:.0f} s")
     return Base(
