@@ -23,9 +23,11 @@ BATCH_METHODS: tuple[str, ...] = ("topk", "batchbald", "power", "diverse", "cove
 # Batch rules a queue can follow, each on BALD scores (typiclust: on z alone).
 QUEUE_BATCH_RULES: tuple[str, ...] = ("cover", "typiclust", "power", "diverse")
 QUEUE_STRATEGIES: tuple[str, ...] = ("auto", "bald", "max_entropy", "random", *QUEUE_BATCH_RULES)
-# What "auto" follows: the cover batch, the rule that measured best (EXPERIMENTS.md, Fig. 8: MNIST,
-# 5 seeds, overall AUC 28.5 ± 0.7 against random's 27.1 ± 0.8, p = 0.004; BALD top-k 26.0).
-AUTO_STRATEGY = "cover"
+# What "auto" follows: the TypiClust batch, the rule that measured best through the product's REST API
+# (``lenslab bench al``, EXPERIMENTS.md "The served queue": MNIST, 5 seeds, overall AUC 28.4 against
+# random's 26.6, paired p = 0.003, random's final score reached with 200 of its 300 labels; cover 27.3,
+# p = 0.06; BALD top-k below random). In the library run (Fig. 8) cover and TypiClust tie (28.5, 28.4).
+AUTO_STRATEGY = "typiclust"
 
 
 def _check_queue(strategy: str) -> str:

@@ -238,7 +238,7 @@ def test_second_project_is_listed_with_counts(client, admin, viewer, project):
 
 def test_strategy_defaults_to_auto_says_what_it_follows_and_refuses_unknown_names(client, admin):
     p = _empty_project(client, admin, name="strategies")
-    assert p["strategy"] == "auto" and p["strategy_in_effect"] == "cover"
+    assert p["strategy"] == "auto" and p["strategy_in_effect"] == "typiclust"
     for name in ("cover", "typiclust", "power", "diverse", "bald", "max_entropy", "random"):
         r = client.patch(f"/api/v1/projects/{p['id']}", json={"strategy": name}, headers=admin)
         assert r.status_code == 200 and r.json()["strategy_in_effect"] == name, r.text
