@@ -260,9 +260,7 @@ class PlanarFlowStack(FlowStack):
             return z_cols.index_select(0, dims)
         U, W, b, _ = self.stacked_terms(z_cols.dtype)  # (T, d), (T, d), (T,)
         G = torch.tril(W @ U.T, -1)  # (T, T): G[t, s] = w_tᵀ û_s for s < t
-        # (T, M): 2a_t before the recursion. The bias is added after the product: addmm would first copy
-        # the broadcast bias into the (T, M) result, element by element (a third of the kernel's time).
-        X = torch.mm(2 * W, z_cols).add_((2 * (b - G.sum(1)))[:, None])
+        X = torch.mm(2 * W, z_cols).add_((2 * (b - G.sum(1)))[:, None])  # (T, M): 2a_t before the recursion
         G4 = 4 * G
         P = torch.empty_like(X)
         # Flows in blocks: what earlier blocks contribute to a block is one matrix product, which reads

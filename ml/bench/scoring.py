@@ -2,7 +2,8 @@
 
 Measures items/s for N items (d, T flows, S Monte-Carlo samples, C classes) with 1 thread and with
 all threads, each in a fresh process, plus the peak RSS of scoring a pool of ``--rss-n`` items, which
-must not grow with the pool because scoring streams in chunks.
+must not grow with the pool because scoring streams in chunks; and the served kernel against the naive
+reference (``naive_bald``), alternating in one process, for their ratio.
 
 Run: ``lenslab bench scoring`` (or ``python -m ml.bench.scoring --worker …`` for one measurement).
 """
