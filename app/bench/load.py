@@ -382,6 +382,28 @@ def client_seen_overlaps(logs: list[ExpertLog]) -> int:
     return overlaps
 
 
+def _wait_for_idle_worker(database_url: str, timeout: float = 120.0) -> None:
+    """Wait (up to ``timeout`` s) until no job is running or queued, so that stopping the worker ends the
+    run instead of a retrain: a retrain stopped midway is requeued and then superseded by the one queued
+    behind it, which the reconciliation would count as a failed job."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with engine.connect() as conn:
+                    busy = conn.scalar(sa.text("SELECT count(*) FROM jobs WHERE status IN ('running', 'queued')"))
+            except sa.exc.SQLAlchemyError:
+                return  # the run failed before the database was set up: nothing to wait for
+            if not busy:
+                return
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+
+
 def run_load_bench(
     *,
     experts: int = 50,
@@ -454,6 +476,7 @@ def run_load_bench(
                     served_alpha = r.json()["attributes"]["cluster"]
                 server_log = (tmpdir / "server.log").read_text(errors="replace")
         finally:
+            _wait_for_idle_worker(url)
             stop_process(worker, timeout=30)
             worker_log.close()
         checks = reconcile(url, pid, logs, overlap)
