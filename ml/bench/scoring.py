@@ -63,10 +63,10 @@ def _measure(
     torch.set_num_threads(threads)
     from ml.attributes import Attribute
     from ml.device import retain_freed_memory, sizes_for
-
-    retain_freed_memory()  # as the worker does at start
     from ml.lens import InterpretableLens
     from ml.steps import score_pool
+
+    retain_freed_memory()  # as the worker does at start
 
     rng = np.random.default_rng(0)
     attr = Attribute("a", "categorical", tuple(str(i) for i in range(n_classes)))
@@ -193,10 +193,10 @@ def run(
         ["--worker", "--n", str(n), "--threads", "1", "--repeats", str(repeats), "--kernel", "paired", *common],
     )
     rows.append({**paired, "kernel": "served (paired)"})
+    naive_ips = paired["naive_items_per_s"]
     rows.append(
-        {**paired, "kernel": "naive (paired)", "items_per_s": paired["naive_items_per_s"], "chunk": NAIVE_CHUNK}
+        {**paired, "kernel": "naive (paired)", "items_per_s": naive_ips, "seconds": n / naive_ips, "chunk": NAIVE_CHUNK}
     )
-    rows[-1]["seconds"] = n / paired["naive_items_per_s"]
     # The served lens (32 flows) and sample count (64): the score job's scale targets on one thread.
     target = {"seconds_100k_1_thread": 10.0, "seconds_1M_1_thread": 120.0, "peak_rss_mb_at_1M": 1536}
     one = next(r for r in rows if r["threads"] == 1 and r["n"] == n and r["kernel"] == "served")

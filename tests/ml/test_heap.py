@@ -32,9 +32,9 @@ def _faults(mode: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_tensor_memory_is_reused_without_page_faults() -> None:
-    # A chunk is 8,192 pages (four 8 MB tensors): returned to the OS at each free, the loop faults
-    # up to ~250,000 times.
-    # Measured here: 245,000 by default, 14,000 with the heap kept.
+    # A chunk is 8,192 pages (four 8 MB tensors), so the loop could fault up to 30 × 8,192 = 245,760
+    # times. Measured here, by default: 244,818 or 38,000–53,000 (glibc's own adaptive threshold
+    # sometimes keeps part of it, depending on the process's start); with the heap kept: 8,192–14,336.
     default, retained = _faults("default"), _faults("retain")
-    assert default > 100_000
-    assert retained < default / 5
+    assert retained < 30 * 8192 / 10
+    assert retained < default
