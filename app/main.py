@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -46,6 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             worker = WorkerThread(db, settings).start()
         _app.state.worker = worker
+        # Everything imported and built so far lives as long as the server: set it aside from the
+        # garbage collector. Otherwise each full collection walks it (~120k objects, 50 ms on a slow
+        # core) with every request paused behind the GIL, which made the slowest 1% of queue hand-outs.
+        gc.collect()
+        gc.freeze()
         yield
         if worker is not None:
             worker.stop()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from app import security
 from app.config import Settings
@@ -62,34 +62,65 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _before_write_lock(request: Request) -> bool:
+    # A write request on SQLite holds the database's one write lock from its first statement to its
+    # commit. Its dependencies look things up in a short read session instead, so that the lock is
+    # not held across their thread hops (each one a wait for the event loop): under 32 concurrent
+    # experts the lock's queue, not the work, made the slowest hand-outs slow.
+    db: Database = request.app.state.db
+    return db.is_sqlite and request.method not in SAFE_METHODS
+
+
+def _get(request: Request, session: Session, entity: type[Any], ident: int, **kw: Any) -> Any:
+    """``session.get``; on SQLite write requests read outside the write lock and merged into ``session``."""
+    if not _before_write_lock(request):
+        return session.get(entity, ident, **kw)
+    db: Database = request.app.state.db
+    with db.session(write=False) as lookup:
+        found = lookup.get(entity, ident, **kw)
+    return None if found is None else session.merge(found, load=False)
+
+
 def get_principal(
     request: Request, session: SessionDep, form_csrf: Annotated[str | None, Depends(_csrf_from_form)]
 ) -> Principal:
     """Authenticate by Bearer token or session cookie; cookie-authenticated writes need the CSRF token."""
+    if not _before_write_lock(request):
+        principal = _authenticate(request, session, form_csrf, touch_in=session)
+    else:
+        db: Database = request.app.state.db
+        with db.session(write=False) as lookup:
+            principal = _authenticate(request, lookup, form_csrf, touch_in=session)
+        principal.user = session.merge(principal.user, load=False)
+        if principal.web_session is not None:
+            principal.web_session = session.merge(principal.web_session, load=False)
+    request.state.user = principal.user
+    return principal
+
+
+def _authenticate(request: Request, session: Session, form_csrf: str | None, *, touch_in: Session) -> Principal:
     auth = request.headers.get("authorization")
     if auth:
         scheme, _, credential = auth.partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
             raise _unauthorized("Authorization header must be 'Bearer <token>'")
-        user = token_service.resolve(session=session, plaintext=credential.strip())
-        if user is None:
+        token = token_service.lookup(session=session, plaintext=credential.strip())
+        if token is None:
             raise _unauthorized("invalid or revoked API token")
-        principal = Principal(user=user, via="token")
-    else:
-        cookie = request.cookies.get(security.SESSION_COOKIE)
-        if not cookie:
-            raise _unauthorized("not authenticated: log in or send 'Authorization: Bearer <token>'")
-        sid = request.app.state.signer.loads(cookie)
-        web_session = session_service.resolve(session=session, session_id=sid) if sid else None
-        if web_session is None:
-            raise _unauthorized("session expired or invalid: log in again")
-        if request.method not in SAFE_METHODS:
-            sent = request.headers.get(security.CSRF_HEADER) or form_csrf
-            if not security.tokens_equal(sent, web_session.csrf_token):
-                raise HTTPException(403, detail="missing or wrong CSRF token (X-CSRF-Token header or csrf_token field)")
-        principal = Principal(user=web_session.user, via="session", web_session=web_session)
-    request.state.user = principal.user
-    return principal
+        token_service.touch(session=touch_in, token=token)
+        return Principal(user=token.user, via="token")
+    cookie = request.cookies.get(security.SESSION_COOKIE)
+    if not cookie:
+        raise _unauthorized("not authenticated: log in or send 'Authorization: Bearer <token>'")
+    sid = request.app.state.signer.loads(cookie)
+    web_session = session_service.resolve(session=session, session_id=sid) if sid else None
+    if web_session is None:
+        raise _unauthorized("session expired or invalid: log in again")
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(security.CSRF_HEADER) or form_csrf
+        if not security.tokens_equal(sent, web_session.csrf_token):
+            raise HTTPException(403, detail="missing or wrong CSRF token (X-CSRF-Token header or csrf_token field)")
+    return Principal(user=web_session.user, via="session", web_session=web_session)
 
 
 get_principal.min_role = "viewer"  # type: ignore[attr-defined]  (any authenticated user)
@@ -123,11 +154,14 @@ MAX_ROW_ID = 2**63 - 1
 RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="row id")]
 
 
+_ATTRIBUTES_ON_USE = (lazyload(Project.attributes),)
+
+
 def project_or_404(
-    session: SessionDep, pid: Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="project id")]
+    request: Request, session: SessionDep, pid: Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="project id")]
 ) -> Project:
-    """The project named in the path, or 404."""
-    project = session.get(Project, pid)
+    """The project named in the path, or 404 (its attributes load when first used: the queue never needs them)."""
+    project = _get(request, session, Project, pid, options=_ATTRIBUTES_ON_USE)
     if project is None:
         raise HTTPException(404, detail=f"no project {pid}")
     return project

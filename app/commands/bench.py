@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1000.0,
         help="mean pause between an expert's labels (0 = closed loop at saturation)",
     )
+    a.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="client phases against one server; the target is judged on the median phase's p99 (default 3)",
+    )
     a.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     a.add_argument("--out", default="benchmarks/results/api.json")
     a.set_defaults(func=_api)
@@ -204,12 +210,14 @@ def _api(args: argparse.Namespace) -> int:
 
     _positive("clients", args.clients)
     _positive("rounds", args.rounds)
+    _positive("repeats", args.repeats)
     if args.think_ms < 0:
         raise ValueError(f"--think-ms must be ≥ 0, got {args.think_ms}")
     run_api_bench(
         clients=args.clients,
         rounds=args.rounds,
         think_ms=args.think_ms,
+        repeats=args.repeats,
         database_url=args.database_url,
         out=Path(args.out),
     )

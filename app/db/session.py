@@ -26,6 +26,11 @@ def _prepare_sqlite_dir(url: sa.URL) -> None:
         Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
+def _in_memory(url: sa.URL) -> bool:
+    db = url.database or ""
+    return db in ("", ":memory:") or "mode=memory" in db or "mode=memory" in str(url.query)
+
+
 def create_db_engine(settings: Settings, **kwargs: Any) -> sa.Engine:
     """An engine for ``settings.database_url`` with lenslab's connection set-up applied."""
     url = sa.make_url(settings.database_url)
@@ -52,6 +57,19 @@ def create_db_engine(settings: Settings, **kwargs: Any) -> sa.Engine:
         cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
+
+    def _on_checkout(dbapi_conn: sqlite3.Connection, record: Any, _proxy: Any) -> None:
+        # A connection plans with the statistics it loaded when it opened: another connection's ANALYZE
+        # (the worker's, after each job) bumps the schema version but is not reloaded here, so the
+        # queue would keep sorting every free item. Reloading in place (ANALYZE sqlite_schema) needs the
+        # write lock; a fresh connection does not: the pool replaces this one when the version moved.
+        version = dbapi_conn.execute("PRAGMA schema_version").fetchone()[0]
+        seen = record.info.setdefault("schema_version", version)
+        if seen != version:
+            raise sa.exc.DisconnectionError("the schema version moved (statistics or tables changed)")
+
+    if not _in_memory(url):  # a new connection to an in-memory database would be a new, empty one
+        event.listen(engine, "checkout", _on_checkout)
 
     # SQLite admits one writer. Writers of this process queue on a Python lock (first come, first
     # served) instead of polling in SQLite's busy handler, whose growing sleeps starve some requests for
@@ -104,7 +122,8 @@ class Database:
         Without statistics SQLite orders the queue's scored hand-out by walking every free item and
         sorting (2.0 ms on 2,800 items, inside the write lock); with them it walks the score index from
         the top and stops at the first free items (0.06 ms). ``analysis_limit`` samples each index, so
-        this stays fast on millions of rows. The worker calls it after every job it finishes successfully.
+        this stays fast on millions of rows. The worker calls it after every job it finishes successfully;
+        connections of other processes pick the statistics up when the pool hands them out next.
         """
         if not self.is_sqlite:
             return

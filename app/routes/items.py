@@ -77,8 +77,13 @@ def get_representation(user: ViewerUser, item: ItemDep, session: SessionDep) -> 
     status_code=status.HTTP_201_CREATED,
     responses={200: {"description": "replay of an earlier request with the same idempotency_key"}},
 )
-def submit_label(user: ExpertUser, item: ItemDep, body: LabelIn, session: SessionDep, settings: SettingsDep) -> Any:
+def submit_label(user: ExpertUser, iid: RowId, body: LabelIn, session: SessionDep, settings: SettingsDep) -> Any:
     """Label an item (level names / numbers per attribute; leave out what you don't know); ends your lease."""
+    # The item is read here, not by a dependency: its read takes SQLite's write lock, which is then
+    # held only for this one thread hop (a dependency runs in a hop of its own).
+    item = session.get(Item, iid)
+    if item is None:
+        raise NotFound(f"no item {iid}")
     project = session.get(Project, item.project_id)
     assert project is not None
     eff = projects.effective_settings(project, settings)

@@ -214,6 +214,30 @@ def cancel(*, session: Session, job: Job) -> Job:
     return job
 
 
+# The retrain check runs on every label submit: its statements are built once, values bound per call.
+_LAST_RETRAIN = (
+    sa.select(Job)
+    .where(
+        Job.project_id == sa.bindparam("pid"),
+        Job.kind == "retrain",
+        Job.status.in_(("queued", "running", "succeeded")),
+    )
+    .order_by(Job.id.desc())
+    .limit(1)
+)
+_NEW_TRAINING_LABELS = (
+    sa.select(sa.func.count())
+    .select_from(Label)
+    .where(
+        Label.project_id == sa.bindparam("pid"),
+        Label.eval.is_(False),
+        Label.kind == "label",
+        Label.id > sa.bindparam("since"),
+    )
+)
+_LAST_LABEL_ID = sa.select(sa.func.max(Label.id)).where(Label.project_id == sa.bindparam("pid"))
+
+
 def maybe_enqueue_retrain(
     *, session: Session, project_id: int, retrain_every: int, created_by: int | None = None
 ) -> Job | None:
@@ -222,26 +246,14 @@ def maybe_enqueue_retrain(
     "Since" counts label rows with an id above the ``since_label_id`` recorded by the latest retrain
     that is queued, running or succeeded. The caller commits.
     """
-    last = session.scalar(
-        sa.select(Job)
-        .where(Job.project_id == project_id, Job.kind == "retrain", Job.status.in_(("queued", "running", "succeeded")))
-        .order_by(Job.id.desc())
-        .limit(1)
-    )
+    last = session.scalar(_LAST_RETRAIN, {"pid": project_id})
     if last is not None and last.status == "queued":
         return None
     since = int((last.params or {}).get("since_label_id", 0)) if last is not None else 0
-    new = (
-        session.scalar(
-            sa.select(sa.func.count())
-            .select_from(Label)
-            .where(Label.project_id == project_id, Label.eval.is_(False), Label.kind == "label", Label.id > since)
-        )
-        or 0
-    )
+    new = session.scalar(_NEW_TRAINING_LABELS, {"pid": project_id, "since": since}) or 0
     if new < retrain_every:
         return None
-    top = session.scalar(sa.select(sa.func.max(Label.id)).where(Label.project_id == project_id)) or 0
+    top = session.scalar(_LAST_LABEL_ID, {"pid": project_id}) or 0
     return enqueue(
         session=session,
         project_id=project_id,

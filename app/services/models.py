@@ -86,6 +86,16 @@ def active(*, session: Session, project_id: int) -> ModelVersion | None:
     return session.scalar(sa.select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.active))
 
 
+_ACTIVE_REF = sa.select(ModelVersion.id, ModelVersion.version).where(
+    ModelVersion.project_id == sa.bindparam("pid"), ModelVersion.active
+)
+
+
+def active_ref(*, session: Session, project_id: int) -> sa.Row[tuple[int, int]] | None:
+    """The id and version of the project's active model version, or None (no JSON columns loaded)."""
+    return session.execute(_ACTIVE_REF, {"pid": project_id}).first()
+
+
 def active_or_raise(*, session: Session, project_id: int) -> ModelVersion:
     """The active model version; Conflict (409) when the project has none yet."""
     mv = active(session=session, project_id=project_id)

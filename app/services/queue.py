@@ -7,8 +7,10 @@ candidate scan also takes ``FOR UPDATE SKIP LOCKED`` so concurrent callers look 
 
 from __future__ import annotations
 
+import functools
 import random
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,33 +33,116 @@ MAX_BATCH = 100
 SLACK = 8
 
 
-def _free(project_id: int, now: datetime) -> sa.ColumnElement[bool]:
+# The queue's statements are built once per shape and cached, with every value bound per call:
+# building a statement (coercing each comparison, computing its cache key) cost more than SQLite
+# took to run it, and the queue runs under the write lock. They are Core statements on the tables,
+# so no ORM bookkeeping runs for rows that are only ids.
+_ITEMS = Item.__table__
+_LEASES = Lease.__table__
+_SCORES = Score.__table__
+_SKIPS = Skip.__table__
+_LABELS = Label.__table__
+
+
+def _free_where(c: Any) -> sa.ColumnElement[bool]:
+    """Free items of project ``:pid`` at ``:now``: unlabelled, and not under a live lease (``c``: the
+    item columns, ORM or Core)."""
     return sa.and_(
-        Item.project_id == project_id,
-        Item.labelled.is_(False),
-        sa.or_(Item.lease_expires_at.is_(None), Item.lease_expires_at < now),
+        c.project_id == sa.bindparam("pid"),
+        c.labelled.is_(False),
+        sa.or_(c.lease_expires_at.is_(None), c.lease_expires_at < sa.bindparam("now")),
     )
 
 
-def _not_skipped_by(project_id: int, user_id: int, now: datetime) -> sa.ColumnElement[bool]:
+def _not_skipped_where() -> sa.ColumnElement[bool]:
     # Items this user skipped stay away from them until the skip lapses; other experts see them as usual.
-    return Item.id.not_in(
-        sa.select(Skip.item_id).where(Skip.project_id == project_id, Skip.user_id == user_id, Skip.until > now)
+    return _ITEMS.c.id.not_in(
+        sa.select(_SKIPS.c.item_id).where(
+            _SKIPS.c.project_id == sa.bindparam("pid"),
+            _SKIPS.c.user_id == sa.bindparam("uid"),
+            _SKIPS.c.until > sa.bindparam("now"),
+        )
     )
 
 
-def _not_labelled_by(project_id: int, user_id: int) -> sa.ColumnElement[bool]:
+def _not_labelled_where() -> sa.ColumnElement[bool]:
     # With overlap, an item goes to several experts, never twice to one: not to anyone who labelled it.
-    return Item.id.not_in(
-        sa.select(Label.item_id).where(Label.project_id == project_id, Label.user_id == user_id, Label.kind == "label")
+    return _ITEMS.c.id.not_in(
+        sa.select(_LABELS.c.item_id).where(
+            _LABELS.c.project_id == sa.bindparam("pid"),
+            _LABELS.c.user_id == sa.bindparam("uid"),
+            _LABELS.c.kind == "label",
+        )
     )
 
 
-def _partial_candidates(session: Session, cond: sa.ColumnElement[bool], m: int) -> list[tuple[int, None]]:
-    # Items other experts began come first, those nearest their overlap first: finished items are
-    # what agreement and consensus are measured on.
-    q = sa.select(Item.id).where(cond, Item.labellers > 0).order_by(Item.labellers.desc(), Item.id).limit(m)
-    return [(int(i), None) for i in session.scalars(_lock(q, session))]
+@dataclass(frozen=True)
+class _Pool:
+    """Which free items a candidate scan looks at: the shape of its WHERE clause (values are bound)."""
+
+    split: str
+    fresh: bool = False  # nobody labelled them yet
+    not_mine: bool = False  # overlap > 1: not labelled by the caller
+
+    def where(self) -> sa.ColumnElement[bool]:
+        conds = [_free_where(_ITEMS.c), _not_skipped_where(), _ITEMS.c.split == self.split]
+        if self.not_mine:
+            conds.append(_not_labelled_where())
+        if self.fresh:
+            conds.append(_ITEMS.c.labellers == 0)
+        return sa.and_(*conds)
+
+
+@functools.cache
+def _candidates_sql(kind: str, pool: _Pool, postgres: bool) -> sa.Select:
+    """The candidate scan ``kind`` over ``pool``; binds pid, uid, now, m (how many), and per kind
+    u (random start), mv and strategy (scores)."""
+    where = pool.where()
+    m = sa.bindparam("m")
+    if kind == "partial":
+        # Items other experts began come first, those nearest their overlap first: finished items are
+        # what agreement and consensus are measured on.
+        q = sa.select(_ITEMS.c.id, sa.null()).where(where, _ITEMS.c.labellers > 0)
+        q = q.order_by(_ITEMS.c.labellers.desc(), _ITEMS.c.id)
+    elif kind in ("random_from", "random_before"):
+        # Items carry a uniform random key fixed at import; starting at a fresh random point gives each
+        # call a uniformly random free item first, using the index instead of ORDER BY random().
+        u = sa.bindparam("u")
+        part = _ITEMS.c.random_key >= u if kind == "random_from" else _ITEMS.c.random_key < u
+        q = sa.select(_ITEMS.c.id, sa.null()).where(where, part).order_by(_ITEMS.c.random_key)
+    elif kind == "scored":
+        q = (
+            sa.select(_ITEMS.c.id, _SCORES.c.score)
+            .join(_SCORES, _SCORES.c.item_id == _ITEMS.c.id)
+            .where(_SCORES.c.model_version_id == sa.bindparam("mv"), _SCORES.c.strategy == sa.bindparam("strategy"))
+            .where(where)
+            .order_by(_SCORES.c.score.desc(), _ITEMS.c.id)
+        )
+    elif kind == "cold":
+        q = sa.select(_ITEMS.c.id, sa.null()).where(where, _ITEMS.c.cold_rank.is_not(None))
+        q = q.order_by(_ITEMS.c.cold_rank)
+    else:
+        raise ValueError(f"unknown candidate scan {kind!r}")
+    q = q.limit(m)
+    if postgres:
+        q = q.with_for_update(skip_locked=True, of=_ITEMS)
+    return q
+
+
+def _candidates(session: Session, kind: str, pool: _Pool, m: int, **params: Any) -> list[tuple[int, float | None]]:
+    """Up to ``m`` candidate items (id, score or None) of the scan ``kind``; ``params``: pid, uid, now, ..."""
+    if m <= 0:
+        return []
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if kind == "random":
+        # From a fresh random point to the end of the keys, then from the start up to it.
+        params["u"] = random.random()
+        out = _candidates(session, "random_from", pool, m, **params)
+        if len(out) < m:
+            out += _candidates(session, "random_before", pool, m - len(out), **params)
+        return out
+    rows = session.execute(_candidates_sql(kind, pool, postgres), {**params, "m": m})
+    return [(int(i), None if s is None else float(s)) for i, s in rows]
 
 
 def skip_until(now: datetime, skip_hours: float | None) -> datetime:
@@ -67,46 +152,13 @@ def skip_until(now: datetime, skip_hours: float | None) -> datetime:
     return now + timedelta(hours=float(skip_hours))
 
 
-def _lock(q: sa.Select, session: Session) -> sa.Select:
-    if session.get_bind().dialect.name == "postgresql":
-        return q.with_for_update(skip_locked=True, of=Item)
-    return q
-
-
-def _random_candidates(session: Session, cond: sa.ColumnElement[bool], m: int) -> list[tuple[int, None]]:
-    # Items carry a uniform random key fixed at import; starting at a fresh random point gives each
-    # call a uniformly random free item first, using the index instead of ORDER BY random().
-    u = random.random()
-    out: list[tuple[int, None]] = []
-    for part in (Item.random_key >= u, Item.random_key < u):
-        if len(out) >= m:
-            break
-        q = sa.select(Item.id).where(cond, part).order_by(Item.random_key).limit(m - len(out))
-        out.extend((i, None) for i in session.scalars(_lock(q, session)))
-    return out
-
-
-def _scored_candidates(
-    session: Session, cond: sa.ColumnElement[bool], model_version_id: int, strategy: str, m: int
-) -> list[tuple[int, float]]:
-    q = (
-        sa.select(Item.id, Score.score)
-        .join(Score, Score.item_id == Item.id)
-        .where(Score.model_version_id == model_version_id, Score.strategy == strategy, cond)
-        .order_by(Score.score.desc(), Item.id)
-        .limit(m)
-    )
-    return [(int(i), float(s)) for i, s in session.execute(_lock(q, session))]
-
-
-def _cold_candidates(session: Session, cond: sa.ColumnElement[bool], m: int) -> list[tuple[int, None]]:
-    q = sa.select(Item.id).where(cond, Item.cold_rank.is_not(None)).order_by(Item.cold_rank).limit(m)
-    return [(int(i), None) for i in session.scalars(_lock(q, session))]
+_HAS_COLD_RANKS = (
+    sa.select(_ITEMS.c.id).where(_ITEMS.c.project_id == sa.bindparam("pid"), _ITEMS.c.cold_rank.is_not(None)).limit(1)
+)
 
 
 def _has_cold_ranks(session: Session, project_id: int) -> bool:
-    q = sa.select(Item.id).where(Item.project_id == project_id, Item.cold_rank.is_not(None)).limit(1)
-    return session.scalar(q) is not None
+    return session.scalar(_HAS_COLD_RANKS, {"pid": project_id}) is not None
 
 
 def _order(project: Project, model: Any, has_cold: bool) -> dict[str, str]:
@@ -135,32 +187,62 @@ def _order(project: Project, model: Any, has_cold: bool) -> dict[str, str]:
     }
 
 
-def _claim(
-    session: Session, item_id: int, lease_id: str, expires: datetime, now: datetime, *, project_id: int, to_eval: bool
-) -> bool:
-    values: dict[str, Any] = {"lease_id": lease_id, "lease_expires_at": expires}
+def _claim_sql(to_eval: bool) -> sa.Update:
+    values: dict[str, Any] = {"lease_id": sa.bindparam("new_lease"), "lease_expires_at": sa.bindparam("expires")}
     if to_eval:
         values["split"] = "eval"
-    res = session.execute(
-        sa.update(Item)
-        .where(Item.id == item_id, _free(project_id, now))
-        .values(**values)
-        .execution_options(synchronize_session=False)
+    return sa.update(_ITEMS).where(_ITEMS.c.id == sa.bindparam("item"), _free_where(_ITEMS.c)).values(**values)
+
+
+_CLAIM = {False: _claim_sql(False), True: _claim_sql(True)}
+
+_MY_LIVE_LEASES = (
+    sa.select(Lease)
+    .where(
+        Lease.project_id == sa.bindparam("pid"),
+        Lease.user_id == sa.bindparam("uid"),
+        Lease.ended_at.is_(None),
+        Lease.expires_at > sa.bindparam("now"),
     )
+    .order_by(Lease.created_at)
+    .limit(sa.bindparam("m"))
+)
+
+# Leases that lapsed on the items just claimed are closed as expired, for an honest history.
+_CLOSE_LAPSED = (
+    sa.update(_LEASES)
+    .where(
+        _LEASES.c.item_id.in_(sa.bindparam("items", expanding=True)),
+        _LEASES.c.ended_at.is_(None),
+        _LEASES.c.id.not_in(sa.bindparam("new_leases", expanding=True)),
+    )
+    .values(ended_at=_LEASES.c.expires_at, end_reason="expired")
+)
+
+
+def _claim(session: Session, item_id: int, lease_id: str, expires: datetime, to_eval: bool, **params: Any) -> bool:
+    # A conditional UPDATE: its row count says whether this caller won the item.
+    res = session.execute(_CLAIM[to_eval], {**params, "item": item_id, "new_lease": lease_id, "expires": expires})
     return res.rowcount == 1
+
+
+def _entry(
+    item_id: int, lease_id: str, expires_at: datetime, to_eval: bool, score: float | None, resumed: bool
+) -> dict[str, Any]:
+    return {
+        "item_id": item_id,
+        "lease_id": lease_id,
+        "expires_at": expires_at,
+        "eval": to_eval,
+        "score": score,
+        "image_url": f"/api/v1/items/{item_id}/image.png",
+        "resumed": resumed,
+    }
 
 
 def lease_out(lease: Lease, *, resumed: bool = False) -> dict[str, Any]:
     """A queue entry as the API returns it."""
-    return {
-        "item_id": lease.item_id,
-        "lease_id": lease.id,
-        "expires_at": lease.expires_at,
-        "eval": lease.eval,
-        "score": lease.score,
-        "image_url": f"/api/v1/items/{lease.item_id}/image.png",
-        "resumed": resumed,
-    }
+    return _entry(lease.item_id, lease.id, lease.expires_at, lease.eval, lease.score, resumed)
 
 
 def next_batch(
@@ -191,21 +273,10 @@ def next_batch(
     now = now or utcnow()
     rng = rng or random.Random()
     expires = now + timedelta(seconds=lease_seconds)
-    mine = list(
-        session.scalars(
-            sa.select(Lease)
-            .where(
-                Lease.project_id == project.id,
-                Lease.user_id == user.id,
-                Lease.ended_at.is_(None),
-                Lease.expires_at > now,
-            )
-            .order_by(Lease.created_at)
-            .limit(n)
-        )
-    )
+    bound = {"pid": project.id, "uid": user.id, "now": now}
+    mine = list(session.scalars(_MY_LIVE_LEASES, {**bound, "m": n}))
     out = [lease_out(lease, resumed=True) for lease in mine]
-    model = models.active(session=session, project_id=project.id) if project.strategy != "random" else None
+    model = models.active_ref(session=session, project_id=project.id) if project.strategy != "random" else None
     has_cold = model is None and project.strategy != "random" and _has_cold_ranks(session, project.id)
     order = _order(project, model, has_cold)
     need = n - len(out)
@@ -214,87 +285,73 @@ def next_batch(
         return out, order
     n_eval = sum(rng.random() < eval_fraction for _ in range(need))
     slack = 0 if session.get_bind().dialect.name == "postgresql" else SLACK
-    new_leases: list[Lease] = []
+    new_leases: list[dict[str, Any]] = []
 
-    def take(candidates: list[tuple[int, float | None]], k: int, to_eval: bool) -> int:
+    def take(kind: str, pool: _Pool, k: int, to_eval: bool, **scan: Any) -> int:
         won = 0
-        for item_id, score in candidates:
+        for item_id, score in _candidates(session, kind, pool, k + slack, **bound, **scan):
             if won >= k:
                 break
             lid = uuid.uuid4().hex
-            if _claim(session, item_id, lid, expires, now, project_id=project.id, to_eval=to_eval):
+            if _claim(session, item_id, lid, expires, to_eval, **bound):
                 # Stamped after the claim won, so a lease never appears to start before the previous
                 # holder's release committed (the claim could only succeed after it).
                 new_leases.append(
-                    Lease(
-                        id=lid,
-                        project_id=project.id,
-                        item_id=item_id,
-                        user_id=user.id,
-                        eval=to_eval,
-                        score=score,
-                        created_at=utcnow(),
-                        expires_at=expires,
-                    )
+                    {
+                        "id": lid,
+                        "project_id": project.id,
+                        "item_id": item_id,
+                        "user_id": user.id,
+                        "eval": to_eval,
+                        "score": score,
+                        "created_at": utcnow(),
+                        "expires_at": expires,
+                    }
                 )
                 won += 1
         return won
 
-    free = sa.and_(_free(project.id, now), _not_skipped_by(project.id, user.id, now))
-    if overlap > 1:
-        free = sa.and_(free, _not_labelled_by(project.id, user.id))
+    not_mine = overlap > 1
+    if not_mine:
         for split in ("eval", "pool"):
             if need > 0:
-                cond = sa.and_(free, Item.split == split)
-                need -= take(_partial_candidates(session, cond, need + slack), need, split == "eval")
+                need -= take("partial", _Pool(split, not_mine=True), need, split == "eval")
         n_eval = min(n_eval, need)
-    # A new eval item is one nobody labelled yet: labels given for training never move to the held-out side.
-    fresh = Item.labellers == 0
     got_eval = 0
     if n_eval:
         # Unfinished eval items (released, expired or retracted) first, so the held-out set fills up.
-        got_eval = take(_random_candidates(session, sa.and_(free, Item.split == "eval"), n_eval + slack), n_eval, True)
+        got_eval = take("random", _Pool("eval", not_mine=not_mine), n_eval, True)
         if got_eval < n_eval:
-            got_eval += take(
-                _random_candidates(session, sa.and_(free, fresh, Item.split == "pool"), n_eval - got_eval + slack),
-                n_eval - got_eval,
-                True,
-            )
+            # A new eval item is one nobody labelled yet: labels given for training never move to the held-out side.
+            got_eval += take("random", _Pool("pool", fresh=True, not_mine=not_mine), n_eval - got_eval, True)
     k = need - got_eval
-    if k > 0 and overlap > 1:
-        free = sa.and_(free, fresh)  # the partly labelled ones were offered above
     if k > 0:
-        pool = sa.and_(free, Item.split == "pool")
+        # With overlap, the partly labelled ones were offered above.
+        pool = _Pool("pool", fresh=not_mine, not_mine=not_mine)
         won = 0
         if model is not None:
             rule = batch_rule(project.strategy)
             if rule is not None:
                 # The round's batch first: every expert draws from the one diverse batch the worker ranked.
-                won = take(_scored_candidates(session, pool, model.id, rule, k + slack), k, False)
+                won = take("scored", pool, k, False, mv=model.id, strategy=rule)
             if won < k:
                 scores = scored_strategy(project.strategy)
-                won += take(_scored_candidates(session, pool, model.id, scores, k - won + slack), k - won, False)
+                won += take("scored", pool, k - won, False, mv=model.id, strategy=scores)
         elif has_cold:
             # Cold start: before the first lens, the diversity order the pretrain stored (cold_rank).
-            won = take(_cold_candidates(session, pool, k + slack), k, False)
+            won = take("cold", pool, k, False)
         if won < k:
             # Items without a score (imported after the model) or no model yet: random order.
-            take(_random_candidates(session, pool, k - won + slack), k - won, False)
+            take("random", pool, k - won, False)
     if new_leases:
-        session.add_all(new_leases)
-        # Leases that lapsed on the items just claimed are closed as expired, for an honest history.
+        session.execute(sa.insert(_LEASES), new_leases)
         session.execute(
-            sa.update(Lease)
-            .where(
-                Lease.item_id.in_([lease.item_id for lease in new_leases]),
-                Lease.ended_at.is_(None),
-                Lease.id.not_in([lease.id for lease in new_leases]),
-            )
-            .values(ended_at=Lease.expires_at, end_reason="expired")
-            .execution_options(synchronize_session=False)
+            _CLOSE_LAPSED,
+            {"items": [x["item_id"] for x in new_leases], "new_leases": [x["id"] for x in new_leases]},
         )
     session.commit()
-    return out + [lease_out(lease) for lease in new_leases], order
+    fresh = [_entry(x["item_id"], x["id"], expires, x["eval"], x["score"], False) for x in new_leases]
+    return out + fresh, order
 
 
 def release(*, session: Session, lease_id: str, user: User, settings: Settings) -> Lease:

@@ -48,15 +48,32 @@ def revoke(*, session: Session, token_id: int, actor: User) -> ApiToken:
     return token
 
 
-def resolve(*, session: Session, plaintext: str) -> User | None:
-    """The active user owning this live token (refreshing its last-used time), or None."""
+# Every API request resolves its token: the statement is built once.
+_BY_HASH = sa.select(ApiToken).where(ApiToken.token_hash == sa.bindparam("hash"))
+
+
+def lookup(*, session: Session, plaintext: str) -> ApiToken | None:
+    """The live token with this plaintext whose user is active, or None; reads only."""
     if not plaintext.startswith(security.TOKEN_PREFIX):
         return None
-    token = session.scalar(sa.select(ApiToken).where(ApiToken.token_hash == security.hash_token(plaintext)))
+    token = session.scalar(_BY_HASH, {"hash": security.hash_token(plaintext)})
     if token is None or token.revoked_at is not None or not token.user.active:
         return None
+    return token
+
+
+def touch(*, session: Session, token: ApiToken) -> None:
+    """Refresh the token's last-used time when it is older than ``LAST_USED_RESOLUTION``; committed."""
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
         session.execute(sa.update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
         session.commit()
+
+
+def resolve(*, session: Session, plaintext: str) -> User | None:
+    """The active user owning this live token (refreshing its last-used time), or None."""
+    token = lookup(session=session, plaintext=plaintext)
+    if token is None:
+        return None
+    touch(session=session, token=token)
     return token.user

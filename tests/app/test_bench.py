@@ -9,9 +9,17 @@ def test_api_bench_runs_clients_against_a_real_server_and_writes_json(tmp_path):
     from app.bench.api import format_table, run_api_bench
 
     out = tmp_path / "api.json"
-    result = run_api_bench(clients=3, rounds=4, warmup=1, think_ms=0, out=out, quiet=True)
+    result = run_api_bench(clients=3, rounds=4, warmup=1, think_ms=0, repeats=2, out=out, quiet=True)
     assert result["errors"] == 0
-    assert result["operations"]["queue_next"]["n"] == 12 and result["operations"]["label_submit"]["n"] == 12
+    # Two phases of 3 clients × 4 kept rounds, each phase with its own items and its own p99.
+    assert result["operations"]["queue_next"]["n"] == 24 and result["operations"]["label_submit"]["n"] == 24
+    assert len(result["phases"]) == 2
+    median = result["median_phase_p99_ms"]["queue_next"]
+    assert (
+        min(ph["queue_next_p99_ms"] for ph in result["phases"])
+        <= median
+        <= result["operations"]["queue_next"]["max_ms"]
+    )
     ops = result["operations"]["queue_next"]
     assert 0 < ops["p50_ms"] <= ops["p99_ms"] <= ops["max_ms"]
     assert json.loads(out.read_text())["clients"] == 3

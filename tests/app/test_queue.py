@@ -265,9 +265,11 @@ def test_viewers_cannot_pull_the_queue(client, viewer, project):
 
 def test_after_a_job_sqlite_walks_the_score_index_for_the_scored_hand_out(client, admin, app):
     """Without statistics SQLite drove the scored hand-out from every free item and sorted them (2 ms on
-    2,800 items, inside the write lock); the worker's ANALYZE after a job lets it walk the score index."""
+    2,800 items, inside the write lock); the worker's ANALYZE after a job lets it walk the score index, also
+    on a pooled connection that was open (and planned this query) before the ANALYZE: such a connection
+    keeps its old statistics, so the pool replaces it at checkout."""
     from app.db.models import Item, ModelVersion, Score
-    from app.services.queue import _free, _not_skipped_by, _scored_candidates
+    from app.services.queue import _candidates, _Pool
 
     db = app.state.db
     if not db.is_sqlite:
@@ -292,13 +294,14 @@ def test_after_a_job_sqlite_walks_the_score_index_for_the_scored_hand_out(client
             @sa.event.listens_for(s.get_bind(), "before_cursor_execute", retval=True)
             def explain(conn, cursor, statement, parameters, context, executemany):
                 if statement.lstrip().upper().startswith("SELECT ITEMS.ID, SCORES.SCORE"):
+                    print("PARAMS", parameters)
                     captured.extend(r[3] for r in cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters))
                 return statement, parameters
 
             try:
                 now = utcnow()
-                pool = sa.and_(_free(p["id"], now), _not_skipped_by(p["id"], 1, now), Item.split == "pool")
-                got = _scored_candidates(s, pool, mv_id, "bald", 5)  # the queue's condition (next_batch)
+                # The queue's own scan (next_batch), as an expert with no skips meets it.
+                got = _candidates(s, "scored", _Pool("pool"), 5, pid=p["id"], uid=1, now=now, mv=mv_id, strategy="bald")
             finally:
                 sa.event.remove(s.get_bind(), "before_cursor_execute", explain)
         assert len(got) == 5 and [g[1] for g in got] == sorted((g[1] for g in got), reverse=True)
