@@ -11,6 +11,7 @@ Reports p50/p90/p99/max per operation and the error count; writes JSON.
 from __future__ import annotations
 
 import gc
+import os
 import random
 import shutil
 import statistics
@@ -104,6 +105,15 @@ def _arrange(database_url: str, data_dir: Path, clients: int, n_items: int) -> t
         return pid, toks, state
     finally:
         db.dispose()
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None where that is not available."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _checkpoint(url: str) -> None:
@@ -215,7 +225,7 @@ def run_api_bench(
     same arranged database): on a shared machine one phase's tail can be another tenant's burst, so
     each phase's p99 is reported and the target is judged on the median phase; ``operations`` pools
     all phases."""
-    from app.bench.server import publish, uvicorn_server
+    from app.bench.server import publish, uvicorn_process
 
     with tempfile.TemporaryDirectory(prefix="lenslab-bench-") as tmp:
         tmpdir = Path(tmp)
@@ -255,13 +265,19 @@ def run_api_bench(
                 for leftover in (tmpdir / "bench.db-wal", tmpdir / "bench.db-shm"):
                     leftover.unlink(missing_ok=True)
                 shutil.copy(tmpdir / "arranged.db", live)
-            with uvicorn_server(env, log_path=tmpdir / f"server-{phase}.log") as base:
+            with uvicorn_process(env, log_path=tmpdir / f"server-{phase}.log") as (base, proc):
+                cpu_before = _cpu_seconds(proc.pid)
                 got, errs, seconds = _client_phase(base, pid, toks, rounds, warmup, think_ms, phase)
+                cpu_after = _cpu_seconds(proc.pid)
             wall += seconds
             errors.extend(errs)
             for key in lat:
                 lat[key].extend(got[key])
             phases.append({f"{key}_p99_ms": _percentile(xs, 99) for key, xs in got.items()})
+            if cpu_before is not None and cpu_after is not None:
+                # Every request of the phase, warm-up rounds included: the server's CPU per request.
+                n_requests = 2 * len(toks) * (rounds + warmup)
+                phases[-1]["server_cpu_ms_per_request"] = round(1000 * (cpu_after - cpu_before) / n_requests, 2)
 
     ops = {}
     for key, xs in lat.items():
@@ -315,6 +331,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"{name:<14}{o['n']:>6}{o['p50_ms']:>9.1f}{o['p90_ms']:>9.1f}{o['p99_ms']:>9.1f}{o['max_ms']:>9.1f}"
         )
+    cpu = [ph["server_cpu_ms_per_request"] for ph in result.get("phases", []) if "server_cpu_ms_per_request" in ph]
+    if cpu:
+        lines.append("server CPU per request: " + ", ".join(f"{c:.1f}" for c in cpu) + " ms (per phase)")
     if result.get("repeats", 1) > 1:
         for name in result["operations"]:
             each = ", ".join(f"{ph[f'{name}_p99_ms']:.1f}" for ph in result["phases"])

@@ -14,6 +14,8 @@ def test_api_bench_runs_clients_against_a_real_server_and_writes_json(tmp_path):
     # Two phases of 3 clients × 4 kept rounds, each phase with its own items and its own p99.
     assert result["operations"]["queue_next"]["n"] == 24 and result["operations"]["label_submit"]["n"] == 24
     assert len(result["phases"]) == 2
+    # The server's CPU per request, read from /proc around each phase: a real, positive cost.
+    assert all(0 < ph["server_cpu_ms_per_request"] < 1000 for ph in result["phases"])
     median = result["median_phase_p99_ms"]["queue_next"]
     assert (
         min(ph["queue_next_p99_ms"] for ph in result["phases"])
