@@ -388,13 +388,17 @@ def _wait_for_idle_worker(database_url: str, timeout: float = 120.0) -> None:
     behind it, which the reconciliation would count as a failed job."""
     import sqlalchemy as sa
 
+    from app.db.models import Job
+    from app.services.jobs import ACTIVE_STATUSES
+
+    active = sa.select(sa.func.count()).select_from(Job).where(Job.status.in_(ACTIVE_STATUSES))
     engine = sa.create_engine(database_url)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 with engine.connect() as conn:
-                    busy = conn.scalar(sa.text("SELECT count(*) FROM jobs WHERE status IN ('running', 'queued')"))
+                    busy = conn.scalar(active)
             except sa.exc.SQLAlchemyError:
                 return  # the run failed before the database was set up: nothing to wait for
             if not busy:

@@ -44,9 +44,9 @@ _SKIPS = Skip.__table__
 _LABELS = Label.__table__
 
 
-def _free_where(c: Any) -> sa.ColumnElement[bool]:
-    """Free items of project ``:pid`` at ``:now``: unlabelled, and not under a live lease (``c``: the
-    item columns, ORM or Core)."""
+def _free_where() -> sa.ColumnElement[bool]:
+    """Free items of project ``:pid`` at ``:now``: unlabelled, and not under a live lease."""
+    c = _ITEMS.c
     return sa.and_(
         c.project_id == sa.bindparam("pid"),
         c.labelled.is_(False),
@@ -85,7 +85,7 @@ class _Pool:
     not_mine: bool = False  # overlap > 1: not labelled by the caller
 
     def where(self) -> sa.ColumnElement[bool]:
-        conds = [_free_where(_ITEMS.c), _not_skipped_where(), _ITEMS.c.split == self.split]
+        conds = [_free_where(), _not_skipped_where(), _ITEMS.c.split == self.split]
         if self.not_mine:
             conds.append(_not_labelled_where())
         if self.fresh:
@@ -191,7 +191,7 @@ def _claim_sql(to_eval: bool) -> sa.Update:
     values: dict[str, Any] = {"lease_id": sa.bindparam("new_lease"), "lease_expires_at": sa.bindparam("expires")}
     if to_eval:
         values["split"] = "eval"
-    return sa.update(_ITEMS).where(_ITEMS.c.id == sa.bindparam("item"), _free_where(_ITEMS.c)).values(**values)
+    return sa.update(_ITEMS).where(_ITEMS.c.id == sa.bindparam("item"), _free_where()).values(**values)
 
 
 _CLAIM = {False: _claim_sql(False), True: _claim_sql(True)}

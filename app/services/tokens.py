@@ -68,12 +68,3 @@ def touch(*, session: Session, token: ApiToken) -> None:
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
         session.execute(sa.update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
         session.commit()
-
-
-def resolve(*, session: Session, plaintext: str) -> User | None:
-    """The active user owning this live token (refreshing its last-used time), or None."""
-    token = lookup(session=session, plaintext=plaintext)
-    if token is None:
-        return None
-    touch(session=session, token=token)
-    return token.user

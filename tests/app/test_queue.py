@@ -294,7 +294,6 @@ def test_after_a_job_sqlite_walks_the_score_index_for_the_scored_hand_out(client
             @sa.event.listens_for(s.get_bind(), "before_cursor_execute", retval=True)
             def explain(conn, cursor, statement, parameters, context, executemany):
                 if statement.lstrip().upper().startswith("SELECT ITEMS.ID, SCORES.SCORE"):
-                    print("PARAMS", parameters)
                     captured.extend(r[3] for r in cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters))
                 return statement, parameters
 
