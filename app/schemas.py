@@ -69,7 +69,7 @@ class RepresentationIn(BaseModel):
     """The base representation: its source plus free configuration (e.g. latent_dim) for the worker."""
 
     model_config = ConfigDict(extra="allow")
-    source: Literal["vae", "classifier", "torchscript", "embeddings"] = "vae"
+    source: Literal["vae", "contrastive", "classifier", "torchscript", "embeddings"] = "vae"
 
 
 class ProjectSettingsIn(BaseModel):

@@ -23,7 +23,9 @@ from ml.attributes import Attribute, coerce_attributes, observed_mask, validate_
 from ml.control import ProgressFn, StopFn, check_stop, sub_progress
 from ml.lens.config import STRUCTURAL, TRAINING, LensConfig
 
-REPRESENTATION_SOURCES = ("vae", "classifier", "torchscript", "embeddings")
+REPRESENTATION_SOURCES = ("vae", "contrastive", "classifier", "torchscript", "embeddings")
+# Sources whose base model decodes z to images (so z*, through the lens's inverse, can be traversed).
+DECODING_SOURCES = ("vae", "contrastive")
 
 # VAE settings a project's representation config may give (anything else is refused, naming the key).
 VAE_KEYS = (
@@ -39,6 +41,25 @@ VAE_KEYS = (
     "test_ll_k",
     "test_ll_max_items",
     "early_stop_gain",
+)
+# Contrastive-base settings a project's representation config may give (``ml.contrastive.ContrastiveConfig``).
+CONTRASTIVE_KEYS = (
+    "latent_dim",
+    "hidden",
+    "channels",
+    "projection",
+    "temperature",
+    "rotation",
+    "scale",
+    "shear",
+    "shift",
+    "erase",
+    "steps",
+    "batch_size",
+    "lr",
+    "decoder_hidden",
+    "decoder_steps",
+    "seed",
 )
 CLASSIFIER_KEYS = ("hidden_dim", "epochs", "lr", "batch_size", "seed", "attribute")
 # What a project's settings.lens may hold: every LensConfig setting, and warm_epochs (the length of a
@@ -88,6 +109,31 @@ def _unknown_keys(config: Mapping[str, Any], allowed: Sequence[str], where: str)
 # --------------------------------------------------------------------------- base representation
 
 
+def check_representation(config: Mapping[str, Any]) -> None:
+    """Refuse (ValueError naming the key and value) a representation config that pretrain would refuse:
+    an unknown source, a setting its source does not take, or a contrastive setting out of range.
+
+    Checked when a project is saved, so a typo surfaces at once rather than when the pretrain job fails.
+    Settings whose validity depends on the images (e.g. ``channels`` against the image size) are
+    checked by the pretrain itself.
+    """
+    cfg = dict(config)
+    source = cfg.pop("source", "vae")
+    if source not in REPRESENTATION_SOURCES:
+        raise ValueError(f"representation.source must be one of {REPRESENTATION_SOURCES}, got {source!r}")
+    keys = {"vae": VAE_KEYS, "contrastive": CONTRASTIVE_KEYS, "classifier": CLASSIFIER_KEYS}.get(source, ())
+    _unknown_keys(cfg, keys, f"representation ({source})")
+    if source == "contrastive":
+        from ml.contrastive import ContrastiveConfig
+
+        channels = cfg.get("channels", ContrastiveConfig.channels)
+        side = 2 ** len(channels) if isinstance(channels, list | tuple) else 1
+        try:
+            ContrastiveConfig(**{**cfg, "image_shape": (1, side, side), "device": "cpu"})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"representation.{exc}") from None
+
+
 def fit_representation(
     source: str,
     images: np.ndarray | None,
@@ -106,6 +152,8 @@ def fit_representation(
     - ``vae``: the conv VAE (``ml.vae.VAE``) trained on the images less a held-out fraction
       (``heldout_fraction``, default 0.1, seeded) on which the IWAE test log-likelihood is measured;
       z = posterior means of every image.
+    - ``contrastive``: ``ml.contrastive.ContrastiveBase`` (a SimCLR encoder and a decoder fitted to its
+      codes) trained on all the images; z = its codes. No likelihood: ``test_ll`` is None.
     - ``classifier``: ``ml.classifier.HiddenLayerClassifier`` trained on ``labels`` (class indices,
       −1 = unlabelled; ``n_classes`` levels); z = its hidden layer.
     - ``torchscript``: an uploaded TorchScript encoder (``encoder_bytes``), loaded on the CPU and run on
@@ -129,6 +177,8 @@ def fit_representation(
     images = np.ascontiguousarray(images, dtype=np.float32)
     if source == "vae":
         result = _fit_vae(images, cfg, progress, should_stop, device)
+    elif source == "contrastive":
+        result = _fit_contrastive(images, cfg, progress, should_stop, device)
     elif source == "classifier":
         result = _fit_classifier(images, cfg, labels, n_classes, progress, should_stop, device)
     else:
@@ -206,6 +256,35 @@ def _fit_vae(
         "collapsed_seeds": collapsed_seeds,
     }
     return RepresentationResult(vae.to_bytes(), Z.astype(np.float32), test_ll, info)
+
+
+def _fit_contrastive(
+    images: np.ndarray, cfg: dict[str, Any], progress: ProgressFn | None, should_stop: StopFn | None, device: str
+) -> RepresentationResult:
+    from ml.contrastive import ContrastiveBase
+
+    _unknown_keys(cfg, CONTRASTIVE_KEYS, "representation (contrastive)")
+    params = dict(cfg)
+    if "channels" in params:
+        if not isinstance(params["channels"], list | tuple):
+            raise ValueError(f"representation.channels must be a list of conv widths, got {params['channels']!r}")
+        params["channels"] = tuple(params["channels"])
+    try:
+        base = ContrastiveBase(image_shape=None, device=device, **params)
+        base.fit(images, progress=progress, should_stop=should_stop)
+    except ValueError as exc:
+        raise ValueError(f"representation (contrastive): {exc}") from None
+    check_stop(should_stop)
+    Z = base.encode(images)
+    info = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in base.get_params().items()},
+        "dim": int(Z.shape[1]),
+        "n_train": len(images),
+        # Per-step losses, thinned to about 100 points each for the job's record.
+        "loss_history": base.loss_history_[:: max(1, len(base.loss_history_) // 100)],
+        "decoder_history": base.decoder_history_[:: max(1, len(base.decoder_history_) // 100)],
+    }
+    return RepresentationResult(base.to_bytes(), Z.astype(np.float32), None, info)
 
 
 def z_collapsed(Z: np.ndarray, tol: float = COLLAPSE_STD) -> bool:
@@ -461,12 +540,20 @@ def load_vae(blob: bytes, device: str = "auto") -> Any:
     return VAE.from_bytes(bytes(blob), device=device)
 
 
+def load_contrastive(blob: bytes, device: str = "auto") -> Any:
+    """A fitted ``ml.contrastive.ContrastiveBase`` (encoder and decoder) from its checkpoint bytes."""
+    from ml.contrastive import ContrastiveBase
+
+    return ContrastiveBase.from_bytes(bytes(blob), device=device)
+
+
 Encoder = Callable[[np.ndarray], np.ndarray]
 
 
 def load_base_model(source: str, blob: bytes | None, device: str = "auto") -> Any:
     """A representation's fitted base model from its checkpoint: the ``ml.vae.VAE``, the
-    ``ml.classifier.HiddenLayerClassifier`` or the uploaded TorchScript encoder (on the CPU).
+    ``ml.contrastive.ContrastiveBase``, the ``ml.classifier.HiddenLayerClassifier`` or the uploaded
+    TorchScript encoder (on the CPU).
 
     An ``embeddings`` base has none (ValueError): its users send embeddings.
     """
@@ -476,6 +563,8 @@ def load_base_model(source: str, blob: bytes | None, device: str = "auto") -> An
         raise ValueError(f"the {source} representation has no stored model to encode images with")
     if source == "vae":
         return load_vae(blob, device=device)
+    if source == "contrastive":
+        return load_contrastive(blob, device=device)
     if source == "classifier":
         from ml.classifier import HiddenLayerClassifier
 
@@ -489,7 +578,7 @@ def encoder_of(source: str, model: Any) -> tuple[Encoder, Any]:
     """The base model's map from images (N, C, H, W) in [0, 1] to z (what ``fit_representation`` computed
     for the imported items), and the image shape (C, H, W) it takes (None when the model does not say:
     an uploaded TorchScript encoder). ``model`` is ``load_base_model``'s."""
-    if source == "vae":
+    if source in DECODING_SOURCES:
         return model.encode, tuple(model.config_.image_shape)
     if source == "classifier":
         return model.transform, tuple(model.image_shape)

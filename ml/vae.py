@@ -156,43 +156,56 @@ class VAEConfig:
         resolve_device(self.device)  # fail at construction, naming the setting
 
 
+def conv_feature_shape(image_shape: tuple[int, int, int], channels: tuple[int, ...]) -> tuple[int, int, int]:
+    """(C', H/2^n, W/2^n): what the n stride-2 convs of ``conv_encoder`` leave of an image."""
+    _, H, W = image_shape
+    n = len(channels)
+    return (channels[-1], H >> n, W >> n)
+
+
+def conv_encoder(image_shape: tuple[int, int, int], channels: tuple[int, ...], hidden: int, out: int) -> nn.Sequential:
+    """Table 1's encoder: stride-2 4×4 convs (each halves H and W) with ReLU → FC ``hidden`` ReLU → FC ``out``."""
+    n_feat = math.prod(conv_feature_shape(image_shape, channels))
+    convs: list[nn.Module] = []
+    c_in = image_shape[0]
+    for c_out in channels:
+        convs += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+        c_in = c_out
+    return nn.Sequential(*convs, nn.Flatten(), nn.Linear(n_feat, hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+
+def conv_decoder(
+    image_shape: tuple[int, int, int], channels: tuple[int, ...], hidden: int, latent_dim: int
+) -> nn.Sequential:
+    """Table 1's decoder, the mirror of ``conv_encoder``: FC ``hidden`` ReLU → FC ReLU → stride-2 deconvs.
+
+    The output has no activation: Bernoulli logits or Gaussian means, (B, C, H, W).
+    """
+    C = image_shape[0]
+    feat_shape = conv_feature_shape(image_shape, channels)
+    deconvs: list[nn.Module] = []
+    for c_in, c_out in zip(channels[::-1], [*channels[::-1][1:], C], strict=True):
+        deconvs += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+    deconvs.pop()  # no activation on the output
+    return nn.Sequential(
+        nn.Linear(latent_dim, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, math.prod(feat_shape)),
+        nn.ReLU(),
+        nn.Unflatten(1, feat_shape),
+        *deconvs,
+    )
+
+
 class ConvVAE(nn.Module):
     """The conv VAE of Table 1: ``forward(x) -> (recon_logits, mu, logvar)``, ``loss`` = negative ELBO."""
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
-        C, H, W = config.image_shape
-        ch = config.channels
-        n = len(ch)
-        self.feat_shape = (ch[-1], H >> n, W >> n)  # (C', H/2^n, W/2^n)
-        n_feat = math.prod(self.feat_shape)
-
-        convs: list[nn.Module] = []
-        c_in = C
-        for c_out in ch:
-            convs += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
-            c_in = c_out
-        self.encoder = nn.Sequential(
-            *convs,
-            nn.Flatten(),
-            nn.Linear(n_feat, config.hidden),
-            nn.ReLU(),
-            nn.Linear(config.hidden, 2 * config.latent_dim),
-        )
-
-        deconvs: list[nn.Module] = []
-        for c_in, c_out in zip(ch[::-1], [*ch[::-1][1:], C], strict=True):
-            deconvs += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
-        deconvs.pop()  # no activation on the output: logits (Bernoulli) or means (Gaussian)
-        self.decoder = nn.Sequential(
-            nn.Linear(config.latent_dim, config.hidden),
-            nn.ReLU(),
-            nn.Linear(config.hidden, n_feat),
-            nn.ReLU(),
-            nn.Unflatten(1, self.feat_shape),
-            *deconvs,
-        )
+        self.feat_shape = conv_feature_shape(config.image_shape, config.channels)  # (C', H/2^n, W/2^n)
+        self.encoder = conv_encoder(config.image_shape, config.channels, config.hidden, 2 * config.latent_dim)
+        self.decoder = conv_decoder(config.image_shape, config.channels, config.hidden, config.latent_dim)
 
         if config.likelihood == "gaussian":
             if config.gaussian_log_sigma is None:

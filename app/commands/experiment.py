@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-NAMES = ("al-curve", "table1", "table2", "lens-on-classifier", "label-curve", "alignment", "report")
+NAMES = ("al-curve", "table1", "table2", "lens-on-classifier", "label-curve", "alignment", "bases", "report")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "experiment",
         help="reproduce a paper experiment (al-curve, table1, table2, "
-        "lens-on-classifier, label-curve, alignment) or regenerate EXPERIMENTS.md (report)",
+        "lens-on-classifier, label-curve, alignment, bases) or regenerate EXPERIMENTS.md (report)",
     )
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(NAMES)}")
     p.add_argument(

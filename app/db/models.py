@@ -23,7 +23,7 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 # How one claimed run of a job ended: finished (succeeded/failed/cancelled), its worker's heartbeat stopped
 # (lost), its worker shut down and handed it back (interrupted), or a newer queued twin took over (superseded).
 RUN_OUTCOMES = ("succeeded", "failed", "cancelled", "lost", "interrupted", "superseded")
-REPRESENTATION_SOURCES = ("vae", "classifier", "torchscript", "embeddings")
+REPRESENTATION_SOURCES = ("vae", "contrastive", "classifier", "torchscript", "embeddings")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

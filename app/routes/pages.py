@@ -37,13 +37,13 @@ from app.web.auth import (
     safe_next,
 )
 from app.web.templating import STATIC_DIR, is_htmx, render
+from ml.steps import DECODING_SOURCES, REPRESENTATION_SOURCES
 from ml.strategies import AUTO_STRATEGY
 
 router = APIRouter(include_in_schema=False)
 api_router = APIRouter(prefix="/api/v1", tags=["insights"])
 
 JOB_KINDS_STARTABLE = ("pretrain", "retrain", "score", "evaluate")
-REPRESENTATION_SOURCES = ("vae", "classifier", "torchscript", "embeddings")
 
 
 async def form_data(request: Request) -> FormData:
@@ -266,7 +266,7 @@ def _insights_context(session: Any, project: Project, settings: Any) -> dict[str
         "model": mv,
         "n_points": len(points),
         "has_representation": rep_source is not None,
-        "can_traverse": mv is not None and rep_source == "vae",
+        "can_traverse": mv is not None and rep_source in DECODING_SOURCES,
         "rep_source": rep_source,
         "table": insights.metric_table(mv, project, last, designated),
         "designated": designated,

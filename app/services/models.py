@@ -373,9 +373,14 @@ def load_base_model(*, session: Session, rep: Representation) -> Any:
 
 
 def load_decoder(*, session: Session, rep: Representation) -> Any:
-    """The base model that decodes z to images (a ``ml.vae.VAE``); Conflict when the source has none."""
-    if rep.source != "vae":
-        raise Conflict(f"the {rep.source} representation has no decoder: traversals need source 'vae'")
+    """The base model that decodes z to images (a VAE or a contrastive base); Conflict when the source has none."""
+    from ml.steps import DECODING_SOURCES
+
+    if rep.source not in DECODING_SOURCES:
+        raise Conflict(
+            f"the {rep.source} representation has no decoder: traversals need source "
+            + " or ".join(repr(s) for s in DECODING_SOURCES)
+        )
     return load_base_model(session=session, rep=rep)
 
 

@@ -15,7 +15,7 @@ from app.services.errors import Conflict, Invalid, NotFound
 from app.services.imports import Loaded, load_spec, store
 from ml.attributes import Attribute as MlAttribute
 from ml.attributes import coerce_attributes
-from ml.steps import lens_params
+from ml.steps import check_representation, lens_params
 
 SETTING_DEFAULTS = (
     "retrain_every",
@@ -74,6 +74,15 @@ def check_dataset(representation: dict[str, Any], source: str) -> None:
         raise Invalid(
             "dataset.source: an embeddings dataset goes with representation source 'embeddings' (and only it)"
         )
+
+
+def validate_representation(representation: dict[str, Any]) -> dict[str, Any]:
+    """The representation config checked by ``ml.steps``; Invalid (422) naming the key and value."""
+    try:
+        check_representation(representation)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return representation
 
 
 def validate_attributes(attributes: list[dict[str, Any]]) -> list[MlAttribute]:
@@ -154,6 +163,7 @@ def create_with_dataset(
     project_settings = body.settings.model_dump(exclude_none=True)
     validate_attributes(attributes)
     validate_settings(project_settings)
+    validate_representation(representation)
     loaded: Loaded | None = None
     if body.dataset is not None:
         check_dataset(representation, body.dataset.source)
@@ -202,7 +212,7 @@ def update(*, session: Session, project: Project, changes: dict[str, Any], defau
             sa.select(sa.func.count()).select_from(Item).where(Item.project_id == project.id)
         ) and changes["representation"].get("source") != project.representation.get("source"):
             raise Conflict("representation.source cannot change once items are imported")
-        project.representation = changes["representation"]
+        project.representation = validate_representation(changes["representation"])
     if "attributes" in changes:
         new = validate_attributes(changes["attributes"])
         used = _labelled_attribute_names(session, project)

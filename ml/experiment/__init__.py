@@ -22,6 +22,7 @@ EXPERIMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "lens-on-classifier": ("ml.experiment.lens_on_classifier", ("mnist",)),
     "label-curve": ("ml.experiment.label_curve", ("mnist",)),
     "alignment": ("ml.experiment.alignment", ("mnist", "shapes")),
+    "bases": ("ml.experiment.bases", ("mnist",)),
 }
 
 

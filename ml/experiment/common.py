@@ -88,6 +88,8 @@ class Profile:
     # The label curve (``ml.experiment.label_curve``): its MNIST sizes and the label counts it visits.
     label_curve_size: DataSize = DataSize(pool=800, eval_fit=200, eval_test=200, vae_epochs=2, n_labels=100)
     label_counts: tuple[int, ...] = (50, 200)
+    # The contrastive base's settings (``ml.contrastive.ContrastiveBase``; empty: the product's defaults).
+    contrastive: Mapping[str, Any] = field(default_factory=lambda: {"steps": 30, "batch_size": 64, "decoder_steps": 10})
 
 
 PROFILE_SPECS: dict[str, Profile] = {
@@ -137,6 +139,7 @@ PROFILE_SPECS: dict[str, Profile] = {
         clf_labels=1000,
         label_curve_size=DataSize(pool=60000, eval_fit=2000, eval_test=8000, vae_epochs=20, n_labels=1000),
         label_counts=(100, 300, 1000, 3000, 10000),
+        contrastive={},
     ),
     "full": Profile(
         "full",
@@ -160,6 +163,7 @@ PROFILE_SPECS: dict[str, Profile] = {
         clf_labels=1000,
         label_curve_size=DataSize(pool=60000, eval_fit=2000, eval_test=8000, vae_epochs=30, n_labels=1000),
         label_counts=(100, 300, 1000, 3000, 10000),
+        contrastive={},
     ),
 }
 
@@ -393,6 +397,7 @@ def cached_healthy(
 # The modules whose code defines each cached model: a change to any of them trains the model anew.
 MODEL_CODE = {
     "vae": ("ml.vae", "ml.device"),
+    "contrastive": ("ml.contrastive", "ml.vae", "ml.device"),
     "jlvm": ("ml.jlvm", "ml.vae", "ml.heads", "ml.attributes", "ml.device"),
 }
 

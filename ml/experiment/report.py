@@ -211,7 +211,9 @@ def _ilvm_on_designated_dims(out: Path, dataset: str, keys: list[str]) -> dict[s
     return counts
 
 
-def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: list[str]) -> str:
+def _t1_section(
+    out: Path, md_dir: Path, res: dict[str, Any] | None, checks: list[str], bases: dict[str, Any] | None = None
+) -> str:
     if res is None:
         return "## Table 1 — interpretability metric\n\nNot run yet (`lenslab experiment table1`).\n"
     s = res["settings"]
@@ -257,6 +259,7 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
             )
             lines.append(f"| {m} | " + " | ".join(cells) + (f" | {paper} |" if paper is not None else " |"))
         if name == "mnist":
+            lines += _t1_base_rows(bases, keys)
             lines.append("| InfoGAN (paper only) | " + " | ".join("–" for _ in keys) + " | 83.3 |")
         lines.append("")
         best_p = {k: {m: t for m, t in summ[k]["best_vs"].items() if m not in collapsed} for k in keys}
@@ -297,6 +300,87 @@ def _t1_section(out: Path, md_dir: Path, res: dict[str, Any] | None, checks: lis
                     f"- MNIST {key}: ILVM {ilvm:.1f} vs β-VAE {bv:.1f} (paired t p = {_p(t)}) — {verdict(ilvm, bv, t)}."
                 )
     lines.append(_img(out, md_dir, "table1.png"))
+    return "\n".join(lines) + "\n"
+
+
+def _t1_base_rows(bases: dict[str, Any] | None, keys: list[str]) -> list[str]:
+    """Table 1's MNIST rows for both bases, as the bases experiment measured them (same split and labels)."""
+    if bases is None or "mnist" not in bases.get("results", {}):
+        return []
+    summ = bases["results"]["mnist"]["summary"]
+    n = len(summ["seeds"])
+    out = []
+    for base, label in (("vae", "VAE z, current code"), ("contrastive", "contrastive base")):
+        for method, key in (("ILVM", "lens"), ("no lens", "raw")):
+            cells = [fmt_ms(*summ[base][k][key]) if k in summ[base] else "–" for k in keys]
+            paper = "95.2" if (base, method) == ("contrastive", "ILVM") else "–"
+            out.append(f"| {method} ({label}; bases run, {n} seeds) | " + " | ".join(cells) + f" | {paper} |")
+    return out
+
+
+def _bases_section(res: dict[str, Any] | None, checks: list[str]) -> str:
+    """The two base representations: raw z, the lens and the ceiling per attribute, and the targets."""
+    title = "## A stronger base: the contrastive representation against Table 1's VAE\n"
+    if res is None or "mnist" not in res.get("results", {}):
+        return title + "\nNot run yet (`lenslab experiment bases`).\n"
+    from ml.experiment.bases import BASE_NAMES, BASES
+
+    r = res["results"]["mnist"]
+    summ, st = r["summary"], res["settings"]
+    n = len(summ["seeds"])
+    lines = [
+        title,
+        _run_line(res) + "\n",
+        f"{r['notes']}. Both bases are trained on the pool's images without labels; the same "
+        f"{st['n_labels']} random pool items are labelled for both (Table 1's labels). `lens` is Table 1's ILVM "
+        f"({st['lens_epochs']} epochs); `ceiling` an MLP on all of z trained on the same labels and scored like the "
+        "metric; `one dimension of it` the metric on one dimension carrying the MLP's predictions "
+        '(see "The ceiling"). One-dimension metric, mean ± std over seeds; `on its dim`: seeds where the metric\'s '
+        "chosen dimension is the lens's designated one.\n",
+        "| base | attribute | raw z | lens | ceiling (MLP, all of z) | one dimension of it | lens / ceiling | "
+        "lens / one dimension | MLP accuracy | lens accuracy | on its dim |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    attributes = [k for k in summ["vae"] if k not in ("overall", "base_s")]
+    for base in BASES:
+        for a in attributes:
+            e = summ[base][a]
+            lines.append(
+                f"| {BASE_NAMES[base]} | {a} | {fmt_ms(*e['raw'])} | {fmt_ms(*e['lens'])} | {fmt_ms(*e['ceiling'])} | "
+                f"{fmt_ms(*e['ceiling_one_dim'])} | {e['ratio']:.2f} | {e['ratio_one_dim']:.2f} | "
+                f"{e['ceiling_accuracy'][0]:.3f} | {e['lens_accuracy'][0]:.3f} | {e['on_designated_dim']}/{n} |"
+            )
+    lines.append("")
+    vs = summ["contrastive_vs_vae"]
+    lines.append(
+        "Lens on the contrastive base against the lens on the VAE (paired t over seeds): "
+        + "; ".join(
+            f"{a} {summ['contrastive'][a]['lens'][0]:.1f} vs {summ['vae'][a]['lens'][0]:.1f} (p = {_p(vs[a])})"
+            for a in [*attributes, "overall"]
+        )
+        + f". Base training time per seed, on one thread with other runs alongside (a cached model read back "
+        f"counts ~0 s): VAE {summ['vae']['base_s'][0]:.0f} s, contrastive {summ['contrastive']['base_s'][0]:.0f} s; "
+        "the product's pretrain time is `lenslab bench train`'s.\n"
+    )
+    targets = {"digit": 80.0, "thickness": 50.0}
+    for a, target in targets.items():
+        if a in summ["contrastive"]:
+            e = summ["contrastive"][a]
+            got = e["lens"][0]
+            checks.append(
+                f"- Stronger base, {a}: lens on the contrastive base {got:.1f} (target ≥ {target:.0f}) — "
+                f"{'**met**' if got >= target else '**not met**'}; its ceiling {e['ceiling'][0]:.1f}, "
+                f"one-dimension reading {e['ceiling_one_dim'][0]:.1f}."
+            )
+    for base in BASES:
+        for a in attributes:
+            e = summ[base][a]
+            checks.append(
+                f"- Ceiling, {BASE_NAMES[base]} (bases run), {a}: lens {e['lens'][0]:.1f} of ceiling "
+                f"{e['ceiling'][0]:.1f} = {e['ratio']:.2f} (target ≥ {CEILING_TARGET}) — "
+                f"{'**met**' if e['ratio'] >= CEILING_TARGET else '**not met**'}; of the one-dimension reading: "
+                f"{e['ratio_one_dim']:.2f}."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -624,6 +708,7 @@ lenslab experiment label-curve        --profile cpu --out {out} --seeds 1 --data
     --configs mlp-all-dims
 lenslab experiment label-curve        --profile cpu --out {out}/ceiling --seeds 3 --data-dir {data} --labels 1000 \
     --configs mlp-all-dims,planar-long+propagation,planar-long+propagation-eager
+lenslab experiment bases             --profile cpu --out {out} --seeds 3 --data-dir {data}
 lenslab experiment report             --out {out}          # regenerates this file
 ```
 
@@ -650,6 +735,7 @@ def write_report(
     t2 = _load(out_p, "table2")
     clf = _load(out_p, "lens-on-classifier")
     lc = _load(out_p, "label-curve")
+    bases = _load(out_p, "bases")
     # The product's own benchmarks through its REST API (``lenslab bench al``, ``annotators``,
     # ``attribute-added``): their prose and tables, kept beside the library's Figure 8.
     served_path = Path(__file__).with_name("served.md")
@@ -657,12 +743,13 @@ def write_report(
         INTRO.format(out=out, data=data_dir),
         _al_section(out_p, md_dir, al, checks),
         *([served_path.read_text()] if served_path.exists() else []),
-        _t1_section(out_p, md_dir, t1, checks),
+        _t1_section(out_p, md_dir, t1, checks, bases),
         _t2_section(t2),
         _clf_section(out_p, md_dir, clf),
         _label_curve_section(out_p, md_dir, lc, checks),
         _ceiling_section(_load(out_p / CEILING_RUN, "label-curve"), clf, checks),
         _alignment_section(_load(out_p, "alignment")),
+        _bases_section(bases, checks),
     ]
     body.append("## Reproduction checks\n\n" + ("\n".join(checks) if checks else "No MNIST results yet.") + "\n")
     disc_path = Path(__file__).with_name("discussion.md")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -116,4 +117,37 @@ def test_the_queue_strategy_migration_keeps_every_row_and_the_check(tmp_path):
     with engine.begin() as conn:
         assert conn.exec_driver_sql("SELECT strategy FROM projects").scalar() == "bald"
         assert conn.exec_driver_sql("SELECT count(*) FROM items").scalar() == 3
+    engine.dispose()
+
+
+def test_the_contrastive_source_migration_keeps_every_row_and_downgrades_only_without_one(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "a9d3e6f0b152")
+    engine = sa.create_engine(url)
+    rep = (
+        "INSERT INTO representations (project_id, source, config, active, created_at) "
+        "VALUES (1, '{}', '{{}}', {}, '2026-12-06')"
+    )
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO projects (id, name, representation, strategy, settings, created_at) "
+            "VALUES (1, 'p', '{}', 'auto', '{}', '2026-12-06 00:00:00')"
+        )
+        conn.exec_driver_sql(rep.format("vae", 1))
+    command.upgrade(cfg, "head")
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+        conn.exec_driver_sql(rep.format("contrastive", 0))
+    with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError):
+        conn.exec_driver_sql(rep.format("simclr", 0))
+    with pytest.raises(RuntimeError, match="1 representation\\(s\\) use source 'contrastive'"):
+        command.downgrade(cfg, "a9d3e6f0b152")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM representations WHERE source = 'contrastive'")
+    command.downgrade(cfg, "a9d3e6f0b152")
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT source FROM representations").scalars().all() == ["vae"]
+        with pytest.raises(sa.exc.IntegrityError):
+            conn.exec_driver_sql(rep.format("contrastive", 0))
     engine.dispose()

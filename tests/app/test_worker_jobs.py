@@ -418,3 +418,56 @@ def test_a_batch_strategy_ranks_one_round_that_concurrent_experts_share(client, 
         assert s.scalar(sa.select(sa.func.count()).select_from(Lease).where(Lease.ended_at.is_(None))) == leases_before
         assert s.scalar(sa.select(sa.func.count()).select_from(Label)) == labels_before
     assert served("cover") == {} and len(served("typiclust")) == 40
+
+
+def test_a_contrastive_base_is_pretrained_by_the_worker_and_decodes_traversals(client, admin, app, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from app.db.models import ModelVersion, Representation
+    from ml.lens import InterpretableLens
+    from ml.steps import load_base_model
+    from tests.conftest import DIGITS_ATTRIBUTES, create_project
+
+    rep = {"source": "contrastive", "latent_dim": 6, "steps": 20, "batch_size": 32, "decoder_steps": 5}
+    for bad, message in (
+        ({"source": "simclr"}, "representation.source"),
+        ({**rep, "temperature": -1}, "representation.temperature must be a finite number ≥ 0, got -1"),
+        ({**rep, "epochs": 3}, "representation (contrastive): unknown setting(s) ['epochs']"),
+    ):
+        body = {"name": "c0", "dataset": {"source": "digits"}, "attributes": DIGITS_ATTRIBUTES, "representation": bad}
+        r = client.post("/api/v1/projects", json=body, headers=admin)
+        assert r.status_code == 422 and message in r.text, r.text
+    p = create_project(client, admin, name="contrastive", representation=rep)
+    with worker_thread(app):
+        job = wait_job(client, admin, p["job"]["id"])
+    assert job["status"] == "succeeded", job
+    assert job["result"]["dim"] == 6 and job["result"]["n_items"] == 1797
+    iid = client.get(f"/api/v1/projects/{p['id']}/items?limit=1", headers=admin).json()["items"][0]["id"]
+    out = client.get(f"/api/v1/items/{iid}/representation", headers=admin).json()
+    assert out["source"] == "contrastive"
+    png = client.get(f"/api/v1/items/{iid}/image.png", headers=admin).content
+    x = (np.asarray(Image.open(io.BytesIO(png)), np.float32)[None, None] / 255.0).astype(np.float32)
+    with app.state.db.session() as s:
+        row = s.scalar(sa.select(Representation).where(Representation.project_id == p["id"], Representation.active))
+        base = load_base_model("contrastive", row.checkpoint, device="cpu")
+        assert np.allclose(out["z"], base.encode(x)[0], atol=1e-5)
+        # A lens on the stored z as the active model: the traversal decodes through the contrastive decoder.
+        Z = np.load(io.BytesIO(row.z), allow_pickle=False)
+        S = {"digit": np.where(np.arange(len(Z)) < 200, np.arange(len(Z)) % 10, -1)}
+        lens = InterpretableLens(DIGITS_ATTRIBUTES[:1], n_flows=1, hidden=8, epochs=1, device="cpu").fit(Z, S)
+        s.add(
+            ModelVersion(
+                project_id=p["id"], version=1, representation_id=row.id, checkpoint=lens.to_bytes(), active=True
+            )
+        )
+        s.commit()
+    r = client.get(
+        f"/api/v1/projects/{p['id']}/traversals/digit.png",
+        params={"items": str(iid), "steps": 5, "scale": 1},
+        headers=admin,
+    )
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == (5 * 8 + 6, 8 + 2)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app.cli import main as cli_main
-from ml.experiment import al_curve, alignment, label_curve, lens_on_classifier, table1, table2
+from ml.experiment import al_curve, alignment, bases, label_curve, lens_on_classifier, table1, table2
 from ml.experiment.common import DataSize, get_profile, model_key, paired_test
 from ml.experiment.report import write_report
 
@@ -139,6 +139,29 @@ def test_table1_on_mnist_scores_digit_and_thickness(tmp_path: Path) -> None:
     assert {int(r["epochs"]) for r in rows if r["method"] == "ILVM"} == {TINY.lens_epochs_first}
     text = write_report(tmp_path, tmp_path / "EXPERIMENTS.md").read_text()
     assert "| 95.2 |" in text  # the paper's MNIST number sits beside our MNIST row
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="needs ../shared/data/mnist")
+def test_bases_measures_raw_z_lens_and_ceiling_on_both_bases_with_the_same_labels(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    res = bases.run(TINY, tmp_path, seeds=1, data_dir=str(DATA_DIR))
+    rows = res["results"]["mnist"]["rows"]
+    assert {(r["base"], r["method"]) for r in rows} == {
+        (b, m) for b in bases.BASES for m in ("raw z", "ILVM", "ceiling")
+    }
+    assert {r["dim"] for r in rows if r["base"] == "contrastive"} == {16} and {r["n_labels"] for r in rows} == {100}
+    summ = res["results"]["mnist"]["summary"]
+    for base in bases.BASES:
+        for a in ("digit", "thickness"):
+            e = summ[base][a]
+            assert 0 < e["lens"][0] <= 100 and 0 < e["ceiling"][0] <= 100
+            assert e["ratio"] == pytest.approx(e["lens"][0] / e["ceiling"][0])
+    assert (tmp_path / "cache").is_dir() and any((tmp_path / "cache").glob("contrastive-mnist-tiny-seed0-*.pt"))
+    text = write_report(tmp_path, tmp_path / "EXPERIMENTS.md").read_text()
+    assert "## A stronger base" in text and "| contrastive (16-d) | digit |" in text
+    assert "- Stronger base, thickness: lens on the contrastive base" in text
+    with pytest.raises(ValueError, match="mnist only"):
+        bases.run(TINY, tmp_path, seeds=1, datasets=("digits",))
 
 
 def test_cached_models_are_named_by_their_training_length(tmp_path: Path) -> None:
@@ -295,8 +318,8 @@ def test_report_and_cli(
         assert heading in text
     # Every experiment this module ran is reported; the label curve runs in its own test (MNIST only).
     assert "| ILVM |" in text
-    assert text.count("Not run yet") == 2 and "Not run yet (`lenslab experiment label-curve`)" in text
-    assert "Not run yet (`lenslab experiment alignment`)" in text
+    assert text.count("Not run yet") == 3 and "Not run yet (`lenslab experiment label-curve`)" in text
+    assert "Not run yet (`lenslab experiment alignment`)" in text and "Not run yet (`lenslab experiment bases`)" in text
     assert "| 95.2 |" not in text  # no MNIST row here: the MNIST test checks the paper's number beside it
     assert cli_main(["experiment", "report", "--out", str(out), "--markdown", str(tmp_path / "E.md")]) == 0
     assert cli_main(["experiment", "nonsense", "--out", str(out)]) == 2
