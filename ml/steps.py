@@ -42,25 +42,6 @@ VAE_KEYS = (
     "test_ll_max_items",
     "early_stop_gain",
 )
-# Contrastive-base settings a project's representation config may give (``ml.contrastive.ContrastiveConfig``).
-CONTRASTIVE_KEYS = (
-    "latent_dim",
-    "hidden",
-    "channels",
-    "projection",
-    "temperature",
-    "rotation",
-    "scale",
-    "shear",
-    "shift",
-    "erase",
-    "steps",
-    "batch_size",
-    "lr",
-    "decoder_hidden",
-    "decoder_steps",
-    "seed",
-)
 CLASSIFIER_KEYS = ("hidden_dim", "epochs", "lr", "batch_size", "seed", "attribute")
 # What a project's settings.lens may hold: every LensConfig setting, and warm_epochs (the length of a
 # warm-started retrain, a worker matter).
@@ -109,6 +90,16 @@ def _unknown_keys(config: Mapping[str, Any], allowed: Sequence[str], where: str)
 # --------------------------------------------------------------------------- base representation
 
 
+def contrastive_keys() -> tuple[str, ...]:
+    """The settings a project's contrastive representation config may give: every field of
+    ``ml.contrastive.ContrastiveConfig`` but the image shape (the images') and the device (the worker's)."""
+    from dataclasses import fields
+
+    from ml.contrastive import ContrastiveConfig
+
+    return tuple(f.name for f in fields(ContrastiveConfig) if f.name not in ("image_shape", "device"))
+
+
 def check_representation(config: Mapping[str, Any]) -> None:
     """Refuse (ValueError naming the key and value) a representation config that pretrain would refuse:
     an unknown source, a setting its source does not take, or a contrastive setting out of range.
@@ -121,8 +112,8 @@ def check_representation(config: Mapping[str, Any]) -> None:
     source = cfg.pop("source", "vae")
     if source not in REPRESENTATION_SOURCES:
         raise ValueError(f"representation.source must be one of {REPRESENTATION_SOURCES}, got {source!r}")
-    keys = {"vae": VAE_KEYS, "contrastive": CONTRASTIVE_KEYS, "classifier": CLASSIFIER_KEYS}.get(source, ())
-    _unknown_keys(cfg, keys, f"representation ({source})")
+    keys = {"vae": VAE_KEYS, "classifier": CLASSIFIER_KEYS}.get(source, ())
+    _unknown_keys(cfg, contrastive_keys() if source == "contrastive" else keys, f"representation ({source})")
     if source == "contrastive":
         from ml.contrastive import ContrastiveConfig
 
@@ -263,14 +254,9 @@ def _fit_contrastive(
 ) -> RepresentationResult:
     from ml.contrastive import ContrastiveBase
 
-    _unknown_keys(cfg, CONTRASTIVE_KEYS, "representation (contrastive)")
-    params = dict(cfg)
-    if "channels" in params:
-        if not isinstance(params["channels"], list | tuple):
-            raise ValueError(f"representation.channels must be a list of conv widths, got {params['channels']!r}")
-        params["channels"] = tuple(params["channels"])
-    try:
-        base = ContrastiveBase(image_shape=None, device=device, **params)
+    _unknown_keys(cfg, contrastive_keys(), "representation (contrastive)")
+    try:  # ContrastiveConfig checks every value (channels as a list or a tuple) and names it
+        base = ContrastiveBase(image_shape=None, device=device, **cfg)
         base.fit(images, progress=progress, should_stop=should_stop)
     except ValueError as exc:
         raise ValueError(f"representation (contrastive): {exc}") from None

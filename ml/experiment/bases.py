@@ -39,18 +39,13 @@ BASE_NAMES = {"vae": "VAE (10-d, Table 1)", "contrastive": "contrastive (16-d)"}
 PAPER_ILVM = {"digit": 95.2}  # Table 1, MNIST, ILVM (the paper reports no thickness score there)
 
 
-def contrastive_settings(profile: Profile) -> dict[str, Any]:
-    """The contrastive base's settings at ``profile``: the product's defaults (cpu, full), fewer steps (quick)."""
-    return dict(profile.contrastive)
-
-
 def base_contrastive(
     data: Prepared, profile: Profile, seed: int, cache_dir: Path, progress: Progress | None = None
 ) -> Any:
     """The contrastive base of (data set, seed, profile), trained once on the pool's images and cached."""
     from ml.contrastive import ContrastiveBase
 
-    settings = contrastive_settings(profile)
+    settings = dict(profile.contrastive)  # the product's defaults at cpu and full; fewer steps when quick
     key = model_key("contrastive", data, **settings)
     path = cache_dir / f"contrastive-{data.name}-{profile.name}-seed{seed}-{key}.pt"
     if path.exists():
@@ -157,7 +152,7 @@ def run(
             "n_labels": profile.sizes["mnist"].n_labels,
             "pool": profile.sizes["mnist"].pool,
             "lens_epochs": lens_epochs(profile, "mnist"),
-            "contrastive": contrastive_settings(profile),
+            "contrastive": dict(profile.contrastive),
             "paper_ilvm": PAPER_ILVM,
         },
         "results": {
