@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # SQLite waits this long for a write lock before answering 503 (never a 500).
     sqlite_busy_timeout_ms: int = Field(10_000, ge=0)
     db_pool_size: int = Field(10, ge=1)
+    # Requests inside the app at once (the rest wait their turn on the event loop, holding nothing).
+    # None: a measured default for the database (app.main.admission_limit).
+    request_concurrency: int | None = Field(None, ge=1, le=1000)
     # Background jobs. A running job whose heartbeat is older than heartbeat_timeout_s is requeued (at most
     # job_max_attempts runs in all, then failed); idle workers look for work every worker_poll_s.
     heartbeat_timeout_s: float = Field(30.0, gt=0)

@@ -23,15 +23,36 @@ from app.routes import ROUTERS, pages
 THREADPOOL_SIZE = 40
 
 
-def admission_limit(db: Database) -> int:
-    """How many requests may be inside the app at once: fewer than pooled connections and worker threads.
+# SQLite's requests inside at once by default. One process runs Python one thread at a time and SQLite
+# writes one at a time: a request inside competes for both with every other one, so with 13 inside
+# (the pool's bound) each burst of arrivals shared the interpreter round-robin, a writer holding the
+# lock waited its turn among readers, and all of the burst finished late. Measured with 32 experts
+# (the bench api harness, 4 interleaved runs each, hand-out p99): 33-93 ms with 13 inside, 37-57 with
+# 4, 32-46 with 2; the spread is the shared machine's, and the gap widest when it ran slow. 4 keeps
+# room for a slow request (a page, a large label listing) beside the labelling traffic.
+SQLITE_CONCURRENCY = 4
 
-    Two connections are left for the in-process worker (job claims, heartbeats) and event streams.
+
+def admission_limits(db: Database, settings: Settings | None = None) -> tuple[int, int | None]:
+    """How many requests may be inside the app at once: (interactive lane, bulk lane or None for one lane).
+
+    Both lanes together stay below the pooled connections and worker threads, less two for the in-process
+    worker (job claims, heartbeats) and event streams; the bulk lane (uploads, exports: ``is_bulk``) gets
+    a quarter of that. The interactive lane is at most ``settings.request_concurrency``, by default
+    ``SQLITE_CONCURRENCY`` on SQLite and the rest of the bound on PostgreSQL.
     """
     pool = db.engine.pool
     # NullPool, or one connection per thread (in-memory SQLite): the threads are the bound.
     capacity = pool.size() + max(0, pool._max_overflow) if isinstance(pool, QueuePool) else THREADPOOL_SIZE
-    return max(1, min(capacity, THREADPOOL_SIZE) - 2)
+    bound = max(1, min(capacity, THREADPOOL_SIZE) - 2)
+    if bound < 2:
+        return bound, None
+    bulk = max(1, bound // 4)
+    wanted = settings.request_concurrency if settings is not None else None
+    if wanted is None and db.is_sqlite:
+        wanted = SQLITE_CONCURRENCY
+    interactive = bound - bulk if wanted is None else min(bound - bulk, wanted)
+    return interactive, bulk
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -72,7 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.throttle = security.LoginThrottle(settings.login_max_failures, settings.login_window_seconds)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
-    app.add_middleware(AdmissionMiddleware, limit=admission_limit(db))
+    interactive, bulk = admission_limits(db, settings)
+    app.add_middleware(AdmissionMiddleware, limit=interactive, bulk_limit=bulk)
     app.add_middleware(SecurityHeadersMiddleware)
     for router in ROUTERS:
         app.include_router(router)

@@ -157,11 +157,21 @@ RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="row id")]
 _ATTRIBUTES_ON_USE = (lazyload(Project.attributes),)
 
 
-def project_or_404(
-    request: Request, session: SessionDep, pid: Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="project id")]
-) -> Project:
+ProjectId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="project id")]
+
+
+def project_or_404(request: Request, session: SessionDep, pid: ProjectId) -> Project:
     """The project named in the path, or 404 (its attributes load when first used: the queue never needs them)."""
     project = _get(request, session, Project, pid, options=_ATTRIBUTES_ON_USE)
+    if project is None:
+        raise HTTPException(404, detail=f"no project {pid}")
+    return project
+
+
+def project_in_hop(session: Session, pid: int) -> Project:
+    """``project_or_404`` for a route that reads the project in its own thread hop: straight from its
+    session, since whatever lock that takes is held for this hop only."""
+    project = session.get(Project, pid, options=_ATTRIBUTES_ON_USE)
     if project is None:
         raise HTTPException(404, detail=f"no project {pid}")
     return project

@@ -103,25 +103,47 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-class AdmissionMiddleware:
-    """Admits at most ``limit`` requests into the app at a time; the rest wait on the event loop, holding nothing.
+# Requests whose length is the client's network, not the server's work: uploads and streamed downloads,
+# and the batch transform. They take slots of a lane of their own, so that a few slow transfers never
+# hold every slot the labelling traffic needs.
+BULK_PATHS = ("/export", "/import", ":import", "/transform")
+BULK_BODY_BYTES = 1 << 20
 
-    Why: a request checks out a database connection (and, on SQLite, a writing request takes the single
-    writer lock) in a sync dependency on one worker thread, and keeps it through the route handler on
-    another. With more requests inside than connections (or than worker threads), every thread can end up
-    waiting for a connection or the lock while their holders wait for a thread: a stall broken only by
+
+def is_bulk(scope: Scope) -> bool:
+    """Whether a request goes to the bulk lane: a bulk path, a multipart body, or a declared body over 1 MiB."""
+    if scope.get("path", "").endswith(BULK_PATHS):
+        return True
+    for name, value in scope.get("headers", []):
+        if name == b"content-type" and value.startswith(b"multipart/"):
+            return True
+        if name == b"content-length" and value.isdigit() and int(value) > BULK_BODY_BYTES:
+            return True
+    return False
+
+
+class AdmissionMiddleware:
+    """Admits at most ``limit`` requests into the app at a time, and ``bulk_limit`` more in the bulk lane
+    (``is_bulk``; None: bulk requests share the one lane); the rest wait on the event loop, holding nothing.
+
+    Why a bound: a request checks out a database connection (and, on SQLite, a writing request takes the
+    single writer lock) in a sync dependency on one worker thread, and keeps it through the route handler
+    on another. With more requests inside than connections (or than worker threads), every thread can end
+    up waiting for a connection or the lock while their holders wait for a thread: a stall broken only by
     the pool or lock timeout. Measured with 50 simultaneous experts: 10 s stalls and 503s on SQLite, a
     stall of every request on PostgreSQL. Fewer requests inside than connections and threads rules it out.
+    Why lower still on SQLite: see ``app.main.SQLITE_CONCURRENCY``.
     Event streams are exempt: they hold no connection while they wait.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, bulk_limit: int | None = None) -> None:
         self.app = app
         self.slots = asyncio.Semaphore(limit)
+        self.bulk_slots = asyncio.Semaphore(bulk_limit) if bulk_limit else self.slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path", "").endswith("/events"):
             await self.app(scope, receive, send)
             return
-        async with self.slots:
+        async with self.bulk_slots if is_bulk(scope) else self.slots:
             await self.app(scope, receive, send)

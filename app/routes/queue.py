@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import AdminUser, ExpertUser, ProjectDep, SessionDep, SettingsDep
+from app.api.deps import AdminUser, ExpertUser, ProjectDep, ProjectId, SessionDep, SettingsDep, project_in_hop
 from app.services import projects, queue
 
 router = APIRouter(prefix="/api/v1", tags=["queue"])
@@ -15,12 +15,15 @@ router = APIRouter(prefix="/api/v1", tags=["queue"])
 @router.post("/projects/{pid}/queue/next")
 def queue_next(
     user: ExpertUser,
-    project: ProjectDep,
+    pid: ProjectId,
     session: SessionDep,
     settings: SettingsDep,
     n: int = Query(1, ge=1, le=queue.MAX_BATCH),
 ) -> dict[str, Any]:
     """Up to ``n`` items leased to you (your live leases first), by the active model's acquisition score."""
+    # Looked up here rather than by a dependency, which would run in a worker-thread hop of its own:
+    # this is the busiest request of all.
+    project = project_in_hop(session, pid)
     eff = projects.effective_settings(project, settings)
     items, order = queue.next_batch(
         session=session,

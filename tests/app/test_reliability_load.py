@@ -131,3 +131,73 @@ def test_double_hand_outs_are_counted_from_what_the_clients_held_not_from_the_le
     a.held["l5"] = [3, 10.0, 12.0, 40.0]
     b.held["l6"] = [3, 13.0, 1000.0, None]  # still held when the run ended
     assert client_seen_overlaps([a, b]) == 1
+
+
+def test_requests_inside_the_app_at_once_follow_the_setting_and_bulk_transfers_have_their_own_lane(tmp_path):
+    """SQLite serves 4 requests at once by default (the measured default); LENSLAB_REQUEST_CONCURRENCY
+    changes it, never above what the pool can hold; the middleware admits no more than that, and
+    uploads and exports wait in a lane of their own instead of taking the labelling traffic's slots."""
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from app.api.middleware import AdmissionMiddleware
+    from app.config import Settings
+    from app.db.session import Database
+    from app.main import SQLITE_CONCURRENCY, admission_limits
+
+    def limits(**kw) -> tuple[int, int | None]:
+        s = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'a.db'}", data_dir=tmp_path, **kw)
+        db = Database(s)
+        try:
+            return admission_limits(db, s)
+        finally:
+            db.dispose()
+
+    assert SQLITE_CONCURRENCY == 4
+    assert limits() == (4, 3)  # the pool's 5 + 10 overflow, less two for the worker: 13, a quarter of it bulk
+    assert limits(request_concurrency=2) == (2, 3)
+    assert limits(request_concurrency=500) == (10, 3)
+    with pytest.raises(ValidationError, match="request_concurrency"):
+        Settings(_env_file=None, request_concurrency=0)
+
+    inside = {"interactive": 0, "bulk": 0}
+    peak = {"interactive": 0, "bulk": 0}
+
+    async def slow_app(scope, receive, send):
+        lane = "bulk" if scope["path"].endswith("/export") else "interactive"
+        inside[lane] += 1
+        peak[lane] = max(peak[lane], inside[lane])
+        await asyncio.sleep(0.05 if lane == "bulk" else 0.01)
+        inside[lane] -= 1
+
+    async def burst() -> float:
+        interactive, bulk = limits(request_concurrency=3)
+        mw = AdmissionMiddleware(slow_app, limit=interactive, bulk_limit=bulk)
+        exports = [
+            asyncio.create_task(mw({"type": "http", "path": "/api/v1/projects/1/export"}, None, None))
+            for _ in range(12)
+        ]
+        await asyncio.sleep(0)  # the exports are inside (3) or waiting for the bulk lane
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.gather(*(mw({"type": "http", "path": "/api/v1/queue"}, None, None) for _ in range(20)))
+        took = asyncio.get_running_loop().time() - t0
+        await asyncio.gather(*exports)
+        return took
+
+    took = asyncio.run(burst())
+    assert peak == {"interactive": 3, "bulk": 3}
+    # 20 labelling requests of 10 ms, 3 at a time: ~70 ms; behind the 12 exports (4 rounds of 50 ms) it would be 270 ms.
+    assert took < 0.2
+
+    from app.api.middleware import is_bulk
+
+    def req(path: str, **headers: str) -> dict:
+        return {"path": path, "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]}
+
+    assert not is_bulk(req("/api/v1/items/7/labels", content_type="application/json", content_length="120"))
+    assert not is_bulk(req("/api/v1/projects/1/queue/next"))
+    assert is_bulk(req("/api/v1/projects/1/labels:import", content_length="300"))
+    assert is_bulk(req("/admin/projects/1/import"))
+    assert is_bulk(req("/api/v1/projects", content_type="multipart/form-data; boundary=x"))
+    assert is_bulk(req("/api/v1/projects", content_type="application/json", content_length=str(2 << 20)))
