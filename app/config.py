@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(10_000, ge=0)
     db_pool_size: int = Field(10, ge=1)
     # Requests inside the app at once (the rest wait their turn on the event loop, holding nothing).
-    # None: a measured default for the database (app.main.admission_limit).
+    # None: a measured default for the database (app.main.admission_limits).
     request_concurrency: int | None = Field(None, ge=1, le=1000)
     # Background jobs. A running job whose heartbeat is older than heartbeat_timeout_s is requeued (at most
     # job_max_attempts runs in all, then failed); idle workers look for work every worker_poll_s.

@@ -386,7 +386,9 @@ def _cold_order(ctx: JobContext, settings: Settings, item_ids: np.ndarray, Z: np
 
 def _store_cold_ranks(s: Session, project_id: int, ordered: list[int]) -> int:
     """Replace the project's ``cold_rank`` column with ``ordered`` (rank = position); returns how many."""
-    s.execute(sa.update(Item).where(Item.project_id == project_id).values(cold_rank=None))
+    # Only the rows ranked before are cleared: a few hundred, not every item of the pool (on PostgreSQL
+    # a new version of each row, and row locks held until the job commits).
+    s.execute(sa.update(Item).where(Item.project_id == project_id, Item.cold_rank.is_not(None)).values(cold_rank=None))
     if ordered:
         items = Item.__table__  # Core executemany: one statement, one row of parameters per ranked item
         s.execute(
