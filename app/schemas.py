@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ml.steps import REPRESENTATION_SOURCES
 from ml.strategies import QUEUE_STRATEGIES
 
 # The queue strategies of ml.strategies (Literal of a tuple: the same values, listed once).
@@ -69,7 +70,7 @@ class RepresentationIn(BaseModel):
     """The base representation: its source plus free configuration (e.g. latent_dim) for the worker."""
 
     model_config = ConfigDict(extra="allow")
-    source: Literal["vae", "contrastive", "classifier", "torchscript", "embeddings"] = "vae"
+    source: Literal[REPRESENTATION_SOURCES] = "vae"  # type: ignore[valid-type]
 
 
 class ProjectSettingsIn(BaseModel):

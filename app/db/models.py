@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
 
 from app.db.base import Base, utcnow
+from ml.steps import REPRESENTATION_SOURCES  # the CHECK constraint's values (migration b7e1f3a9c254)
 from ml.strategies import QUEUE_STRATEGIES as STRATEGIES  # the CHECK constraint's values (migration f4a2c8e1d093)
 
 ROLES = ("viewer", "expert", "admin")
@@ -23,7 +24,6 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 # How one claimed run of a job ended: finished (succeeded/failed/cancelled), its worker's heartbeat stopped
 # (lost), its worker shut down and handed it back (interrupted), or a newer queued twin took over (superseded).
 RUN_OUTCOMES = ("succeeded", "failed", "cancelled", "lost", "interrupted", "superseded")
-REPRESENTATION_SOURCES = ("vae", "contrastive", "classifier", "torchscript", "embeddings")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
