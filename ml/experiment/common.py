@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -416,15 +416,19 @@ def model_key(kind: str, data: Prepared, **settings: Any) -> str:
     return h.hexdigest()[:10]
 
 
+def base_vae_key(data: Prepared, profile: Profile) -> str:
+    """The cache key (``model_key``) of the base VAE of ``data`` under ``profile``."""
+    return model_key("vae", data, epochs=profile.sizes[data.name].vae_epochs)
+
+
 def base_vae(data: Prepared, profile: Profile, seed: int, cache_dir: Path, progress: Progress | None = None) -> Any:
     """The base VAE of (dataset, seed, profile), trained once (with the collapse check) and cached."""
     from ml.vae import VAE
 
     epochs = profile.sizes[data.name].vae_epochs
     # The training length is in the name for a reader; the key changes with the code and settings.
-    key = model_key("vae", data, epochs=epochs)
     return cached_healthy(
-        cache_dir / f"vae-{data.name}-{profile.name}-e{epochs}-seed{seed}-{key}.pt",
+        cache_dir / f"vae-{data.name}-{profile.name}-e{epochs}-seed{seed}-{base_vae_key(data, profile)}.pt",
         lambda p: VAE.load(p, device="cpu"),
         lambda s: VAE(**data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
         data,
@@ -434,10 +438,16 @@ def base_vae(data: Prepared, profile: Profile, seed: int, cache_dir: Path, progr
     )
 
 
-def health_report(cache_dir: Path, pattern: str) -> list[dict[str, Any]]:
-    """Every collapse recorded for cached models matching ``pattern`` (for the results JSON)."""
+def health_report(cache_dir: Path, pattern: str, keys: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Every collapse recorded for cached models matching ``pattern`` (for the results JSON).
+
+    ``keys``: only models whose names carry one of these ``model_key`` hashes, i.e. this run's: the
+    cache keeps the models of older code too, and their collapses are not this run's.
+    """
     out = []
     for p in sorted(cache_dir.glob(pattern)):
+        if keys is not None and not any(f"-{k}." in p.name for k in keys):
+            continue
         h = json.loads(p.read_text())
         if h.get("collapsed"):
             out.append({"model": p.name.replace(".health.json", ""), **h})

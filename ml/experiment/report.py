@@ -310,7 +310,7 @@ def _t1_base_rows(bases: dict[str, Any] | None, keys: list[str]) -> list[str]:
     summ = bases["results"]["mnist"]["summary"]
     n = len(summ["seeds"])
     out = []
-    for base, label in (("vae", "VAE z, current code"), ("contrastive", "contrastive base")):
+    for base, label in (("vae", "VAE z"), ("contrastive", "contrastive base")):
         for method, key in (("ILVM", "lens"), ("no lens", "raw")):
             cells = [fmt_ms(*summ[base][k][key]) if k in summ[base] else "–" for k in keys]
             paper = "95.2" if (base, method) == ("contrastive", "ILVM") else "–"

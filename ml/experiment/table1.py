@@ -23,6 +23,7 @@ from ml.experiment.common import (
     Profile,
     Progress,
     base_vae,
+    base_vae_key,
     cached_healthy,
     fmt_ms,
     header,
@@ -88,7 +89,7 @@ def fit_beta_vae(data: Prepared, profile: Profile, seed: int, cache: Path, progr
         cache
         / (
             f"betavae-{data.name}-{profile.name}-e{epochs}-seed{seed}-beta{profile.beta_vae_beta:g}-"
-            f"{model_key('jlvm', data, epochs=epochs, beta=profile.beta_vae_beta, model='beta-vae')}.pt"
+            f"{beta_vae_key(data, profile)}.pt"
         ),
         lambda p: JLVM.load(p, device="cpu"),
         lambda s: BetaVAE(profile.beta_vae_beta, **data.vae_kwargs, epochs=epochs, seed=s, device="cpu"),
@@ -97,6 +98,12 @@ def fit_beta_vae(data: Prepared, profile: Profile, seed: int, cache: Path, progr
         f"β-VAE {data.name}",
         progress,
     )
+
+
+def beta_vae_key(data: Prepared, profile: Profile) -> str:
+    """The cache key (``model_key``) of the β-VAE baseline of ``data`` under ``profile``."""
+    epochs = profile.sizes[data.name].vae_epochs
+    return model_key("jlvm", data, epochs=epochs, beta=profile.beta_vae_beta, model="beta-vae")
 
 
 def validation_score(model: Any, data: Prepared, seed: int) -> float:
@@ -217,7 +224,9 @@ def run(
             "notes": data.notes,
             "keys": keys,
             "collapsed_and_retrained": health_report(
-                cache, f"*-{name}-{profile.name}-e{profile.sizes[name].vae_epochs}-seed*.health.json"
+                cache,
+                f"*-{name}-{profile.name}-e{profile.sizes[name].vae_epochs}-seed*.health.json",
+                keys={base_vae_key(data, profile), beta_vae_key(data, profile)},
             ),
             "n_labels": profile.sizes[name].n_labels,
             "lens_epochs": lens_epochs(profile, name),

@@ -197,6 +197,23 @@ def test_cached_models_are_keyed_by_the_code_and_settings_that_make_them(monkeyp
     assert model_key("vae", data, epochs=6) != before
 
 
+def test_a_run_reports_the_collapses_of_its_own_models_not_of_older_cached_ones(tmp_path: Path) -> None:
+    """The cache keeps models of older code; their collapse records are not the current run's."""
+    from ml.experiment.common import base_vae_key, health_report, prepare
+
+    data = prepare("digits", TINY, str(DATA_DIR))
+    current = base_vae_key(data, TINY)
+    record = {"requested_seed": 0, "used_seed": 1000, "mean_kl": 5.0, "collapsed": [{"seed": 0, "mean_kl": 0.0}]}
+    for key in (current, "0123456789"):  # this code's model, and one of older code
+        (tmp_path / f"vae-digits-tiny-e6-seed0-{key}.health.json").write_text(json.dumps(record))
+    pattern = "*-digits-tiny-e6-seed*.health.json"
+    assert len(health_report(tmp_path, pattern)) == 2
+    assert [r["model"] for r in health_report(tmp_path, pattern, keys={current})] == [
+        f"vae-digits-tiny-e6-seed0-{current}"
+    ]
+    assert current == model_key("vae", data, epochs=6)
+
+
 def test_table2_reports_finite_iwae_bounds_for_table1_models(out: Path, t2_run: dict) -> None:
     res = t2_run
     ms = res["results"]["digits"]["mean_std"]
